@@ -1,0 +1,189 @@
+"""The public ``conv2d`` entry point and backend selection.
+
+``conv2d`` does the same few steps for every backend: check the arguments and build a
+:class:`~fastconv.geometry.ConvSpec`, pick the backend, hand it contiguous arrays of the compute
+dtype (already padded when the padding mode is not zeros), and cast the result back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+
+import numpy as np
+
+from fastconv import backends
+from fastconv.geometry import ConvSpec, check_dtype, make_spec, pad_input, resolve_dtypes
+
+__all__ = ["conv2d", "use_backend", "choose_backend"]
+
+# The backend that ``backend="auto"`` prefers inside ``use_backend`` blocks (None: no preference).
+_preferred_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fastconv_preferred_backend", default=None
+)
+
+# Until the cost model lands, "auto" takes the first backend in this order that can run the call.
+_AUTO_ORDER = ("numba_cpu", "im2col", "fft", "naive")
+
+
+def _as_numeric_array(name: str, value) -> np.ndarray:
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__} {value!r:.60}")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as error:
+        raise TypeError(f"{name} must be an array of numbers; numpy could not convert it: {error}") from None
+    check_dtype(name, array.dtype)
+    return array
+
+
+def _declines(name: str, spec: ConvSpec) -> str | None:
+    reason = backends.unavailable_reason(name)
+    if reason is None:
+        reason = backends.get(name).supports(spec)
+    return reason
+
+
+@functools.lru_cache(maxsize=1024)
+def _choose_auto(spec: ConvSpec, preferred: str | None) -> str:
+    if preferred is not None and _declines(preferred, spec) is None:
+        return preferred
+    registered = backends.backend_names()
+    for name in _AUTO_ORDER:
+        if name in registered and _declines(name, spec) is None:
+            return name
+    raise ValueError(f"no backend can run this convolution: {spec}")  # naive runs everything
+
+
+def choose_backend(spec: ConvSpec) -> str:
+    """The name of the backend ``backend="auto"`` runs for ``spec`` (honours :func:`use_backend`).
+
+    ``spec`` is the spec a backend sees: build it with :func:`fastconv.geometry.make_spec` and
+    call ``.zero_padded()`` on it when its padding mode is not ``"zeros"``.
+    """
+    return _choose_auto(spec, _preferred_backend.get())
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Make ``backend="auto"`` prefer backend ``name`` inside a ``with`` block.
+
+    Calls that the preferred backend cannot run (it declines the dtype, say) still fall back to
+    the usual automatic choice. The setting lives in a :mod:`contextvars` variable, so it is
+    local to the current thread and asyncio task. Explicit ``backend=`` arguments win.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> with fastconv.use_backend("naive"):
+    ...     y = fastconv.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)))
+    >>> y.shape
+    (1, 1, 2, 2)
+    """
+    if name != "auto":
+        backends.get(backends._check_name(name))  # unknown or unavailable: ValueError now
+    token = _preferred_backend.set(None if name == "auto" else name)
+    try:
+        yield
+    finally:
+        _preferred_backend.reset(token)
+
+
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros", backend="auto"):
+    """2-D cross-correlation over a batch of multi-channel images, as torch's ``conv2d``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W) or (C, H, W)
+        Input images. An unbatched (C, H, W) input gives an unbatched result.
+    weight : array_like, shape (K, C // groups, kh, kw)
+        Filters. Not flipped: this is cross-correlation, as in every deep-learning library.
+    bias : array_like, shape (K,), optional
+        Added to every output value of channel k.
+    stride : int or (int, int)
+        Step between output samples, per axis. Positive.
+    padding : int, (int, int), ((int, int), (int, int)) or {"valid", "same", "full"}
+        Zero (or ``padding_mode``) border: the same on all sides, per axis, or
+        ((top, bottom), (left, right)). ``"same"`` gives ``ceil(in / stride)`` outputs with the odd
+        unit of padding at the bottom/right (TensorFlow's rule; any stride is allowed);
+        ``"full"`` pads ``dilation * (k - 1)`` on every side.
+    dilation : int or (int, int)
+        Spacing between kernel taps. Positive.
+    groups : int
+        Split channels into ``groups`` independent convolutions; ``groups == C`` is depthwise.
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}
+        What the border holds, with torch's meanings. ``"reflect"`` needs padding < input size.
+    backend : str
+        A name from :func:`fastconv.list_backends` or ``"auto"``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, K, H_out, W_out) or (K, H_out, W_out)
+        Float32 for float32 inputs, float64 for float64 (and for ints and bools), numpy's
+        ``result_type`` for mixed inputs; float16 inputs are computed in float32 and returned as
+        float16. Inputs are never modified.
+
+    Raises
+    ------
+    TypeError
+        For a non-numeric input or an unsupported dtype.
+    ValueError
+        For inconsistent shapes or geometry, an unknown backend, or a backend that declines.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> w = np.ones((1, 1, 3, 3))
+    >>> fastconv.conv2d(x, w, padding="valid")
+    array([[[[45., 54.],
+             [81., 90.]]]])
+    >>> fastconv.conv2d(x, w, padding="same").shape
+    (1, 1, 4, 4)
+    """
+    x = _as_numeric_array("x", x)
+    weight = _as_numeric_array("weight", weight)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"x must have shape (N, C, H, W) or (C, H, W), got {x.ndim} dimensions: shape {x.shape}")
+    if weight.ndim != 4:
+        raise ValueError(
+            f"weight must have shape (K, C // groups, kh, kw), got {weight.ndim} dimensions: shape {weight.shape}"
+        )
+    operand_dtypes = [x.dtype, weight.dtype]
+    if bias is not None:
+        bias = _as_numeric_array("bias", bias)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(
+                f"bias must have shape (K,) = ({weight.shape[0]},) to match weight {weight.shape}, "
+                f"got shape {bias.shape}"
+            )
+        operand_dtypes.append(bias.dtype)
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = x[None]
+    compute_dtype, out_dtype = resolve_dtypes(*operand_dtypes)
+    spec = make_spec(x.shape, weight.shape, stride=stride, padding=padding, dilation=dilation,
+                     groups=groups, padding_mode=padding_mode, dtype=compute_dtype, out_dtype=out_dtype)
+
+    x = np.ascontiguousarray(x, dtype=compute_dtype)
+    if spec.padding_mode != "zeros":
+        x = pad_input(x, spec)
+        spec = spec.zero_padded()
+
+    if backend == "auto":
+        name = choose_backend(spec)
+    else:
+        name = backends._check_name(backend)
+        reason = backends.get(name).supports(spec)  # get() raises when the backend is unavailable
+        if reason is not None:
+            raise ValueError(f"backend {name!r} cannot run this convolution: {reason}")
+
+    weight = np.ascontiguousarray(weight, dtype=compute_dtype)
+    if bias is not None:
+        bias = np.ascontiguousarray(bias, dtype=compute_dtype)
+    out = backends.get(name).run(x, weight, bias, spec)
+    if out.dtype != out_dtype:
+        out = out.astype(out_dtype)
+    return out[0] if unbatched else out

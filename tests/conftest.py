@@ -1,0 +1,11 @@
+import os
+
+from hypothesis import HealthCheck, settings
+
+# Numba compiles on first use: no per-example deadline. CI keeps example counts modest so the
+# whole suite stays within minutes on two cores; FASTCONV_HYPOTHESIS_PROFILE=thorough for more.
+settings.register_profile("ci", deadline=None, max_examples=40,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", deadline=None, max_examples=500,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("FASTCONV_HYPOTHESIS_PROFILE", "ci"))
