@@ -49,6 +49,7 @@ IMAGE_CASE = {"name": "image_2048_5x5_same", "N": 1, "C": 1, "H": 2048, "W": 204
 
 
 def load_cases():
+    """Every case: shapes.json's conv2d layers, EXTRA_LAYERS and the image filter, with a ``kind``."""
     for path in SHAPES_CANDIDATES:
         if path.is_file():
             layers = json.loads(path.read_text())["conv2d"]
@@ -64,6 +65,7 @@ def load_cases():
 
 
 def flops(case):
+    """Floating-point operations of direct convolution for a case."""
     out_h = _out_size(case, "H", "R")
     out_w = _out_size(case, "W", "S")
     return 2 * case["N"] * case["K"] * out_h * out_w * (case["C"] // case["groups"]) * case["R"] * case["S"]
@@ -80,7 +82,8 @@ def _out_size(case, size_key, kernel_key):
 # worker side: one process per library
 
 
-def _data(case):
+def case_arrays(case):
+    """Fixed-seed float32 (x, weight, bias) for a case."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -110,7 +113,7 @@ def _worker_fastconv(backend, cases, repeat):
 
     results = {}
     for case in cases:
-        x, w, b = _data(case)
+        x, w, b = case_arrays(case)
         kwargs = dict(stride=case["stride"], padding=case["pad"], dilation=case["dilation"], groups=case["groups"])
         results[case["name"]] = _time(lambda: fastconv.conv2d(x, w, b, backend=backend, **kwargs), repeat)
     return results
@@ -125,7 +128,7 @@ def _worker_torch(cases, repeat, threads):
         for case in cases:
             if case["kind"] == "image":
                 continue
-            x, w, b = (torch.from_numpy(a) for a in _data(case))
+            x, w, b = (torch.from_numpy(a) for a in case_arrays(case))
             kwargs = dict(stride=case["stride"], padding=case["pad"], dilation=case["dilation"],
                           groups=case["groups"])
             results[case["name"]] = _time(lambda: torch.nn.functional.conv2d(x, w, b, **kwargs), repeat)
@@ -139,7 +142,7 @@ def _worker_scipy(cases, repeat):
     for case in cases:
         if case["kind"] != "image":
             continue
-        x, w, _ = _data(case)
+        x, w, _ = case_arrays(case)
         image, kernel = x[0, 0], w[0, 0]
         # fastconv's "same" puts the odd padding unit after; for odd kernels both centre the kernel
         results[case["name"]] = _time(lambda: ndimage.correlate(image, kernel, mode="constant"), repeat)
