@@ -38,10 +38,11 @@ cached on disk (``cache=True``); nothing compiles at import. Complex dtypes are 
 Examples
 --------
 >>> import numpy as np, fastconv
->>> x = np.arange(16.0).reshape(1, 1, 4, 4)
->>> fastconv.conv2d(x, np.ones((1, 1, 3, 3)), backend="numba_cpu")[0, 0]
-array([[45., 54.],
-       [81., 90.]])
+A depthwise 3×3 box sum over two channels (the plane kernel):
+
+>>> x = np.arange(32.0).reshape(1, 2, 4, 4)
+>>> fastconv.conv2d(x, np.ones((2, 1, 3, 3)), groups=2, backend="numba_cpu")[0, :, 0, 0]
+array([ 45., 189.])
 """
 
 from __future__ import annotations
