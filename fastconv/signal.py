@@ -55,21 +55,34 @@ def _result_dtype(in1: np.ndarray, in2: np.ndarray, op: str) -> np.dtype:
 
 
 def _fill_value(fillvalue, dtype: np.dtype):
-    """``fillvalue`` as a scalar of ``dtype``, refused where scipy refuses it."""
+    """``fillvalue`` as a scalar of ``dtype``, cast where and how scipy 1.17 casts it.
+
+    Python scalars (and one-element lists) follow numpy's checked conversion (an int out of
+    range, a complex for a real result, NaN for an integer: ValueError); numpy scalars are cast
+    like numpy casts arrays (unchecked); a numpy array must cast safely to ``dtype``.
+    """
     fill = np.asarray(fillvalue)
     if fill.size != 1:
         raise ValueError("`fillvalue` must be scalar or an array with one element.")
-    if fill.dtype.kind not in "biufc":
-        complex(fill.reshape(()).item())  # a malformed string raises ValueError, as in scipy
-    try:
-        # Python ints out of range, complex values for a real result and NaN/inf for integers
-        # all fail here, as in scipy; numpy scalars cast like numpy casts arrays.
+    refused = ValueError(f"could not cast `fillvalue` directly to the output type {dtype} "
+                         f"(it was first converted to complex).")
+    if isinstance(fillvalue, np.ndarray):
+        if fill.dtype.kind not in "biufc" or not np.can_cast(fill.dtype, dtype, "safe"):
+            raise refused
+        return fill.reshape(()).astype(dtype)[()]
+    if isinstance(fillvalue, np.generic) and fill.dtype.kind in "biufc":
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.array(fillvalue if fill.ndim == 0 else fill.reshape(()), dtype=dtype)[()]
+            warnings.simplefilter("ignore")  # ComplexWarning, invalid-cast RuntimeWarning: scipy is silent
+            return fill.astype(dtype)[()]
+    value = fill.reshape(()).item()
+    if isinstance(value, (str, bytes)):
+        complex(value)  # a malformed string raises ValueError, as in scipy
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # 1e40 -> float32 is inf, silently
+            return np.array(value, dtype=dtype)[()]
     except (TypeError, ValueError, OverflowError):
-        raise ValueError("could not cast `fillvalue` directly to the output type "
-                         f"{dtype} (it was first converted to complex).") from None
+        raise refused from None
 
 
 def _correlate_padded(padded: np.ndarray, kernel: np.ndarray, backend) -> np.ndarray:
