@@ -423,6 +423,8 @@ def output_shape(input_shape, weight_shape=None, stride=None, padding=0, dilatio
     else:  # pooling: stride defaults to the kernel size, as in torch
         if "kernel_size" not in options:
             raise TypeError(f"output_shape(op={op!r}) needs kernel_size=")
+        if op == "avg_pool2d" and dilation != 1:
+            raise TypeError(f"output_shape(op='avg_pool2d') takes no dilation (avg_pool2d has none), got {dilation!r}")
         shape = make_pool_spec(batched, options["kernel_size"], stride=stride, padding=padding, dilation=dilation,
                                ceil_mode=options.get("ceil_mode", False), op=op).out_shape
     return shape[1:] if unbatched else shape
