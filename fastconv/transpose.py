@@ -13,9 +13,12 @@ GAN generators. Two algorithms, chosen with ``backend=``:
 ``col2im`` (what ``"auto"`` picks)
     One matrix product computes every scattered contribution at once,
     ``columns[(k, u, v), (n, i, j)] = sum_c weight[c, (k, u, v)] * x[c, (n, i, j)]`` (BLAS, per
-    group), then a parallel numba kernel adds each column into its output pixel ("col2im", the
-    inverse of im2col). Threads own disjoint output channels, so the scatter has no races. No
-    zero-stuffed input is ever built: the product does exactly the useful multiplications.
+    group), then a numba kernel adds each column into its output pixel ("col2im", the inverse of
+    im2col). No zero-stuffed input is ever built: the product does exactly the useful
+    multiplications. The product runs on BLAS's threads; col2im, a cheap memory-bound pass, runs
+    on the calling thread on purpose: on a parallel numba kernel started right after the product,
+    numba's workers and OpenBLAS's (which spin-wait after a GEMM) fight for the cores, and we
+    measured the whole call 4-10× slower on 2 cores (docs/performance.md).
 
 Examples
 --------
@@ -31,7 +34,7 @@ array([[1., 1., 1., 1.],
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastconv import config
 from fastconv.dispatch import _as_numeric_array, _preferred_backend
@@ -65,12 +68,12 @@ def _naive_conv_transpose2d(x, weight, out, stride_h, stride_w, pad_h, pad_w, di
                     out[n, k, oy, ox] = total
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _col2im(columns, out, channel_offset, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w):
     """Add ``columns`` (K_g, kh, kw, N, H, W) into ``out[:, channel_offset:channel_offset + K_g]``."""
     out_per_group, kernel_h, kernel_w, batch, in_h, in_w = columns.shape
     out_h, out_w = out.shape[2], out.shape[3]
-    for task in prange(batch * out_per_group):  # one (image, output channel) plane per task: no races
+    for task in range(batch * out_per_group):  # one (image, output channel) plane at a time
         n = task // out_per_group
         k = task % out_per_group
         plane = out[n, channel_offset + k]
