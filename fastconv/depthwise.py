@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastconv.dispatch import _as_numeric_array, conv2d
-from fastconv.geometry import make_separable_specs, resolve_dtypes
+from fastconv.dispatch import _batched_operands, _check_bias, conv2d
+from fastconv.geometry import make_separable_specs
 
 __all__ = ["depthwise_separable_conv2d"]
 
@@ -64,24 +64,11 @@ def depthwise_separable_conv2d(x, depthwise_weight, pointwise_weight, bias=None,
     >>> fastconv.depthwise_separable_conv2d(x, depthwise, pointwise)  # sum(channel 0) - sum(channel 1)
     array([[[-81.]]])
     """
-    x = _as_numeric_array("x", x)
-    depthwise_weight = _as_numeric_array("depthwise_weight", depthwise_weight)
-    pointwise_weight = _as_numeric_array("pointwise_weight", pointwise_weight)
-    if x.ndim not in (3, 4):
-        raise ValueError(f"x must have shape (N, C, H, W) or (C, H, W), got {x.ndim} dimensions: shape {x.shape}")
-    operands = [x.dtype, depthwise_weight.dtype, pointwise_weight.dtype]
-    if bias is not None:
-        bias = _as_numeric_array("bias", bias)
-        operands.append(bias.dtype)
-    unbatched = x.ndim == 3
-    if unbatched:
-        x = x[None]
-    compute_dtype, out_dtype = resolve_dtypes(*operands)
+    x, (depthwise_weight, pointwise_weight), bias, unbatched, compute_dtype, out_dtype = _batched_operands(
+        x, {"depthwise_weight": depthwise_weight, "pointwise_weight": pointwise_weight}, bias)
     _, pointwise = make_separable_specs(x.shape, depthwise_weight.shape, pointwise_weight.shape, stride=stride,
                                         padding=padding, dilation=dilation, padding_mode=padding_mode)
-    if bias is not None and bias.shape != (pointwise.out_channels,):
-        raise ValueError(f"bias must have shape (K,) = ({pointwise.out_channels},) to match pointwise_weight "
-                         f"{pointwise_weight.shape}, got shape {bias.shape}")
+    _check_bias(bias, pointwise.out_channels, f"pointwise_weight {pointwise_weight.shape}")
     cast = {"dtype": compute_dtype}
     hidden = conv2d(np.asarray(x, **cast), np.asarray(depthwise_weight, **cast), stride=stride, padding=padding,
                     dilation=dilation, groups=x.shape[1], padding_mode=padding_mode, backend=backend)

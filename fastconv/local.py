@@ -33,31 +33,18 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from fastconv.dispatch import _as_numeric_array, conv2d
-from fastconv.geometry import make_local_spec, pad_input, resolve_dtypes
+from fastconv.dispatch import _batched_operands, _check_bias, conv2d
+from fastconv.geometry import make_local_spec, pad_input
 
 __all__ = ["local_conv2d", "tiled_conv2d"]
 
 
 def _prepare(x, weight, bias, stride, padding, dilation, padding_mode, tiled):
     """Validated, padded input and contiguous operands of the compute dtype, and the spec."""
-    x = _as_numeric_array("x", x)
-    weight = _as_numeric_array("weight", weight)
-    if x.ndim not in (3, 4):
-        raise ValueError(f"x must have shape (N, C, H, W) or (C, H, W), got {x.ndim} dimensions: shape {x.shape}")
-    operands = [x.dtype, weight.dtype]
-    if bias is not None:
-        bias = _as_numeric_array("bias", bias)
-        operands.append(bias.dtype)
-    unbatched = x.ndim == 3
-    if unbatched:
-        x = x[None]
-    compute_dtype, out_dtype = resolve_dtypes(*operands)
+    x, (weight,), bias, unbatched, compute_dtype, out_dtype = _batched_operands(x, {"weight": weight}, bias)
     spec = make_local_spec(x.shape, weight.shape, stride=stride, padding=padding, dilation=dilation,
                            padding_mode=padding_mode, tiled=tiled, dtype=compute_dtype, out_dtype=out_dtype)
-    if bias is not None and bias.shape != (spec.out_channels,):
-        raise ValueError(f"bias must have shape (K,) = ({spec.out_channels},) to match weight {weight.shape}, "
-                         f"got shape {bias.shape}")
+    _check_bias(bias, spec.out_channels, f"weight {weight.shape}")
     x_padded = pad_input(np.ascontiguousarray(x, dtype=compute_dtype), spec)
     weight = np.ascontiguousarray(weight, dtype=compute_dtype)
     bias = None if bias is None else np.asarray(bias, dtype=compute_dtype)

@@ -37,8 +37,8 @@ import numpy as np
 from numba import njit
 
 from fastconv import config
-from fastconv.dispatch import _as_numeric_array, _preferred_backend
-from fastconv.geometry import TransposeSpec, make_transpose_spec, resolve_dtypes
+from fastconv.dispatch import _batched_operands, _check_bias, _preferred_backend
+from fastconv.geometry import TransposeSpec, make_transpose_spec
 
 __all__ = ["conv_transpose2d", "TRANSPOSE_BACKENDS"]
 
@@ -181,26 +181,13 @@ def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
     >>> fastconv.conv_transpose2d(x, w, stride=2, padding=1).shape
     (1, 3, 8, 8)
     """
-    x = _as_numeric_array("x", x)
-    weight = _as_numeric_array("weight", weight)
-    if x.ndim not in (3, 4):
-        raise ValueError(f"x must have shape (N, C, H, W) or (C, H, W), got {x.ndim} dimensions: shape {x.shape}")
+    x, (weight,), bias, unbatched, compute_dtype, out_dtype = _batched_operands(x, {"weight": weight}, bias)
     if weight.ndim != 4:
         raise ValueError(f"weight must have shape (C, K // groups, kh, kw), got {weight.ndim} dimensions: "
                          f"shape {weight.shape}")
-    operand_dtypes = [x.dtype, weight.dtype]
-    if bias is not None:
-        bias = _as_numeric_array("bias", bias)
-        operand_dtypes.append(bias.dtype)
-    unbatched = x.ndim == 3
-    if unbatched:
-        x = x[None]
-    compute_dtype, out_dtype = resolve_dtypes(*operand_dtypes)
     spec = make_transpose_spec(x.shape, weight.shape, stride=stride, padding=padding, output_padding=output_padding,
                                dilation=dilation, groups=groups, dtype=compute_dtype, out_dtype=out_dtype)
-    if bias is not None and bias.shape != (spec.out_channels,):
-        raise ValueError(f"bias must have shape (K,) = ({spec.out_channels},) to match weight {weight.shape} and "
-                         f"groups={spec.groups}, got shape {bias.shape}")
+    _check_bias(bias, spec.out_channels, f"weight {weight.shape} and groups={spec.groups}")
     run = TRANSPOSE_BACKENDS[_pick_backend(backend)]
     x = np.ascontiguousarray(x, dtype=compute_dtype)
     weight = np.ascontiguousarray(weight, dtype=compute_dtype)
