@@ -306,10 +306,12 @@ def _kernel_sources(compute):
                             col_in = _source_index(j * stride_w + v * dilation_w - pad_left, width, mode)
                             if row_in >= 0 and col_in >= 0:
                                 pixel = compute(x[n, c_first + c, row_in, col_in])
-                                for q in range(k_count):
-                                    totals[q] += pixel * compute(weight[k_first + q, c, u, v])
-                for q in range(k_count):
-                    out[n, k_first + q, i, j] = totals[q] + bias[k_first + q]
+                                for q in range(CHANNELS_PER_THREAD):
+                                    if q < k_count:
+                                        totals[q] += pixel * compute(weight[k_first + q, c, u, v])
+                for q in range(CHANNELS_PER_THREAD):
+                    if q < k_count:
+                        out[n, k_first + q, i, j] = totals[q] + bias[k_first + q]
 
     return {"tiled": tiled, "depthwise": depthwise, "direct": direct}
 
