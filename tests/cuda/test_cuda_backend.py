@@ -32,7 +32,7 @@ def _spec(problem):
     return make_spec(problem.x.shape, problem.weight.shape, dtype=compute, out_dtype=out, **problem.kwargs)
 
 
-@settings(max_examples=12)
+@settings(max_examples=25)
 @given(problem=conv_problems(dtypes=REAL_DTYPES, max_size=8))
 def test_every_fitting_kernel_matches_reference(problem):
     """Each kernel that can run the spec, padding mode applied in the kernel (the device path)."""
@@ -47,7 +47,7 @@ def test_every_fitting_kernel_matches_reference(problem):
         assert error <= TOLERANCE[spec.dtype], f"kernel {kernel}: relative error {error}"
 
 
-@settings(max_examples=10)
+@settings(max_examples=15)
 @given(problem=conv_problems(dtypes=REAL_DTYPES, max_size=8))
 def test_host_arrays_in_numpy_out(problem):
     """conv2d(backend="cuda") on host arrays of any layout: NumPy result, inputs untouched."""
