@@ -22,8 +22,8 @@ Shared arrays on a real GPU need shapes known at compile time, so the staged til
 **The rule:** a spec runs ``depthwise`` or ``tiled`` when its halo tile fits —
 ``(16 - 1) * stride_w + (kw - 1) * dilation_w + 1 <= 36`` across and
 ``(8 - 1) * stride_h + (kh - 1) * dilation_h + 1 <= 20`` down (``(16 - 1) * stride_h + ... <= 36``
-for depthwise) — and ``kh * kw <= 49``; otherwise ``direct``. 3×3 kernels fit up to stride 2,
-5×5 up to stride 2 across (dilation 1), 7×7 at stride 1. :func:`launch_plan` tells which.
+for depthwise) — and ``kh * kw <= 49``; otherwise ``direct``. 3×3 and 5×5 kernels fit up to stride 2,
+7×7 at stride 1 (all at dilation 1). :func:`launch_plan` tells which.
 
 Every padding mode is applied by index arithmetic while staging (out-of-range reads become zero,
 a mirrored, clamped or wrapped index), so arrays already on the GPU are never padded by copying.
@@ -162,6 +162,20 @@ def _source_index(position, size, mode):
     return -1
 
 
+@cuda.jit(device=True)
+def _block_channels(out_channels, channels, channels_per_group):
+    """(first output channel, how many, first input channel) of this block's channel block.
+
+    ``gridDim.y`` counts blocks of CHANNELS_PER_THREAD output channels, group after group; a
+    block never straddles two groups, so the last block of a group may hold fewer channels.
+    """
+    out_per_group = out_channels // (channels // channels_per_group)
+    blocks_per_group = (out_per_group + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
+    group = cuda.blockIdx.y // blocks_per_group
+    k_first = group * out_per_group + (cuda.blockIdx.y % blocks_per_group) * CHANNELS_PER_THREAD
+    return k_first, min(CHANNELS_PER_THREAD, (group + 1) * out_per_group - k_first), group * channels_per_group
+
+
 def _kernel_sources(compute):
     """The three kernels as Python functions computing in numba type ``compute``.
 
@@ -179,12 +193,7 @@ def _kernel_sources(compute):
         out_channels, channels_per_group, kernel_h, kernel_w = weight.shape
         batch, _, out_h, out_w = out.shape
         taps = kernel_h * kernel_w
-        out_per_group = out_channels // (channels // channels_per_group)
-        blocks_per_group = (out_per_group + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
-        group = cuda.blockIdx.y // blocks_per_group
-        k_first = group * out_per_group + (cuda.blockIdx.y % blocks_per_group) * CHANNELS_PER_THREAD
-        k_count = min(CHANNELS_PER_THREAD, (group + 1) * out_per_group - k_first)
-        c_first = group * channels_per_group
+        k_first, k_count, c_first = _block_channels(out_channels, channels, channels_per_group)
         ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
         thread = ty * THREADS_ACROSS + tx
         i_first = (cuda.blockIdx.x // tiles_across) * THREADS_DOWN
@@ -235,11 +244,7 @@ def _kernel_sources(compute):
         out_channels, _, kernel_h, kernel_w = weight.shape
         batch, _, out_h, out_w = out.shape
         taps = kernel_h * kernel_w
-        multiplier = out_channels // channels  # output channels per input channel
-        blocks_per_channel = (multiplier + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
-        c = cuda.blockIdx.y // blocks_per_channel
-        k_first = c * multiplier + (cuda.blockIdx.y % blocks_per_channel) * CHANNELS_PER_THREAD
-        k_count = min(CHANNELS_PER_THREAD, (c + 1) * multiplier - k_first)
+        k_first, k_count, c = _block_channels(out_channels, channels, 1)  # one group per channel
         ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
         thread = ty * THREADS_ACROSS + tx
         rows_per_tile = THREADS_DOWN * ROWS_PER_THREAD
@@ -287,12 +292,7 @@ def _kernel_sources(compute):
         _, channels, height, width = x.shape
         out_channels, channels_per_group, kernel_h, kernel_w = weight.shape
         batch, _, out_h, out_w = out.shape
-        out_per_group = out_channels // (channels // channels_per_group)
-        blocks_per_group = (out_per_group + CHANNELS_PER_THREAD - 1) // CHANNELS_PER_THREAD
-        group = cuda.blockIdx.y // blocks_per_group
-        k_first = group * out_per_group + (cuda.blockIdx.y % blocks_per_group) * CHANNELS_PER_THREAD
-        k_count = min(CHANNELS_PER_THREAD, (group + 1) * out_per_group - k_first)
-        c_first = group * channels_per_group
+        k_first, k_count, c_first = _block_channels(out_channels, channels, channels_per_group)
         i = (cuda.blockIdx.x // tiles_across) * THREADS_DOWN + cuda.threadIdx.y
         j = (cuda.blockIdx.x % tiles_across) * THREADS_ACROSS + cuda.threadIdx.x
         if i < out_h and j < out_w:  # no barrier below, so threads may leave early
