@@ -117,8 +117,9 @@ def test_kernels_compile_to_ptx_for_a_real_gpu(kernel, dtype, monkeypatch):
     compute = getattr(types, dtype)
     source = cuda_backend._kernel_sources(compute)[kernel]
     host_path = (types.Array(compute, 4, "C"),) * 2 + (types.Array(compute, 1, "C"), types.Array(compute, 4, "C"))
-    # the device path: any layout, another input dtype cast on load, a float16 result
-    device_path = (types.Array(types.float32, 4, "A"), types.Array(compute, 4, "A"),
+    # the device path: any layout, inputs of another dtype cast on load, a float16 result
+    other_input = types.float16 if dtype == "float32" else types.int32
+    device_path = (types.Array(other_input, 4, "A"), types.Array(compute, 4, "A"),
                    types.Array(compute, 1, "A"), types.Array(types.float16, 4, "C"))
     for arrays in (host_path, device_path):
         ptx, _ = cuda.compile_ptx(source, arrays + (types.int64,) * 8, cc=(8, 0))
