@@ -11,7 +11,8 @@ symm work for kernels of any size, even several times larger than the image, exa
 Every float or complex call is one :func:`fastconv.conv2d` on a (1, 1, H, W) view, so
 ``backend=`` picks any conv2d backend and ``"auto"`` the best one for the shape. Integer inputs
 give integer results, as in scipy, computed exactly in 64-bit integers (wrapping like scipy's
-fixed-width arithmetic when the result dtype overflows).
+fixed-width arithmetic when the result dtype overflows); longdouble inputs keep their precision
+(both by shifted products in numpy, one per kernel tap).
 
 scipy's rules are followed throughout: the result dtype is ``numpy.result_type(in1, in2)``
 (bool-only, float16-only and object inputs are refused, as scipy refuses them); in "valid" mode
@@ -43,15 +44,17 @@ from fastconv.geometry import SIGNAL_BOUNDARIES, signal_geometry
 
 __all__ = ["convolve2d", "correlate2d"]
 
-_SUPPORTED = {np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128)}
+_CONV2D_DTYPES = {np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128)}
+# computed by shifted products in numpy instead: exact integers, and extended precision kept
+_SHIFT_AND_ADD_DTYPES = {np.dtype(np.longdouble), np.dtype(np.clongdouble)}
 
 
 def _result_dtype(in1: np.ndarray, in2: np.ndarray, op: str) -> np.dtype:
     dtype = np.result_type(in1.dtype, in2.dtype)
-    if dtype.kind in "iu" or dtype in _SUPPORTED:
+    if dtype.kind in "iu" or dtype in _CONV2D_DTYPES or dtype in _SHIFT_AND_ADD_DTYPES:
         return dtype
     raise ValueError(f"{op} not available for this type: inputs of dtype {in1.dtype} and {in2.dtype} give "
-                     f"{dtype}; accepted: integers, float32, float64, complex64, complex128 (as scipy)")
+                     f"{dtype}; accepted: integers, float32, float64, longdouble and their complex types (as scipy)")
 
 
 def _fill_value(fillvalue, dtype: np.dtype):
@@ -87,9 +90,10 @@ def _fill_value(fillvalue, dtype: np.dtype):
 
 def _correlate_padded(padded: np.ndarray, kernel: np.ndarray, backend) -> np.ndarray:
     """Valid correlation of two 2-D arrays of the result dtype."""
-    if padded.dtype.kind in "iu":
-        # exact integer arithmetic, wrapping modulo 2**64 (and so modulo the result's width)
-        wide = np.int64 if padded.dtype.kind == "i" else np.uint64
+    if padded.dtype not in _CONV2D_DTYPES:
+        # integers: exact arithmetic, wrapping modulo 2**64 (and so modulo the result's width);
+        # longdouble: computed in longdouble
+        wide = {"i": np.int64, "u": np.uint64}.get(padded.dtype.kind, padded.dtype)
         padded, kernel = padded.astype(wide), kernel.astype(wide)
         rows, cols = padded.shape[0] - kernel.shape[0] + 1, padded.shape[1] - kernel.shape[1] + 1
         total = np.zeros((rows, cols), dtype=wide)

@@ -118,6 +118,16 @@ def test_dtypes_scipy_refuses_are_refused(dtypes):
         fastconv.convolve2d(in1, in2)
 
 
+@pytest.mark.parametrize("dtype", [np.longdouble, np.clongdouble])
+def test_longdouble_keeps_its_precision_as_scipy(dtype):
+    rng = np.random.default_rng(3)
+    in1, in2 = rng.standard_normal((5, 4)).astype(dtype), rng.standard_normal((3, 2)).astype(dtype)
+    expected = scipy.signal.convolve2d(in1, in2, mode="same", boundary="symm")
+    out = fastconv.convolve2d(in1, in2, mode="same", boundary="symm")
+    assert out.dtype == expected.dtype
+    assert np.abs(out - expected).max() <= 1e-17 * np.abs(expected).max()  # below float64 rounding
+
+
 def test_float16_with_float32_computes_in_float32_as_scipy():
     _check_same_as_scipy("correlate2d", np.ones((4, 4), np.float16), np.ones((2, 3), np.float32), mode="same")
 
