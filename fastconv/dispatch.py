@@ -48,6 +48,32 @@ def _as_numeric_array(name: str, value) -> np.ndarray:
     return array
 
 
+def _batched_operands(x, weights: dict, bias):
+    """The common first steps of the operations around conv2d (conv_transpose2d, local_conv2d...).
+
+    Checks that ``x`` and every array of ``weights`` (name -> array_like) and ``bias`` are numeric,
+    that ``x`` is (N, C, H, W) or (C, H, W), and resolves the dtypes. Returns
+    ``(x as (N, C, H, W), [weights...], bias, unbatched, compute dtype, output dtype)``.
+    """
+    x = _as_numeric_array("x", x)
+    arrays = [_as_numeric_array(name, value) for name, value in weights.items()]
+    if x.ndim not in (3, 4):
+        raise ValueError(f"x must have shape (N, C, H, W) or (C, H, W), got {x.ndim} dimensions: shape {x.shape}")
+    dtypes = [x.dtype] + [array.dtype for array in arrays]
+    if bias is not None:
+        bias = _as_numeric_array("bias", bias)
+        dtypes.append(bias.dtype)
+    unbatched = x.ndim == 3
+    compute_dtype, out_dtype = resolve_dtypes(*dtypes)
+    return (x[None] if unbatched else x), arrays, bias, unbatched, compute_dtype, out_dtype
+
+
+def _check_bias(bias, out_channels: int, weight_description: str) -> None:
+    if bias is not None and bias.shape != (out_channels,):
+        raise ValueError(f"bias must have shape (K,) = ({out_channels},) to match {weight_description}, "
+                         f"got shape {bias.shape}")
+
+
 def _declines(name: str, spec: ConvSpec) -> str | None:
     reason = backends.unavailable_reason(name)
     if reason is None:
