@@ -10,17 +10,17 @@ How :func:`conv2d` maps a global convolution onto blocks
 1. **Pad once, at the array edges.** The global padding (any form, any ``padding_mode``) is
    applied lazily with :func:`dask.array.pad` using numpy's equivalent mode, so interior chunk
    boundaries never see padding.
-2. **Cut the padded input on the stride grid.** Output ``i`` reads padded rows
-   ``[i * stride, i * stride + extent)`` where ``extent = dilation * (k - 1) + 1``. The padded
-   array is rechunked so that every chunk starts at a multiple of the stride: chunk ``j`` starts
-   at row ``start_j * stride`` and its outputs are ``start_j .. start_{j+1} - 1``. The boundaries
-   follow the caller's chunks (an output goes with the chunk holding the centre of its window),
-   so block memory stays what the caller chose and ``"same"`` padding at stride 1 keeps the
-   input's chunks.
-3. **Borrow a one-sided halo.** Each block needs ``halo = max(extent - stride, 0)`` rows after its
-   end, taken from the next chunk (:func:`dask.array.map_overlap` with the asymmetric depth
-   ``(0, halo)`` and no boundary). A valid, strided convolution of the block then yields exactly
-   its outputs. Chunks that cannot lend a full halo are merged with a neighbour automatically.
+2. **Give each output to one chunk.** Output ``i`` reads padded rows
+   ``[i * stride, i * stride + extent)``, ``extent = dilation * (k - 1) + 1``, and belongs to the
+   chunk holding its window's centre row. Chunk boundaries follow the caller's chunks, moved by
+   less than a stride so that they sit the same distance past the stride grid
+   (:func:`stride_aligned_chunks`; at stride 1 nothing moves). Block memory stays what the
+   caller chose, and ``"same"`` padding at stride 1 keeps the input's chunks.
+3. **Borrow a fixed halo.** Each block then needs the same rows from its neighbours: the window
+   half before its first output's centre and the rest after its last
+   (:func:`dask.array.map_overlap` with an asymmetric depth and no boundary, since the padding
+   is already there). A valid, strided convolution of the block yields exactly its outputs.
+   Chunks too small to lend the halo are merged with a neighbour automatically.
 4. **Channels in one chunk, batches independent.** The channel axis is rechunked to a single chunk
    (every output channel needs all input channels of its group, and a sum across channel chunks
    would cost an extra pass over the output); batch chunks map independently. Size spatial chunks
@@ -63,6 +63,13 @@ __all__ = ["conv2d", "convolve2d", "correlate2d"]
 def stride_aligned_chunks(chunks, pad_before, pad_after, extent, stride):
     """Cut one padded spatial axis into blocks whose outputs tile the global stride grid.
 
+    Output ``i`` reads padded rows ``[i * stride, i * stride + extent)`` and goes with the chunk
+    holding its window's centre row, ``i * stride + centre`` with ``centre = (extent - 1) // 2``.
+    Chunk boundaries therefore sit ``centre`` rows past a point of the stride grid, and every block
+    borrows the same halo from its neighbours: ``centre`` rows before and
+    ``max(extent - stride - centre, 0)`` after. At stride 1 the caller's boundaries already
+    qualify and do not move.
+
     Parameters
     ----------
     chunks : tuple of int
@@ -77,49 +84,50 @@ def stride_aligned_chunks(chunks, pad_before, pad_after, extent, stride):
     Returns
     -------
     padded_chunks : tuple of int
-        Chunks of the padded axis. Every chunk but the last is a whole number of strides long,
-        so each chunk starts on the stride grid.
+        Chunks of the padded axis: the caller's boundaries shifted by the padding, moved up to the
+        next qualifying row (less than ``stride`` away) and dropped where a chunk would be shorter
+        than the halo or hold no output.
     out_chunks : tuple of int
         Number of outputs each chunk produces.
-    halo : int
-        Rows each block borrows from the start of the next one: ``max(extent - stride, 0)``.
+    halo : (int, int)
+        Rows each block borrows from the chunk before it and from the chunk after it.
 
     Examples
     --------
-    Sixteen rows in chunks of 4, a 3-tap kernel with ``padding=1``: every block but the last
-    borrows two rows from the next one.
+    Sixteen rows in chunks of 4, a 3-tap kernel with ``padding=1``: the padding joins the edge
+    chunks, and the output keeps the input's chunks.
 
     >>> stride_aligned_chunks((4, 4, 4, 4), 1, 1, extent=3, stride=1)
-    ((4, 4, 4, 6), (4, 4, 4, 4), 2)
+    ((5, 4, 4, 5), (4, 4, 4, 4), (1, 1))
 
-    With stride 2 the boundaries move to even rows of the padded axis:
+    At stride 2 boundaries sit one row past an even row of the padded axis:
 
     >>> stride_aligned_chunks((4, 4, 2), 1, 1, extent=3, stride=2)
-    ((4, 4, 4), (2, 2, 1), 1)
+    ((5, 4, 3), (2, 2, 1), (1, 0))
 
     A chunk too small to lend the halo merges with its neighbour:
 
-    >>> stride_aligned_chunks((3, 1, 4), 0, 0, extent=3, stride=1)
-    ((2, 6), (2, 4), 2)
+    >>> stride_aligned_chunks((3, 1, 4), 0, 0, extent=5, stride=1)
+    ((3, 5), (1, 3), (2, 2))
     """
     padded_size = sum(chunks) + pad_before + pad_after
     out_size = (padded_size - extent) // stride + 1
-    halo = max(extent - stride, 0)
-    # Every chunk but the last lends `halo` rows to the block before it, so it must be at least
-    # that long (the last chunk is always at least `extent` long).
-    min_outputs = max(1, -(-halo // stride))
-    starts = [0]
-    # An output belongs to the chunk holding the centre of its window, so that "same" padding
-    # at stride 1 gives output chunks equal to the input's.
     centre = (extent - 1) // 2
-    for boundary in np.cumsum(chunks)[:-1]:
-        start = -(-(int(boundary) + pad_before - centre) // stride)
-        if start - starts[-1] >= min_outputs and start < out_size:
+    # A block starting at grid row start * stride - and so `centre` rows before its chunk - ends
+    # `after` rows past its chunk; when `after` would be negative the block keeps fewer than
+    # `stride` spare rows at its end, which a valid strided convolution ignores.
+    halo = (centre, max(extent - stride - centre, 0))
+    starts, boundaries = [0], [0]  # first output of each chunk, first padded row of each chunk
+    for edge in np.cumsum(chunks)[:-1] + pad_before:
+        start = -(-(int(edge) - centre) // stride)
+        boundary = start * stride + centre
+        if start > starts[-1] and start < out_size and boundary - boundaries[-1] >= max(halo):
             starts.append(start)
-    padded = [(b - a) * stride for a, b in zip(starts, starts[1:])]
-    padded.append(padded_size - starts[-1] * stride)
-    outputs = [b - a for a, b in zip(starts, starts[1:])] + [out_size - starts[-1]]
-    return tuple(padded), tuple(outputs), halo
+            boundaries.append(boundary)
+    boundaries.append(padded_size)
+    starts.append(out_size)
+    return (tuple(b - a for a, b in zip(boundaries, boundaries[1:])),
+            tuple(b - a for a, b in zip(starts, starts[1:])), halo)
 
 
 def _pad(x, pad_width, mode, constant_value=0):
@@ -181,7 +189,7 @@ def _convolve_padded(padded, source_chunks, padding, weight, bias, spec, backend
     return da.map_overlap(
         _conv2d_block,
         padded,
-        depth={2: (0, rows[2]), 3: (0, cols[2])},
+        depth={2: rows[2], 3: cols[2]},
         boundary="none",
         trim=False,
         align_arrays=False,

@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 
 import dask
 import dask.array as da
+from distributed import Client, LocalCluster  # the dask extra, installed by CI: fail, never skip, without it
 import fastconv
 import fastconv.dask
 from fastconv.dask import stride_aligned_chunks
 from reference import relative_error
 from strategies import conv_problems
 
-distributed = pytest.importorskip("distributed")  # installed by the dask extra, which CI installs
 
 
 @st.composite
@@ -143,14 +143,19 @@ def test_stride_aligned_chunks_tile_the_output_grid(chunks, pad, extent, stride)
     padded_size = sum(chunks) + sum(pad)
     if padded_size < extent:
         return
-    padded, outputs, halo = stride_aligned_chunks(tuple(chunks), *pad, extent, stride)
+    padded, outputs, (before, after) = stride_aligned_chunks(tuple(chunks), *pad, extent, stride)
     assert sum(padded) == padded_size and sum(outputs) == (padded_size - extent) // stride + 1
-    assert halo == max(extent - stride, 0) and min(padded) >= halo and min(outputs) >= 1
-    start = 0
-    for length, count in zip(padded[:-1], outputs[:-1]):
-        assert length == count * stride  # the next chunk starts on the stride grid
-        start += length
-    assert (padded_size - start - extent) // stride + 1 == outputs[-1]
+    assert min(padded) >= max(before, after) and min(outputs) >= 1  # dask can lend every halo
+    edges = np.cumsum((0,) + padded)
+    first_output = np.cumsum((0,) + outputs)
+    for j in range(len(padded)):  # the rows map_overlap hands block j hold exactly its outputs
+        top = edges[j] - (before if j > 0 else 0)
+        bottom = edges[j + 1] + (after if j < len(padded) - 1 else 0)
+        assert top == first_output[j] * stride
+        assert (bottom - top - extent) // stride + 1 == outputs[j]
+    centre = (extent - 1) // 2
+    if stride == 1 and min(chunks) >= max(before, after) and chunks[-1] + pad[1] >= extent - centre:
+        assert padded[1:-1] == tuple(chunks[1:-1])  # at stride 1 the caller's boundaries stay put
 
 
 def _problem(seed=0, shape=(3, 4, 37, 29), kernel=(5, 4, 3, 4)):
@@ -169,8 +174,6 @@ def test_weights_are_one_graph_key():
 
 
 def test_distributed_threads_cluster():
-    from distributed import Client, LocalCluster
-
     x, w, b = _problem(1)
     kwargs = dict(stride=(2, 3), padding="same", dilation=(1, 2), padding_mode="reflect", backend="naive")
     expected = fastconv.conv2d(x, w, b, **kwargs)
@@ -185,8 +188,6 @@ def test_distributed_threads_cluster():
 
 
 def test_distributed_process_cluster():
-    from distributed import Client, LocalCluster
-
     x, w, b = _problem(2, shape=(2, 2, 30, 30), kernel=(3, 2, 3, 3))
     expected = fastconv.conv2d(x, w, b, padding=1, padding_mode="circular", backend="naive")
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
