@@ -122,6 +122,17 @@ def test_convolve2d_and_correlate2d_match_scipy(image_shape, kernel_shape, mode,
         assert relative_error(computed_blocks(y), expected) <= 1e-10
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_, np.float16, np.complex64])
+def test_conv2d_dtype_rules_and_empty_batch_as_in_memory(dtype):
+    x = (np.arange(2 * 3 * 10 * 9).reshape(2, 3, 10, 9) % 7).astype(dtype)
+    w = np.arange(2 * 3 * 3 * 3).reshape(2, 3, 3, 3).astype(np.float16 if dtype == np.float16 else np.float64)
+    for batch in (x, x[:0]):
+        y = fastconv.dask.conv2d(da.from_array(batch, chunks=4), w, padding=1, padding_mode="replicate")
+        expected = fastconv.conv2d(batch, w, padding=1, padding_mode="replicate")
+        assert y.dtype == expected.dtype
+        np.testing.assert_array_equal(y.compute(), expected)
+
+
 def test_convolve2d_keeps_scipy_integer_dtype_and_fill_cast():
     from scipy import signal
 
