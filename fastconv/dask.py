@@ -44,6 +44,8 @@ True
 
 from __future__ import annotations
 
+import contextlib
+
 import dask
 import dask.array as da
 import numpy as np
@@ -160,11 +162,8 @@ def _pad(x, pad_width, mode, constant_value=0):
 
 def _conv2d_block(block, weight, bias, *, stride, dilation, groups, backend, preferred):
     """Valid, strided convolution of one block (already padded and carrying its halo)."""
-    if preferred is None:
-        return _conv2d_in_memory(block, weight, bias, stride=stride, dilation=dilation, groups=groups,
-                                 backend=backend)
-    # use_backend lives in a context variable, which worker threads do not inherit
-    with use_backend(preferred):
+    # use_backend lives in a context variable, which worker threads do not inherit: re-enter it
+    with contextlib.nullcontext() if preferred is None else use_backend(preferred):
         return _conv2d_in_memory(block, weight, bias, stride=stride, dilation=dilation, groups=groups,
                                  backend=backend)
 
@@ -180,6 +179,8 @@ def _convolve_padded(padded, source_chunks, padding, weight, bias, spec, backend
     else:
         preferred = None
         name = backends._check_name(backend)
+        # Blocks differ from the whole only in size; backends decline on dtype, kernel, stride,
+        # dilation or groups, so asking now turns a compute-time failure into a call-time one.
         reason = backends.get(name).supports(spec)  # get() raises when the backend is unavailable
         if reason is not None:
             raise ValueError(f"backend {name!r} cannot run this convolution: {reason}")

@@ -169,6 +169,14 @@ def test_stride_aligned_chunks_tile_the_output_grid(chunks, pad, extent, stride)
         assert padded[1:-1] == tuple(chunks[1:-1])  # at stride 1 the caller's boundaries stay put
 
 
+def test_chunks_smaller_than_the_halo_are_merged():
+    x = np.random.default_rng(5).standard_normal((1, 1, 30, 12))
+    w = np.ones((1, 1, 7, 1))
+    y = fastconv.dask.conv2d(da.from_array(x, chunks=(1, 1, 1, 12)), w, padding="same", dilation=(2, 1))
+    assert y.numblocks[2] <= 30 // 6 + 1  # 1-row chunks merged into blocks that can lend 6-row halos
+    np.testing.assert_array_equal(y.compute(), fastconv.conv2d(x, w, padding="same", dilation=(2, 1)))
+
+
 def _problem(seed=0, shape=(3, 4, 37, 29), kernel=(5, 4, 3, 4)):
     rng = np.random.default_rng(seed)
     return rng.standard_normal(shape), rng.standard_normal(kernel), rng.standard_normal(kernel[0])
