@@ -196,7 +196,7 @@ def test_distributed_threads_cluster():
     x, w, b = _problem(1)
     kwargs = dict(stride=(2, 3), padding="same", dilation=(1, 2), padding_mode="reflect", backend="naive")
     expected = fastconv.conv2d(x, w, b, **kwargs)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         with Client(cluster) as client:
             y = fastconv.dask.conv2d(da.from_array(x, chunks=(2, 1, 10, 8)), w, b, **kwargs)
             np.testing.assert_array_equal(client.compute(y).result(), expected)
@@ -209,7 +209,7 @@ def test_distributed_threads_cluster():
 def test_distributed_process_cluster():
     x, w, b = _problem(2, shape=(2, 2, 30, 30), kernel=(3, 2, 3, 3))
     expected = fastconv.conv2d(x, w, b, padding=1, padding_mode="circular", backend="naive")
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         with Client(cluster) as client:
             y = fastconv.dask.conv2d(da.from_array(x, chunks=(1, 2, 11, 16)), w, b, padding=1,
                                      padding_mode="circular", backend="naive")
