@@ -24,7 +24,6 @@ from reference import relative_error
 from strategies import conv_problems
 
 
-
 @st.composite
 def chunkings(draw, shape):
     """Chunks for ``shape``: per axis, cuts at a random subset of positions (often every pixel)."""
