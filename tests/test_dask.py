@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from scipy import signal
 from hypothesis import strategies as st
 
 import dask
@@ -89,6 +90,8 @@ def test_conv2d_single_channel_image(image_shape, kernel_shape, stride, dilation
     y = fastconv.dask.conv2d(x, kernel, 0.5, **kwargs)
     expected = fastconv.conv2d(image[None], kernel[None, None], np.array([0.5]), **kwargs)[0]
     np.testing.assert_array_equal(computed_blocks(y), expected)
+    valid = fastconv.dask.conv2d(x, kernel, backend="naive")  # against scipy, independently
+    assert relative_error(valid.compute(), signal.correlate2d(image, kernel, mode="valid")) <= 1e-12
 
 
 @given(
@@ -101,8 +104,6 @@ def test_conv2d_single_channel_image(image_shape, kernel_shape, stride, dilation
     data=st.data(),
 )
 def test_convolve2d_and_correlate2d_match_scipy(image_shape, kernel_shape, mode, boundary, fillvalue, dtype, data):
-    from scipy import signal
-
     if mode == "valid":  # the dask image must be the larger operand (scipy would swap them)
         image_shape = tuple(max(s, k) for s, k in zip(image_shape, kernel_shape))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
@@ -133,8 +134,6 @@ def test_conv2d_dtype_rules_and_empty_batch_as_in_memory(dtype):
 
 
 def test_convolve2d_keeps_scipy_integer_dtype_and_fill_cast():
-    from scipy import signal
-
     image = np.arange(42).reshape(6, 7)
     kernel = np.array([[1, -2], [3, 4]])
     y = fastconv.dask.convolve2d(da.from_array(image, chunks=3), kernel, mode="same", fillvalue=2.7)
@@ -201,7 +200,6 @@ def test_distributed_threads_cluster():
             np.testing.assert_array_equal(client.compute(y).result(), expected)
             image = x[0, 0]
             z = fastconv.dask.correlate2d(da.from_array(image, chunks=6), w[0, 0], boundary="symm")
-            from scipy import signal
             assert relative_error(client.compute(z).result(), signal.correlate2d(image, w[0, 0], boundary="symm")) < 1e-12
 
 
