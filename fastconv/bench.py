@@ -355,15 +355,24 @@ def _scipy_call(case: Case, x, w):
 
 
 def prepare_call(case: Case, backend: str, x, w):
-    """A zero-argument callable that runs ``case`` on fastconv ``backend`` or peer ``"torch"``/``"scipy"``.
+    """A zero-argument callable that runs ``case`` on fastconv ``backend`` or peer ``"torch"``/``"scipy"``,
+    already called once, so that JIT compilation and FFT planning are done before any timing.
 
     Raises :class:`Skip` (with the reason) when that backend or peer cannot run the case here.
     """
     if backend == "torch":
-        return _torch_call(case, x, w)
-    if backend == "scipy":
-        return _scipy_call(case, x, w)
-    return _fastconv_call(case, backend, x, w)
+        call = _torch_call(case, x, w)
+    elif backend == "scipy":
+        call = _scipy_call(case, x, w)
+    else:
+        call = _fastconv_call(case, backend, x, w)
+    try:
+        call()
+    except ValueError as error:
+        if case.op == "conv2d":  # conv2d backends decline through supports(): this is a real failure
+            raise
+        raise Skip(f"declines: {error}") from None  # other ops decline by raising on the first call
+    return call
 
 
 def _timed(function) -> float:
@@ -373,11 +382,11 @@ def _timed(function) -> float:
 
 
 def time_call(function, repeat: int = 5, budget_s: float = 1.0) -> tuple[float, int]:
-    """Median seconds of up to ``repeat`` calls after one untimed warm-up call, and the calls timed.
+    """Median seconds of up to ``repeat`` calls of ``function``, and the number of calls timed.
 
     Stops early once the timed calls add up to ``budget_s`` (at least one call is always timed).
+    Warm up first (:func:`prepare_call` does).
     """
-    function()
     times = []
     while len(times) < repeat and sum(times) < budget_s:
         times.append(_timed(function))
@@ -391,10 +400,6 @@ def _measure_one(case: Case, backend: str, repeat: int, budget_s: float) -> dict
         seconds, runs = time_call(call, repeat, budget_s)
     except Skip as reason:
         return {"status": "skipped", "reason": str(reason)}
-    except ValueError as error:
-        if case.op != "conv2d":  # ops without a supports() probe decline by raising on the first call
-            return {"status": "skipped", "reason": f"declines: {error}"}
-        return {"status": "failed", "reason": f"ValueError: {error}"}
     except Exception as error:  # one broken backend must not end the run: record it and go on
         return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
     return {"status": "ok", "median_s": seconds, "runs": runs}

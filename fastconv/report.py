@@ -316,8 +316,9 @@ def _page(results: dict) -> str:
         "DeepSpeech, large-kernel convnet layers; batch 1), against the rate of a float32 matrix multiply "
         f"through numpy's BLAS on this machine ({results.get('sgemm_gflops', float('nan')):.0f} GFLOP/s, dashed "
         "line) — roughly the most a GEMM-based convolution can reach, like the roof of a roofline plot. "
-        "Depthwise and 1×1 layers do few flops per byte moved, so they sit far below the ceiling for every "
-        "backend; large 3×3 layers are where GEMM lowering and Winograd approach or pass it. A missing bar "
+        "Depthwise and 1×1 layers do few flops per byte moved, so every backend should sit far below the "
+        "ceiling on them; layers with many channels are where GEMM lowering can come close, and Winograd "
+        "(fewer multiplies than the direct count) can pass it. The table says what was measured. A missing bar "
         "means the backend declined the layer or was skipped (naive above "
         f"{bench.NAIVE_MAX_FLOPS / 1e9:.1f} GFLOP).",
         "",
@@ -327,7 +328,7 @@ def _page(results: dict) -> str:
         "",
         "![stride and dilation](stride_dilation.png)",
         "",
-        "One 3×3 layer with stride 1–4 (left) and dilation 1–4 (right), as achieved GFLOP/s. Stride s "
+        "One 3×3 layer with growing stride (left) and dilation (right), as achieved GFLOP/s. Stride s "
         "divides the useful work by s² but not every algorithm's cost: an FFT computes every output position "
         "and throws most away, GEMM lowering gathers less, direct loops skip. Dilation spreads the taps "
         "apart: direct methods lose cache locality, FFT methods pay for the larger effective kernel.",
