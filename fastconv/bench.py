@@ -299,7 +299,7 @@ def _fastconv_call(case: Case, backend: str, x, w):
     elif not hasattr(fastconv, case.op):
         raise Skip(f"fastconv.{case.op} is not in this version of fastconv")
     if backend == "naive" and case.flops > NAIVE_MAX_FLOPS:
-        raise Skip(f"{case.flops / 1e9:.1f} GFLOP: too slow for the reference loops (limit {NAIVE_MAX_FLOPS / 1e9:.1f})")
+        raise Skip(f"{case.flops / 1e9:.1f} GFLOP: too slow for the reference loops (limit {NAIVE_MAX_FLOPS / 1e9:.1f} GFLOP)")
     return functools.partial(getattr(fastconv, case.op), x, w, backend=backend, **case.conv_kwargs())
 
 

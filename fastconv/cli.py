@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 
 from fastconv import bench
@@ -129,7 +130,7 @@ def format_case(entry: dict, backend_names, peers) -> str:
         best = bench.median_seconds(entry, winner)
         against = [f"{peer} {_ratio(bench.median_seconds(entry, peer), best)}" for peer in peers
                    if bench.median_seconds(entry, peer)]
-        lines.append(f"winner: {winner}" + (f"; its speedup vs {', vs '.join(against)}" if against else ""))
+        lines.append(f"winner: {winner}" + (f"; its speed relative to {', '.join(against)} (> 1: faster)" if against else ""))
     auto = entry.get("auto")
     if auto is not None:
         auto_seconds = bench.median_seconds(entry, auto)
@@ -180,6 +181,12 @@ def _selected_peers(wanted: bool) -> tuple[list[str], list[str]]:
     return peers, [f"{peer} not timed: not installed" for peer in bench.PEERS if peer not in peers]
 
 
+def _check_writable(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise CommandLineError(f"cannot write --json file {path!r}: no writable directory {directory!r}")
+
+
 def _write_json(results: dict, path: str) -> None:
     try:
         with open(path, "w") as file:
@@ -193,6 +200,8 @@ def _bench(args) -> int:
     peers, peer_notes = _selected_peers(args.peers)
     cases = bench.suite_cases(args.suite, quick=args.quick, dtype=args.dtype)
     repeat = args.repeat or (1 if args.quick else 5)
+    if args.json:
+        _check_writable(args.json)  # fail now, not after minutes of measuring
     for note in notes + peer_notes:
         print(note)
     results = bench.measure(cases, backend_names, peers, repeat=repeat, budget_s=0.2 if args.quick else 1.0)
