@@ -98,12 +98,15 @@ def _plot_crossover(results, colours, path, plt):
                 continue
             column, row = sides.index(case.input_shape[-1]), kernel_sides.index(case.weight_shape[-1])
             winner = bench.fastest(entry, results["backends"])
-            if winner is None:
+            peer = bench.fastest(entry, results["peers"])
+            if winner is None:  # every backend declined or was skipped (naive on a large problem)
+                axis.add_patch(plt.Rectangle((column - 0.5, row - 0.5), 1, 1, color="lightgrey"))
+                axis.text(column, row, "no backend\ntimed" + (f"\n†{peer}" if peer else ""),
+                          ha="center", va="center", fontsize=7)
                 continue
             winners_seen.add(winner)
             seconds = bench.median_seconds(entry, winner)
             axis.add_patch(plt.Rectangle((column - 0.5, row - 0.5), 1, 1, color=colours[winner]))
-            peer = bench.fastest(entry, results["peers"])
             beaten = peer is not None and bench.median_seconds(entry, peer) < seconds
             axis.text(column, row, f"{seconds * 1e3:.3g} ms" + ("\n†" + peer if beaten else ""),
                       ha="center", va="center", fontsize=8, color="white" if not beaten else "black")
@@ -156,11 +159,12 @@ def _plot_kernel_size(results, colours, path, plt):
 
 def _plot_layers(results, colours, path, plt):
     import numpy as np
+    from matplotlib.ticker import FormatStrFormatter
 
     entries = _entries(results, "layers")
     names = results["backends"] + results["peers"]
     height = 0.8 / max(len(names), 1)
-    figure, axis = plt.subplots(figsize=(10, 1.0 + 0.45 * len(entries) * max(len(names), 2) * 0.5))
+    figure, axis = plt.subplots(figsize=(11, 1.5 + 0.25 * len(entries) * max(len(names), 2)))
     for position, name in enumerate(names):
         rates = [entry["flops"] / bench.median_seconds(entry, name) / 1e9 if bench.median_seconds(entry, name) else np.nan
                  for _, entry in entries]
@@ -171,10 +175,12 @@ def _plot_layers(results, colours, path, plt):
                      label=f"sgemm ceiling ({results['sgemm_gflops']:.0f} GFLOP/s)")
     axis.set_yticks(np.arange(len(entries)) + height * (len(names) - 1) / 2, [case.name for case, _ in entries])
     axis.invert_yaxis()
-    axis.set_xlabel("achieved GFLOP/s (direct-convolution flops / median time)")
+    axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_xlabel("achieved GFLOP/s (direct-convolution flops / median time, log scale)")
     axis.set_title("Canonical CNN layers: achieved GFLOP/s per backend against the machine's sgemm rate")
-    axis.legend(loc="lower right", fontsize=8)
-    axis.grid(True, axis="x", alpha=0.3)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    axis.grid(True, axis="x", which="both", alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -190,6 +196,8 @@ def _stride_dilation_points(results, name, field):
 
 
 def _plot_stride_dilation(results, colours, path, plt):
+    from matplotlib.ticker import FormatStrFormatter
+
     entries = _entries(results, "stride_dilation")
     base = entries[0][0] if entries else None
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
@@ -201,9 +209,11 @@ def _plot_stride_dilation(results, colours, path, plt):
         values = sorted({getattr(case, field) for case, _ in entries})
         axis.set_xticks(values, [str(value) for value in values])
         axis.set_xlabel(f"{field} (both axes)")
-        axis.grid(True, alpha=0.3)
+        axis.set_yscale("log")
+        axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.grid(True, which="both", alpha=0.3)
         axis.set_title(f"effect of {field}")
-    axes[0].set_ylabel("achieved GFLOP/s (direct flops / time)")
+    axes[0].set_ylabel("achieved GFLOP/s (direct flops / time, log scale)")
     axes[1].legend(fontsize=8)
     if base is not None:
         figure.suptitle(f"Stride and dilation: input {'x'.join(map(str, base.input_shape))}, "
