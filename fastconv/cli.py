@@ -107,7 +107,7 @@ def _ratio(numerator: float | None, denominator: float | None) -> str:
 def format_case(entry: dict, backend_names, peers) -> str:
     """A Markdown table for one case of :func:`fastconv.bench.measure`, then its winner and auto's pick."""
     case = bench.Case.from_dict(entry["case"])
-    baselines = ["naive", *peers]
+    baselines = [name for name in ("naive", *peers) if name in entry["results"]]
     rows = []
     for name in [*backend_names, *peers]:
         result = entry["results"][name]
@@ -222,6 +222,9 @@ def _explain(args) -> int:
     import fastconv
     from fastconv.dispatch import choose_backend
 
+    if args.backends and not args.measure:
+        raise CommandLineError("--backends only applies with --measure")
+    backend_names = _selected_backends(args.backends)[0] if args.measure else []
     input_shape = args.input if len(args.input) == 4 else (1, *args.input)
     if len(input_shape) != 4:
         raise CommandLineError(f"--input must be NxCxHxW or CxHxW, got {'x'.join(map(str, args.input))}")
@@ -249,7 +252,6 @@ def _explain(args) -> int:
         print(_markdown_table(["backend", "can run", "why not"], rows, right_aligned=set()))
         print(f"\nauto picks: {choose_backend(case.backend_spec())}")
     if args.measure:
-        backend_names, _ = _selected_backends(None)
         peers, _ = _selected_peers(args.peers)
         results = bench.measure([case], backend_names, peers, repeat=args.repeat or 5)
         print()
@@ -337,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--padding-mode", choices=("zeros", "reflect", "replicate", "circular"), default="zeros")
     explain.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     explain.add_argument("--measure", action="store_true", help="also time every backend that can run it")
+    explain.add_argument("--backends", nargs="+", metavar="NAME", help="with --measure: backends to time (default: all available)")
     _add_measurement_options(explain, "default 5")
     explain.set_defaults(run=_explain, fail=explain.error)
 
