@@ -459,11 +459,11 @@ def _auto_choice(case: Case) -> str | None:
 
 
 class _Progress:
-    """A tqdm bar on stderr when it is a terminal and tqdm is installed; silent otherwise."""
+    """A tqdm bar on stderr when stderr is a terminal; silent otherwise (logs and pipes stay clean)."""
 
     def __init__(self, total: int, enabled: bool):
         self._bar = None
-        if enabled and sys.stderr.isatty() and importlib.util.find_spec("tqdm") is not None:
+        if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, unit="run", leave=False, dynamic_ncols=True)
