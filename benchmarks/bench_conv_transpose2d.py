@@ -1,16 +1,16 @@
-"""conv_transpose2d across backends on the canonical transposed layers (DCGAN) and a 2x upsampling.
-
-Until ``fastconv.conv_transpose2d`` exists every fastconv row is n/a (setup raises
-NotImplementedError) and only torch is timed.
+"""conv_transpose2d across its own backends (naive, col2im) and torch, on the canonical transposed
+layers (DCGAN), a U-Net up-convolution and an autoencoder decoder layer.
 """
 
-from .common import BACKENDS, gflops, prepare, suite_cases
+from fastconv import bench
+
+from .common import gflops, prepare, suite_cases
 
 LAYERS = {case.name: case for case in suite_cases("transposed")}
 
 
 class ConvTranspose2dLayers:
-    params = [BACKENDS, list(LAYERS)]
+    params = [[*bench.op_backends("conv_transpose2d", ()), *bench.PEERS], list(LAYERS)]
     param_names = ["backend", "layer"]
 
     def setup(self, backend, layer):

@@ -1,5 +1,7 @@
-"""asv benchmarks for the convolution family: transposed convolution, pooling, scipy-style
-convolve2d, local and tiled convolution (float32 unless said otherwise, data from a fixed seed).
+"""asv benchmarks for the convolution family: scipy-style convolve2d, local and tiled convolution,
+depthwise-separable blocks (float32 unless said otherwise, data from a fixed seed). Transposed
+convolution and pooling, with torch as a baseline, are in ``bench_conv_transpose2d.py`` and
+``bench_pooling.py``.
 
 Comparisons with torch, each library in its own process, are in ``compare_family.py``.
 """
@@ -8,49 +10,9 @@ import numpy as np
 
 import fastconv
 
-# name: (N, C, H, W, K, k, stride, padding, output_padding); the DCGAN layer is shapes.json's
-TRANSPOSED_LAYERS = {
-    "dcgan_4x4_s2_4x512x4x4": (4, 512, 4, 4, 256, 4, 2, 1, 0),
-    "unet_2x2_s2_1x256x32x32": (1, 256, 32, 32, 128, 2, 2, 0, 0),
-    "autoenc_3x3_s2_1x64x56x56": (1, 64, 56, 56, 32, 3, 2, 1, 1),
-}
-
 
 def _rng():
     return np.random.default_rng(0)
-
-
-class ConvTranspose2d:
-    params = [list(TRANSPOSED_LAYERS), ["col2im", "naive"]]
-    param_names = ["layer", "backend"]
-    timeout = 120
-
-    def setup(self, layer, backend):
-        n, c, h, w, k, size, stride, padding, output_padding = TRANSPOSED_LAYERS[layer]
-        if backend == "naive" and layer != "dcgan_4x4_s2_4x512x4x4":
-            raise NotImplementedError("naive loops only on the smallest layer")
-        rng = _rng()
-        self.x = rng.standard_normal((n, c, h, w), dtype=np.float32)
-        self.weight = rng.standard_normal((c, k, size, size), dtype=np.float32)
-        self.kwargs = dict(stride=stride, padding=padding, output_padding=output_padding, backend=backend)
-        fastconv.conv_transpose2d(self.x, self.weight, **self.kwargs)  # JIT warm-up
-
-    def time_conv_transpose2d(self, layer, backend):
-        fastconv.conv_transpose2d(self.x, self.weight, **self.kwargs)
-
-
-class Pool2d:
-    params = [["max", "avg"], ["1x64x112x112", "8x64x56x56"], [(3, 2, 1), (2, 2, 0)]]
-    param_names = ["kind", "size", "kernel_stride_padding"]
-
-    def setup(self, kind, size, kernel_stride_padding):
-        self.x = _rng().standard_normal(tuple(int(s) for s in size.split("x")), dtype=np.float32)
-        self.pool = fastconv.max_pool2d if kind == "max" else fastconv.avg_pool2d
-        self.args = kernel_stride_padding
-        self.pool(self.x, *self.args)
-
-    def time_pool2d(self, kind, size, kernel_stride_padding):
-        self.pool(self.x, *self.args)
 
 
 class Convolve2d:

@@ -289,10 +289,10 @@ def make_inputs(case: Case, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def _fastconv_call(case: Case, backend: str, x, w):
     import fastconv
 
-    reason = backends.unavailable_reason(backend)
-    if reason is not None:
-        raise Skip(f"unavailable: {reason}")
     if case.op == "conv2d":
+        reason = backends.unavailable_reason(backend)
+        if reason is not None:
+            raise Skip(f"unavailable: {reason}")
         reason = backends.get(backend).supports(case.backend_spec())
         if reason is not None:
             raise Skip(f"declines: {reason}")
@@ -509,6 +509,15 @@ def _peer_worker() -> None:
         print(json.dumps(result), flush=True)
 
 
+def op_backends(op: str, conv2d_backends) -> list[str]:
+    """The backends to time for operation ``op``: the given conv2d backends, or the op's own registry."""
+    if op == "conv2d":
+        return list(conv2d_backends)
+    from fastconv.transpose import TRANSPOSE_BACKENDS  # conv_transpose2d has backends of its own
+
+    return list(TRANSPOSE_BACKENDS)
+
+
 def measure(cases, backend_names, peers=(), repeat: int = 5, budget_s: float = 1.0, progress: bool = True) -> dict:
     """Time every case on every backend (in this process) and every peer (one process per peer).
 
@@ -518,12 +527,12 @@ def measure(cases, backend_names, peers=(), repeat: int = 5, budget_s: float = 1
     ``{"status": "skipped" | "failed", "reason"}``.
     """
     cases = list(cases)
-    bar = _Progress(len(cases) * (len(backend_names) + len(peers)), progress)
-    entries = [{"case": case.to_dict(), "flops": case.flops, "auto": _auto_choice(case), "results": {}}
-               for case in cases]
+    entries = [{"case": case.to_dict(), "flops": case.flops, "auto": _auto_choice(case),
+                "backends": op_backends(case.op, backend_names), "results": {}} for case in cases]
+    bar = _Progress(sum(len(entry["backends"]) + len(peers) for entry in entries), progress)
     try:
         for case, entry in zip(cases, entries):
-            for backend in backend_names:
+            for backend in entry["backends"]:
                 bar.step(f"{backend}: {case.name}")
                 entry["results"][backend] = _measure_one(case, backend, repeat, budget_s)
         for peer in peers:
@@ -551,7 +560,7 @@ def auto_summary(results: dict) -> str:
     """One sentence: how often ``auto``'s pick was within 10% of the fastest backend, and the worst case."""
     ratios = []
     for entry in results["cases"]:
-        winner, auto = fastest(entry, results["backends"]), entry.get("auto")
+        winner, auto = fastest(entry, entry.get("backends", results["backends"])), entry.get("auto")
         if winner and auto and median_seconds(entry, auto):
             ratios.append((median_seconds(entry, auto) / median_seconds(entry, winner), entry["case"]["name"]))
     if not ratios:

@@ -108,6 +108,7 @@ def format_case(entry: dict, backend_names, peers) -> str:
     """A Markdown table for one case of :func:`fastconv.bench.measure`, then its winner and auto's pick."""
     case = bench.Case.from_dict(entry["case"])
     baselines = [name for name in ("naive", *peers) if name in entry["results"]]
+    backend_names = entry.get("backends", backend_names)  # ops other than conv2d have their own backends
     rows = []
     for name in [*backend_names, *peers]:
         result = entry["results"][name]
