@@ -28,10 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-# The canonical layer list: $FASTCONV_SHAPES, else ../shared/shapes.json beside the checkout.
+# The canonical layer list: $FASTCONV_SHAPES, else the copy fastconv ships (fastconv/data).
 SHAPES_CANDIDATES = [Path(p) for p in (os.environ.get("FASTCONV_SHAPES"),) if p] + [
-    Path(__file__).resolve().parents[2] / "shared" / "shapes.json",
-    Path(__file__).resolve().parents[3] / "shared" / "shapes.json",  # from a worktree under work/wt/
+    Path(__file__).resolve().parents[1] / "fastconv" / "data" / "shapes.json",
 ]
 
 # Layers added to the shapes.json set where it has no example of a kind the issue asks for.
@@ -55,7 +54,7 @@ def load_cases():
             layers = json.loads(path.read_text())["conv2d"]
             break
     else:
-        raise SystemExit("shapes.json not found; set FASTCONV_SHAPES=/path/to/shapes.json")
+        raise SystemExit(f"shapes.json not found at {SHAPES_CANDIDATES}; set FASTCONV_SHAPES=/path/to/shapes.json")
     cases = []
     for layer in layers + EXTRA_LAYERS:
         kind = "depthwise" if layer["groups"] == layer["C"] and layer["groups"] > 1 else "cnn"

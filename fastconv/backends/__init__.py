@@ -35,6 +35,7 @@ _MODULES = {
     "naive": "fastconv.backends.naive",
     "im2col": "fastconv.backends.im2col",
     "numba_cpu": "fastconv.backends.numba_cpu",
+    "cuda": "fastconv.backends.cuda",
 }
 
 _lock = threading.Lock()
