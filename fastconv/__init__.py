@@ -7,11 +7,13 @@
 (1, 8, 32, 32)
 """
 
-from fastconv import config
+from fastconv import config, fft
 from fastconv.backends import list_backends
+from fastconv.backends.separable import separable_conv2d, separate
 from fastconv.dispatch import conv2d, use_backend
 from fastconv.geometry import ConvSpec, output_shape
 
 __version__ = "0.1.0"
 
-__all__ = ["ConvSpec", "config", "conv2d", "list_backends", "output_shape", "use_backend"]
+__all__ = ["ConvSpec", "config", "conv2d", "list_backends", "output_shape", "use_backend",
+           "fft", "separable_conv2d", "separate"]
