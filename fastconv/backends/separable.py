@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from fastconv.geometry import ConvSpec, pad_input
+from fastconv.geometry import ConvSpec, check_dtype, pad_input
 
 name = "separable"
 
@@ -53,9 +53,7 @@ def available() -> str | None:
 
 
 def supports(spec: ConvSpec) -> str | None:
-    if spec.dtype.kind == "c":
-        return f"dtype {spec.dtype} is complex; separable runs float32 and float64"
-    return None
+    return None  # every geometry and dtype; the weight decides (supports_weight)
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,7 +67,8 @@ def _default_tol(kernel_shape, dtype) -> float:
 def _factor(kernels: np.ndarray, tol: float):
     """SVD of a stack of kernels (..., kh, kw): column factors (..., kh, kh∧kw), row factors
     (..., kh∧kw, kw), each with sqrt(s) folded in, and the numerical rank of each kernel."""
-    u, s, vt = np.linalg.svd(kernels.astype(np.float64), full_matrices=False)
+    wide = np.complex128 if kernels.dtype.kind == "c" else np.float64
+    u, s, vt = np.linalg.svd(kernels.astype(wide), full_matrices=False)  # vt is V^H: w = u s vt
     ranks = np.count_nonzero(s > tol * s[..., :1], axis=-1)
     root = np.sqrt(s)
     return u * root[..., None, :], vt * root[..., :, None], ranks
@@ -81,7 +80,7 @@ def separate(kernel2d, tol=None):
     Parameters
     ----------
     kernel2d : array_like, shape (kh, kw)
-        A real kernel.
+        The kernel (real or complex).
     tol : float, optional
         Relative tolerance: singular values below ``tol`` times the largest are dropped, so the
         spectral-norm error of the result is at most ``tol · ||kernel||₂``. Default
@@ -92,8 +91,8 @@ def separate(kernel2d, tol=None):
     -------
     cols : numpy.ndarray, shape (r, kh)
     rows : numpy.ndarray, shape (r, kw)
-        The ``r`` rank-one terms, largest first (``r`` is 0 for an all-zero kernel). Float64, or
-        float32 for a float32 kernel.
+        The ``r`` rank-one terms, largest first (``r`` is 0 for an all-zero kernel). Float32,
+        complex64 and complex128 kernels keep their dtype; everything else gives float64.
 
     Examples
     --------
@@ -108,9 +107,11 @@ def separate(kernel2d, tol=None):
     kernel = np.asarray(kernel2d)
     if kernel.ndim != 2 or min(kernel.shape) < 1:
         raise ValueError(f"kernel2d must be a non-empty 2-D array (kh, kw), got shape {kernel.shape}")
-    if kernel.dtype.kind not in "biuf":
-        raise TypeError(f"kernel2d must be real (bool, integer or float), got dtype {kernel.dtype}")
-    dtype = np.float32 if kernel.dtype == np.float32 else np.float64
+    check_dtype("kernel2d", kernel.dtype)
+    if kernel.dtype in (np.float32, np.complex64, np.complex128):
+        dtype = kernel.dtype
+    else:
+        dtype = np.dtype(np.float64)
     if tol is None:
         tol = _default_tol(kernel.shape, dtype)
     elif isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) or not 0 <= tol < 1:
@@ -244,8 +245,6 @@ def separable_conv2d(x, col_kernel, row_kernel, bias=None, *, stride=1, padding=
 
     cols = _as_numeric_array("col_kernel", col_kernel)
     rows = _as_numeric_array("row_kernel", row_kernel)
-    if cols.dtype.kind == "c" or rows.dtype.kind == "c":
-        raise TypeError(f"col_kernel and row_kernel must be real, got dtypes {cols.dtype} and {rows.dtype}")
     if cols.ndim != rows.ndim or cols.ndim not in (1, 3) or cols.shape[:-1] != rows.shape[:-1]:
         raise ValueError(
             f"col_kernel and row_kernel must both have shape (k,) or (K, C // groups, k) with the same K and "
