@@ -349,6 +349,8 @@ def _equal_chunk(total: int, most: int) -> int:
 
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
+    if spec.batch == 0:
+        return np.empty(spec.out_shape, dtype=spec.dtype)
     if not (_is_finite(weight) and _is_finite(x)):
         from fastconv.backends import naive  # NaN/inf would smear over every FFT output
 
