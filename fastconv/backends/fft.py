@@ -43,10 +43,12 @@ cheaper than the transform). Mutating a weight in place, or passing a new array 
 at the same address, therefore never returns a stale spectrum.
 
 NaN and infinity: a single non-finite value would spread over the whole FFT output (every
-frequency bin sees every pixel). So the backend checks the input and the weight first (a sum, with
-an exact ``isfinite`` pass only when the sum is not finite) and hands non-finite problems to direct
-summation by the ``naive`` backend, which puts NaN and inf exactly where direct convolution does.
-That is slow on large images but correct; it costs clean inputs one pass over the data.
+frequency bin sees every pixel), and values near the top of the dtype's range can overflow a
+spectrum bin (a sum over the whole image) where the direct sum would not. So the backend first
+takes the largest magnitude of the input and of the weight (max and min reductions, no
+temporaries) and hands problems with NaN, inf or such huge values to direct summation by the
+``naive`` backend, which puts NaN and inf exactly where direct convolution does. That is slow on
+large images but correct; clean inputs pay two fast passes over the data.
 
 Accuracy: the rounding error of an FFT convolution grows with ``log T`` and is spread evenly
 over all outputs, relative to the *largest* values involved, so small outputs carry larger
@@ -335,10 +337,24 @@ def _filter_spectrum(weight: np.ndarray, spec: ConvSpec, grid: tuple[int, int]) 
 # the convolution
 
 
-def _is_finite(array: np.ndarray) -> bool:
-    # one pass with no temporary; the exact check only when the sum is not finite (overflow)
-    total = array.sum()
-    return bool(np.isfinite(total)) or bool(np.isfinite(array).all())
+def _largest_magnitude(array: np.ndarray) -> float:
+    """max |value| (of real and imaginary parts), NaN if any is NaN: two reductions, no temporary."""
+    parts = array.view(array.real.dtype) if array.dtype.kind == "c" else array
+    return float(max(abs(parts.max()), abs(parts.min()))) if parts.size else 0.0
+
+
+def _fft_is_safe(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, grid: tuple[int, int]) -> bool:
+    """False when a NaN or inf is present, or when the values are so large that an intermediate
+    of the transform could overflow although the direct sum would not.
+
+    Every spectrum bin is bounded by the sum of |values| it transforms, so all intermediates stay
+    below ``max|x| · max|w| · taps · grid points``; that bound must stay well inside the dtype.
+    """
+    taps = spec.in_channels_per_group * spec.kernel_height * spec.kernel_width
+    bound = _largest_magnitude(x) * _largest_magnitude(weight) * taps * grid[0] * grid[1]
+    # a zero factor makes the bound 0 even when the other holds inf: check each is finite too
+    return bool(np.isfinite(_largest_magnitude(x)) and np.isfinite(_largest_magnitude(weight))
+                and bound < np.finfo(spec.dtype).max / 64)
 
 
 def _equal_chunk(total: int, most: int) -> int:
@@ -351,13 +367,12 @@ def _equal_chunk(total: int, most: int) -> int:
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
     if spec.batch == 0:
         return np.empty(spec.out_shape, dtype=spec.dtype)
-    if not (_is_finite(weight) and _is_finite(x)):
+    complex_data = spec.dtype.kind == "c"
+    grid = _choose_tiles(spec, complex_data)
+    if not _fft_is_safe(x, weight, spec, grid):
         from fastconv.backends import naive  # NaN/inf would smear over every FFT output
 
         return naive.run(x, weight, bias, spec)
-
-    complex_data = spec.dtype.kind == "c"
-    grid = _choose_tiles(spec, complex_data)
     key = (weight.shape, spec.dtype.str, spec.dilation, spec.groups, grid)
     spectrum = _spectra.get(key, weight, lambda: _filter_spectrum(weight, spec, grid))
 
