@@ -44,11 +44,12 @@ at the same address, therefore never returns a stale spectrum.
 
 NaN and infinity: a single non-finite value would spread over the whole FFT output (every
 frequency bin sees every pixel), and values near the top of the dtype's range can overflow a
-spectrum bin (a sum over the whole image) where the direct sum would not. So the backend first
-takes the largest magnitude of the input and of the weight (max and min reductions, no
-temporaries) and hands problems with NaN, inf or such huge values to direct summation by the
-``naive`` backend, which puts NaN and inf exactly where direct convolution does. That is slow on
-large images but correct; clean inputs pay two fast passes over the data.
+spectrum bin (a sum over a whole tile) where the direct sum would not. Either way the tile's
+inverse transform is non-finite at its first sample, because every inverse output sums all bins;
+the backend checks that one sample per tile and channel (free) and, when one is not finite, hands
+the whole problem to direct summation by the ``naive`` backend, which puts NaN and inf exactly
+where direct convolution does. That is slow on large images but correct, and clean inputs pay
+nothing for it.
 
 Accuracy: the rounding error of an FFT convolution grows with ``log T`` and is spread evenly
 over all outputs, relative to the *largest* values involved, so small outputs carry larger
@@ -86,6 +87,8 @@ __all__ = ["available", "supports", "run", "fast_even_length", "clear_caches", "
 _MAX_IDLE_PLANS = 16
 _MAX_SPECTRA = 8
 _MAX_SPECTRUM_BYTES = 256 << 20
+# Grids above this many points run measurably slower per point (they leave L2); see _choose_tiles.
+_CACHE_FRIENDLY_POINTS = 1 << 19
 
 
 def available() -> str | None:
@@ -154,6 +157,8 @@ def _choose_tiles(spec: ConvSpec, complex_data: bool) -> tuple[int, int]:
             bins = points if complex_data else tile_h * (tile_w // 2 + 1)
             per_tile = (points * math.log2(points) * (channels + outs)
                         + 4 * bins * outs * spec.in_channels_per_group + 2e4)
+            if points > _CACHE_FRIENDLY_POINTS:  # transforms that leave the caches run slower per point
+                per_tile *= 1.25
             cost = per_tile * tiles_h * tiles_w * spec.batch
             tile_bytes = (channels + outs) * (points + 2 * bins) * item_bytes
             too_big = tile_bytes > config.workspace_bytes and (tiles_h, tiles_w) == (1, 1)
@@ -337,24 +342,8 @@ def _filter_spectrum(weight: np.ndarray, spec: ConvSpec, grid: tuple[int, int]) 
 # the convolution
 
 
-def _largest_magnitude(array: np.ndarray) -> float:
-    """max |value| (of real and imaginary parts), NaN if any is NaN: two reductions, no temporary."""
-    parts = array.view(array.real.dtype) if array.dtype.kind == "c" else array
-    return float(max(abs(parts.max()), abs(parts.min()))) if parts.size else 0.0
-
-
-def _fft_is_safe(x: np.ndarray, weight: np.ndarray, spec: ConvSpec, grid: tuple[int, int]) -> bool:
-    """False when a NaN or inf is present, or when the values are so large that an intermediate
-    of the transform could overflow although the direct sum would not.
-
-    Every spectrum bin is bounded by the sum of |values| it transforms, so all intermediates stay
-    below ``max|x| · max|w| · taps · grid points``; that bound must stay well inside the dtype.
-    """
-    taps = spec.in_channels_per_group * spec.kernel_height * spec.kernel_width
-    bound = _largest_magnitude(x) * _largest_magnitude(weight) * taps * grid[0] * grid[1]
-    # a zero factor makes the bound 0 even when the other holds inf: check each is finite too
-    return bool(np.isfinite(_largest_magnitude(x)) and np.isfinite(_largest_magnitude(weight))
-                and bound < np.finfo(spec.dtype).max / 64)
+class _NotFinite(Exception):
+    """A transform met NaN or inf (or overflowed): the result must come from direct sums."""
 
 
 def _equal_chunk(total: int, most: int) -> int:
@@ -369,10 +358,6 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
         return np.empty(spec.out_shape, dtype=spec.dtype)
     complex_data = spec.dtype.kind == "c"
     grid = _choose_tiles(spec, complex_data)
-    if not _fft_is_safe(x, weight, spec, grid):
-        from fastconv.backends import naive  # NaN/inf would smear over every FFT output
-
-        return naive.run(x, weight, bias, spec)
     key = (weight.shape, spec.dtype.str, spec.dilation, spec.groups, grid)
     spectrum = _spectra.get(key, weight, lambda: _filter_spectrum(weight, spec, grid))
 
@@ -389,12 +374,33 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     chunk = _equal_chunk(len(items), config.workspace_bytes // item_bytes)
 
     out = np.empty(spec.out_shape, dtype=spec.dtype)
-    for start in range(0, len(items), chunk):
-        batch_items = items[start:start + chunk]
-        _convolve_tiles(x, spectrum, spec, grid, batch_items, (per_tile_h, per_tile_w), out)
+    try:
+        for start in range(0, len(items), chunk):
+            batch_items = items[start:start + chunk]
+            _convolve_tiles(x, spectrum, spec, grid, batch_items, (per_tile_h, per_tile_w), out)
+    except _NotFinite:
+        from fastconv.backends import naive  # NaN/inf would smear over every FFT output
+
+        return naive.run(x, weight, bias, spec)
     if bias is not None:
         out += bias[None, :, None, None]
     return out
+
+
+@np.errstate(over="ignore", invalid="ignore")  # NaN/inf are caught after the inverse transform
+def _multiply_spectra(spectra_in, spectrum, spectra_out, groups, channels_per_group, outs_per_group):
+    """Y[t, k] = sum_c W[k, c] · X[t, c] per frequency bin, within each group."""
+    count, bins = spectra_in.shape[0], spectra_in.shape[2]
+    if channels_per_group == 1:  # elementwise: Y[t, g, k] = X[t, g] * W[g, k]
+        np.multiply(spectra_in.reshape(count, groups, 1, bins),
+                    spectrum.reshape(1, groups, outs_per_group, bins),
+                    out=spectra_out.reshape(count, groups, outs_per_group, bins))
+        return
+    for group in range(groups):  # one (K/g × C/g) @ (C/g × tiles) complex GEMM per bin
+        group_in = spectra_in[:, group * channels_per_group:(group + 1) * channels_per_group]
+        by_bin = np.ascontiguousarray(group_in.transpose(2, 1, 0))  # (bins, C/g, tiles)
+        product = np.matmul(spectrum[group], by_bin)                 # (bins, K/g, tiles)
+        spectra_out[:, group * outs_per_group:(group + 1) * outs_per_group] = product.transpose(2, 1, 0)
 
 
 def _convolve_tiles(x, spectrum, spec, grid, items, per_tile, out):
@@ -409,32 +415,35 @@ def _convolve_tiles(x, spectrum, spec, grid, items, per_tile, out):
     with _plan(count * channels, grid, spec.dtype, inverse=False) as forward, \
             _plan(count * out_channels, grid, spec.dtype, inverse=True) as inverse:
         tiles = forward.input_array.reshape(count, channels, *grid)
-        tiles[...] = 0  # the zero padding, and the zeros beyond the image
         for index, (n, tile_row, tile_col) in enumerate(items):
             row0, col0 = tile_row * step_h - top, tile_col * step_w - left  # tile origin in x
-            rows = slice(max(row0, 0), min(row0 + grid[0], height))
-            cols = slice(max(col0, 0), min(col0 + grid[1], width))
-            if rows.start < rows.stop and cols.start < cols.stop:
-                tiles[index, :, rows.start - row0:rows.stop - row0, cols.start - col0:cols.stop - col0] = x[n, :, rows, cols]
+            first_row, last_row = min(max(-row0, 0), grid[0]), max(min(height - row0, grid[0]), 0)
+            first_col, last_col = min(max(-col0, 0), grid[1]), max(min(width - col0, grid[1]), 0)
+            tile = tiles[index]
+            if first_row < last_row and first_col < last_col:
+                tile[:, first_row:last_row, first_col:last_col] = \
+                    x[n, :, row0 + first_row:row0 + last_row, col0 + first_col:col0 + last_col]
+            else:
+                first_row = last_row = 0
+            # zeros around the image part: the padding, and the grid beyond the image
+            tile[:, :first_row] = 0
+            tile[:, last_row:] = 0
+            tile[:, first_row:last_row, :first_col] = 0
+            tile[:, first_row:last_row, last_col:] = 0
         forward.execute()
 
         bins = forward.output_array.shape[1] * forward.output_array.shape[2]
         spectra_in = forward.output_array.reshape(count, channels, bins)
         spectra_out = inverse.input_array.reshape(count, out_channels, bins)
         channels_per_group, outs_per_group = spec.in_channels_per_group, spec.out_channels_per_group
-        if channels_per_group == 1:  # elementwise: Y[t, g, k] = X[t, g] * W[g, k]
-            np.multiply(spectra_in.reshape(count, groups, 1, bins),
-                        spectrum.reshape(1, groups, outs_per_group, bins),
-                        out=spectra_out.reshape(count, groups, outs_per_group, bins))
-        else:  # one (K/g × C/g) @ (C/g × tiles) complex GEMM per frequency bin and group
-            for group in range(groups):
-                group_in = spectra_in[:, group * channels_per_group:(group + 1) * channels_per_group]
-                by_bin = np.ascontiguousarray(group_in.transpose(2, 1, 0))  # (bins, C/g, tiles)
-                product = np.matmul(spectrum[group], by_bin)                 # (bins, K/g, tiles)
-                spectra_out[:, group * outs_per_group:(group + 1) * outs_per_group] = product.transpose(2, 1, 0)
+        _multiply_spectra(spectra_in, spectrum, spectra_out, groups, channels_per_group, outs_per_group)
         inverse.execute()  # destroys spectra_out, which is the plan's own buffer
 
         results = inverse.output_array.reshape(count, out_channels, *grid)
+        # Each inverse output is a sum over all bins, so a NaN or inf anywhere in a tile's
+        # spectra (from the input, the weight, or an overflow) reaches its sample (0, 0).
+        if not np.isfinite(results[:, :, 0, 0]).all():
+            raise _NotFinite
         for index, (n, tile_row, tile_col) in enumerate(items):
             out_row, out_col = tile_row * per_tile[0], tile_col * per_tile[1]
             rows = min(per_tile[0], spec.out_height - out_row)
