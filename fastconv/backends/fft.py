@@ -312,30 +312,39 @@ def _filter_spectrum(weight: np.ndarray, spec: ConvSpec, grid: tuple[int, int]) 
     out_channels, channels_per_group, kernel_h, kernel_w = weight.shape
     dilation_h, dilation_w = spec.dilation
     extent_h, extent_w = spec.dilated_kernel
-    count = out_channels * channels_per_group
-    kernels = weight.reshape(count, kernel_h, kernel_w)
+    groups, count = spec.groups, out_channels * channels_per_group
+    # FFTW's inverse is unnormalised: scale the few kernel taps rather than every bin
+    kernels = weight.reshape(count, kernel_h, kernel_w) * (1.0 / (grid[0] * grid[1]))
     if spec.dtype.kind == "c":  # conj(FFT(conj w)) is the spectrum of w reversed: a correlation
         kernels = np.conj(kernels)
-    spectral_shape = (grid[0], grid[1] if spec.dtype.kind == "c" else grid[1] // 2 + 1)
-    spectrum = np.empty((count,) + spectral_shape, dtype=np.result_type(spec.dtype, np.complex64))
+    bins = grid[0] * (grid[1] if spec.dtype.kind == "c" else grid[1] // 2 + 1)
+    complex_dtype = np.result_type(spec.dtype, np.complex64)
+    if channels_per_group == 1:
+        spectrum = np.empty((count, bins), dtype=complex_dtype)
+    else:  # bins-major; (K/g, C/g) flattened, which is the order of the filters within a group
+        spectrum = np.empty((groups, bins, count // groups), dtype=complex_dtype)
+    per_group = count // groups
     per_filter_bytes = 3 * grid[0] * grid[1] * spec.dtype.itemsize
-    chunk = _equal_chunk(count, config.workspace_bytes // per_filter_bytes)
-    for start in range(0, count, chunk):
-        stop = min(start + chunk, count)
+    chunk = _equal_chunk(per_group, config.workspace_bytes // per_filter_bytes)
+    for start in range(0, count, chunk):  # chunks never straddle two groups
+        stop = min(start + chunk, (start // per_group + 1) * per_group)
         with _plan(stop - start, grid, spec.dtype, inverse=False) as forward:
             source = forward.input_array
             source[...] = 0
             # the zero-inserted (dilated) kernel in the top-left corner of the grid
             source[:, :extent_h:dilation_h, :extent_w:dilation_w] = kernels[start:stop]
             forward.execute()
-            np.conjugate(forward.output_array, out=spectrum[start:stop])
-    spectrum *= 1.0 / (grid[0] * grid[1])  # FFTW's inverse is unnormalised
-    bins = spectrum.shape[1] * spectrum.shape[2]
+            spectra = forward.output_array.reshape(stop - start, bins)
+            if channels_per_group == 1:
+                np.conjugate(spectra, out=spectrum[start:stop])
+                continue
+            group, offset = divmod(start, per_group)
+            target = spectrum[group, :, offset:offset + stop - start]
+            for first in range(0, bins, 256):  # transpose in blocks that stay in cache
+                np.conjugate(spectra[:, first:first + 256].T, out=target[first:first + 256])
     if channels_per_group == 1:
-        return spectrum.reshape(out_channels, bins)
-    groups = spec.groups
-    per_group = spectrum.reshape(groups, out_channels // groups, channels_per_group, bins)
-    return np.ascontiguousarray(per_group.transpose(0, 3, 1, 2))
+        return spectrum
+    return spectrum.reshape(groups, bins, out_channels // groups, channels_per_group)
 
 
 # --------------------------------------------------------------------------------------------
