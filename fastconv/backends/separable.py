@@ -21,7 +21,8 @@ The numba kernel runs one output row per task, in parallel over (image, output c
 each input channel and rank term it forms the row's column pass into a private buffer (rows
 ``i * stride + u * dilation`` of the padded input, so stride and dilation cost nothing extra) and
 adds the row pass of that buffer (columns ``j * stride + v * dilation``) into the output row. Both
-inner loops run along contiguous memory and vectorise.
+inner loops run along contiguous memory and vectorise. The zero padding is never materialised:
+rows outside the image are skipped and the buffer's border columns stay zero.
 
 Examples
 --------
@@ -41,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from fastconv.geometry import ConvSpec, check_dtype, pad_input
+from fastconv.geometry import ConvSpec, check_dtype
 
 name = "separable"
 
@@ -151,46 +152,58 @@ def supports_weight(weight: np.ndarray, spec: ConvSpec) -> str | None:
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _separable_conv2d(x_padded, cols, rows, ranks, out, stride_h, stride_w, dilation_h, dilation_w, groups):
-    """out[n, k] += sum over c and rank terms r of rowpass(colpass(x_padded[n, c], cols[k, c, r]), rows[k, c, r]).
+def _separable_conv2d(x, cols, rows, ranks, out, top, left, stride_h, stride_w, dilation_h, dilation_w, groups):
+    """out[n, k] += sum over c and rank terms r of rowpass(colpass(x[n, c], cols[k, c, r]), rows[k, c, r]).
 
+    ``x`` is unpadded: rows and columns outside it (the zero padding) are skipped, not read.
     cols (K, Cg, R, kh), rows (K, Cg, R, kw), ranks (K, Cg): terms beyond ranks[k, c] are unused.
     """
-    batch = x_padded.shape[0]
+    batch, _, height, width = x.shape
     out_channels, channels_per_group, _, kernel_h = cols.shape
     kernel_w = rows.shape[3]
     out_h, out_w = out.shape[2], out.shape[3]
     outs_per_group = out_channels // groups
     used_w = (out_w - 1) * stride_w + (kernel_w - 1) * dilation_w + 1  # padded columns the row pass reads
+    first_col = min(left, used_w)                  # padded columns [first_col, last_col) hold x
+    last_col = max(min(left + width, used_w), first_col)
     for task in prange(batch * out_channels * out_h):
         n = task // (out_channels * out_h)
         k = (task // out_h) % out_channels
         i = task % out_h
         group = k // outs_per_group
-        column_pass = np.empty(used_w, dtype=out.dtype)
+        column_pass = np.zeros(used_w, dtype=out.dtype)
         for c in range(channels_per_group):
             channel = group * channels_per_group + c
             for r in range(ranks[k, c]):
-                column_pass[:] = 0
+                inside = column_pass[first_col:last_col]  # the columns that hold x, not padding
+                inside[:] = 0
                 for u in range(kernel_h):
-                    tap = cols[k, c, r, u]
-                    source_row = i * stride_h + u * dilation_h
-                    for col in range(used_w):
-                        column_pass[col] += x_padded[n, channel, source_row, col] * tap
+                    source_row = i * stride_h + u * dilation_h - top
+                    if 0 <= source_row < height:
+                        tap = cols[k, c, r, u]
+                        source = x[n, channel, source_row, first_col - left:]
+                        for col in range(last_col - first_col):  # from 0: no negative-index checks
+                            inside[col] += source[col] * tap
+                target = out[n, k, i]
                 for v in range(kernel_w):
                     tap = rows[k, c, r, v]
-                    offset = v * dilation_w
-                    for j in range(out_w):
-                        out[n, k, i, j] += column_pass[j * stride_w + offset] * tap
+                    if stride_w == 1:  # contiguous: vectorises
+                        shifted = column_pass[v * dilation_w:]
+                        for j in range(out_w):
+                            target[j] += shifted[j] * tap
+                    else:
+                        offset = v * dilation_w
+                        for j in range(out_w):
+                            target[j] += column_pass[j * stride_w + offset] * tap
 
 
 def _run_factors(x, cols, rows, ranks, bias, spec):
     out = np.zeros(spec.out_shape, dtype=spec.dtype)
     if bias is not None:
         out += bias[None, :, None, None]
-    _separable_conv2d(pad_input(x, spec), np.ascontiguousarray(cols, dtype=spec.dtype),
-                      np.ascontiguousarray(rows, dtype=spec.dtype), ranks.astype(np.int64), out,
-                      *spec.stride, *spec.dilation, spec.groups)
+    (top, _), (left, _) = spec.padding
+    _separable_conv2d(x, np.ascontiguousarray(cols, dtype=spec.dtype), np.ascontiguousarray(rows, dtype=spec.dtype),
+                      ranks.astype(np.int64), out, top, left, *spec.stride, *spec.dilation, spec.groups)
     return out
 
 
