@@ -201,3 +201,16 @@ def test_corrupt_or_foreign_wisdom_warns_and_is_ignored(tmp_path, content):
         assert fastconv.fft.load_wisdom(path) is False
     out = fastconv.conv2d(np.ones((1, 1, 6, 6)), np.ones((1, 1, 2, 2)), backend="fft")  # still works
     np.testing.assert_allclose(out, 4.0)
+
+
+def test_plan_pool_is_bounded_in_count_and_bytes(monkeypatch):
+    pool = fft._PlanPool(max_idle=3, max_bytes=1 << 20)
+    monkeypatch.setattr(fft, "_plans", pool)
+    rng = np.random.default_rng(7)
+    for size in range(10, 30, 2):  # ten shapes: more plans than the pool keeps
+        x = rng.standard_normal((1, 1, size, size))
+        out = fastconv.conv2d(x, np.ones((1, 1, 3, 3)), backend="fft")
+        assert relative_error(out, reference_conv2d(x, np.ones((1, 1, 3, 3)))) <= 1e-12
+    assert pool._count <= 3 and pool._bytes <= 1 << 20
+    assert pool._count == sum(len(plans) for plans in pool._idle.values())
+    assert pool._bytes == sum(fft._plan_bytes(p) for plans in pool._idle.values() for p in plans)

@@ -83,8 +83,10 @@ name = "fft"
 
 __all__ = ["available", "supports", "run", "fast_even_length", "clear_caches", "cache_info"]
 
-# Idle plans kept for reuse (all shapes together) and filter spectra kept (count and bytes).
+# Idle plans kept for reuse (count and bytes of their buffers, all shapes together) and filter
+# spectra kept (count and bytes).
 _MAX_IDLE_PLANS = 16
+_MAX_IDLE_PLAN_BYTES = 256 << 20
 _MAX_SPECTRA = 8
 _MAX_SPECTRUM_BYTES = 256 << 20
 # Grids above this many points run measurably slower per point (they leave L2); see _choose_tiles.
@@ -172,14 +174,20 @@ def _choose_tiles(spec: ConvSpec, complex_data: bool) -> tuple[int, int]:
 # plans: FFTW objects with their own aligned buffers, checked out by one thread at a time
 
 
+def _plan_bytes(plan) -> int:
+    return plan.input_array.nbytes + plan.output_array.nbytes
+
+
 class _PlanPool:
     """Idle FFTW plans by key. ``checkout`` lends one to the calling thread (building a new one
-    when all are busy) and takes it back afterwards; at most ``max_idle`` are kept."""
+    when all are busy) and takes it back afterwards; at most ``max_idle`` plans holding at most
+    ``max_bytes`` of buffers are kept, least recently used first out. (Building plans from several
+    threads at once is safe: pyFFTW serialises FFTW's planner under its own lock.)"""
 
-    def __init__(self, max_idle: int):
-        self._max_idle = max_idle
+    def __init__(self, max_idle: int, max_bytes: int):
+        self._max_idle, self._max_bytes = max_idle, max_bytes
         self._idle: OrderedDict[tuple, list] = OrderedDict()
-        self._count = 0
+        self._count = self._bytes = 0
         self._lock = threading.Lock()
         self.built = 0  # plans built so far (for tests and cache_info)
 
@@ -190,6 +198,7 @@ class _PlanPool:
             plan = plans.pop() if plans else None
             if plan is not None:
                 self._count -= 1
+                self._bytes -= _plan_bytes(plan)
                 self._idle.move_to_end(key)
         if plan is None:
             plan = build()
@@ -202,9 +211,10 @@ class _PlanPool:
                 self._idle.setdefault(key, []).append(plan)
                 self._idle.move_to_end(key)
                 self._count += 1
-                while self._count > self._max_idle:  # drop the least recently used
+                self._bytes += _plan_bytes(plan)
+                while self._count > self._max_idle or self._bytes > self._max_bytes:  # drop the LRU
                     oldest = next(iter(self._idle))
-                    self._idle[oldest].pop()
+                    self._bytes -= _plan_bytes(self._idle[oldest].pop())
                     self._count -= 1
                     if not self._idle[oldest]:
                         del self._idle[oldest]
@@ -212,10 +222,10 @@ class _PlanPool:
     def clear(self):
         with self._lock:
             self._idle.clear()
-            self._count = 0
+            self._count = self._bytes = 0
 
 
-_plans = _PlanPool(_MAX_IDLE_PLANS)
+_plans = _PlanPool(_MAX_IDLE_PLANS, _MAX_IDLE_PLAN_BYTES)
 
 
 def _build_plan(batch: int, grid: tuple[int, int], dtype: np.dtype, inverse: bool, threads: int, effort: str):
