@@ -100,11 +100,21 @@ fftw_planner: str = _check_planner(
     "environment variable FASTCONV_FFTW_PLANNER", os.environ.get("FASTCONV_FFTW_PLANNER") or "FFTW_ESTIMATE"
 )
 
+def _default_cache_dir() -> Path:
+    if os.environ.get("FASTCONV_CACHE_DIR"):
+        return Path(os.environ["FASTCONV_CACHE_DIR"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "fastconv"
+    try:
+        return Path.home() / ".cache" / "fastconv"
+    except RuntimeError:  # no home directory (some containers): a per-user temporary one
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / f"fastconv-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+
+
 #: Directory for fastconv's persistent files (FFTW wisdom). Created on first write.
-cache_dir: Path = Path(
-    os.environ.get("FASTCONV_CACHE_DIR")
-    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastconv"
-)
+cache_dir: Path = _default_cache_dir()
 
 
 def set_fftw_planner(effort: str) -> None:

@@ -214,3 +214,11 @@ def test_plan_pool_is_bounded_in_count_and_bytes(monkeypatch):
     assert pool._count <= 3 and pool._bytes <= 1 << 20
     assert pool._count == sum(len(plans) for plans in pool._idle.values())
     assert pool._bytes == sum(fft._plan_bytes(p) for plans in pool._idle.values() for p in plans)
+
+
+def test_cache_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path / "explicit"))
+    assert config._default_cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("FASTCONV_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert config._default_cache_dir() == tmp_path / "xdg" / "fastconv"
