@@ -38,6 +38,7 @@ __all__ = ["BackendStatus", "backend_names", "get", "list_backends", "unavailabl
 
 _MODULES = {
     "naive": "fastconv.backends.naive",
+    "cuda": "fastconv.backends.cuda",
     "fft": "fastconv.backends.fft",
     "separable": "fastconv.backends.separable",
 }
