@@ -33,6 +33,7 @@ __all__ = ["BackendStatus", "backend_names", "get", "list_backends", "unavailabl
 
 _MODULES = {
     "naive": "fastconv.backends.naive",
+    "winograd": "fastconv.backends.winograd",
 }
 
 _lock = threading.Lock()
