@@ -243,113 +243,117 @@ def _tile_count(spec: ConvSpec, m: int) -> int:
     return sum(-(-h // m) for h in heights) * sum(-(-w // m) for w in widths)
 
 
-def _tile_rows(spec: ConvSpec, m: int) -> np.ndarray:
-    """One row per band of tiles: (image n, first output row, first output column, tiles in band).
+def _tile_origins(spec: ConvSpec, m: int) -> np.ndarray:
+    """(tiles, 3) int64: image n, output row and output column of each tile's first output.
 
-    A band is one row of m×m tiles of one dilation sub-image; its tiles step through the output by
-    (m·dh) rows and (m·dw) columns. Bands of the same image are consecutive, which keeps the
-    input transform of a chunk reading nearby memory.
+    Tile (a, b) of dilation sub-image (r, s) covers outputs ``r + dh·(m·a + i)``,
+    ``s + dw·(m·b + j)`` for i, j < m, and reads the padded input at ``r + dh·(m·a + i)``,
+    ``s + dw·(m·b + j)`` for i, j < m + 2. Tiles are ordered image by image, row of tiles by row
+    of tiles, so that consecutive tiles read neighbouring memory.
     """
     heights, widths = _sub_image_sizes(spec)
-    dh = spec.dilation[0]
-    rows = []
-    for n in range(spec.batch):
-        for r, height in enumerate(heights):
-            for band in range(-(-height // m)):
-                for s, width in enumerate(widths):
-                    rows.append((n, r + dh * m * band, s, -(-width // m)))
-    return np.array(rows, dtype=np.int64).reshape(-1, 4)
+    dh, dw = spec.dilation
+    rows = np.concatenate([r + dh * m * np.arange(-(-h // m)) for r, h in enumerate(heights)])
+    cols = np.concatenate([s + dw * m * np.arange(-(-w // m)) for s, w in enumerate(widths)])
+    n, row, col = np.meshgrid(np.arange(spec.batch), rows, cols, indexing="ij")
+    return np.stack([n.ravel(), row.ravel(), col.ravel()], axis=1).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------
-# numba kernels. Both work on a band of `tiles` tiles at a time with the tile index innermost, so
-# the transforms are loops of scalar × vector multiply-adds over contiguous memory (vectorised by
-# LLVM); zero entries of the transform matrices are skipped outside those loops.
+# the transforms (numba). Both work on blocks of _BLOCK tiles with the tile index innermost and
+# of compile-time length, so every step is a scalar × vector multiply-add over one SIMD-sized
+# vector (LLVM vectorises it); zero entries of the transform matrices are skipped outside those
+# loops. Parallel jobs are (block of tiles, channel) pairs: they write disjoint slices.
+
+_BLOCK = 16  # tiles per vector: 16 float32 = one AVX-512 register, two AVX2 ones
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _input_transform(x, bands, band_start, pad_top, pad_left, dil_h, dil_w, bt, v):
-    """V[e, c, t] = (Bᵀ d B)[e] for every tile t of the bands and every input channel c.
+def _input_transform(x, origins, pad_top, pad_left, dil_h, dil_w, bt, inputs):
+    """inputs[e, c, t] = (Bᵀ d B)[e] for tile t and channel c, d the tile's α×α input patch.
 
-    ``d`` is the α×α patch of the zero-padded input whose top-left corner, in output coordinates,
-    is the tile's first output; rows and columns step by the dilation. Reads outside ``x`` are the
-    zero padding.
+    ``x`` is (N, C, H, W); the patch of a tile starting at output (row0, col0) is the padded
+    input at rows ``row0 + dil_h·i`` and columns ``col0 + dil_w·j``; reads outside ``x`` are the
+    zero padding. ``inputs`` is (α², C, tiles) with tiles a multiple of ``_BLOCK``.
     """
     alpha = bt.shape[0]
-    m = alpha - 2
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
-    band_count = bands.shape[0]
-    for job in prange(band_count * channels):
-        band, c = job // channels, job % channels
-        n, row0, col0, tiles = bands[band, 0], bands[band, 1], bands[band, 2], bands[band, 3]
-        t0 = band_start[band]
-        line = np.empty(m * tiles + 2, dtype=v.dtype)
-        patch = np.empty((alpha, alpha, tiles), dtype=v.dtype)  # d[i, j, tile]
-        half = np.zeros((alpha, alpha, tiles), dtype=v.dtype)   # (Bᵀ d)[i', j, tile]
-        for i in range(alpha):
-            row = row0 + dil_h * i - pad_top
-            if 0 <= row < height:
-                for q in range(m * tiles + 2):
-                    col = col0 + dil_w * q - pad_left
-                    line[q] = x[n, c, row, col] if 0 <= col < width else 0.0
-            else:
-                line[:] = 0.0
-            for j in range(alpha):
-                for t in range(tiles):
-                    patch[i, j, t] = line[m * t + j]
-        for i2 in range(alpha):
+    blocks = origins.shape[0] // _BLOCK
+    for job in prange(blocks * channels):
+        block, c = job // channels, job % channels
+        first = block * _BLOCK
+        patch = np.empty((alpha, alpha, _BLOCK), dtype=x.dtype)   # d[i, j, tile]
+        half = np.empty((alpha, alpha, _BLOCK), dtype=x.dtype)    # (Bᵀ d)[i', j, tile]
+        for tile in range(_BLOCK):
+            n, row0, col0 = origins[first + tile, 0], origins[first + tile, 1], origins[first + tile, 2]
             for i in range(alpha):
-                coefficient = bt[i2, i]
-                if coefficient != 0.0:
-                    for j in range(alpha):
-                        for t in range(tiles):
-                            half[i2, j, t] += coefficient * patch[i, j, t]
+                row = row0 + dil_h * i - pad_top
+                for j in range(alpha):
+                    col = col0 + dil_w * j - pad_left
+                    if 0 <= row < height and 0 <= col < width:
+                        patch[i, j, tile] = x[n, c, row, col]
+                    else:
+                        patch[i, j, tile] = 0.0
+        for i2 in range(alpha):
+            for j in range(alpha):
+                half[i2, j, :] = 0.0
+                for i in range(alpha):
+                    coefficient = bt[i2, i]
+                    if coefficient != 0.0:
+                        for tile in range(_BLOCK):
+                            half[i2, j, tile] += coefficient * patch[i, j, tile]
         for i2 in range(alpha):
             for j2 in range(alpha):
-                out = v[i2 * alpha + j2, c, t0:t0 + tiles]
-                out[:] = 0.0
+                target = inputs[i2 * alpha + j2, c, first:first + _BLOCK]
+                target[:] = 0.0
                 for j in range(alpha):
                     coefficient = bt[j2, j]
                     if coefficient != 0.0:
-                        for t in range(tiles):
-                            out[t] += coefficient * half[i2, j, t]
+                        for tile in range(_BLOCK):
+                            target[tile] += coefficient * half[i2, j, tile]
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _output_transform(products, bands, band_start, dil_h, dil_w, at, bias, out):
-    """out[n, k, tile outputs] = bias[k] + (Aᵀ M A) for every tile of the bands and channel k."""
+def _output_transform(products, origins, dil_h, dil_w, at, bias, out):
+    """out[n, k, tile's outputs] = bias[k] + (Aᵀ M A) for tile t, M = products[:, k, t].
+
+    Outputs of a tile that fall outside ``out`` (the last row and column of tiles, and the
+    padding tiles of the last block) are dropped.
+    """
     m, alpha = at.shape
     out_channels, out_height, out_width = out.shape[1], out.shape[2], out.shape[3]
-    band_count = bands.shape[0]
-    for job in prange(band_count * out_channels):
-        band, k = job // out_channels, job % out_channels
-        n, row0, col0, tiles = bands[band, 0], bands[band, 1], bands[band, 2], bands[band, 3]
-        t0 = band_start[band]
-        half = np.zeros((m, alpha, tiles), dtype=out.dtype)  # (Aᵀ M)[i, j', tile]
+    blocks = origins.shape[0] // _BLOCK
+    for job in prange(blocks * out_channels):
+        block, k = job // out_channels, job % out_channels
+        first = block * _BLOCK
+        half = np.empty((m, alpha, _BLOCK), dtype=out.dtype)      # (Aᵀ M)[i, j', tile]
+        result = np.empty((m, m, _BLOCK), dtype=out.dtype)        # Y[i, j, tile]
         for i in range(m):
-            for i2 in range(alpha):
-                coefficient = at[i, i2]
-                if coefficient != 0.0:
-                    for j2 in range(alpha):
-                        source = products[i2 * alpha + j2, k, t0:t0 + tiles]
-                        for t in range(tiles):
-                            half[i, j2, t] += coefficient * source[t]
-        tile_out = np.empty(tiles, dtype=out.dtype)
+            for j2 in range(alpha):
+                half[i, j2, :] = 0.0
+                for i2 in range(alpha):
+                    coefficient = at[i, i2]
+                    if coefficient != 0.0:
+                        source = products[i2 * alpha + j2, k, first:first + _BLOCK]
+                        for tile in range(_BLOCK):
+                            half[i, j2, tile] += coefficient * source[tile]
         for i in range(m):
-            row = row0 + dil_h * i
-            if row >= out_height:
-                break
             for j in range(m):
-                tile_out[:] = bias[k]
+                result[i, j, :] = bias[k]
                 for j2 in range(alpha):
                     coefficient = at[j, j2]
                     if coefficient != 0.0:
-                        for t in range(tiles):
-                            tile_out[t] += coefficient * half[i, j2, t]
-                for t in range(tiles):
-                    col = col0 + dil_w * (m * t + j)
-                    if col < out_width:
-                        out[n, k, row, col] = tile_out[t]
+                        for tile in range(_BLOCK):
+                            result[i, j, tile] += coefficient * half[i, j2, tile]
+        for tile in range(_BLOCK):
+            n, row0, col0 = origins[first + tile, 0], origins[first + tile, 1], origins[first + tile, 2]
+            for i in range(m):
+                row = row0 + dil_h * i
+                if row < out_height:
+                    for j in range(m):
+                        col = col0 + dil_w * j
+                        if col < out_width:
+                            out[n, k, row, col] = result[i, j, tile]
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,39 +362,40 @@ def _output_transform(products, bands, band_start, dil_h, dil_w, at, bias, out):
 
 _FILTER_CACHE_ENTRIES = 16
 _FILTER_CACHE_BYTES = 256 << 20
-_filter_cache: OrderedDict = OrderedDict()  # key -> (copy of the weight, transformed weight)
+_filter_cache: OrderedDict = OrderedDict()  # key -> (copy of the weight, transformed filters)
 _filter_cache_lock = threading.Lock()
 
 
-def _transform_filters(weight: np.ndarray, m: int) -> np.ndarray:
-    """U[e, k, c] = (G g Gᵀ)[e] for filter g = weight[k, c], computed in float64."""
+def _transform_filters(weight: np.ndarray, m: int, groups: int) -> np.ndarray:
+    """U[e, g, k, c] = (G w[g·Kg + k, c] Gᵀ)[e], computed in float64, stored in the weight's dtype."""
     g = _MATRICES[m][1]
     out_channels, channels_per_group = weight.shape[:2]
-    transformed = np.einsum("ai,kcij,bj->abkc", g, weight.astype(np.float64, copy=False), g, optimize=True)
-    return np.ascontiguousarray(transformed.reshape((m + 2) ** 2, out_channels, channels_per_group),
-                                dtype=weight.dtype)
+    transformed = g @ weight.astype(np.float64, copy=False) @ g.T            # (K, Cg, α, α)
+    transformed = transformed.transpose(2, 3, 0, 1).reshape((m + 2) ** 2, groups, out_channels // groups,
+                                                            channels_per_group)
+    return np.ascontiguousarray(transformed, dtype=weight.dtype)
 
 
-def _cached_filter_transform(weight: np.ndarray, m: int) -> np.ndarray:
+def _cached_filter_transform(weight: np.ndarray, m: int, groups: int) -> np.ndarray:
     """The transformed filters of ``weight``, reused while the weight's values are unchanged.
 
-    Keyed by the identity of the array (plus shape, dtype and tile); a hit is only used when a
-    stored copy still equals ``weight``, so an in-place change of the weight is never served
-    stale. That comparison reads the weight once more, far less than the transform writes
+    Keyed by the identity of the array (with shape, dtype, tile and groups); a hit is only used
+    when a stored copy still equals ``weight``, so an in-place change of the weight is never
+    served stale. The comparison reads the weight once more, less than the transform writes
     ((m+2)²/9 times the weight). Bounded by entries and bytes; safe to call from many threads.
     """
-    key = (id(weight), weight.shape, weight.dtype.str, m)
+    key = (id(weight), weight.shape, weight.dtype.str, m, groups)
     with _filter_cache_lock:
         entry = _filter_cache.get(key)
         if entry is not None:
             _filter_cache.move_to_end(key)
     if entry is not None and np.array_equal(entry[0], weight):
         return entry[1]
-    transformed = _transform_filters(weight, m)
-    size = weight.nbytes + transformed.nbytes
-    if size <= _FILTER_CACHE_BYTES // 4:
+    transformed = _transform_filters(weight, m, groups)
+    if weight.nbytes + transformed.nbytes <= _FILTER_CACHE_BYTES // 4:
         with _filter_cache_lock:
             _filter_cache[key] = (weight.copy(), transformed)
+            _filter_cache.move_to_end(key)
             total = sum(a.nbytes + b.nbytes for a, b in _filter_cache.values())
             while len(_filter_cache) > _FILTER_CACHE_ENTRIES or total > _FILTER_CACHE_BYTES:
                 _, (old_weight, old_transformed) = _filter_cache.popitem(last=False)
@@ -399,13 +404,13 @@ def _cached_filter_transform(weight: np.ndarray, m: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# BLAS threads
+# the pipeline
 
 _threadpool_controller = None
 
 
 def _blas_threads(count: int):
-    """A context manager limiting BLAS to ``count`` threads (the controller is built once: cheap)."""
+    """A context manager limiting BLAS to ``count`` threads (controller built once: microseconds)."""
     global _threadpool_controller
     if _threadpool_controller is None:
         from threadpoolctl import ThreadpoolController
@@ -414,56 +419,58 @@ def _blas_threads(count: int):
     return _threadpool_controller.limit(limits=count, user_api="blas")
 
 
-# --------------------------------------------------------------------------------------------
-# the pipeline
+_workspaces = threading.local()
 
 
-def _chunks(bands: np.ndarray, tiles_per_chunk: int):
-    """Split the bands into consecutive runs of at most ``tiles_per_chunk`` tiles (at least one band)."""
-    start, count = 0, 0
-    for index, tiles in enumerate(bands[:, 3]):
-        if count and count + tiles > tiles_per_chunk:
-            yield start, index
-            start, count = index, 0
-        count += tiles
-    yield start, len(bands)
+def _workspace(role: str, size: int, dtype: np.dtype) -> np.ndarray:
+    """A scratch array of ``size`` elements, kept per thread and reused by the next call.
+
+    Fresh multi-megabyte arrays come from ``mmap`` and are page-faulted in on every call, which
+    costs as much as a transform; reusing them avoids that. At most one buffer per role and
+    thread, each within ``config.workspace_bytes``.
+    """
+    buffer = getattr(_workspaces, role, None)
+    if buffer is None or buffer.dtype != dtype or buffer.size < size:
+        buffer = np.empty(size, dtype=dtype)
+        setattr(_workspaces, role, buffer)
+    return buffer[:size]
 
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
         tile: int | None = None) -> np.ndarray:
+    import numba
+
     m = choose_tile(spec) if tile is None else tile
     bt, _, at = (matrix.astype(spec.dtype) for matrix in _MATRICES[m])
     alpha = m + 2
     groups, cg, kg = spec.groups, spec.in_channels_per_group, spec.out_channels_per_group
-    channels, out_channels = spec.in_channels, spec.out_channels
 
-    filters = _cached_filter_transform(weight, m)                    # (α², K, Cg)
-    filters_by_group = filters.reshape(alpha * alpha, groups, kg, cg).transpose(1, 0, 2, 3)
+    filters = _cached_filter_transform(weight, m, groups)             # (α², G, Kg, Cg)
     out = np.empty(spec.out_shape, dtype=spec.dtype)
-    bias = np.zeros(out_channels, dtype=spec.dtype) if bias is None else bias
-
-    bands = _tile_rows(spec, m)
-    itemsize = spec.dtype.itemsize
-    tiles_per_chunk = max(1, config.workspace_bytes // (alpha * alpha * (channels + out_channels) * itemsize))
+    bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else bias
+    origins = _tile_origins(spec, m)
+    # pad the tile list to whole blocks with tiles that lie below the output: they read valid
+    # memory (or zeros) and write nothing
+    origins = np.concatenate([origins, np.tile([[0, spec.out_height, 0]], (-len(origins) % _BLOCK, 1))])
     (pad_top, _), (pad_left, _) = spec.padding
-    dil_h, dil_w = spec.dilation
 
-    import numba
+    # V and M for a chunk of tiles stay within config.workspace_bytes
+    per_tile = alpha * alpha * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
+    tiles_per_chunk = max(1, config.workspace_bytes // per_tile // _BLOCK) * _BLOCK
+    chunk_tiles = min(tiles_per_chunk, len(origins))
+    inputs_buffer = _workspace("inputs", alpha * alpha * spec.in_channels * chunk_tiles, spec.dtype)
+    products_buffer = _workspace("products", alpha * alpha * spec.out_channels * chunk_tiles, spec.dtype)
 
     numba.set_num_threads(min(config.threads, numba.config.NUMBA_NUM_THREADS))
     with _blas_threads(config.threads):
-        for first, last in _chunks(bands, tiles_per_chunk):
-            chunk = bands[first:last]
-            band_start = np.concatenate(([0], np.cumsum(chunk[:, 3])))
-            tiles = int(band_start[-1])
-            inputs = np.empty((alpha * alpha, channels, tiles), dtype=spec.dtype)
-            _input_transform(x, chunk, band_start, pad_top, pad_left, dil_h, dil_w, bt, inputs)
-            products = np.empty((alpha * alpha, out_channels, tiles), dtype=spec.dtype)
-            if groups == 1:
-                np.matmul(filters, inputs, out=products)
-            else:  # groups as a batch dimension: (G, α², Kg, Cg) · (G, α², Cg, tiles)
-                np.matmul(filters_by_group,
-                          inputs.reshape(alpha * alpha, groups, cg, tiles).transpose(1, 0, 2, 3),
-                          out=products.reshape(alpha * alpha, groups, kg, tiles).transpose(1, 0, 2, 3))
-            _output_transform(products, chunk, band_start, dil_h, dil_w, at, bias, out)
+        for first in range(0, len(origins), tiles_per_chunk):
+            chunk = origins[first:first + tiles_per_chunk]
+            tiles = len(chunk)
+            inputs = inputs_buffer[:alpha * alpha * spec.in_channels * tiles].reshape(alpha * alpha, -1, tiles)
+            products = products_buffer[:alpha * alpha * spec.out_channels * tiles].reshape(alpha * alpha, -1, tiles)
+            _input_transform(x, chunk, pad_top, pad_left, *spec.dilation, bt, inputs)
+            # one GEMM per transform-domain element (and group): (Kg × Cg) · (Cg × tiles)
+            np.matmul(filters, inputs.reshape(alpha * alpha, groups, cg, tiles),
+                      out=products.reshape(alpha * alpha, groups, kg, tiles))
+            _output_transform(products, chunk, *spec.dilation, at, bias, out)
     return out
