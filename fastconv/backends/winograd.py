@@ -65,7 +65,7 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastconv import config
 from fastconv.geometry import ConvSpec
@@ -263,100 +263,92 @@ def _tile_origins(spec: ConvSpec, m: int) -> np.ndarray:
 # the transforms (numba). Vectors run over channels, contiguous in the workspace layouts
 # (α², G, tiles, Cg) and (α², G, tiles, Kg), so every step is a scalar × vector multiply-add
 # that LLVM vectorises; zero entries of the transform matrices are skipped outside those loops.
-# Parallel jobs are runs of _TILES_PER_TASK tiles: they write disjoint slices.
+# Each call does a range of tiles; run() gives each thread its own range (disjoint writes).
 
-_TILES_PER_TASK = 8  # tiles one thread transforms in a row, reusing its scratch buffers
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def _input_transform(x, origins, pad_top, pad_left, dil_h, dil_w, bt, inputs):
+@njit(cache=True, nogil=True, fastmath=True)
+def _input_transform(x, origins, pad_top, pad_left, dil_h, dil_w, bt, inputs, first, last):
     """inputs[e, g, t, :] = (Bᵀ d B)[e] for tile t, d its α×α patch of the zero-padded input.
 
     ``x`` is (N, C, H, W). The patch of a tile starting at output (row0, col0) is the padded
     input at rows ``row0 + dil_h·i`` and columns ``col0 + dil_w·j``; reads outside ``x`` are the
-    zero padding. ``inputs`` is (α², G, tiles, Cg).
+    zero padding. ``inputs`` is (α², G, tiles, Cg); tiles ``first`` to ``last`` are done.
     """
     alpha = bt.shape[0]
     groups, channels_per_group = inputs.shape[1], inputs.shape[3]
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
-    tile_count = origins.shape[0]
-    tasks = (tile_count + _TILES_PER_TASK - 1) // _TILES_PER_TASK
-    for task in prange(tasks):
-        patch = np.empty((alpha, alpha, channels), dtype=x.dtype)  # d[i, j, c]
-        half = np.empty((alpha, alpha, channels), dtype=x.dtype)   # (Bᵀ d)[i', j, c]
-        for t in range(task * _TILES_PER_TASK, min(tile_count, (task + 1) * _TILES_PER_TASK)):
-            n, row0, col0 = origins[t, 0], origins[t, 1], origins[t, 2]
-            for i in range(alpha):
-                row = row0 + dil_h * i - pad_top
-                for j in range(alpha):
-                    col = col0 + dil_w * j - pad_left
-                    if 0 <= row < height and 0 <= col < width:
+    patch = np.empty((alpha, alpha, channels), dtype=x.dtype)  # d[i, j, c]
+    half = np.empty((alpha, alpha, channels), dtype=x.dtype)   # (Bᵀ d)[i', j, c]
+    for t in range(first, last):
+        n, row0, col0 = origins[t, 0], origins[t, 1], origins[t, 2]
+        for i in range(alpha):
+            row = row0 + dil_h * i - pad_top
+            for j in range(alpha):
+                col = col0 + dil_w * j - pad_left
+                if 0 <= row < height and 0 <= col < width:
+                    for c in range(channels):
+                        patch[i, j, c] = x[n, c, row, col]
+                else:
+                    patch[i, j, :] = 0.0
+        for i2 in range(alpha):
+            for j in range(alpha):
+                half[i2, j, :] = 0.0
+                for i in range(alpha):
+                    coefficient = bt[i2, i]
+                    if coefficient != 0.0:
                         for c in range(channels):
-                            patch[i, j, c] = x[n, c, row, col]
-                    else:
-                        patch[i, j, :] = 0.0
-            for i2 in range(alpha):
-                for j in range(alpha):
-                    half[i2, j, :] = 0.0
-                    for i in range(alpha):
-                        coefficient = bt[i2, i]
+                            half[i2, j, c] += coefficient * patch[i, j, c]
+        for i2 in range(alpha):
+            for j2 in range(alpha):
+                for g in range(groups):
+                    target = inputs[i2 * alpha + j2, g, t]
+                    target[:] = 0.0
+                    for j in range(alpha):
+                        coefficient = bt[j2, j]
                         if coefficient != 0.0:
-                            for c in range(channels):
-                                half[i2, j, c] += coefficient * patch[i, j, c]
-            for i2 in range(alpha):
-                for j2 in range(alpha):
-                    for g in range(groups):
-                        target = inputs[i2 * alpha + j2, g, t]
-                        target[:] = 0.0
-                        for j in range(alpha):
-                            coefficient = bt[j2, j]
-                            if coefficient != 0.0:
-                                for c in range(channels_per_group):
-                                    target[c] += coefficient * half[i2, j, g * channels_per_group + c]
+                            for c in range(channels_per_group):
+                                target[c] += coefficient * half[i2, j, g * channels_per_group + c]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _output_transform(products, origins, dil_h, dil_w, at, bias, out):
+@njit(cache=True, nogil=True, fastmath=True)
+def _output_transform(products, origins, dil_h, dil_w, at, bias, out, first, last):
     """out[n, :, tile's outputs] = bias + (Aᵀ M A) for every tile t, M = products[:, :, t, :].
 
     Outputs of a tile that fall outside ``out`` (the last row and column of tiles) are dropped.
+    Tiles ``first`` to ``last`` are done.
     """
     m, alpha = at.shape
     groups, out_per_group = products.shape[1], products.shape[3]
     out_channels, out_height, out_width = out.shape[1], out.shape[2], out.shape[3]
-    tile_count = origins.shape[0]
-    tasks = (tile_count + _TILES_PER_TASK - 1) // _TILES_PER_TASK
-    for task in prange(tasks):
-        half = np.empty((m, alpha, out_channels), dtype=out.dtype)  # (Aᵀ M)[i, j', k]
-        tile_out = np.empty(out_channels, dtype=out.dtype)
-        for t in range(task * _TILES_PER_TASK, min(tile_count, (task + 1) * _TILES_PER_TASK)):
-            n, row0, col0 = origins[t, 0], origins[t, 1], origins[t, 2]
-            for i in range(m):
-                for j2 in range(alpha):
-                    half[i, j2, :] = 0.0
-                    for i2 in range(alpha):
-                        coefficient = at[i, i2]
-                        if coefficient != 0.0:
-                            for g in range(groups):
-                                source = products[i2 * alpha + j2, g, t]
-                                for k in range(out_per_group):
-                                    half[i, j2, g * out_per_group + k] += coefficient * source[k]
-            for i in range(m):
-                row = row0 + dil_h * i
-                if row >= out_height:
+    half = np.empty((m, alpha, out_channels), dtype=out.dtype)  # (Aᵀ M)[i, j', k]
+    tile_out = np.empty(out_channels, dtype=out.dtype)
+    for t in range(first, last):
+        n, row0, col0 = origins[t, 0], origins[t, 1], origins[t, 2]
+        for i in range(m):
+            for j2 in range(alpha):
+                half[i, j2, :] = 0.0
+                for i2 in range(alpha):
+                    coefficient = at[i, i2]
+                    if coefficient != 0.0:
+                        for g in range(groups):
+                            source = products[i2 * alpha + j2, g, t]
+                            for k in range(out_per_group):
+                                half[i, j2, g * out_per_group + k] += coefficient * source[k]
+        for i in range(m):
+            row = row0 + dil_h * i
+            if row >= out_height:
+                break
+            for j in range(m):
+                col = col0 + dil_w * j
+                if col >= out_width:
                     break
-                for j in range(m):
-                    col = col0 + dil_w * j
-                    if col >= out_width:
-                        break
-                    tile_out[:] = bias
-                    for j2 in range(alpha):
-                        coefficient = at[j, j2]
-                        if coefficient != 0.0:
-                            for k in range(out_channels):
-                                tile_out[k] += coefficient * half[i, j2, k]
-                    for k in range(out_channels):
-                        out[n, k, row, col] = tile_out[k]
+                tile_out[:] = bias
+                for j2 in range(alpha):
+                    coefficient = at[j, j2]
+                    if coefficient != 0.0:
+                        for k in range(out_channels):
+                            tile_out[k] += coefficient * half[i, j2, k]
+                for k in range(out_channels):
+                    out[n, k, row, col] = tile_out[k]
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,8 +402,8 @@ def _cached_filter_transform(weight: np.ndarray, m: int, groups: int) -> np.ndar
 # the GEMMs and the pipeline
 
 _threadpool_controller = None
-_gemm_pool = None
-_gemm_pool_lock = threading.Lock()
+_pool = None
+_pool_lock = threading.Lock()
 
 
 def _single_threaded_blas():
@@ -424,32 +416,36 @@ def _single_threaded_blas():
     return _threadpool_controller.limit(limits=1, user_api="blas")
 
 
-def _batched_gemm(inputs, filters, products, threads: int) -> None:
-    """products[e, g] = inputs[e, g] · filters[e, g] for all α²·G GEMMs, on ``threads`` threads.
+def _thread_pool(threads: int):
+    """The pool that runs the stages, one task per thread; idle workers sleep (no spinning)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < threads:
+            from concurrent.futures import ThreadPoolExecutor
 
-    Each thread runs numpy ``matmul`` on its share of the GEMMs with BLAS single-threaded.
-    Measured on 2 cores, this beats one multi-threaded BLAS call per GEMM: OpenBLAS's idle
-    workers busy-wait after each call and take the cores from the numba transforms that follow,
-    while these Python threads sleep.
-    """
-    global _gemm_pool
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="fastconv-winograd")
+        return _pool
+
+
+def _in_parallel(threads: int, count: int, task) -> None:
+    """Run ``task(first, last)`` on ``threads`` threads over even shares of ``range(count)``."""
+    threads = min(threads, count)
+    bounds = [count * part // threads for part in range(threads + 1)]
+    if threads == 1:
+        task(0, count)
+        return
+    pool = _thread_pool(threads)
+    for future in [pool.submit(task, first, last) for first, last in zip(bounds[:-1], bounds[1:])]:
+        future.result()
+
+
+def _batched_gemm(inputs, filters, products, threads: int) -> None:
+    """products[e, g] = inputs[e, g] · filters[e, g] for all α²·G GEMMs, on ``threads`` threads."""
     count = inputs.shape[0] * inputs.shape[1]
     flat = (inputs.reshape(count, *inputs.shape[2:]), filters.reshape(count, *filters.shape[2:]),
             products.reshape(count, *products.shape[2:]))
-    threads = min(threads, count)
-    if threads == 1:
-        np.matmul(*flat[:2], out=flat[2])
-        return
-    with _gemm_pool_lock:
-        if _gemm_pool is None or _gemm_pool._max_workers < threads:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _gemm_pool = ThreadPoolExecutor(threads, thread_name_prefix="fastconv-winograd")
-        pool = _gemm_pool
-    bounds = np.linspace(0, count, threads + 1).astype(int)
-    parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-    for future in [pool.submit(np.matmul, flat[0][part], flat[1][part], out=flat[2][part]) for part in parts]:
-        future.result()
+    _in_parallel(threads, count, lambda first, last: np.matmul(
+        flat[0][first:last], flat[1][first:last], out=flat[2][first:last]))
 
 
 _workspaces = threading.local()
@@ -471,8 +467,6 @@ def _workspace(role: str, size: int, dtype: np.dtype) -> np.ndarray:
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
         tile: int | None = None) -> np.ndarray:
-    import numba
-
     m = choose_tile(spec) if tile is None else tile
     bt, _, at = (matrix.astype(spec.dtype) for matrix in _MATRICES[m])
     alpha = m + 2
@@ -491,14 +485,15 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     inputs_buffer = _workspace("inputs", alpha * alpha * spec.in_channels * chunk_tiles, spec.dtype)
     products_buffer = _workspace("products", alpha * alpha * spec.out_channels * chunk_tiles, spec.dtype)
 
-    numba.set_num_threads(min(config.threads, numba.config.NUMBA_NUM_THREADS))
     with _single_threaded_blas():
-        for first in range(0, len(origins), tiles_per_chunk):
-            chunk = origins[first:first + tiles_per_chunk]
+        for start in range(0, len(origins), tiles_per_chunk):
+            chunk = origins[start:start + tiles_per_chunk]
             tiles = len(chunk)
             inputs = inputs_buffer[:alpha * alpha * spec.in_channels * tiles].reshape(alpha * alpha, groups, tiles, cg)
             products = products_buffer[:alpha * alpha * spec.out_channels * tiles].reshape(alpha * alpha, groups, tiles, kg)
-            _input_transform(x, chunk, pad_top, pad_left, *spec.dilation, bt, inputs)
+            _in_parallel(config.threads, tiles, lambda first, last: _input_transform(
+                x, chunk, pad_top, pad_left, *spec.dilation, bt, inputs, first, last))
             _batched_gemm(inputs, filters, products, config.threads)
-            _output_transform(products, chunk, *spec.dilation, at, bias, out)
+            _in_parallel(config.threads, tiles, lambda first, last: _output_transform(
+                products, chunk, *spec.dilation, at, bias, out, first, last))
     return out
