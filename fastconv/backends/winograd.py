@@ -65,7 +65,7 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from fastconv import config
 from fastconv.geometry import ConvSpec
@@ -361,14 +361,30 @@ _filter_cache: OrderedDict = OrderedDict()  # key -> (copy of the weight, transf
 _filter_cache_lock = threading.Lock()
 
 
+@njit(cache=True, parallel=True)
+def _filter_transform_kernel(weight, g, groups, transformed):
+    """transformed[e, group, c, k] = (G w[group·Kg + k, c] Gᵀ)[e], in float64 then rounded once."""
+    alpha = g.shape[0]
+    out_channels, channels_per_group = weight.shape[0], weight.shape[1]
+    out_per_group = out_channels // groups
+    for c in prange(channels_per_group):  # k innermost: the writes run along transformed's last axis
+        half = np.empty((alpha, 3))
+        for kk in range(out_channels):
+            group, k = kk // out_per_group, kk % out_per_group
+            for a in range(alpha):                                # G w
+                for j in range(3):
+                    half[a, j] = g[a, 0] * weight[kk, c, 0, j] + g[a, 1] * weight[kk, c, 1, j] + g[a, 2] * weight[kk, c, 2, j]
+            for a in range(alpha):                                # (G w) Gᵀ
+                for b in range(alpha):
+                    transformed[a * alpha + b, group, c, k] = half[a, 0] * g[b, 0] + half[a, 1] * g[b, 1] + half[a, 2] * g[b, 2]
+
+
 def _transform_filters(weight: np.ndarray, m: int, groups: int) -> np.ndarray:
     """U[e, g, c, k] = (G w[g·Kg + k, c] Gᵀ)[e], computed in float64, stored in the weight's dtype."""
-    g = _MATRICES[m][1]
     out_channels, channels_per_group = weight.shape[:2]
-    transformed = g @ weight.astype(np.float64, copy=False) @ g.T            # (K, Cg, α, α)
-    transformed = transformed.transpose(2, 3, 0, 1).reshape((m + 2) ** 2, groups, out_channels // groups,
-                                                            channels_per_group)
-    return np.ascontiguousarray(transformed.transpose(0, 1, 3, 2), dtype=weight.dtype)
+    transformed = np.empty(((m + 2) ** 2, groups, channels_per_group, out_channels // groups), dtype=weight.dtype)
+    _filter_transform_kernel(weight, _MATRICES[m][1], groups, transformed)
+    return transformed
 
 
 def _cached_filter_transform(weight: np.ndarray, m: int, groups: int) -> np.ndarray:
@@ -387,7 +403,7 @@ def _cached_filter_transform(weight: np.ndarray, m: int, groups: int) -> np.ndar
     if entry is not None and np.array_equal(entry[0], weight):
         return entry[1]
     transformed = _transform_filters(weight, m, groups)
-    if weight.nbytes + transformed.nbytes <= _FILTER_CACHE_BYTES // 4:
+    if weight.nbytes + transformed.nbytes <= _FILTER_CACHE_BYTES:
         with _filter_cache_lock:
             _filter_cache[key] = (weight.copy(), transformed)
             _filter_cache.move_to_end(key)
