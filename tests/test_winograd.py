@@ -114,8 +114,8 @@ def test_float64_f4_error_is_near_machine_precision():
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal((1, 32, 24, 24)), rng.standard_normal((8, 32, 3, 3))
     spec = make_spec(x.shape, w.shape, padding=1)
-    assert winograd.choose_tile(spec) == 4
-    assert relative_error(winograd.run(x, w, None, spec), reference_conv2d(x, w, padding=spec.padding)) < 1e-13
+    out = winograd.run(x, w, None, spec, tile=4)
+    assert relative_error(out, reference_conv2d(x, w, padding=spec.padding)) < 1e-13
 
 
 def test_dilation_is_undilated_convolution_of_interleaved_sub_images():
@@ -137,14 +137,17 @@ def test_dilation_is_undilated_convolution_of_interleaved_sub_images():
 # tile choice and cost hint
 
 
-def test_tile_choice_by_output_size():
+def test_tile_choice():
     big = make_spec((1, 8, 32, 32), (8, 8, 3, 3), padding=1, dtype=np.float32)
-    small = make_spec((1, 8, 7, 30), (8, 8, 3, 3), padding=1, dtype=np.float32)
+    filter_bound = make_spec((1, 512, 14, 14), (512, 512, 3, 3), padding=1, dtype=np.float32)
     dilated = make_spec((1, 8, 65, 65), (8, 8, 3, 3), padding=12, dilation=12, dtype=np.float32)
     assert winograd.choose_tile(big) == 4
-    assert winograd.choose_tile(small) == 2        # 7 output rows: a 4-row tile wastes too much
-    assert winograd.choose_tile(dilated) == 2      # 65 / 12: sub-images of 5-6 outputs
     assert winograd.choose_tile(make_spec((1, 8, 32, 32), (8, 8, 3, 3), padding=1)) == 4  # float64 too
+    assert winograd.choose_tile(filter_bound) == 2  # 16 tiles share 512×512 filters: F(2x2) reads 2.25× fewer
+    assert winograd.choose_tile(dilated) == 2       # 65 / 12: sub-images of 5-6 outputs, 4×4 tiles mostly padding
+    # the choice follows the cost estimate
+    for spec in (big, filter_bound, dilated):
+        assert winograd.estimate_flops(spec)["tile"] == winograd.choose_tile(spec)
 
 
 def test_estimate_flops():

@@ -30,11 +30,12 @@ need larger points and lose accuracy fast, which is why production libraries sto
 for float32; ``tests/test_winograd.py`` checks ``Aᵀ[(G g) ⊙ (Bᵀ d)] = correlate(d, g)`` in
 exact rational arithmetic for both.
 
-Accuracy (measured, relative error max|err| / max|ref| against the float64 reference, 64 input
-channels, standard-normal data; see docs/performance.md): float32 F(2×2) ≈ 4e-7, F(4×4) ≈ 2e-6;
-float64 F(2×2) ≈ 7e-16, F(4×4) ≈ 3e-15. :func:`choose_tile` picks F(4×4) unless the output is
-too small for 4×4 tiles to pay (fewer than 8 outputs along an axis, where most of each tile would
-be wasted), see there.
+Accuracy (measured by ``benchmarks/compare_winograd.py``: relative error max|err| / max|ref|
+against the float64 reference, standard-normal data, ResNet's 64-channel and VGG's 512-channel
+3×3 layers): float32 F(2×2) 3e-7 to 6e-7, F(4×4) 6e-6 to 1e-5; float64 F(2×2) 2e-15 to 5e-15,
+F(4×4) 1e-14 to 2e-14. F(4×4)'s points ±2 scale values by up to ~100 before they cancel, hence
+its larger error. :func:`choose_tile` picks the faster of the two (see there); both are well
+inside the test tolerances (1e-4 for float32, 1e-10 for float64).
 
 Dilation by space-to-batch: a 3×3 convolution with dilation (dh, dw) reads rows ``i, i + dh,
 i + 2dh`` of the padded input for output row ``i``. Output rows ``i ≡ r (mod dh)`` therefore
@@ -163,24 +164,36 @@ def supports(spec: ConvSpec) -> str | None:
     return None
 
 
-def choose_tile(spec: ConvSpec) -> int:
-    """The output tile side m of F(m×m, 3×3) used for ``spec``: 4, or 2 for small outputs.
+# Rates for choose_tile's cost model, measured on the development machine (2 cores, float32,
+# benchmarks/compare_winograd.py): GEMM flops of this pipeline, and the bandwidth at which its
+# GEMMs stream the transformed filters when few tiles share them. Only their ratio matters.
+_GEMM_FLOPS_PER_SECOND = 2.0e11
+_FILTER_BYTES_PER_SECOND = 1.7e10
 
-    F(4×4) does 1.8× fewer multiplies than F(2×2) and its rounding error is still small: about
-    5× that of F(2×2) (2e-6 relative in float32, 3e-15 in float64, see the module docstring), well
-    inside 1e-4 and 1e-10 respectively. It loses where the output (of each dilation sub-image) is
-    narrower than 8 along an axis: a 4×4 tile on a 5-wide output computes 8 columns for 5, and
-    the smaller transforms of F(2×2) are cheaper per tile.
+
+def choose_tile(spec: ConvSpec) -> int:
+    """The output tile side m of F(m×m, 3×3) used for ``spec``: 2 or 4, whichever costs less.
+
+    F(4×4) does 1.8× fewer multiplies per output than F(2×2), and its rounding error is still
+    small (float32 ≤ 1e-5 relative, float64 ≈ 2e-14 on 512-channel layers; F(2×2): 6e-7, 5e-15),
+    so accuracy does not decide here. Two things make F(2×2) cheaper: outputs (of each dilation
+    sub-image) so small that 4×4 tiles are mostly padding, and layers with few tiles and many
+    channels (VGG's 14×14×512), where the GEMMs are bound by reading the transformed filters,
+    (m+2)²·C·K values, 2.25× more for F(4×4). The estimate counts flops (:func:`estimate_flops`)
+    at a GEMM rate plus filter bytes at a memory rate, both measured.
 
     >>> from fastconv.geometry import make_spec
     >>> choose_tile(make_spec((1, 64, 56, 56), (64, 64, 3, 3), padding=1, dtype=np.float32))
     4
-    >>> choose_tile(make_spec((1, 64, 6, 6), (64, 64, 3, 3), padding=1, dtype=np.float32))
+    >>> choose_tile(make_spec((1, 512, 14, 14), (512, 512, 3, 3), padding=1, dtype=np.float32))
     2
     """
-    sub_height = -(-spec.out_height // spec.dilation[0])
-    sub_width = -(-spec.out_width // spec.dilation[1])
-    return 4 if min(sub_height, sub_width) >= 8 else 2
+    def seconds(m):
+        flops = estimate_flops(spec, m)["total"]
+        filter_bytes = (m + 2) ** 2 * spec.in_channels_per_group * spec.out_channels * spec.dtype.itemsize
+        return flops / _GEMM_FLOPS_PER_SECOND + filter_bytes / _FILTER_BYTES_PER_SECOND
+
+    return 4 if seconds(4) <= seconds(2) else 2
 
 
 def estimate_flops(spec: ConvSpec, tile: int | None = None) -> dict[str, int]:
