@@ -20,7 +20,7 @@ import math
 import os
 import subprocess
 import sys
-import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +52,7 @@ def best_time(function, repeat: int) -> float:
     """Smallest wall time of ``repeat`` calls after two untimed warm-ups (JIT, caches)."""
     function()
     function()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timeit.repeat(function, number=1, repeat=repeat))
 
 
 # --------------------------------------------------------------------------------------------
