@@ -3,6 +3,7 @@ reference at both tile sizes, the dilation identity, declines, the filter cache 
 
 import threading
 from fractions import Fraction
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -106,8 +107,10 @@ def test_larger_images_and_channels(dtype, dilation, size, padding):
     spec = make_spec(x.shape, w.shape, padding=padding, dilation=dilation, dtype=dtype)
     expected = reference_conv2d(x, w, b, padding=spec.padding, dilation=dilation)
     for tile in (2, 4):
-        out = winograd.run(x, w, b, spec, tile=tile)
-        assert relative_error(out, expected) <= TOLERANCE[np.dtype(dtype)]
+        for fused_limit in (winograd._FUSED_FILTER_BYTES, 0):  # per-thread blocks, then stage by stage
+            with mock.patch.object(winograd, "_FUSED_FILTER_BYTES", fused_limit):
+                out = winograd.run(x, w, b, spec, tile=tile)
+            assert relative_error(out, expected) <= TOLERANCE[np.dtype(dtype)]
 
 
 def test_float64_f4_error_is_near_machine_precision():
@@ -204,10 +207,12 @@ def test_filter_cache_is_bounded():
     assert len(winograd._filter_cache) <= winograd._FILTER_CACHE_ENTRIES
 
 
-def test_small_workspace_splits_into_chunks(monkeypatch):
+@pytest.mark.parametrize("fused_limit", [winograd._FUSED_FILTER_BYTES, 0])
+def test_small_workspace_splits_into_chunks(monkeypatch, fused_limit):
     rng = np.random.default_rng(5)
     x, w = rng.standard_normal((2, 3, 30, 26)), rng.standard_normal((4, 3, 3, 3))
-    monkeypatch.setattr(config, "workspace_bytes", 1)      # one tile per chunk
+    monkeypatch.setattr(config, "workspace_bytes", 1)      # one tile per chunk or block
+    monkeypatch.setattr(winograd, "_FUSED_FILTER_BYTES", fused_limit)
     out = fastconv.conv2d(x, w, padding="same", dilation=2, backend="winograd")
     spec = make_spec(x.shape, w.shape, padding="same", dilation=2)
     assert relative_error(out, reference_conv2d(x, w, padding=spec.padding, dilation=(2, 2))) < 1e-13

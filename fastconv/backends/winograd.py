@@ -18,10 +18,20 @@ of the α² transform-domain positions ``e``, a matrix product::
 
     M[e] (K × tiles) = U[e] (K × C) · V[e] (C × tiles)
 
-So a layer costs: an input transform (numba, parallel over rows of tiles), α² GEMMs (numpy
-``matmul`` on BLAS), and an output transform ``Aᵀ M A`` (numba, parallel), which also adds the
-bias and writes the output image. The image is processed in chunks of tile rows so that V and M
-stay within ``fastconv.config.workspace_bytes``.
+(computed here as ``M[e]ᵀ (tiles × K) = V[e]ᵀ (tiles × C) · U[e]ᵀ (C × K)``, per group for
+grouped convolution). So a layer costs: an input transform (numba), α² GEMMs (numpy ``matmul`` on
+BLAS) and an output transform ``Aᵀ M A`` (numba), which also adds the bias and writes the output.
+
+Scheduling (all measured, see docs/performance.md): the stages run on ``config.threads`` Python
+threads that sleep when idle, with BLAS limited to one thread (threadpoolctl) and numba kernels
+that release the GIL. Running the transforms in numba's OpenMP pool and the GEMMs in OpenBLAS's
+pool instead made each pool's busy-waiting workers steal the cores from the other. When the
+transformed filters are small (≤ 2 MiB), each thread runs the whole pipeline on its own blocks of
+tiles, sized so that V and M stay in its L2 cache; larger filters would be streamed from memory
+once per block, so those layers run stage by stage over chunks of tiles, each stage split across
+the threads (the GEMMs by transform element). Workspace stays within
+``fastconv.config.workspace_bytes``; the filter transform is cached (see
+:func:`_cached_filter_transform`).
 
 Where the matrices come from: F(m, 3) evaluates the product of the data and filter polynomials at
 m + 2 points (the Toom–Cook / Chinese-remainder construction). F(2, 3) uses 0, 1, -1, ∞ and
@@ -494,6 +504,36 @@ def _workspace(role: str, size: int, dtype: np.dtype) -> np.ndarray:
     return buffer[:size]
 
 
+# Filters up to this size stay in a core's L2 cache next to a block's V and M: then each thread
+# runs the whole pipeline on its own blocks of tiles (no hand-offs between stages, V and M never
+# leave L2). Larger filters would be streamed from memory once per block, so those layers run
+# stage by stage on all tiles instead, each stage split across the threads.
+_FUSED_FILTER_BYTES = 2 << 20
+_FUSED_BLOCK_BYTES = 1 << 20
+
+
+def _run_fused(x, origins, filters, bias, out, spec, bt, at):
+    alpha2, groups, cg, kg = filters.shape
+    (pad_top, _), (pad_left, _) = spec.padding
+    per_tile = alpha2 * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
+    block_bytes = min(_FUSED_BLOCK_BYTES, config.workspace_bytes // config.threads)
+    block = max(1, block_bytes // per_tile)
+
+    def share(first, last):  # one thread's tiles, block by block
+        inputs_buffer = _workspace("fused_inputs", alpha2 * spec.in_channels * block, spec.dtype)
+        products_buffer = _workspace("fused_products", alpha2 * spec.out_channels * block, spec.dtype)
+        for start in range(first, last, block):
+            tiles = origins[start:min(last, start + block)]
+            count = len(tiles)
+            inputs = inputs_buffer[:alpha2 * spec.in_channels * count].reshape(alpha2, groups, count, cg)
+            products = products_buffer[:alpha2 * spec.out_channels * count].reshape(alpha2, groups, count, kg)
+            _input_transform(x, tiles, pad_top, pad_left, *spec.dilation, bt, inputs, 0, count)
+            np.matmul(inputs, filters, out=products)
+            _output_transform(products, tiles, *spec.dilation, at, bias, out, 0, count)
+
+    _in_parallel(config.threads, len(origins), share)
+
+
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
         tile: int | None = None) -> np.ndarray:
     m = choose_tile(spec) if tile is None else tile
@@ -515,6 +555,9 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     products_buffer = _workspace("products", alpha * alpha * spec.out_channels * chunk_tiles, spec.dtype)
 
     with _single_threaded_blas():
+        if filters.nbytes <= _FUSED_FILTER_BYTES:
+            _run_fused(x, origins, filters, bias, out, spec, bt, at)
+            return out
         for start in range(0, len(origins), tiles_per_chunk):
             chunk = origins[start:start + tiles_per_chunk]
             tiles = len(chunk)
