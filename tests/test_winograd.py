@@ -242,3 +242,16 @@ def test_concurrent_calls_agree(monkeypatch, threads):
     assert not errors
     for index, out in results.items():
         np.testing.assert_array_equal(out, expected[index % 3])
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_works_in_a_forked_child():
+    import multiprocessing
+
+    x = np.random.default_rng(7).standard_normal((1, 4, 16, 16)).astype(np.float32)
+    w = np.ones((4, 4, 3, 3), dtype=np.float32)
+    expected = fastconv.conv2d(x, w, padding=1, backend="winograd")  # the parent's pool now exists
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        out = pool.apply_async(fastconv.conv2d, (x, w), dict(padding=1, backend="winograd")).get(timeout=60)
+    np.testing.assert_array_equal(out, expected)

@@ -72,11 +72,12 @@ array([[45., 54.],
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastconv import config
 from fastconv.geometry import ConvSpec
@@ -384,13 +385,16 @@ _filter_cache: OrderedDict = OrderedDict()  # key -> (copy of the weight, transf
 _filter_cache_lock = threading.Lock()
 
 
-@njit(cache=True, parallel=True)
-def _filter_transform_kernel(weight, g, groups, transformed):
-    """transformed[e, group, c, k] = (G w[group·Kg + k, c] Gᵀ)[e], in float64 then rounded once."""
+@njit(cache=True, nogil=True)
+def _filter_transform_kernel(weight, g, groups, transformed, first, last):
+    """transformed[e, group, c, k] = (G w[group·Kg + k, c] Gᵀ)[e] for channels c in [first, last).
+
+    Computed in float64, rounded once to the weight's dtype.
+    """
     alpha = g.shape[0]
-    out_channels, channels_per_group = weight.shape[0], weight.shape[1]
+    out_channels = weight.shape[0]
     out_per_group = out_channels // groups
-    for c in prange(channels_per_group):  # k innermost: the writes run along transformed's last axis
+    for c in range(first, last):  # k innermost: the writes run along transformed's last axis
         half = np.empty((alpha, 3))
         for kk in range(out_channels):
             group, k = kk // out_per_group, kk % out_per_group
@@ -406,7 +410,8 @@ def _transform_filters(weight: np.ndarray, m: int, groups: int) -> np.ndarray:
     """U[e, g, c, k] = (G w[g·Kg + k, c] Gᵀ)[e], computed in float64, stored in the weight's dtype."""
     out_channels, channels_per_group = weight.shape[:2]
     transformed = np.empty(((m + 2) ** 2, groups, channels_per_group, out_channels // groups), dtype=weight.dtype)
-    _filter_transform_kernel(weight, _MATRICES[m][1], groups, transformed)
+    _in_parallel(config.threads, channels_per_group, lambda first, last: _filter_transform_kernel(
+        weight, _MATRICES[m][1], groups, transformed, first, last))
     return transformed
 
 
@@ -442,6 +447,7 @@ def _cached_filter_transform(weight: np.ndarray, m: int, groups: int) -> np.ndar
 
 _threadpool_controller = None
 _pool = None
+_pool_pid = None
 _pool_lock = threading.Lock()
 
 
@@ -456,13 +462,17 @@ def _single_threaded_blas():
 
 
 def _thread_pool(threads: int):
-    """The pool that runs the stages, one task per thread; idle workers sleep (no spinning)."""
-    global _pool
+    """The pool that runs the stages, one task per thread; idle workers sleep (no spinning).
+
+    Rebuilt in a forked child, whose copy of the pool has no threads behind it.
+    """
+    global _pool, _pool_pid
     with _pool_lock:
-        if _pool is None or _pool._max_workers < threads:
+        if _pool is None or _pool._max_workers < threads or _pool_pid != os.getpid():
             from concurrent.futures import ThreadPoolExecutor
 
             _pool = ThreadPoolExecutor(threads, thread_name_prefix="fastconv-winograd")
+            _pool_pid = os.getpid()
         return _pool
 
 
