@@ -57,6 +57,11 @@ of all sub-images share the same GEMMs.
 
 Zero padding is not materialised either: the input transform reads zeros outside the image.
 
+Non-finite values: the transforms add and subtract the values of a tile, so an inf turns into
+NaN (inf - inf) where direct convolution gives ±inf, and with F(4×4) it can spread to outputs of
+the same tiles that do not read it (one inf in a 10×10 output: 25 non-finite outputs instead of
+9). Every output that reads a non-finite value is non-finite, as it must be.
+
 Declines: kernels other than 3×3 and strides other than 1 (the algorithm is specific to them),
 complex dtypes, and depthwise convolution (one input channel per group turns each GEMM into an
 elementwise product; the transforms then cost more than the 9 multiplies they save).
@@ -167,7 +172,8 @@ def supports(spec: ConvSpec) -> str | None:
         return (f"Winograd F(m×m, 3×3) needs a 3×3 kernel, got {spec.kernel_height}×{spec.kernel_width} "
                 f"(use im2col, fft or numba_cpu)")
     if spec.stride != (1, 1):
-        return f"Winograd needs stride 1, got stride {spec.stride} (strided tiles would overlap nothing to reuse)"
+        return (f"Winograd needs stride 1, got stride {spec.stride} (its tiles compute every output of a "
+                f"window; use im2col or numba_cpu)")
     if spec.is_depthwise:
         return ("depthwise convolution (groups == in_channels) does not pay: with one input channel per "
                 "group the GEMMs become elementwise products and the transforms cost more than the "
@@ -288,6 +294,7 @@ def _tile_origins(spec: ConvSpec, m: int) -> np.ndarray:
 # (α², G, tiles, Cg) and (α², G, tiles, Kg), so every step is a scalar × vector multiply-add
 # that LLVM vectorises; zero entries of the transform matrices are skipped outside those loops.
 # Each call does a range of tiles; run() gives each thread its own range (disjoint writes).
+
 
 @njit(cache=True, nogil=True, fastmath=True)
 def _input_transform(x, origins, pad_top, pad_left, dil_h, dil_w, bt, inputs, first, last):
