@@ -255,3 +255,15 @@ def test_works_in_a_forked_child():
     with context.Pool(1) as pool:
         out = pool.apply_async(fastconv.conv2d, (x, w), dict(padding=1, backend="winograd")).get(timeout=60)
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_non_finite_inputs_reach_every_output_that_reads_them(tile):
+    x = np.ones((1, 1, 12, 12))
+    x[0, 0, 5, 5] = np.inf
+    x[0, 0, 9, 1] = np.nan
+    w = np.ones((1, 1, 3, 3))
+    out = winograd.run(x, w, None, make_spec(x.shape, w.shape), tile=tile)
+    direct = ~np.isfinite(reference_conv2d(x, w))
+    assert (~np.isfinite(out))[direct].all()
+    assert np.isfinite(out).sum() >= out.size - 2 * (tile + 2) ** 2  # only the tiles that read them
