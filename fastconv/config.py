@@ -13,11 +13,11 @@ attribute                  environment variable            default
 Examples
 --------
 >>> import fastconv
->>> fastconv.config.threads >= 1
-True
+>>> previous = fastconv.config.threads
 >>> fastconv.config.set_threads(1)
 >>> fastconv.config.threads
 1
+>>> fastconv.config.set_threads(previous)
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ __all__ = ["BackendStatus", "backend_names", "get", "list_backends", "unavailabl
 
 _MODULES = {
     "naive": "fastconv.backends.naive",
+    "cuda": "fastconv.backends.cuda",
     "winograd": "fastconv.backends.winograd",
 }
 
