@@ -24,7 +24,9 @@ _preferred_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 # Until the cost model lands, "auto" takes the first backend in this order that can run the call.
-_AUTO_ORDER = ("numba_cpu", "im2col", "fft", "naive")
+# fft comes after naive, so a fixed order never picks it: FFT only pays for large kernels, which
+# an order cannot tell (on a 3×3 problem it is slower than direct sums and rounds differently).
+_AUTO_ORDER = ("numba_cpu", "im2col", "naive", "fft")
 
 
 def _in_gpu_memory(value) -> bool:
@@ -79,6 +81,24 @@ def _declines(name: str, spec: ConvSpec) -> str | None:
     if reason is None:
         reason = backends.get(name).supports(spec)
     return reason
+
+
+def _declines_weight(name: str, weight: np.ndarray, spec: ConvSpec) -> str | None:
+    """The reason of backend ``name``'s optional ``supports_weight`` hook, or None."""
+    hook = getattr(backends.get(name), "supports_weight", None)
+    return None if hook is None else hook(weight, spec)
+
+
+def _choose_auto_for_weight(spec: ConvSpec, weight: np.ndarray) -> str:
+    """Like ``choose_backend``, also skipping backends whose ``supports_weight`` declines ``weight``."""
+    name = choose_backend(spec)
+    if _declines_weight(name, weight, spec) is None:
+        return name
+    registered = backends.backend_names()
+    for name in (_preferred_backend.get(), *_AUTO_ORDER):
+        if name in registered and _declines(name, spec) is None and _declines_weight(name, weight, spec) is None:
+            return name
+    raise ValueError(f"no backend can run this convolution: {spec}")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -216,15 +236,17 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         x = pad_input(x, spec)
         spec = spec.zero_padded()
 
+    weight = np.ascontiguousarray(weight, dtype=compute_dtype)
     if backend == "auto":
-        name = choose_backend(spec)
+        name = _choose_auto_for_weight(spec, weight)
     else:
         name = backends._check_name(backend)
         reason = backends.get(name).supports(spec)  # get() raises when the backend is unavailable
+        if reason is None:
+            reason = _declines_weight(name, weight, spec)
         if reason is not None:
             raise ValueError(f"backend {name!r} cannot run this convolution: {reason}")
 
-    weight = np.ascontiguousarray(weight, dtype=compute_dtype)
     if bias is not None:
         bias = np.ascontiguousarray(bias, dtype=compute_dtype)
     out = backends.get(name).run(x, weight, bias, spec)

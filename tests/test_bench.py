@@ -115,7 +115,7 @@ def broken_run_backend(monkeypatch):
 
 def test_measure_records_failures_and_finds_the_winner(broken_run_backend):
     case = bench.Case("tiny", (1, 2, 6, 6), (2, 2, 3, 3))
-    with fastconv.use_backend("naive"):  # auto's pick must be among the measured backends
+    with fastconv.use_backend("naive"):  # auto's pick must be one of the measured backends
         results = bench.measure([case], ["broken_run", "naive"], peers=["scipy"], repeat=2, progress=False)
     entry = results["cases"][0]
     assert entry["results"]["broken_run"] == {"status": "failed", "reason": "RuntimeError: kernel exploded"}

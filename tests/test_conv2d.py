@@ -7,7 +7,7 @@ to decline; declining anything else fails, so a backend cannot pass by refusing 
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 
 import fastconv
 from fastconv import backends
@@ -19,13 +19,28 @@ from strategies import COMPLEX_DTYPES, REAL_DTYPES, conv_problems
 # algorithm rounds differently (say why next to the entry).
 TOLERANCE = {np.dtype(np.float64): 1e-10, np.dtype(np.complex128): 1e-10,
              np.dtype(np.float32): 1e-5, np.dtype(np.complex64): 1e-5}
-BACKEND_TOLERANCE = {}  # {("backend", np.dtype): tolerance}
+BACKEND_TOLERANCE = {  # {("backend", np.dtype): tolerance}
+    # FFT rounding error is spread over every output relative to the largest value involved, and
+    # grows with log(transform size): ~1e-6 of max |out| in float32, beyond the direct 1e-5 bound
+    # on unlucky draws where the largest output is small next to the input's magnitude.
+    ("fft", np.dtype(np.float32)): 1e-4, ("fft", np.dtype(np.complex64)): 1e-4,
+    # F(4x4,3x3) evaluates at the points 0, ±1, ±2, ∞: its transforms scale values by up to ~100
+    # before cancelling, so float32 rounding reaches ~1e-6-1e-5 relative (measured, docs/performance.md)
+    ("winograd", np.dtype(np.float32)): 1e-4,
+}
 
 # Which specs a backend may decline; any other decline is a test failure.
 MAY_DECLINE = {
     "naive": lambda spec: False,
     "im2col": lambda spec: False,
     "numba_cpu": lambda spec: spec.dtype.kind == "c",  # direct kernels are compiled for real dtypes only
+    "fft": lambda spec: False,
+    # separable declines 2-D kernels whose weight is not low-rank enough
+    # (supports_weight): random weights are full-rank, so tests/test_separable.py draws low-rank ones
+    "separable": lambda spec: min(spec.kernel_height, spec.kernel_width) > 1,
+    # minimal filtering exists for 3x3 kernels at stride 1; depthwise does not pay; real only
+    "winograd": lambda spec: (spec.dtype.kind == "c" or (spec.kernel_height, spec.kernel_width) != (3, 3)
+                              or spec.stride != (1, 1) or spec.is_depthwise),
 }
 
 
@@ -45,11 +60,15 @@ def check_against_reference(name, problem):
     compute, _ = resolve_dtypes(problem.x.dtype, problem.weight.dtype)
     spec = make_spec(problem.x.shape, problem.weight.shape, dtype=compute, **problem.kwargs).zero_padded()
     reason = backends.get(name).supports(spec)
+    weight_hook = getattr(backends.get(name), "supports_weight", None)  # optional, see fastconv.backends
+    if reason is None and weight_hook is not None:
+        reason = weight_hook(np.ascontiguousarray(problem.weight, dtype=compute), spec)
     if reason is not None:
         assert _may_decline(name, spec), f"{name} declined a spec it must support: {reason}"
         with pytest.raises(ValueError, match=name):
             fastconv.conv2d(problem.x, problem.weight, problem.bias, backend=name, **problem.kwargs)
-        assume(False)
+        return  # a checked decline (not assume(False): backends that serve few specs, e.g. winograd's
+        # 3x3 stride 1, would have hypothesis filter out nearly every example and fail its health check)
     out = fastconv.conv2d(problem.x, problem.weight, problem.bias, backend=name, **problem.kwargs)
     expected = reference_conv2d(problem.x, problem.weight, problem.bias, padding=problem.explicit_padding,
                                 **{k: v for k, v in problem.kwargs.items() if k != "padding"})
@@ -74,7 +93,9 @@ def test_backend_matches_reference(name, problem):
 @given(problem=conv_problems(dtypes=COMPLEX_DTYPES, max_size=6))
 def test_backend_matches_reference_complex(name, problem):
     _skip_unavailable(name)
-    if backends.get(name).supports(make_spec((1, 1, 1, 1), (1, 1, 1, 1), dtype=np.complex128)) is not None:
+    probe = {dtype: backends.get(name).supports(make_spec((1, 1, 4, 4), (1, 1, 3, 3), dtype=dtype))
+             for dtype in (np.float64, np.complex128)}
+    if probe[np.float64] is None and probe[np.complex128] is not None:
         pytest.skip(f"backend {name} declines complex dtypes")  # else every example is filtered out
     check_against_reference(name, problem)
 
