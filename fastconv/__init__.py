@@ -11,7 +11,9 @@ from fastconv import config
 from fastconv.backends import list_backends
 from fastconv.dispatch import conv2d, use_backend
 from fastconv.geometry import ConvSpec, output_shape
+from fastconv.tuning import autotune, explain
 
 __version__ = "0.1.0"
 
 __all__ = ["ConvSpec", "config", "conv2d", "list_backends", "output_shape", "use_backend"]
+__all__ += ["autotune", "explain"]

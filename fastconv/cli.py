@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=_bench)
     listing = commands.add_parser("backends", help="list registered backends and their availability")
     listing.set_defaults(run=_list)
+    from fastconv import tuning  # `fastconv tune`: its options and logic live with the autotuner
+
+    tuning.add_arguments(commands.add_parser("tune", help="calibrate auto's cost model; show or clear the tuning cache"))
     return parser
 
 

@@ -1,0 +1,371 @@
+"""The cost model behind ``backend="auto"``: how long each backend should take on a problem.
+
+Each backend's time is modelled as a sum of *work terms*, each a count derived from the
+:class:`~fastconv.geometry.ConvSpec` alone, times a constant measured on the machine::
+
+    seconds = sum(constant[backend][term] * count[term])
+
+The counts say how the algorithms trade off, and are worth reading as such:
+
+``direct`` (``naive``, ``numba_cpu``)
+    one multiply-add per kernel tap per output value: ``outputs * C/groups * kh * kw``. ``naive``
+    runs them as scalar loops; ``numba_cpu`` vectorised, with separate rates for its depthwise
+    and single-channel paths (both memory-bound rather than compute-bound).
+``im2col``
+    unfold every receptive field into a column matrix (``N * C * kh * kw * H_out * W_out`` values
+    copied), then one GEMM at BLAS speed. A 1×1 stride-1 layer needs no unfolding: it *is* a
+    GEMM. Thin GEMMs (depthwise: one output channel per group) are limited by the bytes they move,
+    not their flops, hence a GEMM-bytes term.
+``fft``
+    transform every input channel, filter and output channel (``~2.5 P log2 P`` flops each over
+    the ``P`` points of the padded image), then multiply spectra bin by bin and sum over channels
+    (``N * K * C/groups`` complex products per bin). The kernel size does not appear at all —
+    which is why FFT wins for large kernels — and neither does the stride (the stride-1 result
+    is computed and sampled).
+``separable``
+    a rank-``r`` kernel is ``r`` column passes and ``r`` row passes: ``r * (kh + kw)`` taps per
+    output instead of ``kh * kw``. The rank comes from the weight values, not the spec.
+``winograd``
+    F(m×m, 3×3) on tiles of (m+2)²: input and output transforms per tile, then (m+2)² GEMMs of
+    (K × C/groups) by (C/groups × tiles), ``(m+2)² / (9 m²)`` of direct convolution's flops.
+
+A backend module may refine its own entry: ``cost_terms(spec) -> dict`` replaces the formula
+here, ``estimate_flops(spec) -> float`` replaces its flop count, and a backend this module does
+not model at all may give ``estimate_seconds(spec) -> float`` (else auto ranks it last). Constants come from
+``fastconv tune --calibrate`` (fitted on this machine, stored in :data:`fastconv.config.cache_dir`)
+or else from :data:`DEFAULT_CONSTANTS` shipped with the package.
+
+Examples
+--------
+>>> from fastconv.geometry import make_spec
+>>> spec = make_spec((1, 1, 512, 512), (1, 1, 31, 31), padding="same", dtype="float32")
+>>> terms = work_terms("fft", spec)
+>>> sorted(terms)
+['bin_flop', 'byte', 'call', 'fft_flop']
+>>> work_terms("fft", spec)["fft_flop"] == work_terms(
+...     "fft", make_spec((1, 1, 512, 512), (1, 1, 3, 3), padding=15, dtype="float32"))["fft_flop"]
+True
+>>> estimate_seconds("naive", spec) > estimate_seconds("fft", spec)
+True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+
+import numpy as np
+
+from fastconv import config
+from fastconv.geometry import ConvSpec
+
+__all__ = ["DEFAULT_CONSTANTS", "work_terms", "estimate_seconds", "load_constants", "save_constants",
+           "fit_constants", "machine_key"]
+
+CONSTANTS_FILE = "cost-constants.json"
+_FORMAT = "fastconv-cost-constants"
+_FORMAT_VERSION = 1
+
+# Seconds per unit of each work term. Measured with `fastconv tune --calibrate` on the
+# development machine (2-core Intel Xeon Cascade Lake, AVX-512, numpy 2.4 / OpenBLAS, numba 0.68,
+# pyFFTW 0.15, 2 threads); see docs/performance.md, "Automatic backend choice".
+DEFAULT_CONSTANTS: dict[str, dict[str, float]] = {
+    "naive": {"call": 2.0e-5, "mac": 1.0e-9},
+    "numba_cpu": {"call": 2.0e-5, "mac": 1.0e-11, "mac_depthwise": 4.0e-11, "mac_single": 1.0e-11,
+                  "byte": 2.0e-10},
+    "im2col": {"call": 3.0e-5, "unfold_byte": 5.0e-10, "gemm_flop": 1.0e-11, "gemm_byte": 2.0e-10,
+               "gemm_call": 2.0e-6, "byte": 2.0e-10},
+    "fft": {"call": 5.0e-5, "fft_flop": 1.5e-10, "bin_flop": 1.0e-10, "byte": 3.0e-10},
+    "separable": {"call": 3.0e-5, "mac": 2.0e-11, "byte": 3.0e-10},
+    "winograd": {"call": 5.0e-5, "transform_flop": 3.0e-11, "gemm_flop": 1.0e-11, "byte": 3.0e-10},
+}
+
+# Threads the constants were measured with: compute terms scale with min(threads, this) / this.
+DEFAULT_THREADS = 2
+
+
+def _dtype_work(dtype: np.dtype) -> float:
+    """Relative cost of one multiply-add: float32 = 1; float64 halves the SIMD width; a complex
+    product is four real ones."""
+    dtype = np.dtype(dtype)
+    real_size = dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
+    return (real_size / 4) * (4 if dtype.kind == "c" else 1)
+
+
+def _fast_even(n: int) -> int:
+    """The next 2^a 3^b 5^c 7^d size >= n that is even (an odd last axis is slow for r2c FFTs)."""
+    best = 2 * n + 2
+    power7 = 1
+    while power7 < best:
+        power5 = power7
+        while power5 < best:
+            power3 = power5
+            while power3 < best:
+                size = power3
+                while size < n:
+                    size *= 2
+                if size % 2:
+                    size *= 2
+                best = min(best, size)
+                power3 *= 3
+            power5 *= 5
+        power7 *= 7
+    return best
+
+
+def _direct_terms(spec: ConvSpec, dtype_work: float) -> dict[str, float]:
+    outputs = spec.batch * spec.out_channels * spec.out_height * spec.out_width
+    macs = outputs * spec.in_channels_per_group * spec.kernel_height * spec.kernel_width * dtype_work
+    if spec.is_depthwise:
+        return {"mac_depthwise": macs}
+    if spec.in_channels == spec.out_channels == 1:
+        return {"mac_single": macs}
+    return {"mac": macs}
+
+
+def _io_bytes(spec: ConvSpec) -> float:
+    values = (spec.batch * spec.in_channels * spec.in_height * spec.in_width
+              + spec.batch * spec.out_channels * spec.out_height * spec.out_width
+              + spec.out_channels * spec.in_channels_per_group * spec.kernel_height * spec.kernel_width)
+    return float(values * spec.dtype.itemsize)
+
+
+def _naive(spec, work, rank):
+    return {"call": 1.0, "mac": sum(_direct_terms(spec, 1.0).values())}  # scalar loops: no SIMD gain
+
+
+def _numba_cpu(spec, work, rank):
+    return {"call": 1.0, **_direct_terms(spec, work), "byte": _io_bytes(spec)}
+
+
+def _im2col(spec, work, rank):
+    size = spec.dtype.itemsize
+    rows = spec.in_channels_per_group * spec.kernel_height * spec.kernel_width  # GEMM inner dimension
+    pixels = spec.batch * spec.out_height * spec.out_width
+    plain_gemm = (spec.kernel_height == spec.kernel_width == 1 and spec.stride == (1, 1)
+                  and spec.padding == ((0, 0), (0, 0)))
+    unfold_values = 0 if plain_gemm else spec.in_channels * spec.kernel_height * spec.kernel_width * pixels
+    k_per_group = spec.out_channels_per_group
+    return {
+        "call": 1.0,
+        "unfold_byte": float(unfold_values * size),
+        "gemm_flop": 2.0 * spec.groups * k_per_group * rows * pixels * work,
+        # operands and result of each group's GEMM: what bounds thin (depthwise) products
+        "gemm_byte": float(spec.groups * (k_per_group * rows + rows * pixels + k_per_group * pixels) * size),
+        "gemm_call": float(spec.groups * spec.batch),
+        "byte": _io_bytes(spec),
+    }
+
+
+def _fft(spec, work, rank):
+    height, width = _fast_even(spec.padded_height), _fast_even(spec.padded_width)
+    points = height * width
+    bins = height * (width // 2 + 1)
+    transforms = (spec.batch * spec.in_channels + spec.out_channels * spec.in_channels_per_group
+                  + spec.batch * spec.out_channels)
+    real_work = work / 4 if spec.dtype.kind == "c" else work  # a complex FFT is not four real ones
+    per_transform = 2.5 * points * math.log2(max(points, 2)) * real_work * (2 if spec.dtype.kind == "c" else 1)
+    spectrum_bytes = (spec.batch * (spec.in_channels + spec.out_channels)) * bins * 2 * spec.dtype.itemsize
+    return {
+        "call": 1.0,
+        "fft_flop": transforms * per_transform,
+        "bin_flop": 8.0 * spec.batch * spec.out_channels * spec.in_channels_per_group * bins * real_work,
+        "byte": _io_bytes(spec) + spectrum_bytes,
+    }
+
+
+def _separable(spec, work, rank):
+    if rank is None:  # unknown (shape only): assume the worst, a full-rank kernel
+        rank = min(spec.kernel_height, spec.kernel_width)
+    pairs = spec.batch * spec.out_channels * spec.in_channels_per_group * rank
+    column_pass = pairs * spec.kernel_height * spec.out_height * spec.padded_width
+    row_pass = pairs * spec.kernel_width * spec.out_height * spec.out_width
+    intermediate = pairs * spec.out_height * spec.padded_width * spec.dtype.itemsize
+    return {"call": 1.0, "mac": (column_pass + row_pass) * work, "byte": _io_bytes(spec) + intermediate}
+
+
+def _winograd(spec, work, rank):
+    tile = 4 if spec.dtype == np.float32 else 2  # F(4x4,3x3) in float32, F(2x2,3x3) otherwise
+    alpha = tile + 2
+    tiles = (spec.batch * -(-spec.out_height // tile) * -(-spec.out_width // tile))
+    return {
+        "call": 1.0,
+        "transform_flop": 2.0 * (spec.in_channels + spec.out_channels) * tiles * alpha ** 3 * work,
+        "gemm_flop": 2.0 * alpha * alpha * spec.out_channels * spec.in_channels_per_group * tiles * work,
+        "byte": _io_bytes(spec) + alpha * alpha * tiles * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize,
+    }
+
+
+#: The work-term formula of each backend, by registered name.
+FORMULAS = {
+    "naive": _naive,
+    "numba_cpu": _numba_cpu,
+    "im2col": _im2col,
+    "fft": _fft,
+    "separable": _separable,
+    "winograd": _winograd,
+}
+
+
+def work_terms(name: str, spec: ConvSpec, *, rank: int | None = None, module=None) -> dict[str, float] | None:
+    """Work counts of backend ``name`` on ``spec`` (None when nothing models that backend).
+
+    ``rank`` is the kernels' numerical rank, used by ``separable`` only (None: unknown). ``module``
+    is the backend module, consulted for its own ``cost_terms(spec)`` or ``estimate_flops(spec)``.
+    """
+    own_terms = getattr(module, "cost_terms", None)
+    if own_terms is not None:
+        return {term: float(count) for term, count in own_terms(spec).items()}
+    formula = FORMULAS.get(name)
+    estimate_flops = getattr(module, "estimate_flops", None)
+    if formula is None:
+        if estimate_flops is None:
+            return None
+        return {"call": 1.0, "flop": float(estimate_flops(spec)), "byte": _io_bytes(spec)}
+    terms = formula(spec, _dtype_work(spec.dtype), rank)
+    if estimate_flops is not None and "gemm_flop" in terms:
+        # the backend counts its own arithmetic (e.g. winograd's tile choice); keep our split of it
+        ours = sum(count for term, count in terms.items() if term.endswith("flop"))
+        theirs = float(estimate_flops(spec)) * _dtype_work(spec.dtype)
+        if ours > 0:
+            terms = {term: count * theirs / ours if term.endswith("flop") else count for term, count in terms.items()}
+    return terms
+
+
+def estimate_seconds(name: str, spec: ConvSpec, *, rank: int | None = None, module=None,
+                     constants: dict | None = None, threads: int | None = None) -> float:
+    """Estimated run time of backend ``name`` on ``spec``; ``inf`` when nothing models it.
+
+    Examples
+    --------
+    >>> from fastconv.geometry import make_spec
+    >>> small = make_spec((1, 1, 8, 8), (1, 1, 3, 3))
+    >>> estimate_seconds("naive", small) < 1e-3
+    True
+    >>> estimate_seconds("no_such_backend", small)
+    inf
+    """
+    terms = work_terms(name, spec, rank=rank, module=module)
+    table = (constants if constants is not None else current_constants()).get(name)
+    if terms is None or table is None:
+        own_estimate = getattr(module, "estimate_seconds", None)
+        return math.inf if own_estimate is None else float(own_estimate(spec))
+    # extra threads speed up the work terms, not the fixed per-call term
+    speedup = max(min(threads or config.threads, os.cpu_count() or 1), 1) / constants_threads()
+    seconds = 0.0
+    for term, count in terms.items():
+        if term in table:
+            seconds += table[term] * count / (1.0 if term == "call" else speedup)
+    return seconds
+
+
+# --------------------------------------------------------------------------------------------
+# constants: shipped defaults, or fitted on this machine and stored in the cache directory
+
+_loaded: dict | None = None  # {"constants": ..., "threads": ..., "source": ...}
+
+
+def machine_key() -> dict:
+    """What identifies this machine and software for cached measurements (CPU, cores, versions)."""
+    import platform
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("fastconv", "numpy", "numba", "scipy", "pyfftw"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    import fastconv
+
+    versions["fastconv"] = fastconv.__version__  # the source tree's, even when not installed
+    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "versions": versions}
+
+
+def _constants_path() -> str:
+    return os.path.join(config.cache_dir, CONSTANTS_FILE)
+
+
+def _load() -> dict:
+    global _loaded
+    if _loaded is not None and _loaded["dir"] == config.cache_dir:
+        return _loaded
+    loaded = {"constants": DEFAULT_CONSTANTS, "threads": DEFAULT_THREADS, "source": "shipped defaults",
+              "dir": config.cache_dir}
+    path = _constants_path()
+    if os.path.exists(path):
+        try:
+            with open(path) as handle:
+                document = json.load(handle)
+            if document.get("format") != _FORMAT or document.get("version") != _FORMAT_VERSION:
+                raise ValueError("not a fastconv cost-constants file of this version")
+            if document.get("machine") != machine_key():
+                raise ValueError("fitted on another machine or other library versions")
+            constants = {name: {term: float(value) for term, value in table.items()}
+                         for name, table in document["constants"].items()}
+            loaded = {"constants": {**DEFAULT_CONSTANTS, **constants}, "threads": int(document["threads"]),
+                      "source": path, "dir": config.cache_dir}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            warnings.warn(f"fastconv: ignoring cost constants in {path} ({error}); using the shipped defaults. "
+                          f"Run `fastconv tune --calibrate` to refit them.", RuntimeWarning, stacklevel=3)
+    _loaded = loaded
+    return loaded
+
+
+def load_constants() -> tuple[dict, str]:
+    """The constants in use and where they came from (a file path or ``"shipped defaults"``)."""
+    loaded = _load()
+    return loaded["constants"], loaded["source"]
+
+
+def current_constants() -> dict:
+    return _load()["constants"]
+
+
+def constants_threads() -> int:
+    return _load()["threads"]
+
+
+def save_constants(constants: dict, threads: int) -> str:
+    """Write fitted constants for this machine to the cache directory (atomically); return the path."""
+    global _loaded
+    from fastconv.tuning import atomic_write_json
+
+    document = {"format": _FORMAT, "version": _FORMAT_VERSION, "machine": machine_key(), "threads": threads,
+                "constants": constants}
+    path = _constants_path()
+    atomic_write_json(path, document)
+    _loaded = None
+    return path
+
+
+def fit_constants(name: str, samples, defaults: dict[str, float] | None = None) -> dict[str, float]:
+    """Fit backend ``name``'s constants to measured ``(spec, rank, seconds)`` samples.
+
+    Non-negative least squares on *relative* error (each row divided by its measured time), so a
+    1 ms problem counts as much as a 1 s one: auto must rank small problems right too. Terms that
+    no sample exercises keep their value from ``defaults``.
+    """
+    from scipy.optimize import nnls
+
+    rows = [(work_terms(name, spec, rank=rank), seconds) for spec, rank, seconds in samples]
+    names = sorted({term for terms, _ in rows for term in terms})
+    matrix = np.array([[terms.get(term, 0.0) / seconds for term in names] for terms, seconds in rows])
+    scale = matrix.max(axis=0)
+    exercised = scale > 0
+    solution, _ = nnls(matrix[:, exercised] / scale[exercised], np.ones(len(rows)))
+    fitted = dict(defaults or {})
+    for term, value, column_scale in zip(np.array(names)[exercised], solution, scale[exercised]):
+        fitted[str(term)] = float(value / column_scale)
+    return fitted
