@@ -632,11 +632,13 @@ def _calibration_operands(x_shape, w_shape, dtype, rank_one, rng):
     return x, weight
 
 
-def calibrate(names=None, *, max_seconds_per_call: float = 0.5, progress=print) -> dict[str, dict[str, float]]:
+def calibrate(names=None, *, grid=None, max_seconds_per_call: float = 0.5,
+              progress=print) -> dict[str, dict[str, float]]:
     """Time each backend on a small grid and fit its cost constants (see :mod:`fastconv.cost`).
 
-    Calls the shipped constants estimate above ``max_seconds_per_call`` are skipped (``naive`` on
-    large problems). Returns the fitted constants; :func:`fastconv.cost.save_constants` stores them.
+    ``grid`` defaults to :func:`_calibration_grid`. Calls the shipped constants estimate above
+    ``max_seconds_per_call`` are skipped (``naive`` on large problems). Returns the fitted
+    constants; :func:`fastconv.cost.save_constants` stores them.
     """
     from fastconv.geometry import pad_input
 
@@ -644,7 +646,7 @@ def calibrate(names=None, *, max_seconds_per_call: float = 0.5, progress=print) 
     names = names or [name for name in backends.backend_names()
                       if name in cost.FORMULAS and backends.unavailable_reason(name) is None]
     samples = {name: [] for name in names}
-    for x_shape, w_shape, keywords, dtype, rank_one in _calibration_grid():
+    for x_shape, w_shape, keywords, dtype, rank_one in grid or _calibration_grid():
         full = make_spec(x_shape, w_shape, dtype=dtype, **keywords)
         x, weight = _calibration_operands(x_shape, w_shape, dtype, rank_one, rng)
         spec = full.zero_padded() if full.padding_mode != "zeros" else full
