@@ -56,6 +56,7 @@ _SKIP_FACTOR = 10.0
 _lock = threading.RLock()
 _decisions: dict = {}  # (spec, threads, constants source) -> ranked candidates
 _ranks: dict = {}  # weight fingerprint -> numerical rank
+_weight_verdicts: dict = {}  # (backend, spec, weight fingerprint) -> supports_weight's answer
 _tuned: dict[str, dict] = {}  # signature -> {"backend": name, "seconds": {...}}
 _disk_loaded_from: str | None = None
 _warned: set[str] = set()
@@ -94,8 +95,8 @@ def decline_reason(name: str, spec: ConvSpec) -> str | None:
 def kernel_rank(weight: np.ndarray) -> int:
     """The largest numerical rank of the 2-D kernels in ``weight`` (K, C // groups, kh, kw).
 
-    Singular values below ``sqrt(eps)`` of the largest count as zero, loose enough that a
-    Gaussian sampled in float32 is rank 1.
+    Singular values below ``max(kh, kw) * eps * s_max`` count as zero (numpy's ``matrix_rank``
+    rule, as the ``separable`` backend uses). An all-zero weight counts as rank 1.
 
     >>> import numpy as np
     >>> g = np.exp(-np.linspace(-2, 2, 5) ** 2)
@@ -109,23 +110,52 @@ def kernel_rank(weight: np.ndarray) -> int:
     if kernels.dtype.kind not in "fc":
         kernels = kernels.astype(np.float64)
     singular = np.linalg.svd(kernels, compute_uv=False)
-    tolerance = np.sqrt(np.finfo(kernels.dtype).eps) * np.maximum(singular[:, :1], np.finfo(np.float64).tiny)
-    return int((singular > tolerance).sum(axis=1).max())
+    tolerance = max(kernels.shape[-2:]) * np.finfo(kernels.dtype).eps * singular[:, :1]
+    return max(int((singular > tolerance).sum(axis=1).max()), 1)
+
+
+def _fingerprint(weight: np.ndarray):
+    # content, not identity: a weight mutated in place must not keep a stale verdict
+    return weight.shape, weight.dtype.str, hash(weight.tobytes())
+
+
+def _remember(table: dict, key, value):
+    with _lock:
+        if len(table) > 1024:
+            table.clear()
+        table[key] = value
+    return value
 
 
 def _weight_rank(weight: np.ndarray | None) -> int | None:
     if weight is None:
         return None
-    # content, not identity: a weight mutated in place must not keep a stale rank
-    key = (weight.shape, weight.dtype.str, hash(weight.tobytes()))
+    key = _fingerprint(weight)
     rank = _ranks.get(key)
-    if rank is None:
-        rank = kernel_rank(weight)
-        with _lock:
-            if len(_ranks) > 256:
-                _ranks.clear()
-            _ranks[key] = rank
-    return rank
+    return rank if rank is not None else _remember(_ranks, key, kernel_rank(weight))
+
+
+def _weight_dependent(name: str) -> bool:
+    """True for backends whose fitness or cost depends on the weight values, not just the spec."""
+    return name in _RANK_DEPENDENT or hasattr(backends.get(name), "supports_weight")
+
+
+_RANK_DEPENDENT = ("separable",)
+
+
+def weight_decline_reason(name: str, weight: np.ndarray | None, spec: ConvSpec) -> str | None:
+    """The reason of backend ``name``'s optional ``supports_weight(weight, spec)`` hook, or None.
+
+    Verdicts are remembered per weight content, so repeated calls with the same filters do not
+    pay the hook (the separable backend's SVD) again.
+    """
+    hook = getattr(backends.get(name), "supports_weight", None)
+    if hook is None or weight is None:
+        return None
+    key = (name, spec, _fingerprint(weight))
+    if key not in _weight_verdicts:
+        _remember(_weight_verdicts, key, hook(weight, spec))
+    return _weight_verdicts[key]
 
 
 def _host_candidates(spec: ConvSpec) -> list[str]:
@@ -147,26 +177,23 @@ def _model_choice(spec: ConvSpec, weight: np.ndarray | None) -> str:
     key = (spec, config.threads, cost.load_constants()[1])
     ranking = _decisions.get(key)
     if ranking is None:
-        # separable's cost depends on the kernels' rank: rank it as if rank 1 (its best case);
-        # only when it then wins is the real rank worth an SVD
-        ranking = _ranked(spec, 1)
-        with _lock:
-            if len(_decisions) > 4096:
-                _decisions.clear()
-            _decisions[key] = ranking
-    if not ranking:
+        # ranked per spec with weight-dependent backends at their best case (rank 1, accepted):
+        # the weight only needs looking at when such a backend comes out on top
+        ranking = _remember(_decisions, key, _ranked(spec, 1))
+    best = None
+    for seconds, index, name in ranking:
+        if best is not None and (seconds, index) >= best[:2]:
+            break  # the rest are no better: rescoring below only ever raises an estimate
+        if _weight_dependent(name):
+            if weight_decline_reason(name, weight, spec) is not None:
+                continue
+            if name in _RANK_DEPENDENT:
+                seconds = _estimate(name, spec, _weight_rank(weight))
+        if best is None or (seconds, index) < best[:2]:
+            best = (seconds, index, name)
+    if best is None:
         raise ValueError(f"no backend can run this convolution: {spec}")
-    best = ranking[0][2]
-    if best != "separable" or "separable" not in cost.FORMULAS:
-        return best
-    rank = _weight_rank(weight)
-    if rank == 1:
-        return best
-    separable_estimate = _estimate("separable", spec, rank)
-    order = backends.backend_names()
-    rescored = sorted((separable_estimate if name == "separable" else seconds, index, name)
-                      for seconds, index, name in ranking)
-    return rescored[0][2]
+    return best[2]
 
 
 def choose(spec: ConvSpec, weight: np.ndarray | None = None, *, preferred: str | None = None,
@@ -254,7 +281,7 @@ def measure(spec: ConvSpec, operands, budget: float | None = None) -> dict[str, 
     """
     budget = TUNE_BUDGET_SECONDS if budget is None else budget
     rank = _weight_rank(operands[1])
-    ranking = _ranked(spec, rank)
+    ranking = [entry for entry in _ranked(spec, rank) if weight_decline_reason(entry[2], operands[1], spec) is None]
     results: dict[str, float | str] = {}
     started = time.perf_counter()
     best = math.inf
@@ -283,7 +310,8 @@ def _tuned_choice(spec: ConvSpec, operands, layout: str) -> str:
     key = signature(spec, layout)
     entry = _tuned.get(key) or _disk_entries().get(key)
     if entry is not None and entry.get("backend") in backends.backend_names() \
-            and decline_reason(entry["backend"], spec) is None:
+            and decline_reason(entry["backend"], spec) is None \
+            and weight_decline_reason(entry["backend"], operands[1], spec) is None:
         _tuned[key] = entry
         return entry["backend"]
     results = measure(spec, operands)
@@ -409,6 +437,7 @@ def clear_cache(*, disk: bool = False) -> None:
     with _lock:
         _decisions.clear()
         _ranks.clear()
+        _weight_verdicts.clear()
         _tuned.clear()
         _disk_loaded_from = None
         if disk:
@@ -529,7 +558,9 @@ def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dila
                      padding_mode=padding_mode, dtype=compute_dtype)
     if spec.padding_mode != "zeros":
         spec = spec.zero_padded()
-    rank = None if weight is None else _weight_rank(np.ascontiguousarray(weight, dtype=compute_dtype))
+    if weight is not None:
+        weight = np.ascontiguousarray(weight, dtype=compute_dtype)
+    rank = _weight_rank(weight)
 
     measured: dict = {}
     if tune:
@@ -537,7 +568,7 @@ def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dila
 
         rng = np.random.default_rng(0)
         x_run = x if x is not None else rng.standard_normal(x_shape)
-        w_run = weight if weight is not None else rng.standard_normal(w_shape)
+        w_run = weight if weight is not None else rng.standard_normal(w_shape).astype(compute_dtype)
         full_spec = make_spec(x_shape, w_shape, stride=stride, padding=padding, dilation=dilation,
                               groups=groups, padding_mode=padding_mode, dtype=compute_dtype)
         x_run = np.ascontiguousarray(x_run, dtype=compute_dtype)
@@ -556,7 +587,7 @@ def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dila
 
     rows = []
     for name in backends.backend_names():
-        reason = decline_reason(name, spec)
+        reason = decline_reason(name, spec) or weight_decline_reason(name, weight, spec)
         if name == "cuda" and reason is None:
             reason = "host arrays: auto picks cuda only for device arrays or via use_backend('cuda')"
             estimated = None
@@ -576,7 +607,7 @@ def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dila
         choice = _fastest(timed)
         why = f"fastest measured ({_seconds(timed[choice])})"
     else:
-        choice = _model_choice(spec, weight if weight is None else np.ascontiguousarray(weight, dtype=compute_dtype))
+        choice = _model_choice(spec, weight)
         estimates = sorted((row.estimated_seconds, row.name) for row in candidates)
         runner_up = [f"{name} {_seconds(seconds)}" for seconds, name in estimates if name != choice][:1]
         chosen = next(row for row in candidates if row.name == choice)

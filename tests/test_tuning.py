@@ -176,6 +176,28 @@ def test_separable_is_chosen_only_for_low_rank_kernels(register, monkeypatch):
     assert fastconv.conv2d(x, full_rank, padding="same")[0, 0, 0, 0] == 7.0
 
 
+def test_supports_weight_hook_is_honoured_and_remembered(register, monkeypatch):
+    verdicts = []
+
+    def positive_only(weight, spec):
+        verdicts.append(1)
+        return None if (weight > 0).all() else "needs positive weights"
+
+    picky = register("picky", 1.0, estimate=1e-6)
+    picky.supports_weight = positive_only
+    register("plain", 2.0, estimate=1e-3)
+    _only_fakes(monkeypatch, "picky", "plain")
+    assert _value() == 1.0
+    assert fastconv.conv2d(X, -W)[0, 0, 0, 0] == 2.0
+    assert _value() == 1.0 and len(verdicts) == 2  # same weight content: verdict remembered
+    negative = W.copy()
+    assert fastconv.conv2d(X, negative)[0, 0, 0, 0] == 1.0
+    negative[0, 0, 0, 0] = -1  # mutated in place: asked again
+    assert fastconv.conv2d(X, negative)[0, 0, 0, 0] == 2.0
+    report = fastconv.explain(X, negative)
+    assert "no: needs positive weights" in repr(report) and report.choice == "plain"
+
+
 # --------------------------------------------------------------------------------------------
 # autotuning and its cache
 
