@@ -226,12 +226,24 @@ def work_terms(name: str, spec: ConvSpec, *, rank: int | None = None, module=Non
         return {"call": 1.0, "flop": float(estimate_flops(spec)), "byte": _io_bytes(spec)}
     terms = formula(spec, _dtype_work(spec.dtype), rank)
     if estimate_flops is not None and "gemm_flop" in terms:
-        # the backend counts its own arithmetic (e.g. winograd's tile choice); keep our split of it
-        ours = sum(count for term, count in terms.items() if term.endswith("flop"))
-        theirs = float(estimate_flops(spec)) * _dtype_work(spec.dtype)
-        if ours > 0:
-            terms = {term: count * theirs / ours if term.endswith("flop") else count for term, count in terms.items()}
+        terms = _use_own_flops(terms, estimate_flops(spec), _dtype_work(spec.dtype))
     return terms
+
+
+def _use_own_flops(terms: dict, flops, dtype_work: float) -> dict:
+    """Replace our flop counts by the backend's own (it knows e.g. which Winograd tile it uses).
+
+    ``flops`` is a total, or a dict by stage with ``gemm`` and ``total`` (and optionally
+    ``filter_transform``, left out: filters are transformed once and cached, not per call).
+    """
+    if isinstance(flops, dict):
+        gemm = float(flops["gemm"])
+        transforms = float(flops["total"]) - gemm - float(flops.get("filter_transform", 0))
+        return {**terms, "gemm_flop": gemm * dtype_work, "transform_flop": transforms * dtype_work}
+    ours = sum(count for term, count in terms.items() if term.endswith("flop"))
+    theirs = float(flops) * dtype_work
+    return {term: count * theirs / ours if term.endswith("flop") and ours > 0 else count
+            for term, count in terms.items()}
 
 
 def estimate_seconds(name: str, spec: ConvSpec, *, rank: int | None = None, module=None,

@@ -230,7 +230,8 @@ def choose(spec: ConvSpec, weight: np.ndarray | None = None, *, preferred: str |
         if reason is not None:
             raise ValueError(f"device (GPU) arrays need the 'cuda' backend, which cannot run this call: {reason}")
         return "cuda"
-    if preferred is not None and decline_reason(preferred, spec) is None:
+    if preferred is not None and decline_reason(preferred, spec) is None \
+            and weight_decline_reason(preferred, weight, spec) is None:
         return preferred
     if tune is None:
         tune = config.autotune

@@ -69,6 +69,10 @@ def test_backend_hooks_refine_or_replace_the_formula():
     scaled = cost.work_terms("winograd", problem, module=flops)
     assert math.isclose(scaled["gemm_flop"] + scaled["transform_flop"], 1000.0)
     assert cost.work_terms("unknown", problem, module=flops)["flop"] == 1000.0
+    staged = types.SimpleNamespace(estimate_flops=lambda s: {"gemm": 600, "input_transform": 100,
+                                                              "filter_transform": 50, "total": 750})
+    terms = cost.work_terms("winograd", problem, module=staged)
+    assert terms["gemm_flop"] == 600 and terms["transform_flop"] == 100  # filters: cached, not per call
     assert cost.estimate_seconds("unknown", problem) == math.inf
     assert cost.estimate_seconds("unknown", problem, module=types.SimpleNamespace(estimate_seconds=lambda s: 3)) == 3
 
