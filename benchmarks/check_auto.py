@@ -1,7 +1,8 @@
 """How good is ``backend="auto"``? Time every eligible backend on a grid of problems and compare.
 
-For each problem the script times every backend that can run it (median of several calls after
-a warm-up call that absorbs JIT compilation), then asks which backend auto picks:
+For each problem the script times every backend that can run it (the best of up to 7 rounds that
+visit the backends in shuffled order, after a warm-up call each that absorbs JIT compilation:
+:func:`fastconv.tuning.time_backends`), then asks which backend auto picks:
 
 * untuned — the cost model alone (:mod:`fastconv.cost`), and
 * tuned — :func:`fastconv.tuning.measure`, the autotuner's own quick measurement,
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -95,19 +95,7 @@ def _weight(shape, kind, dtype, rng):
     return rng.standard_normal(shape).astype(dtype)
 
 
-def _median_time(function, budget: float) -> float:
-    function()  # warm-up: JIT compilation, FFT plans, weight caches
-    times = []
-    deadline = time.perf_counter() + budget
-    while len(times) < 3 or (len(times) < 9 and time.perf_counter() < deadline):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure_problem(entry, skip_above: float):
-    import fastconv
     from fastconv import backends, cost, tuning
     from fastconv.geometry import make_spec, pad_input
 
@@ -122,15 +110,15 @@ def measure_problem(entry, skip_above: float):
     candidates = [b for b in backends.backend_names() if b != "cuda" and tuning.decline_reason(b, spec) is None]
     estimates = {b: cost.estimate_seconds(b, spec, rank=rank, module=backends.get(b)) for b in candidates}
     best_estimate = min(estimates.values())
-    times, notes = {}, {}
+    notes, timed = {}, []
     for backend in candidates:
         if estimates[backend] > skip_above and estimates[backend] > 30 * best_estimate:
             notes[backend] = f"not timed: estimated {estimates[backend]:.3g} s"
-            continue
-        try:
-            times[backend] = _median_time(lambda: fastconv.conv2d(x, weight, backend=backend, **keywords), 0.5)
-        except ValueError as error:  # a backend that declines only once it sees the weights
-            notes[backend] = f"declined: {error}"
+        elif tuning.weight_decline_reason(backend, weight, spec) is not None:
+            notes[backend] = f"declines: {tuning.weight_decline_reason(backend, weight, spec)}"
+        else:
+            timed.append(backend)
+    times = tuning.time_backends(timed, (x_run, weight, None), spec, rounds=7, budget=2.0)
     tuning.clear_cache()
     untuned = tuning.choose(spec, weight, tune=False)
     tuned_results = tuning.measure(spec, (x_run, weight, None))

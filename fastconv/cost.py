@@ -9,17 +9,19 @@ The counts say how the algorithms trade off, and are worth reading as such:
 
 ``direct`` (``naive``, ``numba_cpu``)
     one multiply-add per kernel tap per output value: ``outputs * C/groups * kh * kw``. ``naive``
-    runs them as scalar loops; ``numba_cpu`` vectorised, with separate rates for its depthwise
-    and single-channel paths (both memory-bound rather than compute-bound).
+    runs them as scalar loops; ``numba_cpu`` vectorised, at one rate on its plane kernel
+    (depthwise and single-channel: memory-bound) and another on its channel-blocked kernel, each
+    slower for kernel widths it does not specialise and for strided output columns.
 ``im2col``
     unfold every receptive field into a column matrix (``N * C * kh * kw * H_out * W_out`` values
     copied), then one GEMM at BLAS speed. A 1×1 stride-1 layer needs no unfolding: it *is* a
     GEMM. Thin GEMMs (depthwise: one output channel per group) are limited by the bytes they move,
     not their flops, hence a GEMM-bytes term.
 ``fft``
-    transform every input channel, filter and output channel (``~2.5 P log2 P`` flops each over
-    the ``P`` points of the padded image), then multiply spectra bin by bin and sum over channels
-    (``N * K * C/groups`` complex products per bin). The kernel size does not appear at all —
+    transform every input and output channel (``~2.5 P log2 P`` flops each over the ``P`` points
+    of the padded image, or of each overlap-save tile of a large one; filter spectra are cached),
+    then multiply spectra bin by bin and sum over channels (``N * K * C/groups`` complex products
+    per bin). The kernel size does not appear at all —
     which is why FFT wins for large kernels — and neither does the stride (the stride-1 result
     is computed and sampled).
 ``separable``
@@ -41,9 +43,9 @@ Examples
 >>> spec = make_spec((1, 1, 512, 512), (1, 1, 31, 31), padding="same", dtype="float32")
 >>> terms = work_terms("fft", spec)
 >>> sorted(terms)
-['bin_flop', 'byte', 'call', 'fft_flop']
->>> work_terms("fft", spec)["fft_flop"] == work_terms(
-...     "fft", make_spec((1, 1, 512, 512), (1, 1, 3, 3), padding=15, dtype="float32"))["fft_flop"]
+['bin_flop', 'byte', 'call', 'fft_flop', 'tile']
+>>> strided = make_spec((1, 1, 512, 512), (1, 1, 31, 31), padding="same", stride=2, dtype="float32")
+>>> work_terms("fft", strided)["fft_flop"] == terms["fft_flop"]  # FFT gains nothing from stride
 True
 >>> estimate_seconds("naive", spec) > estimate_seconds("fft", spec)
 True
@@ -73,11 +75,11 @@ _FORMAT_VERSION = 1
 # pyFFTW 0.15, 2 threads); see docs/performance.md, "Automatic backend choice".
 DEFAULT_CONSTANTS: dict[str, dict[str, float]] = {
     "naive": {"call": 2.0e-5, "mac": 1.0e-9},
-    "numba_cpu": {"call": 2.0e-5, "mac": 1.0e-11, "mac_depthwise": 4.0e-11, "mac_single": 1.0e-11,
-                  "byte": 2.0e-10},
+    "numba_cpu": {"call": 2.0e-5, "mac": 1.0e-11, "mac_plane": 2.0e-11, "mac_runtime_width": 2.0e-11,
+                  "mac_strided": 1.0e-11, "byte": 2.0e-10},
     "im2col": {"call": 3.0e-5, "unfold_byte": 5.0e-10, "gemm_flop": 1.0e-11, "gemm_byte": 2.0e-10,
                "gemm_call": 2.0e-6, "byte": 2.0e-10},
-    "fft": {"call": 5.0e-5, "fft_flop": 1.5e-10, "bin_flop": 1.0e-10, "byte": 3.0e-10},
+    "fft": {"call": 5.0e-5, "fft_flop": 1.5e-10, "bin_flop": 1.0e-10, "tile": 1.0e-5, "byte": 3.0e-10},
     "separable": {"call": 3.0e-5, "mac": 2.0e-11, "byte": 3.0e-10},
     "winograd": {"call": 5.0e-5, "transform_flop": 3.0e-11, "gemm_flop": 1.0e-11, "byte": 3.0e-10},
 }
@@ -115,14 +117,10 @@ def _fast_even(n: int) -> int:
     return best
 
 
-def _direct_terms(spec: ConvSpec, dtype_work: float) -> dict[str, float]:
+def _macs(spec: ConvSpec) -> int:
+    """Multiply-adds of direct convolution: one per kernel tap per output value."""
     outputs = spec.batch * spec.out_channels * spec.out_height * spec.out_width
-    macs = outputs * spec.in_channels_per_group * spec.kernel_height * spec.kernel_width * dtype_work
-    if spec.is_depthwise:
-        return {"mac_depthwise": macs}
-    if spec.in_channels == spec.out_channels == 1:
-        return {"mac_single": macs}
-    return {"mac": macs}
+    return outputs * spec.in_channels_per_group * spec.kernel_height * spec.kernel_width
 
 
 def _io_bytes(spec: ConvSpec) -> float:
@@ -132,15 +130,31 @@ def _io_bytes(spec: ConvSpec) -> float:
     return float(values * spec.dtype.itemsize)
 
 
-def _naive(spec, work, rank):
-    return {"call": 1.0, "mac": sum(_direct_terms(spec, 1.0).values())}  # scalar loops: no SIMD gain
+def _naive(spec, work, rank, module):
+    return {"call": 1.0, "mac": float(_macs(spec))}  # scalar loops: no SIMD width to lose to float64
 
 
-def _numba_cpu(spec, work, rank):
-    return {"call": 1.0, **_direct_terms(spec, work), "byte": _io_bytes(spec)}
+def _numba_cpu(spec, work, rank, module):
+    # Its plane kernel (depthwise, single-channel) is one memory-bound pass per output plane; the
+    # general kernel register-blocks output channels (zero filters pad a partial block). Kernel
+    # widths it specialises unroll into the vectorised pixel loop; others, and strided output
+    # columns (no longer contiguous loads), cost extra per multiply-add.
+    plane = (module.uses_plane_kernel(spec) if hasattr(module, "uses_plane_kernel")
+             else spec.in_channels_per_group == 1 and spec.out_channels_per_group < 4)
+    macs = _macs(spec) * work
+    block = getattr(module, "CHANNEL_BLOCK", 1)
+    if not plane and block > 1:
+        per_group = spec.out_channels_per_group
+        macs *= -(-per_group // block) * block / per_group
+    terms = {"call": 1.0, "mac_plane" if plane else "mac": macs, "byte": _io_bytes(spec)}
+    if spec.kernel_width not in getattr(module, "SPECIALISED_WIDTHS", (1, 3, 5, 7)):
+        terms["mac_runtime_width"] = macs
+    if spec.stride[1] > 1:
+        terms["mac_strided"] = macs
+    return terms
 
 
-def _im2col(spec, work, rank):
+def _im2col(spec, work, rank, module):
     size = spec.dtype.itemsize
     rows = spec.in_channels_per_group * spec.kernel_height * spec.kernel_width  # GEMM inner dimension
     pixels = spec.batch * spec.out_height * spec.out_width
@@ -148,35 +162,71 @@ def _im2col(spec, work, rank):
                   and spec.padding == ((0, 0), (0, 0)))
     unfold_values = 0 if plain_gemm else spec.in_channels * spec.kernel_height * spec.kernel_width * pixels
     k_per_group = spec.out_channels_per_group
+    tiles = 1 if plain_gemm or not hasattr(module, "plan_tiles") else len(module.plan_tiles(spec))
     return {
         "call": 1.0,
         "unfold_byte": float(unfold_values * size),
         "gemm_flop": 2.0 * spec.groups * k_per_group * rows * pixels * work,
         # operands and result of each group's GEMM: what bounds thin (depthwise) products
         "gemm_byte": float(spec.groups * (k_per_group * rows + rows * pixels + k_per_group * pixels) * size),
-        "gemm_call": float(spec.groups * spec.batch),
+        "gemm_call": float(spec.groups * tiles),
         "byte": _io_bytes(spec),
     }
 
 
-def _fft(spec, work, rank):
-    height, width = _fast_even(spec.padded_height), _fast_even(spec.padded_width)
+def _fft_tiles(spec: ConvSpec, transforms_per_tile: int, products_per_bin: int):
+    """The overlap-save tiling with the least work: ((tile_h, tile_w), tile count).
+
+    One tile covering the whole image is a candidate; so are powers of two from 64 up that leave
+    room for at least 4 kernel extents of valid output (smaller tiles waste most of each transform
+    on the overlap).
+    """
+    (extent_h, extent_w), (stride_h, stride_w) = spec.dilated_kernel, spec.stride
+    whole_h = _fast_even((spec.out_height - 1) * stride_h + extent_h)
+    whole_w = _fast_even((spec.out_width - 1) * stride_w + extent_w)
+
+    def axis_options(whole, extent, stride, out):
+        options = [(whole, 1)]
+        size = 64
+        while size < whole:
+            if size >= 4 * extent + stride:
+                per_tile = (size - extent) // stride + 1
+                options.append((size, -(-out // per_tile)))
+            size *= 2
+        return options
+
+    best = None
+    for tile_h, count_h in axis_options(whole_h, extent_h, stride_h, spec.out_height):
+        for tile_w, count_w in axis_options(whole_w, extent_w, stride_w, spec.out_width):
+            points = tile_h * tile_w
+            work = count_h * count_w * (points * math.log2(points) * transforms_per_tile
+                                        + 4 * tile_h * (tile_w // 2 + 1) * products_per_bin)
+            if best is None or work < best[0]:
+                best = (work, (tile_h, tile_w), count_h * count_w)
+    return best[1], best[2]
+
+
+def _fft(spec, work, rank, module):
+    # per tile: transform each input channel and each output channel (filter spectra are cached
+    # between calls, so their transforms are not paid per call); multiply spectra per bin
+    transforms = spec.batch * (spec.in_channels + spec.out_channels)
+    products = spec.batch * spec.out_channels * spec.in_channels_per_group
+    (height, width), tiles = _fft_tiles(spec, transforms, products)
     points = height * width
-    bins = height * (width // 2 + 1)
-    transforms = (spec.batch * spec.in_channels + spec.out_channels * spec.in_channels_per_group
-                  + spec.batch * spec.out_channels)
+    bins = points if spec.dtype.kind == "c" else height * (width // 2 + 1)
     real_work = work / 4 if spec.dtype.kind == "c" else work  # a complex FFT is not four real ones
     per_transform = 2.5 * points * math.log2(max(points, 2)) * real_work * (2 if spec.dtype.kind == "c" else 1)
-    spectrum_bytes = (spec.batch * (spec.in_channels + spec.out_channels)) * bins * 2 * spec.dtype.itemsize
+    spectrum_bytes = transforms * bins * 2 * spec.dtype.itemsize
     return {
         "call": 1.0,
-        "fft_flop": transforms * per_transform,
-        "bin_flop": 8.0 * spec.batch * spec.out_channels * spec.in_channels_per_group * bins * real_work,
-        "byte": _io_bytes(spec) + spectrum_bytes,
+        "fft_flop": tiles * transforms * per_transform,
+        "bin_flop": 8.0 * tiles * products * bins * real_work,
+        "tile": float(tiles * spec.batch),
+        "byte": _io_bytes(spec) + tiles * spectrum_bytes,
     }
 
 
-def _separable(spec, work, rank):
+def _separable(spec, work, rank, module):
     if rank is None:  # unknown (shape only): assume the worst, a full-rank kernel
         rank = min(spec.kernel_height, spec.kernel_width)
     pairs = spec.batch * spec.out_channels * spec.in_channels_per_group * rank
@@ -186,7 +236,7 @@ def _separable(spec, work, rank):
     return {"call": 1.0, "mac": (column_pass + row_pass) * work, "byte": _io_bytes(spec) + intermediate}
 
 
-def _winograd(spec, work, rank):
+def _winograd(spec, work, rank, module):
     tile = 4 if spec.dtype == np.float32 else 2  # F(4x4,3x3) in float32, F(2x2,3x3) otherwise
     alpha = tile + 2
     tiles = (spec.batch * -(-spec.out_height // tile) * -(-spec.out_width // tile))
@@ -224,7 +274,7 @@ def work_terms(name: str, spec: ConvSpec, *, rank: int | None = None, module=Non
         if estimate_flops is None:
             return None
         return {"call": 1.0, "flop": float(estimate_flops(spec)), "byte": _io_bytes(spec)}
-    terms = formula(spec, _dtype_work(spec.dtype), rank)
+    terms = formula(spec, _dtype_work(spec.dtype), rank, module)
     if estimate_flops is not None and "gemm_flop" in terms:
         terms = _use_own_flops(terms, estimate_flops(spec), _dtype_work(spec.dtype))
     return terms

@@ -14,6 +14,12 @@ def spec(x_shape, w_shape, dtype="float32", **kwargs):
     return make_spec(x_shape, w_shape, dtype=dtype, **kwargs)
 
 
+def test_fft_tiles_large_images_with_moderate_kernels():
+    small_kernel = spec((1, 1, 4096, 4096), (1, 1, 9, 9), padding="same")
+    assert cost.work_terms("fft", small_kernel)["tile"] > 1
+    assert cost.work_terms("fft", spec((1, 1, 256, 256), (1, 1, 63, 63), padding="same"))["tile"] == 1
+
+
 def test_fft_work_ignores_kernel_size_and_stride():
     base = cost.work_terms("fft", spec((1, 4, 128, 128), (8, 4, 3, 3), padding=15))
     assert cost.work_terms("fft", spec((1, 4, 128, 128), (8, 4, 31, 31), padding="same"))["fft_flop"] == \
@@ -27,8 +33,10 @@ def test_direct_work_grows_with_kernel_area_and_falls_with_stride():
     large = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 9, 9), padding=4))["mac"]
     strided = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 3, 3), padding=1, stride=2))["mac"]
     assert large == 9 * small and strided == small / 4
-    assert "mac_depthwise" in cost.work_terms("numba_cpu", spec((1, 8, 16, 16), (8, 1, 3, 3), groups=8))
-    assert "mac_single" in cost.work_terms("numba_cpu", spec((1, 1, 16, 16), (1, 1, 3, 3)))
+    assert "mac_plane" in cost.work_terms("numba_cpu", spec((1, 8, 16, 16), (8, 1, 3, 3), groups=8))
+    assert "mac_plane" in cost.work_terms("numba_cpu", spec((1, 1, 16, 16), (1, 1, 3, 3)))
+    odd = cost.work_terms("numba_cpu", spec((1, 1, 16, 16), (1, 1, 9, 9), stride=2))
+    assert odd["mac_runtime_width"] == odd["mac_strided"] == odd["mac_plane"]
 
 
 def test_im2col_one_by_one_is_a_plain_gemm():
@@ -43,7 +51,7 @@ def test_separable_work_scales_with_rank_and_kernel_perimeter():
     one, four = (cost.work_terms("separable", problem, rank=r)["mac"] for r in (1, 4))
     assert four == 4 * one
     assert cost.work_terms("separable", problem)["mac"] == 31 * one  # unknown rank: full
-    direct = cost.work_terms("numba_cpu", problem)["mac_single"]
+    direct = cost.work_terms("numba_cpu", problem)["mac_plane"]
     assert one < direct * (31 + 31) / (31 * 31) * 1.2
 
 
@@ -100,8 +108,8 @@ def test_fit_recovers_known_constants():
 def test_fit_keeps_defaults_for_terms_no_sample_exercises():
     problems = [spec((1, 4, s, s), (4, 4, 3, 3)) for s in (8, 16, 32)]
     samples = [(p, None, 1e-5 * s) for p, s in zip(problems, (1, 2, 4))]
-    fitted = cost.fit_constants("numba_cpu", samples, {"mac_depthwise": 5.0})
-    assert fitted["mac_depthwise"] == 5.0 and "mac" in fitted
+    fitted = cost.fit_constants("numba_cpu", samples, {"mac_plane": 5.0})
+    assert fitted["mac_plane"] == 5.0 and "mac" in fitted
 
 
 def test_fast_even_sizes():

@@ -162,7 +162,7 @@ def test_use_backend_wins_and_cuda_only_for_device_arrays(register, monkeypatch)
 
 def test_separable_is_chosen_only_for_low_rank_kernels(register, monkeypatch):
     # equal rates per multiply-add: separable wins when r (kh + kw) < kh kw, whatever was calibrated
-    monkeypatch.setattr(cost, "DEFAULT_CONSTANTS", {"separable": {"mac": 1e-9}, "numba_cpu": {"mac_single": 1e-9}})
+    monkeypatch.setattr(cost, "DEFAULT_CONSTANTS", {"separable": {"mac": 1e-9}, "numba_cpu": {"mac_plane": 1e-9}})
     register("separable", 7.0)
     register("direct", 1.0, estimate=lambda spec: cost.estimate_seconds("numba_cpu", spec))
     _only_fakes(monkeypatch, "separable", "direct")
