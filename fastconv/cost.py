@@ -415,19 +415,29 @@ def save_constants(constants: dict, threads: int) -> str:
 def fit_constants(name: str, samples, defaults: dict[str, float] | None = None) -> dict[str, float]:
     """Fit backend ``name``'s constants to measured ``(spec, rank, seconds)`` samples.
 
-    Non-negative least squares on *relative* error (each row divided by its measured time), so a
-    1 ms problem counts as much as a 1 s one: auto must rank small problems right too. Terms that
-    no sample exercises keep their value from ``defaults``.
+    The error that matters to auto is the *ratio* of estimate to truth, whether the problem takes
+    a microsecond or a second, so the fit minimises ``log(estimate / measured)`` over all samples
+    with a robust (soft-L1) loss: one time inflated by a noisy neighbour on the machine does not
+    drag the constants with it. Non-negative least squares on relative errors gives the starting
+    point. Terms that no sample exercises keep their value from ``defaults``.
     """
-    from scipy.optimize import nnls
+    from scipy.optimize import least_squares, nnls
 
     rows = [(work_terms(name, spec, rank=rank), seconds) for spec, rank, seconds in samples]
     names = sorted({term for terms, _ in rows for term in terms})
-    matrix = np.array([[terms.get(term, 0.0) / seconds for term in names] for terms, seconds in rows])
-    scale = matrix.max(axis=0)
-    exercised = scale > 0
-    solution, _ = nnls(matrix[:, exercised] / scale[exercised], np.ones(len(rows)))
+    counts = np.array([[terms.get(term, 0.0) for term in names] for terms, _ in rows])
+    measured = np.array([seconds for _, seconds in rows])
+    exercised = counts.max(axis=0) > 0
+    counts, names = counts[:, exercised], [term for term, used in zip(names, exercised) if used]
+    relative = counts / measured[:, None]
+    scale = relative.max(axis=0)  # columns of very different magnitudes: normalise for the solvers
+    start, _ = nnls(relative / scale, np.ones(len(rows)))
+    floor = 1e-9  # in scaled units; a term the data do not need ends near zero, not at exactly 0
+    solution = least_squares(
+        lambda log_c: np.log((relative / scale) @ np.exp(log_c)),
+        np.log(np.maximum(start, 1e-3)), bounds=(np.log(floor), np.inf), loss="soft_l1", f_scale=0.1,
+    ).x
     fitted = dict(defaults or {})
-    for term, value, column_scale in zip(np.array(names)[exercised], solution, scale[exercised]):
-        fitted[str(term)] = float(value / column_scale)
+    for term, value, column_scale in zip(names, np.exp(solution), scale):
+        fitted[term] = float(value / column_scale)
     return fitted

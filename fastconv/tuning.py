@@ -670,6 +670,15 @@ def _calibration_grid():
         ((1, 1, 256, 256), (1, 1, 63, 63), {"padding": "same"}, "float32", False),
         ((1, 8, 64, 64), (8, 8, 11, 11), {"padding": 5}, "float32", False),
         ((4, 16, 32, 32), (32, 16, 3, 3), {"padding": 1}, "float32", False),
+        ((1, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}, "float32", False),
+        ((1, 128, 28, 28), (128, 128, 3, 3), {"padding": 1}, "float32", False),
+        ((1, 256, 14, 14), (256, 256, 1, 1), {}, "float32", False),
+        ((1, 32, 32, 32), (64, 8, 3, 3), {"padding": 1, "groups": 4}, "float32", False),
+        ((1, 1, 1024, 1024), (1, 1, 9, 9), {"padding": "same"}, "float32", False),
+        ((1, 1, 1024, 1024), (1, 1, 9, 9), {"padding": "same"}, "float32", True),
+        ((1, 1, 1024, 1024), (1, 1, 5, 5), {"padding": "same", "stride": 2}, "float32", False),
+        ((1, 1, 512, 512), (1, 1, 7, 7), {"padding": "same", "dilation": 2}, "float32", False),
+        ((1, 3, 256, 256), (8, 3, 5, 5), {"padding": 2}, "float32", False),
     ]
     return grid
 
@@ -686,12 +695,13 @@ def _calibration_operands(x_shape, w_shape, dtype, rank_one, rng):
 
 
 def calibrate(names=None, *, grid=None, max_seconds_per_call: float = 0.5,
-              progress=print) -> dict[str, dict[str, float]]:
+              progress=print) -> tuple[dict[str, dict[str, float]], dict[str, list]]:
     """Time each backend on a small grid and fit its cost constants (see :mod:`fastconv.cost`).
 
     ``grid`` defaults to :func:`_calibration_grid`. Calls the shipped constants estimate above
     ``max_seconds_per_call`` are skipped (``naive`` on large problems). Returns the fitted
-    constants; :func:`fastconv.cost.save_constants` stores them.
+    constants (:func:`fastconv.cost.save_constants` stores them) and the samples they were
+    fitted to, ``{backend: [(spec, rank, seconds), ...]}``.
     """
     from fastconv.geometry import pad_input
 
@@ -712,7 +722,7 @@ def calibrate(names=None, *, grid=None, max_seconds_per_call: float = 0.5,
             if cost.estimate_seconds(name, spec, rank=rank, constants=cost.DEFAULT_CONSTANTS) > max_seconds_per_call:
                 continue
             runnable.append(name)
-        for name, seconds in time_backends(runnable, (x, weight, None), spec, budget=0.5).items():
+        for name, seconds in time_backends(runnable, (x, weight, None), spec, budget=1.0).items():
             samples[name].append((spec, rank, seconds))
             progress(f"  {name:<10} {str(x_shape):<18} {str(w_shape):<16} {dtype:<8} {_seconds(seconds):>10}")
     fitted = {}
@@ -724,7 +734,7 @@ def calibrate(names=None, *, grid=None, max_seconds_per_call: float = 0.5,
                             for spec, rank, seconds in rows)
             progress(f"{name}: fitted on {len(rows)} problems; estimate off by {100 * errors[len(errors) // 2]:.0f}% "
                      f"(median), {100 * errors[-1]:.0f}% (worst)")
-    return fitted
+    return fitted, samples
 
 
 def main(argv=None) -> int:
@@ -753,7 +763,7 @@ def run_command(args) -> int:
         print(f"removed {cache_path()}")
     if args.calibrate:
         print(f"calibrating the cost model on this machine ({config.threads} threads)...")
-        fitted = calibrate(args.backends)
+        fitted, _ = calibrate(args.backends)
         path = cost.save_constants({**cost.current_constants(), **fitted}, config.threads)
         clear_cache()
         for name, table in fitted.items():
