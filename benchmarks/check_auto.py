@@ -118,7 +118,7 @@ def measure_problem(entry, skip_above: float):
             notes[backend] = f"declines: {tuning.weight_decline_reason(backend, weight, spec)}"
         else:
             timed.append(backend)
-    times = tuning.time_backends(timed, (x_run, weight, None), spec, rounds=7, budget=2.0)
+    times = tuning.time_backends_quietly(timed, (x_run, weight, None), spec, rounds=7, budget=2.0)
     tuning.clear_cache()
     untuned = tuning.choose(spec, weight, tune=False)
     tuned_results = tuning.measure(spec, (x_run, weight, None))
@@ -157,6 +157,53 @@ def report(results) -> str:
     return "\n".join(lines)
 
 
+_TINY = """
+import timeit
+import numpy as np
+x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+w = np.random.default_rng(1).standard_normal((1, 1, 3, 3)).astype(np.float32)
+def per_call(function, number=20000):
+    return min(timeit.repeat(function, number=number, repeat=7)) / number
+"""
+
+_FASTCONV_TINY = _TINY + """
+import fastconv
+from fastconv import tuning
+from fastconv.geometry import make_spec
+picked = tuning.choose(make_spec(x.shape, w.shape, dtype=x.dtype), w)
+fastconv.conv2d(x, w), fastconv.conv2d(x, w, backend=picked)  # compile, decide
+print(picked, per_call(lambda: fastconv.conv2d(x, w)), per_call(lambda: fastconv.conv2d(x, w, backend=picked)))
+"""
+
+_TORCH_TINY = _TINY + """
+import torch
+torch.set_num_threads(2)
+tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+torch.nn.functional.conv2d(tx, tw)
+print(per_call(lambda: torch.nn.functional.conv2d(tx, tw)))
+"""
+
+
+def overhead() -> str:
+    """Auto's per-call overhead on a tiny problem vs torch's whole call, each in its own process."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+
+    def run(code):
+        return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                              env=env).stdout.split()
+
+    picked, auto, explicit = run(_FASTCONV_TINY)
+    auto, explicit, torch_time = float(auto), float(explicit), float(run(_TORCH_TINY)[0])
+    return (f"1x1x8x8 input, 3x3 kernel, float32: conv2d(backend='auto') {auto * 1e6:.2f} us, "
+            f"conv2d(backend={picked!r}) {explicit * 1e6:.2f} us, torch.nn.functional.conv2d "
+            f"{torch_time * 1e6:.2f} us.\nAuto's overhead {(auto - explicit) * 1e6:.2f} us = "
+            f"{(auto - explicit) / torch_time:.2f}x torch's whole call (target <= 3x); fastconv's whole "
+            f"auto call = {auto / torch_time:.2f}x torch's.")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="check_auto.json", help="results file (accumulates; default %(default)s)")
@@ -164,7 +211,12 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-above", type=float, default=1.0, help="don't time backends estimated slower (s)")
     parser.add_argument("--report", action="store_true", help="print the summary table of the results file")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="problems to (re)measure")
+    parser.add_argument("--overhead", action="store_true",
+                        help="measure auto's per-call overhead on a tiny problem against torch, and stop")
     args = parser.parse_args(argv)
+    if args.overhead:
+        print(overhead())
+        return 0
 
     results = {}
     if os.path.exists(args.json):
