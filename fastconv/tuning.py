@@ -438,7 +438,7 @@ def read_cache(path: str | None = None) -> dict[str, dict]:
     try:
         with open(path) as stream:
             document = json.load(stream)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return {}
     except (OSError, ValueError) as error:
         _warn_once(path, f"unreadable: {type(error).__name__}: {error}")
