@@ -1,8 +1,9 @@
 """How good is ``backend="auto"``? Time every eligible backend on a grid of problems and compare.
 
-For each problem the script times every backend that can run it (the best of up to 7 rounds that
-visit the backends in shuffled order, after a warm-up call each that absorbs JIT compilation:
-:func:`fastconv.tuning.time_backends`), then asks which backend auto picks:
+For each problem the script times every backend that can run it in its steady state (a pause for
+the previous backend's thread pools to go idle, a warm-up call that absorbs JIT compilation, then
+the best of up to 7 calls: :func:`fastconv.tuning.time_backends`), then asks which backend auto
+picks:
 
 * untuned — the cost model alone (:mod:`fastconv.cost`), and
 * tuned — :func:`fastconv.tuning.measure`, the autotuner's own quick measurement,
@@ -118,7 +119,7 @@ def measure_problem(entry, skip_above: float):
             notes[backend] = f"declines: {tuning.weight_decline_reason(backend, weight, spec)}"
         else:
             timed.append(backend)
-    times = tuning.time_backends_quietly(timed, (x_run, weight, None), spec, rounds=7, budget=2.0)
+    times = tuning.time_backends_quietly(timed, (x_run, weight, None), spec, repeats=7, budget=2.0)
     tuning.clear_cache()
     untuned = tuning.choose(spec, weight, tune=False)
     tuned_results = tuning.measure(spec, (x_run, weight, None))

@@ -52,6 +52,8 @@ _FORMAT_VERSION = 1
 TUNE_BUDGET_SECONDS = 2.0
 # A backend whose estimate is this many times the best measured time is not worth timing.
 _SKIP_FACTOR = 10.0
+# Pause before timing a backend, so the thread pools of the previous one have gone to sleep.
+_SETTLE_SECONDS = 0.15
 
 _lock = threading.RLock()
 _decisions: dict = {}  # (spec, threads, constants source) -> ranked candidates
@@ -265,27 +267,29 @@ def _timed_call(name: str, operands, spec: ConvSpec) -> float:
     return time.perf_counter() - start
 
 
-def time_backends(names, operands, spec: ConvSpec, *, rounds: int = 5, budget: float = 1.0) -> dict[str, float]:
+def time_backends(names, operands, spec: ConvSpec, *, repeats: int = 5, budget: float = 1.0,
+                  settle: float | None = None) -> dict[str, float]:
     """Best-of wall time of each backend in ``names`` on ``operands`` = (x, weight, bias).
 
-    Every backend is called once untimed first (JIT compilation, FFT plans, weight caches), then
-    timed in up to ``rounds`` rounds that visit the backends in a different order each time: a
-    thread pool another backend left spinning (OpenBLAS waits busy for a while after each call)
-    then slows a different backend each round instead of always the same one, and the minimum
-    over rounds is what the backend costs on a quiet machine. Rounds stop when ``budget`` seconds
-    are spent (after the first).
+    Each backend is timed in its steady state, as a loop over images would run it: after a pause
+    (``settle`` seconds) and one untimed call (JIT compilation, FFT plans, weight caches), then
+    up to ``repeats`` calls, within ``budget / len(names)`` seconds after the first. The pause
+    matters on a machine with few cores: the thread pools of BLAS, OpenMP (numba) and FFTW keep
+    spinning for up to ~0.1 s after a call, and a different backend's threads then wait for
+    cores in whole scheduler time slices (4 ms here), so backends timed back to back would be
+    charged for each other's pools.
     """
-    names = list(names)
+    settle = _SETTLE_SECONDS if settle is None else settle
+    share = budget / max(len(names), 1)
+    best = {}
     for name in names:
+        time.sleep(settle)
         _timed_call(name, operands, spec)
-    best = {name: math.inf for name in names}
-    order = np.random.default_rng(len(names))
-    started = time.perf_counter()
-    for round_index in range(rounds):
-        if round_index and time.perf_counter() - started > budget:
-            break
-        for name in order.permutation(names):
-            best[name] = min(best[name], _timed_call(name, operands, spec))
+        started = time.perf_counter()
+        times = [_timed_call(name, operands, spec)]
+        while len(times) < repeats and time.perf_counter() - started < share:
+            times.append(_timed_call(name, operands, spec))
+        best[name] = min(times)
     return best
 
 
@@ -305,7 +309,7 @@ def time_backends_quietly(names, operands, spec: ConvSpec, *, attempts: int = 3,
     """:func:`time_backends`, repeated (after a pause) when other processes used the CPU meanwhile.
 
     On a shared machine a neighbour's burst inflates every time taken during it, and a best-of
-    over rounds cannot undo a burst that lasts all rounds. Other processes' CPU use is read from
+    over repeats cannot undo a burst that lasts all of them. Other processes' CPU use is read from
     ``/proc/stat`` minus this process's own; above 10% of the elapsed time the timing is retried
     (the last attempt is kept whatever happens).
     """
@@ -325,10 +329,9 @@ def time_backends_quietly(names, operands, spec: ConvSpec, *, attempts: int = 3,
 def measure(spec: ConvSpec, operands, budget: float | None = None) -> dict[str, float | str]:
     """Time each eligible host backend on ``operands`` = (x, weight, bias) as backends receive them.
 
-    First every backend is called twice in order of estimated cost (untimed, then timed); one
-    estimated at more than 10× the best time measured so far, or reached once the budget is
-    spent, is skipped (its entry says why). Then the contenders within 2× of the best are timed
-    again in interleaved rounds (:func:`time_backends`) with what is left of the budget.
+    Backends are timed in order of estimated cost, each in its steady state (see
+    :func:`time_backends`); one estimated at more than 10× the best time measured so far, or
+    reached once the budget is spent, is skipped (its entry says why).
     """
     budget = TUNE_BUDGET_SECONDS if budget is None else budget
     rank = _weight_rank(operands[1])
@@ -343,14 +346,8 @@ def measure(spec: ConvSpec, operands, budget: float | None = None) -> dict[str, 
         if results and time.perf_counter() - started > budget:
             results[name] = f"skipped: tuning budget of {budget:g} s spent"
             continue
-        _timed_call(name, operands, spec)  # untimed: compilation, plans, caches
-        results[name] = _timed_call(name, operands, spec)
+        results[name] = time_backends([name], operands, spec, repeats=3, budget=budget / (2 * len(ranking)))[name]
         best = min(best, results[name])
-    contenders = [name for name, seconds in results.items() if isinstance(seconds, float) and seconds <= 2 * best]
-    left = budget - (time.perf_counter() - started)
-    if len(contenders) > 1 and left > 0:
-        for name, seconds in time_backends(contenders, operands, spec, budget=left).items():
-            results[name] = min(results[name], seconds)
     return results
 
 
@@ -727,7 +724,7 @@ def _calibration_operands(x_shape, w_shape, dtype, rank_one, rng):
     return x, weight
 
 
-def calibrate(names=None, *, grid=None, max_seconds_per_call: float = 0.5,
+def calibrate(names=None, *, grid=None, max_seconds_per_call: float = 0.5, budget_per_problem: float = 1.5,
               progress=print) -> tuple[dict[str, dict[str, float]], dict[str, list]]:
     """Time each backend on a small grid and fit its cost constants (see :mod:`fastconv.cost`).
 
@@ -755,7 +752,7 @@ def calibrate(names=None, *, grid=None, max_seconds_per_call: float = 0.5,
             if cost.estimate_seconds(name, spec, rank=rank, constants=cost.DEFAULT_CONSTANTS) > max_seconds_per_call:
                 continue
             runnable.append(name)
-        for name, seconds in time_backends_quietly(runnable, (x, weight, None), spec, budget=1.0).items():
+        for name, seconds in time_backends_quietly(runnable, (x, weight, None), spec, budget=budget_per_problem).items():
             samples[name].append((spec, rank, seconds))
             progress(f"  {name:<10} {str(x_shape):<18} {str(w_shape):<16} {dtype:<8} {_seconds(seconds):>10}")
     fitted = {}

@@ -26,6 +26,7 @@ def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own cache directory and forgets earlier decisions."""
     monkeypatch.setattr(config, "cache_dir", str(tmp_path / "cache"))
     monkeypatch.setattr(config, "autotune", False)
+    monkeypatch.setattr(tuning, "_SETTLE_SECONDS", 0.0)  # fake backends have no thread pools to settle
     monkeypatch.setattr(cost, "_loaded", None)
     tuning.clear_cache()
     tuning._warned.clear()
@@ -384,7 +385,8 @@ def test_calibrate_round_trip_and_cli(isolated_cache, capsys):
     grid = [((1, 1, 8, 8), (1, 1, 3, 3), {}, "float64", False),
             ((1, 2, 12, 12), (3, 2, 3, 3), {"padding": 1}, "float64", False),
             ((1, 4, 16, 16), (4, 4, 5, 5), {}, "float64", False)]
-    fitted, samples = tuning.calibrate(["naive"], grid=grid, progress=lambda line: None)
+    fitted, samples = tuning.calibrate(["naive"], grid=grid, budget_per_problem=0.05,
+                                       progress=lambda line: None)
     assert len(samples["naive"]) == 3 and all(seconds > 0 for _, _, seconds in samples["naive"])
     assert set(fitted["naive"]) == {"call", "mac"} and all(v >= 0 for v in fitted["naive"].values())
     path = cost.save_constants({"naive": fitted["naive"]}, threads=2)
