@@ -34,6 +34,14 @@ def _as_numeric_array(name: str, value) -> np.ndarray:
     return array
 
 
+def _layout(array) -> str:
+    """The caller's memory layout, part of the autotuning signature (device arrays: "C")."""
+    flags = getattr(array, "flags", None)
+    if flags is None or getattr(flags, "c_contiguous", True):
+        return "C"
+    return "F" if getattr(flags, "f_contiguous", False) else "strided"
+
+
 def choose_backend(spec: ConvSpec, weight: np.ndarray | None = None) -> str:
     """The name of the backend ``backend="auto"`` runs for ``spec`` (honours :func:`use_backend`).
 
@@ -129,7 +137,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     """
     on_device = hasattr(x, "__cuda_array_interface__")
     x = _as_numeric_array("x", x)
-    layout = "C" if x.flags.c_contiguous else "F" if x.flags.f_contiguous else "strided"
+    layout = _layout(x)
     weight = _as_numeric_array("weight", weight)
     if x.ndim not in (3, 4):
         raise ValueError(f"x must have shape (N, C, H, W) or (C, H, W), got {x.ndim} dimensions: shape {x.shape}")

@@ -218,6 +218,18 @@ def test_tune_measures_once_and_remembers_across_processes(register, monkeypatch
     assert slow.calls == 0
 
 
+def test_tuning_signature_includes_layout_and_threads(register, monkeypatch):
+    register("fast", 2.0, estimate=1e-6)
+    _only_fakes(monkeypatch, "fast")
+    _value(tune=True)
+    threads = fastconv.config.threads
+    monkeypatch.setattr(config, "threads", 1)
+    _value(tune=True)
+    fastconv.conv2d(np.asfortranarray(np.ones((1, 1, 6, 6))), W, tune=True)
+    tails = {tuple(key.split()[-2:]) for key in tuning.read_cache()}
+    assert tails == {("C", "t1"), ("F", "t1"), ("C", f"t{threads}")} if threads != 1 else len(tails) == 2
+
+
 def test_autotune_switch_and_environment(register, monkeypatch):
     register("slow", 1.0, estimate=1e-6, delay=0.004)
     register("fast", 2.0, estimate=2e-6)
