@@ -89,11 +89,21 @@ DEFAULT_THREADS = 2
 
 
 def _dtype_work(dtype: np.dtype) -> float:
-    """Relative cost of one multiply-add: float32 = 1; float64 halves the SIMD width; a complex
-    product is four real ones."""
+    """Real multiply-adds per multiply-add of ``dtype``: 4 for complex, 1 for real dtypes. (What a
+    float64 costs over a float32 differs by backend, so that is a fitted ``float64_factor``.)"""
+    return 4.0 if np.dtype(dtype).kind == "c" else 1.0
+
+
+def _is_double(dtype: np.dtype) -> bool:
     dtype = np.dtype(dtype)
-    real_size = dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
-    return (real_size / 4) * (4 if dtype.kind == "c" else 1)
+    return (dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize) == 8
+
+
+def _predict(table: dict, terms: dict, double: bool, speedup: float = 1.0) -> float:
+    """Seconds from work counts: the per-call term, plus the rest scaled for float64 and threads."""
+    scale = (table.get("float64_factor", 2.0) if double else 1.0) / speedup
+    return sum(table[term] * count * (1.0 if term == "call" else scale)
+               for term, count in terms.items() if term in table)
 
 
 def _fast_even(n: int) -> int:
@@ -316,11 +326,7 @@ def estimate_seconds(name: str, spec: ConvSpec, *, rank: int | None = None, modu
         return math.inf if own_estimate is None else float(own_estimate(spec))
     # extra threads speed up the work terms, not the fixed per-call term
     speedup = max(min(threads or config.threads, os.cpu_count() or 1), 1) / constants_threads()
-    seconds = 0.0
-    for term, count in terms.items():
-        if term in table:
-            seconds += table[term] * count / (1.0 if term == "call" else speedup)
-    return seconds
+    return _predict(table, terms, _is_double(spec.dtype), speedup)
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,25 +425,41 @@ def fit_constants(name: str, samples, defaults: dict[str, float] | None = None) 
     a microsecond or a second, so the fit minimises ``log(estimate / measured)`` over all samples
     with a robust (soft-L1) loss: one time inflated by a noisy neighbour on the machine does not
     drag the constants with it. Non-negative least squares on relative errors gives the starting
-    point. Terms that no sample exercises keep their value from ``defaults``.
+    point. ``float64_factor`` (how much more a float64 problem's work costs) is fitted when there
+    are float64 samples. Terms that no sample exercises keep their value from ``defaults``.
     """
     from scipy.optimize import least_squares, nnls
 
-    rows = [(work_terms(name, spec, rank=rank), seconds) for spec, rank, seconds in samples]
-    names = sorted({term for terms, _ in rows for term in terms})
-    counts = np.array([[terms.get(term, 0.0) for term in names] for terms, _ in rows])
-    measured = np.array([seconds for _, seconds in rows])
+    rows = [(work_terms(name, spec, rank=rank), _is_double(spec.dtype), seconds) for spec, rank, seconds in samples]
+    names = sorted({term for terms, _, _ in rows for term in terms})
+    counts = np.array([[terms.get(term, 0.0) for term in names] for terms, _, _ in rows])
+    double = np.array([is_double for _, is_double, _ in rows])
+    measured = np.array([seconds for _, _, seconds in rows])
     exercised = counts.max(axis=0) > 0
     counts, names = counts[:, exercised], [term for term, used in zip(names, exercised) if used]
+    is_call = np.array([term == "call" for term in names])
     relative = counts / measured[:, None]
     scale = relative.max(axis=0)  # columns of very different magnitudes: normalise for the solvers
-    start, _ = nnls(relative / scale, np.ones(len(rows)))
-    floor = 1e-9  # in scaled units; a term the data do not need ends near zero, not at exactly 0
-    solution = least_squares(
-        lambda log_c: np.log((relative / scale) @ np.exp(log_c)),
-        np.log(np.maximum(start, 1e-3)), bounds=(np.log(floor), np.inf), loss="soft_l1", f_scale=0.1,
-    ).x
+    relative = relative / scale
+    fit_factor = bool(double.any()) and bool((~double).any())
+    factor0 = (defaults or {}).get("float64_factor", 2.0)
+    start, _ = nnls(relative * np.where(double[:, None] & ~is_call, factor0, 1.0), np.ones(len(rows)))
+
+    def residuals(parameters):
+        factor = np.exp(parameters[-1]) if fit_factor else factor0
+        weights = np.where(double[:, None] & ~is_call, factor, 1.0)
+        return np.log((relative * weights) @ np.exp(parameters[:len(names)]))
+
+    floor = np.log(1e-9)  # in scaled units: a term the data do not need ends near zero, not at 0
+    initial = np.log(np.maximum(start, 1e-3))
+    lower, upper = np.full(len(names), floor), np.full(len(names), np.inf)
+    if fit_factor:
+        initial, lower, upper = (np.append(initial, np.log(factor0)), np.append(lower, np.log(0.5)),
+                                 np.append(upper, np.log(8.0)))
+    solution = least_squares(residuals, initial, bounds=(lower, upper), loss="soft_l1", f_scale=0.1).x
     fitted = dict(defaults or {})
-    for term, value, column_scale in zip(names, np.exp(solution), scale):
+    for term, value, column_scale in zip(names, np.exp(solution[:len(names)]), scale):
         fitted[term] = float(value / column_scale)
+    if fit_factor:
+        fitted["float64_factor"] = float(np.exp(solution[-1]))
     return fitted

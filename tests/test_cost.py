@@ -63,10 +63,25 @@ def test_winograd_needs_fewer_flops_than_direct_on_3x3():
 
 
 def test_float64_and_complex_cost_more_work():
-    terms = {dtype: cost.work_terms("numba_cpu", spec((1, 2, 16, 16), (2, 2, 3, 3), dtype=dtype))["mac"]
-             for dtype in ("float32", "float64", "complex64", "complex128")}
-    assert terms["float64"] == 2 * terms["float32"]
-    assert terms["complex64"] == 4 * terms["float32"] and terms["complex128"] == 8 * terms["float32"]
+    problems = {dtype: spec((1, 2, 16, 16), (2, 2, 3, 3), dtype=dtype)
+                for dtype in ("float32", "float64", "complex64", "complex128")}
+    terms = {dtype: cost.work_terms("numba_cpu", problem)["mac"] for dtype, problem in problems.items()}
+    assert terms["float64"] == terms["float32"] and terms["complex64"] == terms["complex128"] == 4 * terms["float32"]
+    constants = {"numba_cpu": {"call": 0.0, "mac": 1e-9, "float64_factor": 1.5}}
+    seconds = {dtype: cost.estimate_seconds("numba_cpu", problem, constants=constants, threads=cost.DEFAULT_THREADS)
+               for dtype, problem in problems.items()}
+    assert seconds["float64"] == pytest.approx(1.5 * seconds["float32"])
+    assert seconds["complex128"] == pytest.approx(1.5 * seconds["complex64"])
+
+
+def test_fit_recovers_the_float64_factor():
+    truth = {"call": 1e-5, "mac": 2e-10, "float64_factor": 1.3}
+    problems = [spec((1, c, s, s), (c, c, k, k), dtype=dtype) for c, s, k in [(1, 8, 3), (4, 16, 3), (8, 32, 5)]
+                for dtype in ("float32", "float64")]
+    samples = [(p, None, cost.estimate_seconds("naive", p, constants={"naive": truth}, threads=cost.DEFAULT_THREADS))
+               for p in problems]
+    fitted = cost.fit_constants("naive", samples)
+    assert fitted == pytest.approx(truth, rel=1e-4)
 
 
 def test_backend_hooks_refine_or_replace_the_formula():
