@@ -81,7 +81,7 @@ DEFAULT_CONSTANTS: dict[str, dict[str, float]] = {
                "gemm_call": 2.0e-6, "byte": 2.0e-10},
     "fft": {"call": 5.0e-5, "fft_flop": 1.5e-10, "bin_flop": 1.0e-10, "tile": 1.0e-5, "byte": 3.0e-10},
     "separable": {"call": 3.0e-5, "mac": 2.0e-11, "byte": 3.0e-10},
-    "winograd": {"call": 5.0e-5, "transform_flop": 3.0e-11, "gemm_flop": 1.0e-11, "byte": 3.0e-10},
+    "winograd": {"call": 5.0e-5, "piece": 1.0e-5, "transform_flop": 3.0e-11, "gemm_flop": 1.0e-11, "byte": 3.0e-10},
 }
 
 # Threads the constants were measured with: compute terms scale with min(threads, this) / this.
@@ -252,6 +252,8 @@ def _winograd(spec, work, rank, module):
     tiles = (spec.batch * -(-spec.out_height // tile) * -(-spec.out_width // tile))
     return {
         "call": 1.0,
+        # a dilated 3x3 runs as dilation_h * dilation_w undilated ones on interleaved sub-images
+        "piece": float(spec.batch * spec.dilation[0] * spec.dilation[1]),
         "transform_flop": 2.0 * (spec.in_channels + spec.out_channels) * tiles * alpha ** 3 * work,
         "gemm_flop": 2.0 * alpha * alpha * spec.out_channels * spec.in_channels_per_group * tiles * work,
         "byte": _io_bytes(spec) + alpha * alpha * tiles * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize,
