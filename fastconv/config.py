@@ -20,11 +20,11 @@ Windows, as platformdirs would choose.
 Examples
 --------
 >>> import fastconv
->>> fastconv.config.threads >= 1
-True
+>>> previous = fastconv.config.threads
 >>> fastconv.config.set_threads(1)
 >>> fastconv.config.threads
 1
+>>> fastconv.config.set_threads(previous)
 """
 
 from __future__ import annotations

@@ -23,9 +23,19 @@ _preferred_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+def _in_gpu_memory(value) -> bool:
+    # Numba device arrays (and the CUDA simulator's stand-ins) have copy_to_host; CuPy arrays and
+    # torch CUDA tensors export __cuda_array_interface__. np.asarray would copy them to the host.
+    return hasattr(value, "__cuda_array_interface__") or hasattr(value, "copy_to_host")
+
+
 def _as_numeric_array(name: str, value) -> np.ndarray:
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__} {value!r:.60}")
+    if _in_gpu_memory(value):  # left where it is; get() raises ValueError if cuda is unavailable
+        array = backends.get("cuda").as_device_array(value)
+        check_dtype(name, array.dtype)
+        return array
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as error:
@@ -40,6 +50,32 @@ def _layout(array) -> str:
     if flags is None or getattr(flags, "c_contiguous", True):
         return "C"
     return "F" if getattr(flags, "f_contiguous", False) else "strided"
+
+
+def _batched_operands(x, weights: dict, bias):
+    """The common first steps of the operations around conv2d (conv_transpose2d, local_conv2d...).
+
+    Checks that ``x`` and every array of ``weights`` (name -> array_like) and ``bias`` are numeric,
+    that ``x`` is (N, C, H, W) or (C, H, W), and resolves the dtypes. Returns
+    ``(x as (N, C, H, W), [weights...], bias, unbatched, compute dtype, output dtype)``.
+    """
+    x = _as_numeric_array("x", x)
+    arrays = [_as_numeric_array(name, value) for name, value in weights.items()]
+    if x.ndim not in (3, 4):
+        raise ValueError(f"x must have shape (N, C, H, W) or (C, H, W), got {x.ndim} dimensions: shape {x.shape}")
+    dtypes = [x.dtype] + [array.dtype for array in arrays]
+    if bias is not None:
+        bias = _as_numeric_array("bias", bias)
+        dtypes.append(bias.dtype)
+    unbatched = x.ndim == 3
+    compute_dtype, out_dtype = resolve_dtypes(*dtypes)
+    return (x[None] if unbatched else x), arrays, bias, unbatched, compute_dtype, out_dtype
+
+
+def _check_bias(bias, out_channels: int, weight_description: str) -> None:
+    if bias is not None and bias.shape != (out_channels,):
+        raise ValueError(f"bias must have shape (K,) = ({out_channels},) to match {weight_description}, "
+                         f"got shape {bias.shape}")
 
 
 def choose_backend(spec: ConvSpec, weight: np.ndarray | None = None) -> str:
@@ -135,7 +171,6 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     >>> fastconv.conv2d(x, w, padding="same").shape
     (1, 1, 4, 4)
     """
-    on_device = hasattr(x, "__cuda_array_interface__")
     x = _as_numeric_array("x", x)
     layout = _layout(x)
     weight = _as_numeric_array("weight", weight)
@@ -155,11 +190,19 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
             )
         operand_dtypes.append(bias.dtype)
     unbatched = x.ndim == 3
+    compute_dtype, out_dtype = resolve_dtypes(*operand_dtypes)
+    spec = make_spec((1, *x.shape) if unbatched else x.shape, weight.shape, stride=stride, padding=padding,
+                     dilation=dilation, groups=groups, padding_mode=padding_mode, dtype=compute_dtype,
+                     out_dtype=out_dtype)
+    if any(_in_gpu_memory(operand) for operand in (x, weight, bias)):
+        # GPU operands stay on the GPU: only cuda reads them, and it returns a numba device array.
+        if backend not in ("auto", "cuda"):
+            raise ValueError(f"backend {backend!r} cannot read arrays in GPU memory; use backend='cuda' "
+                             f"or 'auto', or copy the arrays to the host first")
+        out = backends.get("cuda").run_on_device(x, weight, bias, spec)
+        return out[0] if unbatched else out
     if unbatched:
         x = x[None]
-    compute_dtype, out_dtype = resolve_dtypes(*operand_dtypes)
-    spec = make_spec(x.shape, weight.shape, stride=stride, padding=padding, dilation=dilation,
-                     groups=groups, padding_mode=padding_mode, dtype=compute_dtype, out_dtype=out_dtype)
 
     x = np.ascontiguousarray(x, dtype=compute_dtype)
     if spec.padding_mode != "zeros":
@@ -173,8 +216,8 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         raise ValueError(f"tune must be None, True or False, and True only with backend='auto'; "
                          f"got tune={tune!r} with backend={backend!r}")
     if backend == "auto":
-        name = tuning.choose(spec, weight, preferred=_preferred_backend.get(), on_device=on_device,
-                             tune=tune, operands=(x, weight, bias), layout=layout)
+        name = tuning.choose(spec, weight, preferred=_preferred_backend.get(), tune=tune,
+                             operands=(x, weight, bias), layout=layout)
     else:
         name = backends._check_name(backend)
         reason = backends.get(name).supports(spec)  # get() raises when the backend is unavailable

@@ -26,6 +26,14 @@ import numpy as np
 
 __all__ = [
     "ConvSpec",
+    "OUTPUT_SHAPE_OPS",
+    "PoolSpec",
+    "TransposeSpec",
+    "make_local_spec",
+    "make_pool_spec",
+    "make_separable_specs",
+    "make_transpose_spec",
+    "signal_geometry",
     "PADDING_MODES",
     "check_dtype",
     "PADDING_STRINGS",
@@ -37,6 +45,8 @@ __all__ = [
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 PADDING_STRINGS = ("valid", "same", "full")
+OUTPUT_SHAPE_OPS = ("conv2d", "conv_transpose2d", "depthwise_separable_conv2d", "local_conv2d", "tiled_conv2d",
+                    "max_pool2d", "avg_pool2d", "convolve2d", "correlate2d")
 
 # numpy.pad's name for each of torch's padding modes.
 _NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -336,17 +346,30 @@ def make_spec(
     return spec
 
 
-def output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1) -> tuple[int, ...]:
-    """Shape of ``conv2d``'s result, computed without touching any data.
+def output_shape(input_shape, weight_shape=None, stride=None, padding=0, dilation=1, groups=1, *, op="conv2d",
+                 **options) -> tuple[int, ...]:
+    """Shape of the result of ``conv2d`` (or of another operation, ``op``), without touching any data.
 
     Parameters
     ----------
     input_shape : tuple of int
         (N, C, H, W), or (C, H, W) for an unbatched input (then the result is unbatched too).
+        For ``op="convolve2d"``/``"correlate2d"`` the 2-D shape of ``in1``.
     weight_shape : tuple of int
-        (K, C // groups, kh, kw).
+        The weight's shape as that operation takes it: (K, C // groups, kh, kw) for conv2d,
+        (C, K // groups, kh, kw) for conv_transpose2d, a pair (depthwise shape, pointwise shape)
+        for depthwise_separable_conv2d, the 6-D weight of local_conv2d/tiled_conv2d, the shape of
+        ``in2`` for convolve2d/correlate2d; unused for pooling (pass ``kernel_size=``).
     stride, padding, dilation, groups
-        As for :func:`fastconv.conv2d`.
+        As for :func:`fastconv.conv2d` (and the same-named arguments of the other operations);
+        ``stride=None`` means 1, or the kernel size for pooling.
+    op : str
+        One of ``OUTPUT_SHAPE_OPS``: "conv2d", "conv_transpose2d", "depthwise_separable_conv2d",
+        "local_conv2d", "tiled_conv2d", "max_pool2d", "avg_pool2d", "convolve2d", "correlate2d".
+    **options
+        That operation's other geometry arguments: ``output_padding`` (conv_transpose2d),
+        ``kernel_size``, ``ceil_mode`` (pooling; pooling's ``stride`` defaults to the kernel
+        size), ``mode`` (convolve2d/correlate2d).
 
     Returns
     -------
@@ -359,12 +382,52 @@ def output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1, gro
 
     >>> output_shape((1, 3, 64, 64), (2, 3, 5, 5))
     (1, 2, 60, 60)
+    >>> output_shape((1, 512, 4, 4), (512, 256, 4, 4), stride=2, padding=1, op="conv_transpose2d")
+    (1, 256, 8, 8)
+    >>> output_shape((64, 112, 112), op="max_pool2d", kernel_size=3, stride=2, padding=1)
+    (64, 56, 56)
+    >>> output_shape((10, 10), (3, 4), op="convolve2d", mode="full")
+    (12, 13)
     """
+    if not isinstance(op, str) or op not in OUTPUT_SHAPE_OPS:
+        raise ValueError(f"op must be one of {OUTPUT_SHAPE_OPS}, got {op!r}")
+    allowed = {"conv_transpose2d": {"output_padding"}, "max_pool2d": {"kernel_size", "ceil_mode"},
+               "avg_pool2d": {"kernel_size", "ceil_mode"}, "convolve2d": {"mode"},
+               "correlate2d": {"mode"}}.get(op, set())
+    unknown = set(options) - allowed
+    if unknown:
+        raise TypeError(f"output_shape(op={op!r}) got unexpected arguments {sorted(unknown)}; "
+                        f"it accepts {sorted(allowed) or 'none'} besides stride, padding, dilation, groups")
     input_shape = tuple(input_shape)
+    if op in ("convolve2d", "correlate2d"):
+        return signal_geometry(input_shape, tuple(weight_shape), options.get("mode", "full"),
+                               flip=op == "convolve2d", op=op)[2]
     unbatched = len(input_shape) == 3
-    spec = make_spec((1,) + input_shape if unbatched else input_shape, tuple(weight_shape),
-                     stride=stride, padding=padding, dilation=dilation, groups=groups)
-    return spec.out_shape[1:] if unbatched else spec.out_shape
+    batched = (1,) + input_shape if unbatched else input_shape
+    if stride is None and op not in ("max_pool2d", "avg_pool2d"):
+        stride = 1  # (pooling's default stride is its kernel size)
+    if op == "conv2d":
+        shape = make_spec(batched, tuple(weight_shape), stride=stride, padding=padding, dilation=dilation,
+                          groups=groups).out_shape
+    elif op == "conv_transpose2d":
+        shape = make_transpose_spec(batched, tuple(weight_shape), stride=stride, padding=padding,
+                                    dilation=dilation, groups=groups,
+                                    output_padding=options.get("output_padding", 0)).out_shape
+    elif op == "depthwise_separable_conv2d":
+        depthwise_shape, pointwise_shape = weight_shape
+        shape = make_separable_specs(batched, tuple(depthwise_shape), tuple(pointwise_shape), stride=stride,
+                                     padding=padding, dilation=dilation)[1].out_shape
+    elif op in ("local_conv2d", "tiled_conv2d"):
+        shape = make_local_spec(batched, tuple(weight_shape), stride=stride, padding=padding, dilation=dilation,
+                                tiled=op == "tiled_conv2d").out_shape
+    else:  # pooling: stride defaults to the kernel size, as in torch
+        if "kernel_size" not in options:
+            raise TypeError(f"output_shape(op={op!r}) needs kernel_size=")
+        if op == "avg_pool2d" and dilation != 1:
+            raise TypeError(f"output_shape(op='avg_pool2d') takes no dilation (avg_pool2d has none), got {dilation!r}")
+        shape = make_pool_spec(batched, options["kernel_size"], stride=stride, padding=padding, dilation=dilation,
+                               ceil_mode=options.get("ceil_mode", False), op=op).out_shape
+    return shape[1:] if unbatched else shape
 
 
 def pad_input(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
@@ -383,3 +446,340 @@ def pad_input(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
     if pad_width == ((0, 0),) * 4:
         return np.ascontiguousarray(x)
     return np.pad(x, pad_width, mode=_NUMPY_PAD_MODE[spec.padding_mode])
+
+
+# --------------------------------------------------------------------------------------------
+# transposed convolution (conv_transpose2d)
+#
+# The adjoint of conv2d: every input pixel scatters a copy of the kernel, scaled by its value,
+# into the output at ``i * stride - padding + u * dilation``. Output size per axis (torch's)::
+#
+#     out = (in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1
+
+
+@dataclass(frozen=True)
+class TransposeSpec:
+    """A validated transposed-convolution problem in NCHW layout (hashable, immutable).
+
+    ``weight_shape`` is torch's ``(C_in, K // groups, kh, kw)``; ``padding`` is (ph, pw), removed
+    from both sides of each axis of the full scatter; ``output_padding`` extra rows/columns at the
+    bottom/right.
+
+    Examples
+    --------
+    >>> make_transpose_spec((1, 512, 4, 4), (512, 256, 4, 4), stride=2, padding=1).out_shape
+    (1, 256, 8, 8)
+    """
+
+    batch: int
+    in_channels: int
+    in_height: int
+    in_width: int
+    out_channels: int
+    kernel_height: int
+    kernel_width: int
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    output_padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    dtype: np.dtype = np.dtype(np.float64)
+    out_dtype: np.dtype = np.dtype(np.float64)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.in_channels, self.out_channels // self.groups, self.kernel_height, self.kernel_width)
+
+    @property
+    def out_height(self) -> int:
+        return ((self.in_height - 1) * self.stride[0] - 2 * self.padding[0]
+                + self.dilation[0] * (self.kernel_height - 1) + self.output_padding[0] + 1)
+
+    @property
+    def out_width(self) -> int:
+        return ((self.in_width - 1) * self.stride[1] - 2 * self.padding[1]
+                + self.dilation[1] * (self.kernel_width - 1) + self.output_padding[1] + 1)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.out_channels, self.out_height, self.out_width)
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds of the scatter, counted as two flops each."""
+        taps = (self.out_channels // self.groups) * self.kernel_height * self.kernel_width
+        return 2 * self.batch * self.in_channels * self.in_height * self.in_width * taps
+
+
+def _check_shapes(input_shape, weight_shape, weight_layout: str):
+    """Both shapes 4-D and non-empty; returns them as tuples of int."""
+    if len(input_shape) != 4:
+        raise ValueError(f"input must have shape (N, C, H, W) or (C, H, W), got shape {tuple(input_shape)}")
+    if len(weight_shape) != 4:
+        raise ValueError(f"weight must have 4 dimensions {weight_layout}, got shape {tuple(weight_shape)}")
+    input_shape, weight_shape = tuple(int(s) for s in input_shape), tuple(int(s) for s in weight_shape)
+    if min(input_shape[1:]) < 1:
+        raise ValueError(f"input must have non-empty C, H and W, got shape {input_shape}")
+    if min(weight_shape) < 1:
+        raise ValueError(f"weight must have no empty dimension, got shape {weight_shape}")
+    return input_shape, weight_shape
+
+
+def make_transpose_spec(input_shape, weight_shape, *, stride=1, padding=0, output_padding=0, dilation=1,
+                        groups=1, dtype=np.float64, out_dtype=None) -> TransposeSpec:
+    """Validate a ``conv_transpose2d`` call (torch's rules) and return its :class:`TransposeSpec`.
+
+    ``padding`` and ``output_padding`` are an int or an (h, w) pair, as in torch;
+    ``output_padding`` must be smaller than ``max(stride, dilation)`` on each axis.
+
+    >>> make_transpose_spec((1, 4, 5, 5), (4, 3, 3, 3), stride=2, padding=1, output_padding=1).out_shape
+    (1, 3, 10, 10)
+    """
+    (batch, in_channels, in_height, in_width), (weight_in, out_per_group, kh, kw) = _check_shapes(
+        input_shape, weight_shape, "(in_channels, out_channels // groups, kh, kw)")
+    groups = _as_int("groups", groups)
+    if groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups}")
+    if in_channels % groups:
+        raise ValueError(f"groups={groups} must divide the input channels ({in_channels})")
+    if weight_in != in_channels:
+        raise ValueError(
+            f"weight has {weight_in} input channels (shape {tuple(weight_shape)}) but input has {in_channels}: "
+            f"conv_transpose2d's weight is (in_channels, out_channels // groups, kh, kw), expected "
+            f"weight.shape[0] == {in_channels}"
+        )
+    stride = _pair("stride", stride, minimum=1)
+    dilation = _pair("dilation", dilation, minimum=1)
+    if isinstance(padding, str) or (isinstance(padding, (tuple, list)) and any(
+            isinstance(p, (tuple, list)) for p in padding)):
+        raise ValueError(f"padding of conv_transpose2d must be an int or a pair (ph, pw) of ints >= 0, "
+                         f"as in torch, got {padding!r}")
+    padding = _pair("padding", padding, minimum=0)
+    output_padding = _pair("output_padding", output_padding, minimum=0)
+    for axis, extra, s, d in zip(("height", "width"), output_padding, stride, dilation):
+        if extra >= max(s, d):
+            raise ValueError(
+                f"output_padding must be smaller than max(stride, dilation) on each axis, got "
+                f"output_padding={extra} on the {axis} axis with stride {s} and dilation {d}"
+            )
+    spec = TransposeSpec(batch, in_channels, in_height, in_width, out_per_group * groups, kh, kw, stride, padding,
+                         output_padding, dilation, groups, np.dtype(dtype),
+                         np.dtype(out_dtype if out_dtype is not None else dtype))
+    if spec.out_height < 1 or spec.out_width < 1:
+        raise ValueError(
+            f"padding={padding} removes the whole output: the transposed convolution of input "
+            f"{(in_height, in_width)} with kernel {(kh, kw)}, stride {stride} and dilation {dilation} would have "
+            f"size {(spec.out_height, spec.out_width)}; use less padding"
+        )
+    return spec
+
+
+# --------------------------------------------------------------------------------------------
+# pooling (max_pool2d, avg_pool2d)
+#
+# Windows of ``kernel_size`` taps (spread by ``dilation`` for max pooling) every ``stride``
+# pixels over an input padded by ``padding`` on both sides. Output size per axis (torch's)::
+#
+#     out = floor_or_ceil((in + 2 * padding - dilation * (k - 1) - 1) / stride) + 1
+#
+# and with ceil_mode the last window must start inside the input or its left padding.
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A validated 2-D pooling problem (hashable, immutable).
+
+    Examples
+    --------
+    >>> make_pool_spec((1, 64, 112, 112), 3, stride=2, padding=1).out_shape
+    (1, 64, 56, 56)
+    """
+
+    batch: int
+    channels: int
+    in_height: int
+    in_width: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    ceil_mode: bool
+    out_height: int
+    out_width: int
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.channels, self.out_height, self.out_width)
+
+
+def _pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1  # the last window would start in the right padding: torch drops it
+    return out
+
+
+def make_pool_spec(input_shape, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False,
+                   op="max_pool2d") -> PoolSpec:
+    """Validate a pooling call (torch's rules) and return its :class:`PoolSpec`.
+
+    ``stride=None`` means ``stride = kernel_size``. Padding may be at most half the kernel size
+    (torch's rule, so that every window touches the input).
+
+    >>> make_pool_spec((1, 1, 5, 5), 2, ceil_mode=True).out_shape
+    (1, 1, 3, 3)
+    """
+    if len(input_shape) != 4:
+        raise ValueError(f"{op}: x must have shape (N, C, H, W) or (C, H, W), got shape {tuple(input_shape)}")
+    batch, channels, in_height, in_width = (int(s) for s in input_shape)
+    if min(channels, in_height, in_width) < 1:
+        raise ValueError(f"{op}: x must have non-empty C, H and W, got shape {tuple(input_shape)}")
+    kernel = _pair("kernel_size", kernel_size, minimum=1)
+    stride = kernel if stride is None else _pair("stride", stride, minimum=1)
+    padding = _pair("padding", padding, minimum=0)
+    dilation = _pair("dilation", dilation, minimum=1)
+    if not isinstance(ceil_mode, (bool, np.bool_)):
+        raise TypeError(f"ceil_mode must be True or False, got {ceil_mode!r}")
+    for axis, k, p in zip(("height", "width"), kernel, padding):
+        if p > k // 2:
+            raise ValueError(
+                f"{op}: padding must be at most half the kernel size, got padding {p} for kernel size {k} "
+                f"on the {axis} axis (torch's rule: every window must overlap the input)"
+            )
+    out = tuple(_pool_output_size(size, k, s, p, d, bool(ceil_mode))
+                for size, k, s, p, d in zip((in_height, in_width), kernel, stride, padding, dilation))
+    if min(out) < 1:
+        raise ValueError(
+            f"{op}: window of kernel_size {kernel} with dilation {dilation} does not fit the input "
+            f"{(in_height, in_width)} padded by {padding}: the output would be {out}"
+        )
+    return PoolSpec(batch, channels, in_height, in_width, kernel, stride, padding, dilation, bool(ceil_mode),
+                    *out)
+
+
+# --------------------------------------------------------------------------------------------
+# scipy.signal's convolve2d / correlate2d
+#
+# Both are a correlation of ``in1``, extended past its edges by the boundary rule, with ``in2``
+# (flipped for convolution, conjugated for correlation). Only the amount of extension differs
+# between the modes.
+
+SIGNAL_MODES = ("full", "same", "valid")
+# scipy's boundary names (and their aliases) -> numpy.pad's modes
+SIGNAL_BOUNDARIES = {"fill": "constant", "pad": "constant", "wrap": "wrap", "circular": "wrap",
+                     "symm": "symmetric", "symmetric": "symmetric"}
+
+
+def signal_geometry(in1_shape, in2_shape, mode="full", *, flip=True, op="convolve2d"):
+    """Padding of ``in1`` and whether scipy swaps the operands, for ``convolve2d``/``correlate2d``.
+
+    Returns ``(swap, ((top, bottom), (left, right)), out_shape)``: with ``swap`` the roles of the
+    two inputs are exchanged first (``"valid"`` mode with ``in2`` the larger, as scipy does), the
+    padding is in pixels of the (possibly swapped) first input, and the result is a valid
+    correlation of the padded input. ``flip`` is True for convolution: "same" centres differ by
+    one pixel between convolution and correlation for even kernels, as in scipy.
+
+    >>> signal_geometry((5, 6), (3, 4), "same")
+    (False, ((1, 1), (2, 1)), (5, 6))
+    >>> signal_geometry((2, 2), (5, 5), "valid")
+    (True, ((0, 0), (0, 0)), (4, 4))
+    """
+    if not isinstance(mode, str) or mode not in SIGNAL_MODES:
+        raise ValueError(f"{op}: mode must be one of {SIGNAL_MODES}, got {mode!r}")
+    if len(in1_shape) != 2 or len(in2_shape) != 2:
+        raise ValueError(f"{op} inputs must both be 2-D arrays, got shapes {tuple(in1_shape)} and {tuple(in2_shape)}")
+    if min(in1_shape) < 1 or min(in2_shape) < 1:
+        raise ValueError(f"{op}: inputs must not be empty, got shapes {tuple(in1_shape)} and {tuple(in2_shape)}")
+    swap = False
+    if mode == "valid":
+        first_fits = all(a >= b for a, b in zip(in1_shape, in2_shape))
+        second_fits = all(b >= a for a, b in zip(in1_shape, in2_shape))
+        if not (first_fits or second_fits):
+            raise ValueError("For 'valid' mode, one must be at least as large as the other in every dimension")
+        swap = not first_fits
+    if swap:
+        in1_shape, in2_shape = in2_shape, in1_shape
+    sides = []
+    for k in in2_shape:
+        if mode == "full":
+            sides.append((k - 1, k - 1))
+        elif mode == "same":  # the output is the full one cropped, starting at (k - 1) // 2 (or k // 2)
+            start = (k - 1) // 2 if flip else k // 2
+            sides.append((k - 1 - start, start))
+        else:
+            sides.append((0, 0))
+    out = tuple(n + before + after - k + 1 for n, k, (before, after) in zip(in1_shape, in2_shape, sides))
+    return swap, tuple(sides), out
+
+
+# --------------------------------------------------------------------------------------------
+# unshared (local) and tiled convolution, depthwise-separable convolution
+#
+# All three have conv2d's geometry; only the weight layout differs, so they validate through
+# make_spec and then check their own weight axes.
+
+
+def make_local_spec(input_shape, weight_shape, *, stride=1, padding=0, dilation=1, padding_mode="zeros",
+                    tiled=False, dtype=np.float64, out_dtype=None) -> ConvSpec:
+    """Validate ``local_conv2d`` (or, with ``tiled=True``, ``tiled_conv2d``); return the ConvSpec.
+
+    ``weight_shape`` is (H_out, W_out, K, C, kh, kw) for local convolution, (t_h, t_w, K, C, kh, kw)
+    with ``t_h <= H_out`` and ``t_w <= W_out`` for tiled convolution. The returned spec is that
+    of the shared-weight convolution with the same geometry (weight (K, C, kh, kw)).
+
+    >>> make_local_spec((1, 2, 6, 6), (4, 4, 3, 2, 3, 3)).out_shape
+    (1, 3, 4, 4)
+    """
+    op, layout = ("tiled_conv2d", "(t_h, t_w, K, C, kh, kw)") if tiled else ("local_conv2d", "(H_out, W_out, K, C, kh, kw)")
+    if len(weight_shape) != 6:
+        raise ValueError(f"{op}: weight must have 6 dimensions {layout}, got shape {tuple(weight_shape)}")
+    weight_shape = tuple(int(s) for s in weight_shape)
+    if min(weight_shape) < 1:
+        raise ValueError(f"{op}: weight must have no empty dimension, got shape {weight_shape}")
+    spec = make_spec(input_shape, weight_shape[2:], stride=stride, padding=padding, dilation=dilation,
+                     padding_mode=padding_mode, dtype=dtype, out_dtype=out_dtype)
+    rows, cols = weight_shape[:2]
+    if tiled and (rows > spec.out_height or cols > spec.out_width):
+        raise ValueError(
+            f"tiled_conv2d: the tile (t_h, t_w) = {(rows, cols)} from weight {weight_shape} must not exceed the "
+            f"output size {(spec.out_height, spec.out_width)} (larger tiles would leave filters unused)"
+        )
+    if not tiled and (rows, cols) != (spec.out_height, spec.out_width):
+        raise ValueError(
+            f"local_conv2d: weight {weight_shape} holds filters for {(rows, cols)} output positions but the "
+            f"output is {(spec.out_height, spec.out_width)} for input {tuple(input_shape)} with padding "
+            f"{spec.padding}, stride {spec.stride} and dilation {spec.dilation}: expected weight.shape[:2] == "
+            f"{(spec.out_height, spec.out_width)}"
+        )
+    return spec
+
+
+def make_separable_specs(input_shape, depthwise_shape, pointwise_shape, *, stride=1, padding=0, dilation=1,
+                         padding_mode="zeros", dtype=np.float64, out_dtype=None) -> tuple[ConvSpec, ConvSpec]:
+    """Validate a depthwise-separable convolution; return (depthwise spec, pointwise spec).
+
+    ``depthwise_shape`` is (C·m, 1, kh, kw) for a depth multiplier m; ``pointwise_shape`` is
+    (K, C·m, 1, 1).
+
+    >>> dw, pw = make_separable_specs((1, 32, 16, 16), (64, 1, 3, 3), (16, 64, 1, 1), padding=1)
+    >>> dw.out_shape, pw.out_shape
+    ((1, 64, 16, 16), (1, 16, 16, 16))
+    """
+    if len(input_shape) != 4:
+        raise ValueError(f"input must have shape (N, C, H, W) or (C, H, W), got shape {tuple(input_shape)}")
+    channels = int(input_shape[1])
+    if len(depthwise_shape) != 4 or depthwise_shape[1] != 1 or channels < 1 or depthwise_shape[0] % channels:
+        raise ValueError(
+            f"depthwise_weight must have shape (C·m, 1, kh, kw) with C = {channels} input channels and a "
+            f"depth multiplier m >= 1, got shape {tuple(depthwise_shape)}"
+        )
+    depthwise = make_spec(input_shape, depthwise_shape, stride=stride, padding=padding, dilation=dilation,
+                          groups=channels, padding_mode=padding_mode, dtype=dtype, out_dtype=out_dtype)
+    if len(pointwise_shape) != 4 or tuple(pointwise_shape[1:]) != (depthwise.out_channels, 1, 1):
+        raise ValueError(
+            f"pointwise_weight must have shape (K, C·m, 1, 1) = (K, {depthwise.out_channels}, 1, 1) to follow "
+            f"depthwise_weight {tuple(depthwise_shape)}, got shape {tuple(pointwise_shape)}"
+        )
+    pointwise = make_spec(depthwise.out_shape, pointwise_shape, dtype=dtype, out_dtype=out_dtype)
+    return depthwise, pointwise

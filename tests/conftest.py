@@ -9,3 +9,8 @@ settings.register_profile("ci", deadline=None, max_examples=40,
 settings.register_profile("thorough", deadline=None, max_examples=500,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("FASTCONV_HYPOTHESIS_PROFILE", "ci"))
+
+# The CUDA simulator must be on before numba is first imported, so tests/cuda runs in a pytest
+# process of its own (tests/test_cuda.py starts it) unless this process already simulates.
+if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+    collect_ignore = ["cuda"]

@@ -57,6 +57,8 @@ def register(monkeypatch):
             module.estimate_seconds = estimate if callable(estimate) else (lambda spec: estimate)
         monkeypatch.setitem(sys.modules, module.__name__, module)
         monkeypatch.setitem(backends._MODULES, name, module.__name__)
+        backends._unavailable.pop(name, None)  # a real backend of that name may have been loaded
+        backends._loaded.pop(name, None)
         names.append(name)
         tuning.clear_cache()
         return module

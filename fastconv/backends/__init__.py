@@ -33,6 +33,9 @@ __all__ = ["BackendStatus", "backend_names", "get", "list_backends", "unavailabl
 
 _MODULES = {
     "naive": "fastconv.backends.naive",
+    "im2col": "fastconv.backends.im2col",
+    "numba_cpu": "fastconv.backends.numba_cpu",
+    "cuda": "fastconv.backends.cuda",
 }
 
 _lock = threading.Lock()

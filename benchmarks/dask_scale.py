@@ -1,0 +1,238 @@
+"""Out-of-core scale test for fastconv.dask: a 4 GiB image convolved from disk to disk.
+
+A float32 image of SIZE×SIZE (default 32768², 4 GiB) is written to a ``.npy`` file, convolved with
+a 7×7 kernel (``padding="same"``) by :func:`fastconv.dask.conv2d` and stored into another
+``.npy`` file with :func:`dask.array.store`, never held in memory whole. Reported, each step in
+its own subprocess so that peak resident memory is the step's own:
+
+* ``in-memory tile``: :func:`fastconv.conv2d` on a TILE×TILE (default 8192²) array in memory, the
+  throughput the out-of-core run is compared with (scaled up by the pixel ratio);
+* ``dask overhead``: :func:`fastconv.dask.conv2d` on the same in-memory tile cut into 2×2 chunks,
+  ``.compute()``d, against the in-memory call;
+* ``out-of-core``: the SIZE² run, wall time, MPixel/s and peak RSS (``ru_maxrss`` of the child).
+
+The image is cut into strips of ROWS full rows (default 512: 64 MiB blocks). In a row-major file
+a strip is one contiguous byte range, so reads and writes are sequential, the halo is only rows,
+and the scheduler needs only a few neighbouring strips at a time; square chunks of a wide file
+touch every row of their span (and, through the kernel's fault-around, more of each row than
+they need) and keep more blocks waiting for their neighbours.
+
+Reading and writing go through short-lived memory maps, one per block (:class:`NpyBlocks`):
+pages of a memory map count in the resident set of the process while mapped, so mapping the
+whole 4 GiB file once can show up to 8 GiB "resident" (reclaimable page cache, but resident).
+``--io mmap`` runs that plain ``np.load(mmap_mode="r")`` / ``open_memmap`` variant for comparison.
+
+Usage (hold the exclusive CPU lock only while timing)::
+
+    python benchmarks/dask_scale.py prepare --workdir /tmp/fcscale        # writes the input file
+    flock -x /work/cpu.lock python benchmarks/dask_scale.py run --workdir /tmp/fcscale --backend auto
+    python benchmarks/dask_scale.py clean --workdir /tmp/fcscale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+KERNEL = np.random.default_rng(7).standard_normal((7, 7)).astype(np.float32)
+
+
+class NpyBlocks:
+    """A ``.npy`` file as an array whose every read or write maps the file only for that block.
+
+    Unmapping after each access drops the block's pages from this process's resident set (they
+    stay in the page cache), so resident memory is bounded by the blocks in flight.
+    """
+
+    def __init__(self, path, shape=None, dtype=None):
+        self.path = Path(path)
+        if shape is not None:  # create the file (sparse: no data written yet)
+            np.lib.format.open_memmap(self.path, mode="w+", dtype=dtype, shape=shape).flush()
+        mapped = np.load(self.path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = mapped.shape, mapped.dtype, mapped.ndim
+        del mapped
+
+    def __getitem__(self, index):
+        mapped = np.load(self.path, mmap_mode="r")
+        block = np.array(mapped[index])
+        del mapped
+        return block
+
+    def __setitem__(self, index, value):
+        mapped = np.load(self.path, mmap_mode="r+")
+        mapped[index] = value
+        del mapped
+
+
+def _peak_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _child(step, args):
+    """Run one step in a fresh interpreter and return its JSON report."""
+    command = [sys.executable, __file__, "_step", step, "--workdir", str(args.workdir), "--size", str(args.size),
+               "--tile", str(args.tile), "--rows", str(args.rows), "--backend", args.backend, "--io", args.io,
+               "--repeat", str(args.repeat)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        sys.stderr.write(result.stdout + result.stderr)
+        raise SystemExit(f"step {step} failed")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _tile(size):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((size, size), dtype=np.float32)
+
+
+def _warm_up(backend):
+    import fastconv
+
+    fastconv.conv2d(np.ones((1, 1, 32, 32), np.float32), KERNEL[None, None], padding="same", backend=backend)
+
+
+def _best_of(repeat, function):
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def step_in_memory(args):
+    import fastconv
+
+    _warm_up(args.backend)
+    x = _tile(args.tile)[None, None]
+    seconds = _best_of(args.repeat, lambda: fastconv.conv2d(x, KERNEL[None, None], padding="same",
+                                                            backend=args.backend))
+    return dict(seconds=seconds, mpixel_per_s=args.tile**2 / seconds / 1e6, peak_rss=_peak_rss_bytes())
+
+
+def step_dask_tile(args):
+    import dask.array as da
+
+    import fastconv.dask
+
+    _warm_up(args.backend)
+    x = da.from_array(_tile(args.tile), chunks=args.tile // 2)  # 2×2 = 4 chunks
+    y = fastconv.dask.conv2d(x, KERNEL, padding="same", backend=args.backend)
+    seconds = _best_of(args.repeat, y.compute)
+    return dict(seconds=seconds, mpixel_per_s=args.tile**2 / seconds / 1e6, peak_rss=_peak_rss_bytes())
+
+
+def step_out_of_core(args):
+    import dask.array as da
+
+    import fastconv.dask
+
+    _warm_up(args.backend)
+    source_path, target_path = args.workdir / "image.npy", args.workdir / "result.npy"
+    if args.io == "blocks":
+        source = NpyBlocks(source_path)
+        target = NpyBlocks(target_path, shape=source.shape, dtype=np.float32)
+    else:
+        source = np.load(source_path, mmap_mode="r")
+        target = np.lib.format.open_memmap(target_path, mode="w+", dtype=np.float32, shape=source.shape)
+    start = time.perf_counter()
+    x = da.from_array(source, chunks=(args.rows, -1), asarray=False, lock=False)
+    y = fastconv.dask.conv2d(x, KERNEL, padding="same", backend=args.backend)
+    da.store(y, target, lock=False)
+    seconds = time.perf_counter() - start
+    if args.io == "mmap":
+        target.flush()
+    spot = _spot_check(source_path, target_path, args.size)
+    return dict(seconds=seconds, mpixel_per_s=args.size**2 / seconds / 1e6, peak_rss=_peak_rss_bytes(),
+                blocks=int(np.prod(y.numblocks)), spot_check_error=spot)
+
+
+def _spot_check(source_path, target_path, size):
+    """Compare a few 64×64 windows of the stored result with in-memory fastconv."""
+    import fastconv
+
+    source, target = NpyBlocks(source_path), NpyBlocks(target_path)
+    worst = 0.0
+    for top, left in ((0, 0), (size // 2 - 32, size // 3), (size - 64, size - 64)):
+        rows = slice(max(top - 3, 0), min(top + 67, size))
+        cols = slice(max(left - 3, 0), min(left + 67, size))
+        window = source[rows, cols]
+        padding = ((3 - (top - rows.start), 3 - (rows.stop - top - 64)),
+                   (3 - (left - cols.start), 3 - (cols.stop - left - 64)))
+        expected = fastconv.conv2d(window[None, None], KERNEL[None, None], padding=padding)[0, 0]
+        got = target[top:top + 64, left:left + 64]
+        worst = max(worst, float(np.abs(got - expected).max() / np.abs(expected).max()))
+    return worst
+
+
+def prepare(args):
+    """Write the SIZE² float32 input in row strips (deterministic values, no big allocation)."""
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    image = NpyBlocks(args.workdir / "image.npy", shape=(args.size, args.size), dtype=np.float32)
+    rng = np.random.default_rng(1)
+    strip = 1024
+    for top in range(0, args.size, strip):
+        rows = min(strip, args.size - top)
+        image[top:top + rows] = rng.standard_normal((rows, args.size), dtype=np.float32)
+
+
+def run(args):
+    import dask
+
+    import fastconv
+
+    if not (args.workdir / "image.npy").exists():
+        raise SystemExit(f"no input in {args.workdir}: run `prepare` first")
+    print(f"fastconv {fastconv.__version__}, dask {dask.__version__}, numpy {np.__version__}, "
+          f"backend {args.backend}, io {args.io}, {os.cpu_count()} cores")
+    tile = _child("in_memory", args)
+    print(f"in-memory {args.tile}x{args.tile}: {tile['seconds']:.2f} s, {tile['mpixel_per_s']:.1f} MPixel/s, "
+          f"peak RSS {tile['peak_rss'] / 2**20:.0f} MiB")
+    if not args.skip_overhead:
+        dask_tile = _child("dask_tile", args)
+        print(f"dask {args.tile}x{args.tile}, 4 chunks: {dask_tile['seconds']:.2f} s, "
+              f"{dask_tile['mpixel_per_s']:.1f} MPixel/s, overhead {dask_tile['seconds'] / tile['seconds']:.3f}x")
+    big = _child("out_of_core", args)
+    scaled = tile["seconds"] * (args.size / args.tile) ** 2
+    print(f"out-of-core {args.size}x{args.size} ({args.size**2 * 4 / 2**30:.1f} GiB float32, strips of {args.rows} rows, "
+          f"{big['blocks']} blocks): {big['seconds']:.1f} s, {big['mpixel_per_s']:.1f} MPixel/s, "
+          f"peak RSS {big['peak_rss'] / 2**30:.2f} GiB; in-memory tile scaled up: {scaled:.1f} s "
+          f"(ratio {big['seconds'] / scaled:.2f}x); spot-check relative error {big['spot_check_error']:.1e}")
+
+
+def clean(args):
+    for name in ("image.npy", "result.npy"):
+        (args.workdir / name).unlink(missing_ok=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["prepare", "run", "clean", "_step"])
+    parser.add_argument("step", nargs="?")
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--size", type=int, default=32768)
+    parser.add_argument("--tile", type=int, default=8192)
+    parser.add_argument("--rows", type=int, default=512, help="rows per strip (chunk) of the image")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--io", choices=["blocks", "mmap"], default="blocks")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-overhead", action="store_true", help="skip the 4-chunk dask tile timing")
+    args = parser.parse_args(argv)
+    if args.command == "_step":
+        report = {"in_memory": step_in_memory, "dask_tile": step_dask_tile,
+                  "out_of_core": step_out_of_core}[args.step](args)
+        print(json.dumps(report))
+    else:
+        {"prepare": prepare, "run": run, "clean": clean}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""``numba_cpu``: direct convolution in parallel numba kernels, no lowering, no workspace.
+
+Each output row ``out[n, k, i, :]`` is accumulated in place, tap by tap::
+
+    out[n, k, i, j] += sum_v w[k, c, u, v] * x[n, c, i*sh + u*dh - pt, j*sw + v*dw - pl]
+
+for every input channel ``c`` of ``k``'s group and kernel row ``u`` whose input row is inside the
+image (rows in the zero padding are skipped, so the input is never padded or copied).
+
+What makes it fast, in the order it mattered when measured:
+
+1. **The output-width loop is innermost and counts from zero** over slices that start at the
+   first column where every tap is inside the image. Numba then emits no negative-index
+   wrap-around check and LLVM vectorises the loop over contiguous output pixels (AVX2/AVX-512).
+   The columns whose taps touch the left/right padding are done by a short checked loop.
+2. **Kernel-width specialisation.** For widths 1, 3, 5 and 7 the width is a compile-time constant
+   (``_kernels(width)`` builds and caches one pair of kernels per width), so LLVM unrolls the
+   taps of a row into the vectorised pixel loop: each output vector is loaded and stored once per
+   kernel row instead of once per tap. Other widths use the same source with a run-time width.
+3. **Register blocking over output channels.** The general kernel computes four output channels
+   at once: each input vector loaded feeds four fused multiply-adds.
+4. ``prange`` over disjoint output rows (``n``, channel block, ``i``): no two threads ever write
+   the same row, so there are no races and no reductions.
+
+Two kernels share that loop nest:
+
+- ``plane`` handles depthwise convolution (``groups == C``, up to three filters per channel) and
+  the single-channel image filter (``C == K == 1``, a depthwise convolution with one group). Each
+  output plane reads exactly one input plane, so it is a single memory-bound pass over the input.
+- ``direct`` handles everything else (any groups, stride, dilation) with the 4-channel block.
+  When a group's output channels are not a multiple of four, zero filters pad the block and the
+  extra planes are dropped at the end.
+
+Threads: :data:`fastconv.config.threads` through :func:`numba.set_num_threads`. Compiled code is
+cached on disk (``cache=True``); nothing compiles at import. Complex dtypes are declined (use
+``im2col``).
+
+Examples
+--------
+>>> import numpy as np, fastconv
+A depthwise 3×3 box sum over two channels (the plane kernel):
+
+>>> x = np.arange(32.0).reshape(1, 2, 4, 4)
+>>> fastconv.conv2d(x, np.ones((2, 1, 3, 3)), groups=2, backend="numba_cpu")[0, :, 0, 0]
+array([ 45., 189.])
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from fastconv import config
+from fastconv.geometry import ConvSpec
+
+name = "numba_cpu"
+
+__all__ = ["name", "available", "supports", "run", "SPECIALISED_WIDTHS"]
+
+#: Kernel widths compiled with the width as a constant (the rest use a run-time width).
+SPECIALISED_WIDTHS = (1, 3, 5, 7)
+
+#: Output channels computed together by the general kernel (one input load feeds this many FMAs).
+CHANNEL_BLOCK = 4
+
+
+def available() -> str | None:
+    return None
+
+
+def supports(spec: ConvSpec) -> str | None:
+    if spec.dtype.kind == "c":
+        return f"numba_cpu computes in float32 or float64, not {spec.dtype}; use backend='im2col'"
+    return None
+
+
+@njit(cache=True)
+def _interior_columns(out_w, width, kernel_w, stride_w, dilation_w, pad_left):
+    """Output columns [lo, hi) whose every tap falls inside [0, width): no checks needed there."""
+    lo = min(out_w, (pad_left + stride_w - 1) // stride_w)
+    last_start = width - 1 - (kernel_w - 1) * dilation_w + pad_left  # largest allowed j * stride_w
+    if last_start < 0:
+        return lo, lo
+    return lo, max(lo, min(out_w, last_start // stride_w + 1))
+
+
+@njit(cache=True, fastmath=True)
+def _edge_columns(o, x_row, w_row, first, stop, stride_w, dilation_w, pad_left):
+    """Columns ``first .. stop-1`` of one output row, skipping taps that land in the padding."""
+    width = x_row.shape[0]
+    for j in range(first, stop):
+        total = o[j]
+        for v in range(w_row.shape[0]):
+            col = j * stride_w + v * dilation_w - pad_left
+            if 0 <= col < width:
+                total += w_row[v] * x_row[col]
+        o[j] = total
+
+
+@njit(cache=True, fastmath=True)
+def _edge_columns4(o0, o1, o2, o3, x_row, w0, w1, w2, w3, first, stop, stride_w, dilation_w, pad_left):
+    """:func:`_edge_columns` for a block of four output channels."""
+    width = x_row.shape[0]
+    for j in range(first, stop):
+        for v in range(w0.shape[0]):
+            col = j * stride_w + v * dilation_w - pad_left
+            if 0 <= col < width:
+                xv = x_row[col]
+                o0[j] += w0[v] * xv
+                o1[j] += w1[v] * xv
+                o2[j] += w2[v] * xv
+                o3[j] += w3[v] * xv
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(width: int, unit_step: bool):
+    """The (plane, direct) kernel pair for kernel width ``width`` (0: the width is read at run time).
+
+    ``width`` and ``unit_step`` (stride and dilation 1 along the width) are closure constants, so
+    numba compiles (and caches on disk, keyed by the constants) one version per combination. With
+    a constant width LLVM fully unrolls the tap loop inside the pixel loop; with a constant unit
+    step the pixel loop reads contiguous memory and vectorises (with a run-time stride LLVM emits
+    scalar code: the 2048x2048 5x5 filter took 21 ms instead of 2 ms). Compilation happens on
+    the first call of each kernel, never here.
+    """
+    constant_width = width
+    constant_step = unit_step
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def plane(x, w, bias, out, multiplier, rows_per_task, stride_h, stride_w, dilation_h, dilation_w,
+              pad_top, pad_left):
+        # out[n, k] = bias[k] + x[n, k // multiplier] correlated with w[k, 0]; one task is
+        # rows_per_task consecutive rows of one plane, so small planes stay in L1 and big ones split
+        batch, _, height, width_in = x.shape
+        out_channels, _, kernel_h, runtime_width = w.shape
+        kernel_w = constant_width if constant_width > 0 else runtime_width
+        step, spacing = (1, 1) if constant_step else (stride_w, dilation_w)
+        out_h, out_w = out.shape[2], out.shape[3]
+        lo, hi = _interior_columns(out_w, width_in, kernel_w, stride_w, dilation_w, pad_left)
+        count = hi - lo
+        tasks_per_plane = (out_h + rows_per_task - 1) // rows_per_task
+        for task in prange(batch * out_channels * tasks_per_plane):
+            plane_index = task // tasks_per_plane
+            k = plane_index % out_channels
+            n = plane_index // out_channels
+            first_row = (task % tasks_per_plane) * rows_per_task
+            for i in range(first_row, min(out_h, first_row + rows_per_task)):
+                o = out[n, k, i]
+                o[:] = bias[k]
+                inner = o[lo:hi]
+                for u in range(kernel_h):
+                    row = i * stride_h + u * dilation_h - pad_top
+                    if row < 0 or row >= height:
+                        continue
+                    x_row = x[n, k // multiplier, row]
+                    w_row = w[k, 0, u]
+                    x_inner = x_row[lo * stride_w - pad_left:]  # starts inside the row: index from 0
+                    for j in range(count):
+                        total = inner[j]
+                        for v in range(kernel_w):
+                            total += w_row[v] * x_inner[j * step + v * spacing]
+                        inner[j] = total
+                    _edge_columns(o, x_row, w_row, 0, lo, stride_w, dilation_w, pad_left)
+                    _edge_columns(o, x_row, w_row, hi, out_w, stride_w, dilation_w, pad_left)
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def direct(x, w, out, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left):
+        # out[n, k] += sum_c x[n, group(k)*Cg + c] correlated with w[k, c], four channels at a time;
+        # out holds the bias on entry and its channels per group are a multiple of four
+        batch, channels, height, width_in = x.shape
+        out_channels, channels_per_group, kernel_h, runtime_width = w.shape
+        kernel_w = constant_width if constant_width > 0 else runtime_width
+        step, spacing = (1, 1) if constant_step else (stride_w, dilation_w)
+        out_h, out_w = out.shape[2], out.shape[3]
+        out_per_group = out_channels // (channels // channels_per_group)
+        blocks = out_channels // 4
+        lo, hi = _interior_columns(out_w, width_in, kernel_w, stride_w, dilation_w, pad_left)
+        count = hi - lo
+        for task in prange(batch * blocks * out_h):
+            i = task % out_h
+            k = 4 * ((task // out_h) % blocks)
+            n = task // (out_h * blocks)
+            first_channel = (k // out_per_group) * channels_per_group
+            o0, o1, o2, o3 = out[n, k, i], out[n, k + 1, i], out[n, k + 2, i], out[n, k + 3, i]
+            p0, p1, p2, p3 = o0[lo:hi], o1[lo:hi], o2[lo:hi], o3[lo:hi]
+            for c in range(channels_per_group):
+                for u in range(kernel_h):
+                    row = i * stride_h + u * dilation_h - pad_top
+                    if row < 0 or row >= height:
+                        continue
+                    x_row = x[n, first_channel + c, row]
+                    w0, w1, w2, w3 = w[k, c, u], w[k + 1, c, u], w[k + 2, c, u], w[k + 3, c, u]
+                    x_inner = x_row[lo * stride_w - pad_left:]
+                    for j in range(count):
+                        s0, s1, s2, s3 = p0[j], p1[j], p2[j], p3[j]
+                        for v in range(kernel_w):
+                            xv = x_inner[j * step + v * spacing]
+                            s0 += w0[v] * xv
+                            s1 += w1[v] * xv
+                            s2 += w2[v] * xv
+                            s3 += w3[v] * xv
+                        p0[j], p1[j], p2[j], p3[j] = s0, s1, s2, s3
+                    _edge_columns4(o0, o1, o2, o3, x_row, w0, w1, w2, w3, 0, lo, stride_w, dilation_w, pad_left)
+                    _edge_columns4(o0, o1, o2, o3, x_row, w0, w1, w2, w3, hi, out_w, stride_w, dilation_w,
+                                   pad_left)
+
+    return plane, direct
+
+
+def _kernels_for(spec: ConvSpec):
+    width = spec.kernel_width if spec.kernel_width in SPECIALISED_WIDTHS else 0
+    return _kernels(width, spec.stride[1] == 1 and (spec.dilation[1] == 1 or spec.kernel_width == 1))
+
+
+def uses_plane_kernel(spec: ConvSpec) -> bool:
+    """True when ``spec`` runs on the plane-by-plane kernel (depthwise or single-channel).
+
+    >>> from fastconv.geometry import make_spec
+    >>> uses_plane_kernel(make_spec((1, 8, 9, 9), (8, 1, 3, 3), groups=8))
+    True
+    >>> uses_plane_kernel(make_spec((1, 8, 9, 9), (16, 8, 3, 3)))
+    False
+    """
+    return spec.in_channels_per_group == 1 and spec.out_channels_per_group < CHANNEL_BLOCK
+
+
+def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
+    numba.set_num_threads(min(config.threads, numba.config.NUMBA_NUM_THREADS))
+    plane, direct = _kernels_for(spec)
+    geometry = (*spec.stride, *spec.dilation, spec.padding[0][0], spec.padding[1][0])
+    groups, per_group = spec.groups, spec.out_channels_per_group
+    blocked = -(-per_group // CHANNEL_BLOCK) * CHANNEL_BLOCK
+    if uses_plane_kernel(spec):
+        out = np.empty(spec.out_shape, dtype=spec.dtype)
+        planes = spec.batch * spec.out_channels
+        # whole planes per task when there are plenty of planes, else split them into row blocks
+        tasks_wanted = 8 * config.threads
+        rows_per_task = spec.out_height if planes >= tasks_wanted else -(-spec.out_height * planes // tasks_wanted)
+        bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else bias
+        plane(x, weight, bias, out, per_group, rows_per_task, *geometry)
+        return out
+    if blocked == per_group:
+        out = np.empty(spec.out_shape, dtype=spec.dtype)
+        out[...] = 0 if bias is None else bias[None, :, None, None]
+        direct(x, weight, out, *geometry)
+        return out
+    # pad each group's filters with zero filters up to a whole number of channel blocks
+    padded_weight = np.zeros((groups, blocked) + weight.shape[1:], dtype=spec.dtype)
+    padded_weight[:, :per_group] = weight.reshape((groups, per_group) + weight.shape[1:])
+    padded_out = np.zeros((spec.batch, groups, blocked, spec.out_height, spec.out_width), dtype=spec.dtype)
+    if bias is not None:
+        padded_out[:, :, :per_group] = bias.reshape(groups, per_group)[None, :, :, None, None]
+    direct(x, padded_weight.reshape((groups * blocked,) + weight.shape[1:]),
+           padded_out.reshape(spec.batch, groups * blocked, spec.out_height, spec.out_width), *geometry)
+    return np.ascontiguousarray(padded_out[:, :, :per_group]).reshape(spec.out_shape)

@@ -1,0 +1,591 @@
+"""The timing harness behind ``fastconv bench``, ``fastconv explain --measure`` and ``fastconv report``.
+
+A :class:`Case` is one convolution problem (shapes, geometry, dtype, kind of kernel). :func:`measure`
+times every requested fastconv backend on every case in this process and every peer library
+(torch, scipy) in a subprocess of its own, one per peer: an idle BLAS or OpenMP thread pool left
+behind by one library keeps spinning and steals cores from the next, so libraries are never timed
+side by side in one process.
+
+Each measurement is one untimed warm-up call (numba compiles, FFTW plans, caches fill), then up to
+``repeat`` timed calls, fewer when they exceed ``budget_s`` seconds together; the median is kept.
+A backend that declines a case (its ``supports(spec)`` says why) is recorded as skipped with that
+reason, never timed. The reference ``naive`` loops are skipped on cases above
+:data:`NAIVE_MAX_FLOPS`, where one call would take seconds.
+
+Examples
+--------
+>>> from fastconv.bench import Case, measure
+>>> case = Case("tiny", (1, 2, 8, 8), (2, 2, 3, 3), padding=1)
+>>> results = measure([case], ["naive"], peers=[], repeat=1, progress=False)
+>>> results["cases"][0]["results"]["naive"]["status"]
+'ok'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata, resources
+
+import numpy as np
+
+from fastconv import backends, config
+from fastconv.geometry import make_spec, pad_input
+
+__all__ = [
+    "Case",
+    "NAIVE_MAX_FLOPS",
+    "PEERS",
+    "Skip",
+    "auto_summary",
+    "canonical_layers",
+    "fastest",
+    "installed_peers",
+    "machine_info",
+    "make_inputs",
+    "measure",
+    "median_seconds",
+    "prepare_call",
+    "sgemm_gflops",
+    "suite_cases",
+    "time_call",
+]
+
+#: Libraries timed next to fastconv, when installed.
+PEERS = ("torch", "scipy")
+
+#: Above this many flops one call of the reference loops takes ~0.25 s or more (they run at about
+#: 2 GFLOP/s on one core), so ``naive`` is skipped rather than timed.
+NAIVE_MAX_FLOPS = 5e8
+
+SUITES = ("default", "cnn", "image", "depthwise", "transposed", "all")
+
+OPS = ("conv2d", "conv_transpose2d")
+
+
+class Skip(Exception):
+    """A backend or peer cannot run a case; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One problem to time: an operation, its shapes and geometry, the dtype and the kernel kind.
+
+    ``kernel`` is ``"random"`` (a full-rank kernel) or ``"gaussian"`` (a separable, rank-1 kernel:
+    the outer product of two 1-D Gaussians). ``group`` labels the sweep a case belongs to (the
+    report's plots select cases by it).
+    """
+
+    name: str
+    input_shape: tuple
+    weight_shape: tuple
+    stride: object = 1
+    padding: object = 0
+    dilation: object = 1
+    groups: int = 1
+    padding_mode: str = "zeros"
+    op: str = "conv2d"
+    output_padding: object = 0
+    kernel: str = "random"
+    dtype: str = "float32"
+    group: str = ""
+
+    def conv_kwargs(self) -> dict:
+        """The keyword arguments of the fastconv call (``fastconv.<op>(x, w, **kwargs)``)."""
+        kwargs = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        if self.op == "conv_transpose2d":
+            kwargs["output_padding"] = self.output_padding
+        elif self.padding_mode != "zeros":
+            kwargs["padding_mode"] = self.padding_mode
+        return kwargs
+
+    def spec(self):
+        """The :class:`~fastconv.geometry.ConvSpec` of a conv2d case (validates it)."""
+        if self.op != "conv2d":
+            raise ValueError(f"case {self.name!r} is a {self.op}, not a conv2d")
+        return make_spec(self.input_shape, self.weight_shape, dtype=np.dtype(self.dtype), **self.conv_kwargs())
+
+    def backend_spec(self):
+        """The spec a conv2d backend receives (other padding modes are materialised before it)."""
+        spec = self.spec()
+        return spec if spec.padding_mode == "zeros" else spec.zero_padded()
+
+    @property
+    def flops(self) -> int:
+        """Flops of the direct algorithm: one multiply and one add per tap (GFLOP/s uses these)."""
+        if self.op == "conv2d":
+            return self.spec().flops
+        # transposed: every input value is scattered through (K / groups) * kh * kw taps
+        _, out_per_group, kernel_h, kernel_w = self.weight_shape
+        return 2 * int(np.prod(self.input_shape)) * out_per_group * kernel_h * kernel_w
+
+    def describe(self) -> str:
+        """One line: op, shapes and the geometry that differs from the defaults."""
+        shape = "x".join
+        parts = [f"{self.op} input {shape(map(str, self.input_shape))} {self.dtype}",
+                 f"weight {shape(map(str, self.weight_shape))}" + (" (gaussian)" if self.kernel == "gaussian" else "")]
+        for field in ("stride", "padding", "dilation", "groups", "padding_mode", "output_padding"):
+            value = getattr(self, field)
+            default = Case.__dataclass_fields__[field].default
+            if value != default:
+                parts.append(f"{field} {value}")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Case":
+        def as_tuple(value):  # JSON turns tuples into lists; Case must stay hashable
+            return tuple(as_tuple(v) for v in value) if isinstance(value, list) else value
+
+        return cls(**{key: as_tuple(value) for key, value in data.items()})
+
+
+# --------------------------------------------------------------------------------------------
+# the built-in suites
+
+
+@functools.lru_cache(maxsize=1)
+def _shapes() -> dict:
+    # A copy of the canonical shapes shipped with the package, so that an installed fastconv needs
+    # nothing beside it (the source and what each field means are in the file's "about").
+    return json.loads(resources.files("fastconv").joinpath("data", "shapes.json").read_text())
+
+
+def canonical_layers(op: str = "conv2d") -> list[Case]:
+    """The canonical CNN layers (ResNet-50, VGG, MobileNetV2, DeepLabV3, DCGAN...) as cases.
+
+    >>> [case.name for case in canonical_layers()][:2]
+    ['resnet50_conv1', 'resnet50_3x3_56']
+    """
+    cases = []
+    for layer in _shapes()[op]:
+        input_shape = (layer["N"], layer["C"], layer["H"], layer["W"])
+        if op == "conv2d":
+            weight_shape = (layer["K"], layer["C"] // layer["groups"], layer["R"], layer["S"])
+        else:  # torch's transposed weight layout: (C_in, K // groups, kh, kw)
+            weight_shape = (layer["C"], layer["K"] // layer["groups"], layer["R"], layer["S"])
+        extra = {"output_padding": layer["output_padding"]} if op == "conv_transpose2d" else {}
+        cases.append(Case(layer["name"], input_shape, weight_shape, stride=layer["stride"], padding=layer["pad"],
+                          dilation=layer["dilation"], groups=layer["groups"], op=op, group="layers", **extra))
+    return cases
+
+
+def image_filter(side: int, kernel_side: int, kernel: str = "random", group: str = "image") -> Case:
+    """Single-channel filtering of a ``side`` × ``side`` image, padding ``"same"``."""
+    return Case(f"image {side}x{side}, {kernel} {kernel_side}x{kernel_side}", (1, 1, side, side),
+                (1, 1, kernel_side, kernel_side), padding="same", kernel=kernel, group=group)
+
+
+def _by_name(names, op="conv2d") -> list[Case]:
+    layers = {case.name: case for case in canonical_layers(op)}
+    return [layers[name] for name in names]
+
+
+def _depthwise_cases() -> list[Case]:
+    return _by_name(["mobilenetv2_dw_56", "mobilenetv2_dw_s2"]) + [
+        Case("depthwise 5x5, 96ch 56x56", (1, 96, 56, 56), (96, 1, 5, 5), padding=2, groups=96),
+        Case("depthwise x2 multiplier 3x3, 32ch 112x112", (1, 32, 112, 112), (64, 1, 3, 3), padding=1, groups=32),
+        Case("grouped 3x3, 128ch 28x28, 8 groups", (1, 128, 28, 28), (128, 16, 3, 3), padding=1, groups=8),
+    ]
+
+
+def _transposed_cases() -> list[Case]:
+    return canonical_layers("conv_transpose2d") + [
+        Case("upsample x2 3x3, 64ch 32x32", (1, 64, 32, 32), (64, 32, 3, 3), stride=2, padding=1,
+             output_padding=1, op="conv_transpose2d"),
+    ]
+
+
+def _full_suite(name: str) -> list[Case]:
+    if name == "default":
+        return (
+            _by_name(["resnet50_3x3_56", "mobilenetv2_pw", "resnet50_conv1", "mobilenetv2_dw_56",
+                      "deeplabv3_aspp_d12"])
+            + [image_filter(512, 9), image_filter(512, 9, "gaussian"), image_filter(1024, 31)]
+            + canonical_layers("conv_transpose2d")
+        )
+    if name == "cnn":
+        return canonical_layers()
+    if name == "image":
+        return [image_filter(side, k, kind) for side in (256, 1024, 2048) for k in (3, 9, 31)
+                for kind in ("random", "gaussian")]
+    if name == "depthwise":
+        return _depthwise_cases()
+    if name == "transposed":
+        return _transposed_cases()
+    raise ValueError(f"unknown suite {name!r}; choose one of {SUITES}")
+
+
+def _quick_suite(name: str) -> list[Case]:
+    # Tiny problems of each kind, for smoke tests: the whole suite runs in seconds.
+    tiny = {
+        "cnn": [Case("tiny 3x3, 8ch 16x16", (1, 8, 16, 16), (8, 8, 3, 3), padding=1),
+                Case("tiny 1x1 stride 2, 8->16ch 16x16", (1, 8, 16, 16), (16, 8, 1, 1), stride=2)],
+        "image": [image_filter(64, 5), image_filter(64, 5, "gaussian")],
+        "depthwise": [Case("tiny depthwise 3x3, 8ch 16x16", (1, 8, 16, 16), (8, 1, 3, 3), padding=1, groups=8)],
+        "transposed": [Case("tiny transposed 4x4 stride 2, 8ch 8x8", (1, 8, 8, 8), (8, 4, 4, 4), stride=2,
+                            padding=1, op="conv_transpose2d")],
+    }
+    if name in ("default", "all"):
+        return [case for cases in tiny.values() for case in cases]
+    return tiny[name]
+
+
+def suite_cases(name: str = "default", quick: bool = False, dtype: str = "float32") -> list[Case]:
+    """The cases of a built-in suite: ``default``, ``cnn``, ``image``, ``depthwise``, ``transposed``, ``all``.
+
+    ``quick`` swaps in tiny problems of the same kinds (for smoke tests).
+
+    >>> len(suite_cases("cnn")) == len(canonical_layers())
+    True
+    """
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; choose one of {SUITES}")
+    if quick:
+        cases = _quick_suite(name)
+    elif name == "all":
+        cases = [case for suite in SUITES[1:-1] for case in _full_suite(suite)]
+    else:
+        cases = _full_suite(name)
+    return [dataclasses.replace(case, dtype=dtype) for case in cases]
+
+
+# --------------------------------------------------------------------------------------------
+# data and the calls to time
+
+
+def make_inputs(case: Case, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Input and weight of ``case`` from a fixed seed: standard normal data; a Gaussian kernel is
+    the outer product of two 1-D Gaussians (sigma = size / 6), scaled per filter."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(case.dtype)
+    x = rng.standard_normal(case.input_shape).astype(dtype)
+    if case.kernel == "gaussian":
+        kernel_h, kernel_w = case.weight_shape[2:]
+        profiles = []
+        for size in (kernel_h, kernel_w):
+            offsets = np.arange(size) - (size - 1) / 2
+            profile = np.exp(-0.5 * (offsets / max(size / 6, 0.5)) ** 2)
+            profiles.append(profile / profile.sum())
+        scale = rng.standard_normal(case.weight_shape[:2])
+        w = (scale[:, :, None, None] * np.outer(*profiles)).astype(dtype)
+    elif case.kernel == "random":
+        w = rng.standard_normal(case.weight_shape).astype(dtype)
+    else:
+        raise ValueError(f"kernel must be 'random' or 'gaussian', got {case.kernel!r}")
+    return x, w
+
+
+def _fastconv_call(case: Case, backend: str, x, w):
+    import fastconv
+
+    if case.op == "conv2d":
+        reason = backends.unavailable_reason(backend)
+        if reason is not None:
+            raise Skip(f"unavailable: {reason}")
+        reason = backends.get(backend).supports(case.backend_spec())
+        if reason is not None:
+            raise Skip(f"declines: {reason}")
+    elif not hasattr(fastconv, case.op):
+        raise Skip(f"fastconv.{case.op} is not in this version of fastconv")
+    if backend == "naive" and case.flops > NAIVE_MAX_FLOPS:
+        raise Skip(f"{case.flops / 1e9:.1f} GFLOP: too slow for the reference loops (limit {NAIVE_MAX_FLOPS / 1e9:.1f} GFLOP)")
+    return functools.partial(getattr(fastconv, case.op), x, w, backend=backend, **case.conv_kwargs())
+
+
+def _torch_call(case: Case, x, w):
+    if importlib.util.find_spec("torch") is None:
+        raise Skip("torch is not installed")
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(config.threads)
+    if str(x.dtype) not in ("float32", "float64"):
+        raise Skip(f"timed only for float32 and float64, not {x.dtype}")
+    # tensors made from numpy arrays do not require gradients: no autograd graph is recorded
+    x, w = torch.from_numpy(x), torch.from_numpy(w)
+    if case.op == "conv_transpose2d":
+        return functools.partial(F.conv_transpose2d, x, w, **case.conv_kwargs())
+    spec = case.spec()
+    (top, bottom), (left, right) = spec.padding
+    symmetric = (top, left) == (bottom, right) and spec.padding_mode == "zeros"
+    pre_pad = None if symmetric else (left, right, top, bottom)
+    pad_mode = "constant" if spec.padding_mode == "zeros" else spec.padding_mode  # torch's other names match
+    padding = (top, left) if symmetric else 0
+
+    def call():  # asymmetric padding ("same" with an even extent) or a padding mode: pad first, as torch users do
+        inputs = x if symmetric else F.pad(x, pre_pad, mode=pad_mode)
+        return F.conv2d(inputs, w, None, spec.stride, padding, spec.dilation, spec.groups)
+
+    return call
+
+
+def _scipy_call(case: Case, x, w):
+    import scipy.signal
+
+    if case.op != "conv2d":
+        raise Skip(f"scipy has no {case.op}")
+    spec = case.spec()
+    if spec.stride != (1, 1) or spec.dilation != (1, 1):
+        raise Skip("scipy.signal.correlate has no stride or dilation")
+
+    def call():
+        # 'valid' correlation of a (C/g, H, W) slab with a (C/g, kh, kw) filter also sums over the
+        # channels, so one scipy call per (image, filter) computes one output channel
+        padded = pad_input(x, spec)
+        out = np.empty(spec.out_shape, dtype=spec.dtype)
+        per_group_in, per_group_out = spec.in_channels_per_group, spec.out_channels_per_group
+        for n in range(spec.batch):
+            for k in range(spec.out_channels):
+                first = (k // per_group_out) * per_group_in
+                out[n, k] = scipy.signal.correlate(padded[n, first:first + per_group_in], w[k], mode="valid")[0]
+        return out
+
+    return call
+
+
+def prepare_call(case: Case, backend: str, x, w):
+    """A zero-argument callable that runs ``case`` on fastconv ``backend`` or peer ``"torch"``/``"scipy"``,
+    already called once, so that JIT compilation and FFT planning are done before any timing.
+
+    Raises :class:`Skip` (with the reason) when that backend or peer cannot run the case here.
+    """
+    if backend == "torch":
+        call = _torch_call(case, x, w)
+    elif backend == "scipy":
+        call = _scipy_call(case, x, w)
+    else:
+        call = _fastconv_call(case, backend, x, w)
+    try:
+        call()
+    except ValueError as error:
+        if case.op == "conv2d":  # conv2d backends decline through supports(): this is a real failure
+            raise
+        raise Skip(f"declines: {error}") from None  # other ops decline by raising on the first call
+    return call
+
+
+def _timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def time_call(function, repeat: int = 5, budget_s: float = 1.0) -> tuple[float, int]:
+    """Median seconds of up to ``repeat`` calls of ``function``, and the number of calls timed.
+
+    Stops early once the timed calls add up to ``budget_s`` (at least one call is always timed).
+    Warm up first (:func:`prepare_call` does).
+    """
+    times = []
+    while len(times) < repeat and sum(times) < budget_s:
+        times.append(_timed(function))
+    return statistics.median(times), len(times)
+
+
+def _measure_one(case: Case, backend: str, repeat: int, budget_s: float) -> dict:
+    try:
+        x, w = make_inputs(case)
+        call = prepare_call(case, backend, x, w)
+        seconds, runs = time_call(call, repeat, budget_s)
+    except Skip as reason:
+        return {"status": "skipped", "reason": str(reason)}
+    except Exception as error:  # one broken backend must not end the run: record it and go on
+        return {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+    return {"status": "ok", "median_s": seconds, "runs": runs}
+
+
+# --------------------------------------------------------------------------------------------
+# running a list of cases
+
+
+def installed_peers() -> list[str]:
+    """The peer libraries importable here (found without importing them)."""
+    return [peer for peer in PEERS if importlib.util.find_spec(peer) is not None]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """CPU, core and thread counts and library versions: what a measurement needs next to it."""
+    import fastconv
+
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": config.threads,
+        "python": platform.python_version(),
+        "fastconv": fastconv.__version__,
+        **{package: _version(package) for package in ("numpy", "scipy", "numba", "pyfftw", "torch")},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def _auto_choice(case: Case) -> str | None:
+    if case.op != "conv2d":
+        return None
+    from fastconv.dispatch import choose_backend
+
+    try:
+        return choose_backend(case.backend_spec())
+    except ValueError:
+        return None
+
+
+class _Progress:
+    """A tqdm bar on stderr when stderr is a terminal; silent otherwise (logs and pipes stay clean)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="run", leave=False, dynamic_ncols=True)
+
+    def step(self, label: str) -> None:
+        if self._bar is not None:
+            self._bar.set_description_str(label[:40])
+            self._bar.update()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _run_peer_process(peer: str, cases: list[Case], repeat: int, budget_s: float, progress: _Progress):
+    """Time ``cases`` on ``peer`` in a fresh Python process; yields one result per case."""
+    request = json.dumps({"peer": peer, "cases": [case.to_dict() for case in cases], "repeat": repeat,
+                          "budget_s": budget_s, "threads": config.threads})
+    env = dict(os.environ, FASTCONV_NUM_THREADS=str(config.threads))
+    process = subprocess.Popen([sys.executable, "-m", "fastconv.bench"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process.stdin.write(request)
+    process.stdin.close()
+    received = 0
+    for line in process.stdout:
+        received += 1
+        progress.step(f"{peer}: {cases[received - 1].name}")
+        yield json.loads(line)
+    error = process.stderr.read().strip().splitlines()
+    process.wait()
+    for _ in cases[received:]:  # the worker died: say so for every case it did not report
+        progress.step(peer)
+        yield {"status": "failed", "reason": f"{peer} worker exited with code {process.returncode}: "
+                                             f"{error[-1] if error else 'no message'}"}
+
+
+def _peer_worker() -> None:
+    """``python -m fastconv.bench``: read a request on stdin, print one JSON result line per case."""
+    request = json.load(sys.stdin)
+    config.set_threads(request["threads"])
+    for data in request["cases"]:
+        result = _measure_one(Case.from_dict(data), request["peer"], request["repeat"], request["budget_s"])
+        print(json.dumps(result), flush=True)
+
+
+def op_backends(op: str, conv2d_backends) -> list[str]:
+    """The backends to time for operation ``op``: the given conv2d backends, or the op's own registry."""
+    if op == "conv2d":
+        return list(conv2d_backends)
+    from fastconv.transpose import TRANSPOSE_BACKENDS  # conv_transpose2d has backends of its own
+
+    return list(TRANSPOSE_BACKENDS)
+
+
+def measure(cases, backend_names, peers=(), repeat: int = 5, budget_s: float = 1.0, progress: bool = True) -> dict:
+    """Time every case on every backend (in this process) and every peer (one process per peer).
+
+    Returns a JSON-ready dict: ``machine`` (:func:`machine_info`), the settings, and per case its
+    description, flops, ``auto`` (the backend ``backend="auto"`` picks, for conv2d) and
+    ``results``: for each backend or peer, ``{"status": "ok", "median_s", "runs"}`` or
+    ``{"status": "skipped" | "failed", "reason"}``.
+    """
+    cases = list(cases)
+    entries = [{"case": case.to_dict(), "flops": case.flops, "auto": _auto_choice(case),
+                "backends": op_backends(case.op, backend_names), "results": {}} for case in cases]
+    bar = _Progress(sum(len(entry["backends"]) + len(peers) for entry in entries), progress)
+    try:
+        for case, entry in zip(cases, entries):
+            for backend in entry["backends"]:
+                bar.step(f"{backend}: {case.name}")
+                entry["results"][backend] = _measure_one(case, backend, repeat, budget_s)
+        for peer in peers:
+            for entry, result in zip(entries, _run_peer_process(peer, cases, repeat, budget_s, bar)):
+                entry["results"][peer] = result
+    finally:
+        bar.close()
+    return {"machine": machine_info(), "repeat": repeat, "budget_s": budget_s,
+            "backends": list(backend_names), "peers": list(peers), "cases": entries}
+
+
+def median_seconds(entry: dict, name: str) -> float | None:
+    """The measured median of backend or peer ``name`` in one case entry of :func:`measure`, or None."""
+    result = entry["results"].get(name)
+    return result["median_s"] if result and result["status"] == "ok" else None
+
+
+def fastest(entry: dict, names) -> str | None:
+    """The fastest of ``names`` that ran in one case entry of :func:`measure` (None if none ran)."""
+    timed = [(median_seconds(entry, name), name) for name in names if median_seconds(entry, name) is not None]
+    return min(timed)[1] if timed else None
+
+
+def auto_summary(results: dict) -> str:
+    """One sentence: how often ``auto``'s pick was within 10% of the fastest backend, and the worst case."""
+    ratios = []
+    for entry in results["cases"]:
+        winner, auto = fastest(entry, entry.get("backends", results["backends"])), entry.get("auto")
+        if winner and auto and median_seconds(entry, auto):
+            ratios.append((median_seconds(entry, auto) / median_seconds(entry, winner), entry["case"]["name"]))
+    if not ratios:
+        return ""
+    hits = sum(ratio <= 1.1 for ratio, _ in ratios)
+    worst, worst_case = max(ratios)
+    return (f"auto's choice was within 10% of the fastest backend on {hits} of {len(ratios)} cases"
+            + (f"; worst: {worst:.2f}x the fastest time, on {worst_case}" if worst > 1.1 else ""))
+
+
+def sgemm_gflops(size: int = 1024, repeat: int = 5) -> float:
+    """The machine's float32 matrix-multiply rate through numpy's BLAS (best of ``repeat``), in GFLOP/s.
+
+    Dense GEMM is about the fastest arithmetic a CPU sustains, so it serves as the ceiling that
+    convolution backends are compared against.
+    """
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
+    with threadpool_limits(config.threads, user_api="blas"):
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(repeat))
+    return 2 * size**3 / best / 1e9
+
+
+if __name__ == "__main__":
+    _peer_worker()

@@ -1,0 +1,140 @@
+"""Convolutions whose filters change with the output position: unshared (local) and tiled.
+
+``local_conv2d`` is the locally connected layer: conv2d's geometry, but every output position
+(i, j) has its own filter bank ``weight[i, j]`` of shape (K, C, kh, kw)::
+
+    out[n, k, i, j] = bias[k] + sum_{c, u, v} x_pad[n, c, i*sh + u*dh, j*sw + v*dw] * weight[i, j, k, c, u, v]
+
+Each position is then a small matrix product (its input patch times its own filters), so the
+whole layer is one batched product (``numpy.matmul`` over positions, BLAS underneath) of the
+im2col patches with the weights.
+
+``tiled_conv2d`` sits between local and ordinary convolution: ``t_h * t_w`` filter banks are
+cycled over the output, position (i, j) using ``weight[i % t_h, j % t_w]``. The outputs that
+share a filter bank form a sub-grid with ``t`` times the stride, so the layer is ``t_h * t_w``
+ordinary convolutions with stride ``(t_h * sh, t_w * sw)`` on shifted views of the padded input
+— each one a :func:`fastconv.conv2d` call that any backend can serve. With t = 1 it is conv2d;
+with t equal to the output size it is local_conv2d.
+
+Examples
+--------
+>>> import numpy as np, fastconv
+>>> x = np.ones((1, 1, 3, 3)); w = np.ones((2, 2, 1, 1, 2, 2)) * np.arange(1, 5).reshape(2, 2, 1, 1, 1, 1)
+>>> fastconv.local_conv2d(x, w)[0, 0]
+array([[ 4.,  8.],
+       [12., 16.]])
+>>> fastconv.tiled_conv2d(x, w)[0, 0]
+array([[ 4.,  8.],
+       [12., 16.]])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from fastconv.dispatch import _batched_operands, _check_bias, conv2d
+from fastconv.geometry import make_local_spec, pad_input
+
+__all__ = ["local_conv2d", "tiled_conv2d"]
+
+
+def _prepare(x, weight, bias, stride, padding, dilation, padding_mode, tiled):
+    """Validated, padded input and contiguous operands of the compute dtype, and the spec."""
+    x, (weight,), bias, unbatched, compute_dtype, out_dtype = _batched_operands(x, {"weight": weight}, bias)
+    spec = make_local_spec(x.shape, weight.shape, stride=stride, padding=padding, dilation=dilation,
+                           padding_mode=padding_mode, tiled=tiled, dtype=compute_dtype, out_dtype=out_dtype)
+    _check_bias(bias, spec.out_channels, f"weight {weight.shape}")
+    x_padded = pad_input(np.ascontiguousarray(x, dtype=compute_dtype), spec)
+    weight = np.ascontiguousarray(weight, dtype=compute_dtype)
+    bias = None if bias is None else np.asarray(bias, dtype=compute_dtype)
+    return x_padded, weight, bias, spec, unbatched
+
+
+def local_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, padding_mode="zeros"):
+    """Unshared convolution (locally connected layer): one filter bank per output position.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W) or (C, H, W)
+        Input; an unbatched input gives an unbatched result.
+    weight : array_like, shape (H_out, W_out, K, C, kh, kw)
+        ``weight[i, j]`` is the (K, C, kh, kw) filter bank of output position (i, j); its first two
+        axes must equal the output size that conv2d's geometry gives.
+    bias : array_like, shape (K,), optional
+        Shared by all positions.
+    stride, padding, dilation, padding_mode
+        As for :func:`fastconv.conv2d`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, K, H_out, W_out) or (K, H_out, W_out)
+        Dtype rules as :func:`fastconv.conv2d`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fastconv.local_conv2d(np.ones((2, 5, 5)), np.ones((3, 3, 4, 2, 3, 3))).shape
+    (4, 3, 3)
+    """
+    x_padded, weight, bias, spec, unbatched = _prepare(x, weight, bias, stride, padding, dilation, padding_mode,
+                                                       tiled=False)
+    (dh, dw), (sh, sw) = spec.dilation, spec.stride
+    out_h, out_w = spec.out_height, spec.out_width
+    windows = sliding_window_view(x_padded, spec.dilated_kernel, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+    windows = windows[:, :, :out_h, :out_w]  # (N, C, H_out, W_out, kh, kw)
+    taps = spec.in_channels * spec.kernel_height * spec.kernel_width
+    # one (N, taps) @ (taps, K) product per output position
+    patches = windows.transpose(2, 3, 0, 1, 4, 5).reshape(out_h * out_w, spec.batch, taps)
+    filters = weight.reshape(out_h * out_w, spec.out_channels, taps).transpose(0, 2, 1)
+    out = np.matmul(patches, filters).reshape(out_h, out_w, spec.batch, spec.out_channels).transpose(2, 3, 0, 1)
+    if bias is not None:
+        out = out + bias[None, :, None, None]
+    out = np.ascontiguousarray(out).astype(spec.out_dtype, copy=False)
+    return out[0] if unbatched else out
+
+
+def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, padding_mode="zeros", backend="auto"):
+    """Tiled convolution: ``t_h * t_w`` filter banks cycled over the output positions.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W) or (C, H, W)
+        Input; an unbatched input gives an unbatched result.
+    weight : array_like, shape (t_h, t_w, K, C, kh, kw)
+        Output position (i, j) uses ``weight[i % t_h, j % t_w]``; ``t_h``, ``t_w`` at most the
+        output height and width.
+    bias : array_like, shape (K,), optional
+        Shared by all positions.
+    stride, padding, dilation, padding_mode
+        As for :func:`fastconv.conv2d`.
+    backend : str
+        The conv2d backend that runs the ``t_h * t_w`` strided convolutions, or "auto".
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, K, H_out, W_out) or (K, H_out, W_out)
+
+    Examples
+    --------
+    Two filters alternating along each row:
+
+    >>> import numpy as np, fastconv
+    >>> w = np.stack([np.ones((1, 1, 1, 1)), -np.ones((1, 1, 1, 1))])[None]  # (1, 2, 1, 1, 1, 1)
+    >>> fastconv.tiled_conv2d(np.ones((1, 2, 4)), w)[0]
+    array([[ 1., -1.,  1., -1.],
+           [ 1., -1.,  1., -1.]])
+    """
+    x_padded, weight, bias, spec, unbatched = _prepare(x, weight, bias, stride, padding, dilation, padding_mode,
+                                                       tiled=True)
+    tile_h, tile_w = weight.shape[:2]
+    (sh, sw) = spec.stride
+    out = np.empty(spec.out_shape, dtype=spec.dtype)
+    for a in range(tile_h):
+        for b in range(tile_w):
+            # outputs a, a + t_h, ... read windows starting at rows a*sh, (a + t_h)*sh, ...
+            out[:, :, a::tile_h, b::tile_w] = conv2d(
+                x_padded[:, :, a * sh:, b * sw:], weight[a, b], bias, stride=(sh * tile_h, sw * tile_w),
+                dilation=spec.dilation, padding="valid", backend=backend)
+    out = out.astype(spec.out_dtype, copy=False)
+    return out[0] if unbatched else out

@@ -1,0 +1,277 @@
+"""fastconv.dask against in-memory fastconv (conv2d) and scipy.signal (convolve2d, correlate2d).
+
+Chunkings are drawn to be awkward: uneven, single-pixel, barely larger than the halo, strides that
+do not divide the chunk size. With the ``naive`` backend every block sums in the same order as the
+in-memory call, so the results must be identical, not merely close.
+"""
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from scipy import signal
+from hypothesis import strategies as st
+
+import dask
+import dask.array as da
+from distributed import Client, LocalCluster  # the dask extra, installed by CI: fail, never skip, without it
+import fastconv
+import fastconv.dask
+from fastconv.dask import stride_aligned_chunks
+from reference import relative_error
+from strategies import conv_problems
+
+
+@st.composite
+def chunkings(draw, shape):
+    """Chunks for ``shape``: per axis, cuts at a random subset of positions (often every pixel)."""
+    chunks = []
+    for size in shape:
+        cuts = sorted(draw(st.sets(st.integers(1, size - 1), max_size=size - 1))) if size > 1 else []
+        edges = [0] + cuts + [size]
+        chunks.append(tuple(b - a for a, b in zip(edges, edges[1:])))
+    return tuple(chunks)
+
+
+def computed_blocks(y):
+    """Compute ``y`` block by block, check each block has the shape its chunks promise, join them."""
+    blocks = np.empty(y.numblocks, dtype=object)
+    computed = dask.compute(*y.to_delayed().ravel())
+    for index, block in zip(np.ndindex(*y.numblocks), computed):
+        expected = tuple(c[i] for c, i in zip(y.chunks, index))
+        assert block.shape == expected, f"block {index}: shape {block.shape}, chunks say {expected}"
+        blocks[index] = block
+    return np.block(blocks.tolist())
+
+
+@given(problem=conv_problems(max_size=12), data=st.data())
+def test_conv2d_equals_in_memory(problem, data):
+    chunks = data.draw(chunkings(problem.x.shape))
+    x = da.from_array(problem.x, chunks=chunks)
+    y = fastconv.dask.conv2d(x, problem.weight, problem.bias, backend="naive", **problem.kwargs)
+    expected = fastconv.conv2d(problem.x, problem.weight, problem.bias, backend="naive", **problem.kwargs)
+    assert y.shape == expected.shape and y.dtype == expected.dtype
+    assert y.chunks[0] == chunks[0]  # batch chunks map independently
+    np.testing.assert_array_equal(computed_blocks(y), expected)
+
+
+@settings(max_examples=15)
+@given(problem=conv_problems(max_size=12), data=st.data())
+def test_conv2d_auto_backend_and_unbatched_input(problem, data):
+    x = problem.x[0]
+    chunks = data.draw(chunkings(x.shape))
+    y = fastconv.dask.conv2d(da.from_array(x, chunks=chunks), problem.weight, problem.bias, **problem.kwargs)
+    expected = fastconv.conv2d(x, problem.weight, problem.bias, **problem.kwargs)
+    assert y.shape == expected.shape and y.dtype == expected.dtype
+    assert relative_error(y.compute(), expected) <= 1e-5
+
+
+@given(
+    image_shape=st.tuples(st.integers(1, 14), st.integers(1, 14)),
+    kernel_shape=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    stride=st.integers(1, 3),
+    dilation=st.integers(1, 2),
+    padding_mode=st.sampled_from(["zeros", "reflect", "replicate", "circular"]),
+    data=st.data(),
+)
+def test_conv2d_single_channel_image(image_shape, kernel_shape, stride, dilation, padding_mode, data):
+    extent = [dilation * (k - 1) + 1 for k in kernel_shape]
+    image_shape = tuple(max(s, e) for s, e in zip(image_shape, extent))
+    padding = tuple((e - 1) // 2 for e in extent)
+    if padding_mode == "reflect":
+        image_shape = tuple(max(s, p + 1) for s, p in zip(image_shape, padding))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    image, kernel = rng.standard_normal(image_shape), rng.standard_normal(kernel_shape)
+    x = da.from_array(image, chunks=data.draw(chunkings(image_shape)))
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode, backend="naive")
+    y = fastconv.dask.conv2d(x, kernel, 0.5, **kwargs)
+    expected = fastconv.conv2d(image[None], kernel[None, None], np.array([0.5]), **kwargs)[0]
+    np.testing.assert_array_equal(computed_blocks(y), expected)
+    valid = fastconv.dask.conv2d(x, kernel, backend="naive")  # against scipy, independently
+    assert relative_error(valid.compute(), signal.correlate2d(image, kernel, mode="valid")) <= 1e-12
+
+
+@given(
+    image_shape=st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    kernel_shape=st.tuples(st.integers(1, 7), st.integers(1, 7)),
+    mode=st.sampled_from(["full", "same", "valid"]),
+    boundary=st.sampled_from(["fill", "wrap", "symm"]),
+    fillvalue=st.sampled_from([0, 1.5, -2]),
+    dtype=st.sampled_from([np.float64, np.complex128]),
+    data=st.data(),
+)
+def test_convolve2d_and_correlate2d_match_scipy(image_shape, kernel_shape, mode, boundary, fillvalue, dtype, data):
+    if mode == "valid":  # the dask image must be the larger operand (scipy would swap them)
+        image_shape = tuple(max(s, k) for s, k in zip(image_shape, kernel_shape))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+
+    def sample(shape):
+        values = rng.standard_normal(shape)
+        return values + 1j * rng.standard_normal(shape) if dtype == np.complex128 else values
+
+    image, kernel = sample(image_shape), sample(kernel_shape)
+    x = da.from_array(image, chunks=data.draw(chunkings(image_shape)))
+    for ours, theirs in ((fastconv.dask.convolve2d, signal.convolve2d),
+                         (fastconv.dask.correlate2d, signal.correlate2d)):
+        y = ours(x, kernel, mode=mode, boundary=boundary, fillvalue=fillvalue)
+        expected = theirs(image, kernel, mode=mode, boundary=boundary, fillvalue=fillvalue)
+        assert y.shape == expected.shape and y.dtype == expected.dtype
+        assert relative_error(computed_blocks(y), expected) <= 1e-10
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_, np.float16, np.complex64])
+def test_conv2d_dtype_rules_and_empty_batch_as_in_memory(dtype):
+    x = (np.arange(2 * 3 * 10 * 9).reshape(2, 3, 10, 9) % 7).astype(dtype)
+    w = np.arange(2 * 3 * 3 * 3).reshape(2, 3, 3, 3).astype(np.float16 if dtype == np.float16 else np.float64)
+    for batch in (x, x[:0]):
+        y = fastconv.dask.conv2d(da.from_array(batch, chunks=4), w, padding=1, padding_mode="replicate")
+        expected = fastconv.conv2d(batch, w, padding=1, padding_mode="replicate")
+        assert y.dtype == expected.dtype
+        np.testing.assert_array_equal(y.compute(), expected)
+
+
+def test_convolve2d_keeps_scipy_integer_dtype_and_fill_cast():
+    image = np.arange(42).reshape(6, 7)
+    kernel = np.array([[1, -2], [3, 4]])
+    y = fastconv.dask.convolve2d(da.from_array(image, chunks=3), kernel, mode="same", fillvalue=2.7)
+    expected = signal.convolve2d(image, kernel, mode="same", fillvalue=2.7)
+    assert y.dtype == expected.dtype == np.int64
+    np.testing.assert_array_equal(y.compute(), expected)
+
+
+@given(
+    chunks=st.lists(st.integers(1, 9), min_size=1, max_size=6),
+    pad=st.tuples(st.integers(0, 6), st.integers(0, 6)),
+    extent=st.integers(1, 12),
+    stride=st.integers(1, 4),
+)
+def test_stride_aligned_chunks_tile_the_output_grid(chunks, pad, extent, stride):
+    padded_size = sum(chunks) + sum(pad)
+    if padded_size < extent:
+        return
+    padded, outputs, (before, after) = stride_aligned_chunks(tuple(chunks), *pad, extent, stride)
+    assert sum(padded) == padded_size and sum(outputs) == (padded_size - extent) // stride + 1
+    assert min(padded) >= max(before, after) and min(outputs) >= 1  # dask can lend every halo
+    edges = np.cumsum((0,) + padded)
+    first_output = np.cumsum((0,) + outputs)
+    for j in range(len(padded)):  # the rows map_overlap hands block j hold exactly its outputs
+        top = edges[j] - (before if j > 0 else 0)
+        bottom = edges[j + 1] + (after if j < len(padded) - 1 else 0)
+        assert top == first_output[j] * stride
+        assert (bottom - top - extent) // stride + 1 == outputs[j]
+    centre = (extent - 1) // 2
+    if stride == 1 and min(chunks) >= max(before, after) and chunks[-1] + pad[1] >= extent - centre:
+        assert padded[1:-1] == tuple(chunks[1:-1])  # at stride 1 the caller's boundaries stay put
+
+
+def test_chunks_smaller_than_the_halo_are_merged():
+    x = np.random.default_rng(5).standard_normal((1, 1, 30, 12))
+    w = np.ones((1, 1, 7, 1))
+    y = fastconv.dask.conv2d(da.from_array(x, chunks=(1, 1, 1, 12)), w, padding="same", dilation=(2, 1))
+    assert y.numblocks[2] <= 30 // 6 + 1  # 1-row chunks merged into blocks that can lend 6-row halos
+    np.testing.assert_array_equal(y.compute(), fastconv.conv2d(x, w, padding="same", dilation=(2, 1)))
+
+
+def _problem(seed=0, shape=(3, 4, 37, 29), kernel=(5, 4, 3, 4)):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(shape), rng.standard_normal(kernel), rng.standard_normal(kernel[0])
+
+
+def test_weights_are_one_graph_key():
+    x, w, b = _problem()
+    w = w.astype(np.float64) + np.arange(w.size).reshape(w.shape)  # distinctive bytes
+    y = fastconv.dask.conv2d(da.from_array(x, chunks=(1, 2, 9, 7)), w, b, stride=2, padding=1)
+    graph = dict(y.__dask_graph__())
+    holding_weight = [key for key, task in graph.items() if w.tobytes() in pickle.dumps(task)]
+    assert len(holding_weight) == 1, holding_weight
+    assert y.npartitions > 10
+
+
+def test_distributed_threads_cluster():
+    x, w, b = _problem(1)
+    kwargs = dict(stride=(2, 3), padding="same", dilation=(1, 2), padding_mode="reflect", backend="naive")
+    expected = fastconv.conv2d(x, w, b, **kwargs)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        with Client(cluster) as client:
+            y = fastconv.dask.conv2d(da.from_array(x, chunks=(2, 1, 10, 8)), w, b, **kwargs)
+            np.testing.assert_array_equal(client.compute(y).result(), expected)
+            image = x[0, 0]
+            z = fastconv.dask.correlate2d(da.from_array(image, chunks=6), w[0, 0], boundary="symm")
+            assert relative_error(client.compute(z).result(), signal.correlate2d(image, w[0, 0], boundary="symm")) < 1e-12
+
+
+def test_distributed_process_cluster():
+    x, w, b = _problem(2, shape=(2, 2, 30, 30), kernel=(3, 2, 3, 3))
+    expected = fastconv.conv2d(x, w, b, padding=1, padding_mode="circular", backend="naive")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        with Client(cluster) as client:
+            y = fastconv.dask.conv2d(da.from_array(x, chunks=(1, 2, 11, 16)), w, b, padding=1,
+                                     padding_mode="circular", backend="naive")
+            np.testing.assert_array_equal(client.compute(y).result(), expected)
+
+
+def test_store_into_memmap_without_materialising(tmp_path):
+    x, w, b = _problem(3, shape=(1, 2, 64, 48), kernel=(3, 2, 5, 5))
+    source = np.lib.format.open_memmap(tmp_path / "in.npy", mode="w+", dtype=np.float32, shape=x.shape)
+    source[...] = x
+    source.flush()
+    x_lazy = da.from_array(np.load(tmp_path / "in.npy", mmap_mode="r"), chunks=(1, 2, 16, 16))
+    y = fastconv.dask.conv2d(x_lazy, w.astype(np.float32), b.astype(np.float32), padding="same")
+    target = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=y.dtype, shape=y.shape)
+    da.store(y, target)
+    target.flush()
+    expected = fastconv.conv2d(source, w.astype(np.float32), b.astype(np.float32), padding="same")
+    assert relative_error(np.load(tmp_path / "out.npy"), expected) <= 1e-6
+
+
+def test_use_backend_reaches_worker_threads(monkeypatch):
+    calls = []
+    real = fastconv.dask._conv2d_in_memory
+
+    def spy(*args, **kwargs):
+        calls.append(fastconv.dispatch._preferred_backend.get())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastconv.dask, "_conv2d_in_memory", spy)
+    x, w, b = _problem(4, shape=(1, 1, 20, 20), kernel=(1, 1, 3, 3))
+    with fastconv.use_backend("naive"):
+        y = fastconv.dask.conv2d(da.from_array(x, chunks=10), w, b)
+    y.compute(scheduler="threads")
+    assert calls and set(calls) == {"naive"}
+
+
+def test_import_fastconv_does_not_import_dask():
+    code = "import sys, fastconv; print('dask' in sys.modules, 'distributed' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("call, error, pattern", [
+    (lambda x: fastconv.dask.conv2d(x[0, 0, 0], np.ones((3,))), ValueError, r"x must have shape.*got shape \(10,\)"),
+    (lambda x: fastconv.dask.conv2d(x[0, 0], np.ones((1, 1, 3, 3))), ValueError, r"2-D image x, weight must be a 2-D"),
+    (lambda x: fastconv.dask.conv2d(x[0, 0], np.ones((3, 3)), np.ones(2)), ValueError, r"bias must be a scalar"),
+    (lambda x: fastconv.dask.conv2d(x, np.ones((3, 3))), ValueError, r"weight must have shape"),
+    (lambda x: fastconv.dask.conv2d(x, np.ones((2, 2, 3, 3)), np.ones(3)), ValueError, r"bias must have shape \(2,\)"),
+    (lambda x: fastconv.dask.conv2d(x, np.ones((2, 2, 3, 3)), stride=0), ValueError, r"stride must be positive"),
+    (lambda x: fastconv.dask.conv2d(x, np.ones((2, 2, 11, 3))), ValueError, r"kernel of extent \(11, 3\)"),
+    (lambda x: fastconv.dask.conv2d(x, np.ones((2, 2, 3, 3)), padding=10, padding_mode="reflect"), ValueError,
+     r"reflect"),
+    (lambda x: fastconv.dask.conv2d(x, np.ones((2, 2, 3, 3)), backend="nope"), ValueError, r"nope"),
+    (lambda x: fastconv.dask.conv2d(x.astype(object), np.ones((2, 2, 3, 3))), TypeError, r"x has dtype object"),
+    (lambda x: fastconv.dask.conv2d(x[x[:, 0, 0, 0] > 0], np.ones((2, 2, 3, 3))), ValueError, r"unknown chunk sizes"),
+    (lambda x: fastconv.dask.convolve2d(x[0], np.ones((3, 3))), ValueError, r"inputs must both be 2-D"),
+    (lambda x: fastconv.dask.correlate2d(x[0, 0], np.ones((3, 3)), mode="middle"), ValueError, r"mode must be.*'middle'"),
+    (lambda x: fastconv.dask.correlate2d(x[0, 0], np.ones((3, 3)), boundary="zero"), ValueError,
+     r"boundary must be.*'zero'"),
+    (lambda x: fastconv.dask.convolve2d(x[0, 0], np.ones((3, 3)), fillvalue=[1, 2]), ValueError, r"fillvalue"),
+    (lambda x: fastconv.dask.convolve2d(x[0, 0], np.ones((3, 3)), fillvalue=1j), ValueError, r"fillvalue.*complex"),
+    (lambda x: fastconv.dask.convolve2d(x[0, 0], np.ones((11, 3)), mode="valid"), ValueError,
+     r"'valid' mode.*at least as large"),
+])
+def test_errors_at_call_time(call, error, pattern):
+    x = da.zeros((2, 2, 10, 10), chunks=5)
+    with pytest.raises(error, match=pattern):
+        call(x)

@@ -1,0 +1,58 @@
+"""depthwise_separable_conv2d against the float64 reference applied twice, and torch."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import fastconv
+from reference import explicit_padding, reference_conv2d, relative_error
+
+
+@given(data=st.data())
+def test_matches_two_reference_convolutions(data):
+    dtype = np.dtype(data.draw(st.sampled_from([np.float32, np.float64])))
+    channels, multiplier, filters = (data.draw(st.integers(1, 3)) for _ in range(3))
+    kernel = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    stride, dilation = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    padding = data.draw(st.sampled_from([0, 1, "same"]))
+    size = [data.draw(st.integers(1, 6)) + dilation * (k - 1) for k in kernel]
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((2, channels, *size)).astype(dtype)
+    depthwise = rng.standard_normal((channels * multiplier, 1, *kernel)).astype(dtype)
+    pointwise = rng.standard_normal((filters, channels * multiplier, 1, 1)).astype(dtype)
+    bias = rng.standard_normal(filters).astype(dtype)
+    out = fastconv.depthwise_separable_conv2d(x, depthwise, pointwise, bias, stride=stride, padding=padding,
+                                              dilation=dilation)
+    sides = explicit_padding(padding, size, kernel, (stride, stride), (dilation, dilation))
+    hidden = reference_conv2d(x, depthwise, stride=(stride, stride), padding=sides, dilation=(dilation, dilation),
+                              groups=channels)
+    expected = reference_conv2d(hidden, pointwise, bias)
+    assert out.shape == expected.shape and out.dtype == dtype
+    assert relative_error(out, expected) <= (1e-10 if dtype == np.float64 else 1e-5)
+    assert out.shape == fastconv.output_shape(x.shape, (depthwise.shape, pointwise.shape), stride, padding,
+                                              dilation, op="depthwise_separable_conv2d")
+
+
+def test_matches_torch_mobilenet_block():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 8, 9, 9))
+    depthwise, pointwise = rng.standard_normal((16, 1, 3, 3)), rng.standard_normal((4, 16, 1, 1))
+    hidden = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(depthwise), stride=2, padding=1,
+                                        groups=8)
+    expected = torch.nn.functional.conv2d(hidden, torch.from_numpy(pointwise)).numpy()
+    out = fastconv.depthwise_separable_conv2d(x[0], depthwise, pointwise, stride=2, padding=1, backend="naive")
+    assert out.shape == (4, 5, 5)
+    assert relative_error(out, expected[0]) <= 1e-12
+
+
+@pytest.mark.parametrize("shapes, pattern", [
+    (((5, 1, 3, 3), (4, 5, 1, 1)), r"depthwise_weight must have shape \(C·m, 1, kh, kw\) with C = 2.*\(5, 1, 3, 3\)"),
+    (((4, 2, 3, 3), (4, 4, 1, 1)), r"depthwise_weight must have shape"),
+    (((4, 1, 3, 3), (4, 2, 1, 1)), r"pointwise_weight must have shape \(K, C·m, 1, 1\) = \(K, 4, 1, 1\).*"
+                                   r"\(4, 2, 1, 1\)"),
+    (((4, 1, 3, 3), (4, 4, 3, 3)), r"pointwise_weight must have shape"),
+])
+def test_bad_weights_raise_with_a_message_that_names_them(shapes, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        fastconv.depthwise_separable_conv2d(np.zeros((1, 2, 6, 6)), np.zeros(shapes[0]), np.zeros(shapes[1]))

@@ -1,0 +1,98 @@
+"""The numba_cpu backend's own paths against the float64 reference: the plane kernel (depthwise and
+single-channel), the 4-channel direct kernel (and its zero-filter padding), every specialised
+kernel width and the run-time width, unit and non-unit steps, threads, and lazy compilation."""
+
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import config
+from fastconv.backends import numba_cpu
+from fastconv.geometry import make_spec
+from reference import reference_conv2d, relative_error
+
+
+def _check(x_shape, w_shape, dtype=np.float64, bias=True, seed=0, **kwargs):
+    """conv2d(backend="numba_cpu") against the reference; returns the spec the backend saw."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype) if bias else None
+    out = fastconv.conv2d(x, w, b, backend="numba_cpu", **kwargs)
+    spec = make_spec(x.shape, w.shape, dtype=dtype, **kwargs)
+    expected = reference_conv2d(x, w, b, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
+                                groups=spec.groups)
+    assert out.dtype == dtype and out.shape == expected.shape
+    assert relative_error(out, expected) <= (1e-5 if dtype == np.float32 else 1e-10)
+    return spec
+
+
+@pytest.mark.parametrize("width", numba_cpu.SPECIALISED_WIDTHS + (2,))
+def test_every_kernel_width_on_both_kernels(width):
+    """Each compile-time width (and a run-time one), unit step, borders on every side."""
+    spec = _check((1, 1, 9, 12), (1, 1, 3, width), padding=((1, 2), (width // 2, width - 1)))
+    assert numba_cpu.uses_plane_kernel(spec)
+    spec = _check((2, 3, 7, 10), (4, 3, 2, width), padding=((0, 1), (width, 1)))
+    assert not numba_cpu.uses_plane_kernel(spec)
+
+
+@pytest.mark.parametrize("stride, dilation", [((1, 2), (1, 1)), ((2, 1), (1, 3)), ((3, 3), (2, 2))])
+def test_non_unit_steps_along_the_width(stride, dilation):
+    _check((1, 1, 13, 17), (1, 1, 3, 3), stride=stride, dilation=dilation, padding=2)
+    _check((2, 2, 13, 17), (4, 2, 3, 3), stride=stride, dilation=dilation, padding=((0, 3), (4, 1)))
+
+
+@pytest.mark.parametrize("multiplier", [1, 2, 3])
+def test_depthwise_path(multiplier):
+    spec = _check((2, 5, 11, 9), (5 * multiplier, 1, 3, 3), groups=5, padding="same")
+    assert spec.is_depthwise and numba_cpu.uses_plane_kernel(spec)
+
+
+def test_single_channel_image_path():
+    spec = _check((1, 1, 64, 70), (1, 1, 5, 5), dtype=np.float32, padding="same")
+    assert numba_cpu.uses_plane_kernel(spec)
+    # a large single plane is split into row blocks, one per task
+    _check((1, 1, 300, 40), (1, 1, 3, 3), padding=1, bias=False)
+
+
+@pytest.mark.parametrize("groups, per_group_out", [(1, 4), (1, 6), (2, 5), (3, 8)])
+def test_direct_path_with_and_without_zero_filter_padding(groups, per_group_out):
+    spec = _check((2, 2 * groups, 8, 9), (groups * per_group_out, 2, 3, 3), groups=groups, padding=1)
+    assert not numba_cpu.uses_plane_kernel(spec)
+
+
+def test_kernel_larger_than_input_touches_only_padding_columns():
+    _check((1, 2, 3, 2), (4, 2, 3, 3), padding=((2, 2), (3, 3)))
+    _check((1, 1, 3, 2), (1, 1, 3, 5), padding=((2, 2), (4, 4)))
+
+
+def test_declines_complex_with_a_reason():
+    spec = make_spec((1, 1, 4, 4), (1, 1, 3, 3), dtype=np.complex128)
+    assert "complex128" in numba_cpu.supports(spec)
+    with pytest.raises(ValueError, match="numba_cpu.*complex128"):
+        fastconv.conv2d(np.ones((1, 1, 4, 4), complex), np.ones((1, 1, 3, 3)), backend="numba_cpu")
+
+
+def test_thread_count_follows_config(monkeypatch):
+    monkeypatch.setattr(config, "threads", 1)
+    _check((1, 1, 8, 8), (1, 1, 3, 3))
+    assert numba.get_num_threads() == 1
+    monkeypatch.setattr(config, "threads", 10**6)  # capped at numba's pool size
+    _check((1, 1, 8, 8), (1, 1, 3, 3))
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+
+
+def test_importing_fastconv_compiles_nothing():
+    code = (
+        "import fastconv\n"
+        "from fastconv.backends import im2col, numba_cpu\n"
+        "assert numba_cpu._kernels.cache_info().currsize == 0\n"
+        "for kernel in (numba_cpu._interior_columns, numba_cpu._edge_columns, numba_cpu._edge_columns4,\n"
+        "               im2col._im2col_images, im2col._im2col_pixels, im2col._inside):\n"
+        "    assert not kernel.signatures, kernel\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
