@@ -7,7 +7,7 @@
 (1, 8, 32, 32)
 """
 
-from fastconv import config
+from fastconv import config, fft
 from fastconv.backends import list_backends
 from fastconv.dispatch import conv2d, use_backend
 from fastconv.geometry import ConvSpec, output_shape
@@ -25,11 +25,13 @@ __all__ += ["ReceptiveField", "avg_pool2d", "conv_transpose2d", "convolve2d", "c
             "depthwise_separable_conv2d", "init", "local_conv2d", "max_pool2d", "receptive_field",
             "tiled_conv2d"]
 __all__ += ["autotune", "explain"]
+__all__ += ["fft", "separable_conv2d", "separate"]
 
 # Operations whose modules compile numba kernels are imported on first use (PEP 562), so that
 # ``import fastconv`` does not import numba.
 _LAZY = {"avg_pool2d": "fastconv.pooling", "max_pool2d": "fastconv.pooling",
-         "conv_transpose2d": "fastconv.transpose"}
+         "conv_transpose2d": "fastconv.transpose",
+         "separate": "fastconv.backends.separable", "separable_conv2d": "fastconv.backends.separable"}
 
 
 def __getattr__(name):

@@ -9,11 +9,12 @@ attribute                  environment variable            default
 ``threads``                ``FASTCONV_NUM_THREADS``        all cores (``os.cpu_count()``)
 ``workspace_bytes``        ``FASTCONV_WORKSPACE_MB``       64 MiB
 ``autotune``               ``FASTCONV_AUTOTUNE``           off (``1``/``true``/``on``: on)
+``fftw_planner``           ``FASTCONV_FFTW_PLANNER``       ``"FFTW_ESTIMATE"``
 ``cache_dir``              ``FASTCONV_CACHE_DIR``          the user cache directory (below)
 =========================  ==============================  ===========================
 
 ``cache_dir`` holds what fastconv learns about this machine (autotuning results, fitted cost
-constants). By default it is ``$XDG_CACHE_HOME/fastconv`` (``~/.cache/fastconv`` when that is
+constants, FFTW wisdom). By default it is ``$XDG_CACHE_HOME/fastconv`` (``~/.cache/fastconv`` when that is
 unset) on Linux, ``~/Library/Caches/fastconv`` on macOS and ``%LOCALAPPDATA%\\fastconv\\Cache`` on
 Windows, as platformdirs would choose.
 
@@ -31,9 +32,10 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
-__all__ = ["threads", "workspace_bytes", "autotune", "cache_dir", "set_threads", "set_workspace_bytes",
-           "set_autotune", "set_cache_dir"]
+__all__ = ["threads", "workspace_bytes", "autotune", "cache_dir", "fftw_planner", "set_threads",
+           "set_workspace_bytes", "set_autotune", "set_cache_dir", "set_fftw_planner"]
 
 
 def _positive_int_from_env(variable: str, default: int) -> int:
@@ -80,21 +82,30 @@ def _bool_from_env(variable: str, default: bool) -> bool:
     raise ValueError(f"environment variable {variable}={text!r} is not a boolean; use 1/0, true/false, yes/no or on/off")
 
 
-def _default_cache_dir() -> str:
-    home = os.path.expanduser("~")
+def _default_cache_dir() -> Path:
+    """``FASTCONV_CACHE_DIR``, else the user cache directory as platformdirs would choose it."""
+    if os.environ.get("FASTCONV_CACHE_DIR"):
+        return Path(os.environ["FASTCONV_CACHE_DIR"])
+    try:
+        home = Path.home()
+    except RuntimeError:  # no home directory (some containers): a per-user temporary one
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / f"fastconv-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
     if sys.platform == "win32":
-        return os.path.join(os.environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local"), "fastconv", "Cache")
+        return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "fastconv" / "Cache"
     if sys.platform == "darwin":
-        return os.path.join(home, "Library", "Caches", "fastconv")
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache"), "fastconv")
+        return home / "Library" / "Caches" / "fastconv"
+    return Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "fastconv"
 
 
 #: Whether ``backend="auto"`` times the candidate backends on the first call of each new problem
 #: signature (and remembers the winner) instead of trusting the cost model alone.
 autotune: bool = _bool_from_env("FASTCONV_AUTOTUNE", False)
 
-#: Directory for the autotuning cache and fitted cost constants (created on first write).
-cache_dir: str = os.environ.get("FASTCONV_CACHE_DIR") or _default_cache_dir()
+#: Directory for what fastconv learns about this machine: autotuning results, fitted cost
+#: constants, FFTW wisdom (created on first write).
+cache_dir: Path = _default_cache_dir()
 
 
 def set_threads(count: int) -> None:
@@ -122,4 +133,35 @@ def set_cache_dir(path) -> None:
     global cache_dir
     if not isinstance(path, (str, os.PathLike)) or os.fspath(path) == "":
         raise TypeError(f"cache_dir must be a non-empty path (str or os.PathLike), got {path!r}")
-    cache_dir = os.fspath(path)
+    cache_dir = Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# FFT backend: planner effort and where wisdom is kept
+
+FFTW_PLANNER_EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
+
+
+def _check_planner(source: str, value) -> str:
+    text = str(value).strip().upper() if isinstance(value, str) else None
+    if text is not None and not text.startswith("FFTW_"):
+        text = "FFTW_" + text
+    if text not in FFTW_PLANNER_EFFORTS:
+        raise ValueError(
+            f"{source} must be one of {', '.join(FFTW_PLANNER_EFFORTS)} (case-insensitive, the "
+            f"FFTW_ prefix optional), got {value!r}"
+        )
+    return text
+
+
+#: How hard FFTW plans the transforms of the ``fft`` backend. ``FFTW_ESTIMATE`` plans instantly
+#: from heuristics; ``FFTW_MEASURE`` times candidate algorithms (seconds per new size, faster
+#: transforms after; keep the result with :func:`fastconv.fft.save_wisdom`).
+fftw_planner: str = _check_planner(
+    "environment variable FASTCONV_FFTW_PLANNER", os.environ.get("FASTCONV_FFTW_PLANNER") or "FFTW_ESTIMATE"
+)
+
+def set_fftw_planner(effort: str) -> None:
+    """Set FFTW's planner effort (``FASTCONV_FFTW_PLANNER`` at start-up), e.g. ``"measure"``."""
+    global fftw_planner
+    fftw_planner = _check_planner("fftw_planner", effort)

@@ -221,6 +221,8 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     else:
         name = backends._check_name(backend)
         reason = backends.get(name).supports(spec)  # get() raises when the backend is unavailable
+        if reason is None:
+            reason = tuning.weight_decline_reason(name, weight, spec)
         if reason is not None:
             raise ValueError(f"backend {name!r} cannot run this convolution: {reason}")
 

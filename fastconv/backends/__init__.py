@@ -10,6 +10,11 @@ A backend is a module in this package that holds one algorithm whole and exposes
 ``supports(spec) -> str | None``
     ``None`` when it can run this :class:`~fastconv.geometry.ConvSpec`, else the reason it declines
     (dtype, groups, kernel size...). ``backend="auto"`` never picks a backend that declines.
+``supports_weight(weight, spec) -> str | None`` (optional)
+    For backends whose fitness depends on the weight *values* (``separable`` needs low-rank
+    kernels): called after ``supports`` accepted, with the C-contiguous weight in ``spec.dtype``;
+    a reason declines exactly as ``supports`` does (``auto`` moves on, an explicit choice raises
+    ValueError). Not cached, so keep it cheap relative to ``run``.
 ``run(x, weight, bias, spec) -> numpy.ndarray``
     Compute the convolution. ``x`` is C-contiguous (N, C, H, W) and ``weight`` C-contiguous
     (K, C // groups, kh, kw), both of ``spec.dtype``; ``bias`` is None or (K,) of ``spec.dtype``.
@@ -36,6 +41,8 @@ _MODULES = {
     "im2col": "fastconv.backends.im2col",
     "numba_cpu": "fastconv.backends.numba_cpu",
     "cuda": "fastconv.backends.cuda",
+    "fft": "fastconv.backends.fft",
+    "separable": "fastconv.backends.separable",
 }
 
 _lock = threading.Lock()

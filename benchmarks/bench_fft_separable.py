@@ -1,0 +1,108 @@
+"""asv benchmarks of the ``fft`` and ``separable`` backends and their peers.
+
+asv runs every benchmark in its own process, so each library is timed alone. Peers: scipy's
+``fftconvolve`` and ``oaconvolve`` (kernel flipped: they convolve, we correlate),
+``scipy.ndimage.correlate`` and torch's ``conv2d``. For ratios printed side by side, run
+``benchmarks/compare_fft_separable.py``.
+"""
+
+import numpy as np
+
+try:
+    import fastconv
+except ImportError:  # asv imports benchmarks before the package is installed to discover them
+    fastconv = None
+
+
+def _image(side):
+    return np.random.default_rng(0).standard_normal((1, 1, side, side)).astype(np.float32)
+
+
+def _gaussian(size):
+    t = np.arange(size) - (size - 1) / 2
+    g = np.exp(-t**2 / (2 * (size / 6) ** 2))
+    return (np.outer(g, g) / np.outer(g, g).sum()).astype(np.float32)
+
+
+def _side(size):
+    return int(size.split("x")[0])
+
+
+class FFTImageFilter:
+    """One large image, a random kernel, padding "same": FFT convolution's home ground."""
+
+    params = [["1024x1024", "2048x2048"], [31, 101],
+              ["fft", "fft_cold", "scipy_fftconvolve", "scipy_oaconvolve"]]
+    param_names = ["image", "kernel", "library"]
+
+    def setup(self, image, kernel, library):
+        self.x = _image(_side(image))
+        self.w = np.random.default_rng(1).standard_normal((1, 1, kernel, kernel)).astype(np.float32)
+        self.flipped = np.ascontiguousarray(self.w[0, 0, ::-1, ::-1])
+        self.weights = [self.w * (1 + 1e-3 * i) for i in range(2)]  # fft_cold: new values every call
+        self.calls = 0
+        self.time_filter(image, kernel, library)  # plans, caches
+
+    def time_filter(self, image, kernel, library):
+        if library == "fft":
+            fastconv.conv2d(self.x, self.w, padding="same", backend="fft")
+        elif library == "fft_cold":
+            self.calls += 1
+            fastconv.conv2d(self.x, self.weights[self.calls % 2], padding="same", backend="fft")
+        else:
+            from scipy import signal
+
+            convolve = signal.fftconvolve if library == "scipy_fftconvolve" else signal.oaconvolve
+            convolve(self.x[0, 0], self.flipped, mode="same")
+
+
+class SeparableImageFilter:
+    """One large image, a Gaussian (rank-1) kernel, padding "same"."""
+
+    params = [["1024x1024", "2048x2048"], [9, 31], ["separable", "fft", "scipy_ndimage"]]
+    param_names = ["image", "kernel", "library"]
+    timeout = 120
+
+    def setup(self, image, kernel, library):
+        self.x = _image(_side(image))
+        self.kernel = _gaussian(kernel)
+        self.time_filter(image, kernel, library)  # numba compilation, plans
+
+    def time_filter(self, image, kernel, library):
+        if library == "scipy_ndimage":
+            from scipy import ndimage
+
+            ndimage.correlate(self.x[0, 0], self.kernel, mode="constant")
+        else:
+            fastconv.conv2d(self.x, self.kernel[None, None], padding="same", backend=library)
+
+
+class FFTConvLayer:
+    """Multi-channel large-kernel CNN layers (shared/shapes.json), ``fft`` against torch."""
+
+    # name: (N, C, H, W, K, R, S)
+    layers = {"convnet_l1_11x11": (1, 3, 128, 128, 96, 11, 11), "convnet_l2_9x9": (1, 64, 64, 64, 128, 9, 9)}
+    params = [list(layers), ["fft", "torch"]]
+    param_names = ["layer", "library"]
+
+    def setup(self, layer, library):
+        n, c, h, w, k, r, s = self.layers[layer]
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        self.w = rng.standard_normal((k, c, r, s)).astype(np.float32)
+        if library == "torch":
+            try:
+                import torch
+            except ImportError:
+                raise NotImplementedError("torch is not installed")
+            torch.set_num_threads(fastconv.config.threads)
+            self.tx, self.tw = torch.from_numpy(self.x), torch.from_numpy(self.w)
+        self.time_layer(layer, library)
+
+    def time_layer(self, layer, library):
+        if library == "torch":
+            import torch
+
+            torch.nn.functional.conv2d(self.tx, self.tw)
+        else:
+            fastconv.conv2d(self.x, self.w, backend="fft")

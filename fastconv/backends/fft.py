@@ -1,0 +1,471 @@
+"""``fft``: convolution through the convolution theorem, on pyFFTW.
+
+Cross-correlation of an image ``x`` with a kernel ``w`` is a product in the frequency domain::
+
+    out = IFFT( FFT(x) · conj(FFT(conj(w))) )           (cyclic, on a T_h × T_w grid)
+
+The cyclic result equals the direct one wherever the kernel window does not wrap around the grid,
+so a grid of at least ``(out - 1) * stride + kernel extent`` samples per axis gives every output
+exactly. The cost is a handful of ``O(T log T)`` transforms, whatever the kernel size: FFT wins
+when kernels are large (roughly 9×9 and up on one channel, earlier with many channels), where the
+direct method pays ``kh · kw`` multiply-adds per output.
+
+How this backend does it, step by step:
+
+1. **Grid size.** Each transform axis is padded to a size FFTW handles fast (a product of 2, 3,
+   5 and 7); the last axis is also made *even*, because real-to-complex transforms of odd length
+   are markedly slower (``pyfftw.next_fast_len`` happily returns odd sizes like 2079 = 3³·7·11;
+   see ``docs/performance.md``).
+2. **Tiles (overlap-save).** A large image with a moderate kernel is cut into overlapping tiles
+   of a few hundred pixels whose valid outputs abut: memory stays bounded by
+   ``fastconv.config.workspace_bytes`` and the transforms stay cache-sized. The tile size comes
+   from a small cost model (transform work per valid output); one tile covering everything is one
+   of the candidates, so small images and huge kernels are transformed whole.
+3. **Transforms.** Real inputs use real-to-complex transforms (half the spectrum), complex inputs
+   complex-to-complex ones. Plans are FFTW objects with their own aligned buffers
+   (``pyfftw.empty_aligned``), built once per (shape, dtype, threads, planner effort) and reused
+   from a bounded pool; a thread checks a plan out for the duration of a call, so no two threads
+   ever share buffers. Every input channel of every tile is transformed once, in one batched plan.
+4. **Channels.** The spectra are combined with one small complex GEMM per frequency bin,
+   ``Y[bin] (K, tiles) = W[bin] (K, C) @ X[bin] (C, tiles)``, per group; with one input channel
+   per group (single-channel images, depthwise layers) it is a plain elementwise product.
+5. **Inverse.** One inverse transform per output channel and tile, again one batched plan. The
+   complex-to-real inverse destroys its input, which is fine: the input is the plan's own buffer.
+6. **Stride and dilation.** Dilation inserts zeros into the kernel before its transform. Stride
+   keeps every ``stride``-th sample of the stride-1 result: FFT convolution computes all outputs
+   at once, so it does not get faster with stride (it does not get slower either).
+
+Filter spectra are cached, because a network or an image pipeline applies the same weights again
+and again and transforming them is often the larger half of the work. The cache keeps a private
+copy of every weight it has transformed and serves a spectrum only when the weight now passed is
+*equal, element for element,* to that copy (``np.array_equal``, a memory-speed comparison far
+cheaper than the transform). Mutating a weight in place, or passing a new array with other values
+at the same address, therefore never returns a stale spectrum.
+
+NaN and infinity: a single non-finite value would spread over the whole FFT output (every
+frequency bin sees every pixel), and values near the top of the dtype's range can overflow a
+spectrum bin (a sum over a whole tile) where the direct sum would not. Either way the tile's
+inverse transform is non-finite at its first sample, because every inverse output sums all bins;
+the backend checks that one sample per tile and channel (free) and, when one is not finite, hands
+the whole problem to direct summation by the ``naive`` backend, which puts NaN and inf exactly
+where direct convolution does. That is slow on large images but correct, and clean inputs pay
+nothing for it.
+
+Accuracy: the rounding error of an FFT convolution grows with ``log T`` and is spread evenly
+over all outputs, relative to the *largest* values involved, so small outputs carry larger
+relative error than with direct summation. Float32 results agree with the float64 reference to
+about 1e-6 of the largest output, float64 ones to about 1e-15.
+
+Examples
+--------
+>>> import numpy as np, fastconv
+>>> x = np.random.default_rng(0).standard_normal((1, 1, 64, 64))
+>>> w = np.ones((1, 1, 15, 15)) / 225
+>>> y = fastconv.conv2d(x, w, padding="same", backend="fft")
+>>> bool(np.allclose(y, fastconv.conv2d(x, w, padding="same", backend="naive")))
+True
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import numpy as np
+import pyfftw
+
+from fastconv import config
+from fastconv.geometry import ConvSpec
+
+name = "fft"
+
+__all__ = ["available", "supports", "run", "fast_even_length", "clear_caches", "cache_info"]
+
+# Idle plans kept for reuse (count and bytes of their buffers, all shapes together) and filter
+# spectra kept (count and bytes).
+_MAX_IDLE_PLANS = 16
+_MAX_IDLE_PLAN_BYTES = 256 << 20
+_MAX_SPECTRA = 8
+_MAX_SPECTRUM_BYTES = 256 << 20
+# Grids above this many points run measurably slower per point (they leave L2); see _choose_tiles.
+_CACHE_FRIENDLY_POINTS = 1 << 19
+
+
+def available() -> str | None:
+    return None  # pyfftw imported above; an ImportError makes the registry report why
+
+
+def supports(spec: ConvSpec) -> str | None:
+    return None  # every geometry, groups, float32/float64 and complex64/complex128
+
+
+# --------------------------------------------------------------------------------------------
+# transform sizes and tiles
+
+
+def fast_even_length(n: int) -> int:
+    """The smallest size >= ``n`` that FFTW transforms fast *and* that is even.
+
+    Real-to-complex transforms of odd length take a slower path in FFTW, and
+    ``pyfftw.next_fast_len`` may return odd sizes (it counts 3, 5, 7, 11 and 13 as fast).
+
+    >>> import pyfftw
+    >>> pyfftw.next_fast_len(2078), fast_even_length(2078)
+    (2079, 2080)
+    """
+    size = pyfftw.next_fast_len(max(int(n), 2))
+    while size % 2:
+        size = pyfftw.next_fast_len(size + 1)
+    return size
+
+
+def _axis_tiling(out: int, extent: int, stride: int, tile: int) -> tuple[int, int]:
+    """(outputs per tile, tiles) when a ``tile``-long grid computes ``out`` strided outputs."""
+    per_tile = (tile - extent) // stride + 1
+    return per_tile, -(-out // per_tile)
+
+
+def _choose_tiles(spec: ConvSpec, complex_data: bool) -> tuple[int, int]:
+    """Transform grid (T_h, T_w): the single whole-image grid or the cheapest overlap-save tile.
+
+    The cost model counts transform work, ``T log2 T`` per channel per tile, over every tile
+    needed, plus the per-bin channel product; a tile too large for the workspace is dismissed
+    unless nothing smaller works. Tiles are powers of two (fast and even) from 4× the kernel up.
+    """
+    extent_h, extent_w = spec.dilated_kernel
+    (stride_h, stride_w), (out_h, out_w) = spec.stride, (spec.out_height, spec.out_width)
+    whole_h = pyfftw.next_fast_len((out_h - 1) * stride_h + extent_h)
+    whole_w = fast_even_length((out_w - 1) * stride_w + extent_w)
+
+    def candidates(whole, extent, stride):
+        sizes = {whole}
+        size = 64
+        while size < whole:
+            if size >= 4 * extent + stride:
+                sizes.add(size)
+            size *= 2
+        return sorted(sizes)
+
+    channels, outs = spec.in_channels, spec.out_channels
+    item_bytes = spec.dtype.itemsize
+    best = None
+    for tile_h in candidates(whole_h, extent_h, stride_h):
+        for tile_w in candidates(whole_w, extent_w, stride_w):
+            _, tiles_h = _axis_tiling(out_h, extent_h, stride_h, tile_h)
+            _, tiles_w = _axis_tiling(out_w, extent_w, stride_w, tile_w)
+            points = tile_h * tile_w
+            bins = points if complex_data else tile_h * (tile_w // 2 + 1)
+            per_tile = (points * math.log2(points) * (channels + outs)
+                        + 4 * bins * outs * spec.in_channels_per_group + 2e4)
+            if points > _CACHE_FRIENDLY_POINTS:  # transforms that leave the caches run slower per point
+                per_tile *= 1.25
+            cost = per_tile * tiles_h * tiles_w * spec.batch
+            tile_bytes = (channels + outs) * (points + 2 * bins) * item_bytes
+            too_big = tile_bytes > config.workspace_bytes and (tiles_h, tiles_w) == (1, 1)
+            key = (too_big, cost)
+            if best is None or key < best[0]:
+                best = (key, (tile_h, tile_w))
+    return best[1]
+
+
+# --------------------------------------------------------------------------------------------
+# plans: FFTW objects with their own aligned buffers, checked out by one thread at a time
+
+
+def _plan_bytes(plan) -> int:
+    return plan.input_array.nbytes + plan.output_array.nbytes
+
+
+class _PlanPool:
+    """Idle FFTW plans by key. ``checkout`` lends one to the calling thread (building a new one
+    when all are busy) and takes it back afterwards; at most ``max_idle`` plans holding at most
+    ``max_bytes`` of buffers are kept, least recently used first out. (Building plans from several
+    threads at once is safe: pyFFTW serialises FFTW's planner under its own lock.)"""
+
+    def __init__(self, max_idle: int, max_bytes: int):
+        self._max_idle, self._max_bytes = max_idle, max_bytes
+        self._idle: OrderedDict[tuple, list] = OrderedDict()
+        self._count = self._bytes = 0
+        self._lock = threading.Lock()
+        self.built = 0  # plans built so far (for tests and cache_info)
+
+    @contextmanager
+    def checkout(self, key, build):
+        with self._lock:
+            plans = self._idle.get(key)
+            plan = plans.pop() if plans else None
+            if plan is not None:
+                self._count -= 1
+                self._bytes -= _plan_bytes(plan)
+                self._idle.move_to_end(key)
+        if plan is None:
+            plan = build()
+            with self._lock:
+                self.built += 1
+        try:
+            yield plan
+        finally:
+            with self._lock:
+                self._idle.setdefault(key, []).append(plan)
+                self._idle.move_to_end(key)
+                self._count += 1
+                self._bytes += _plan_bytes(plan)
+                while self._count > self._max_idle or self._bytes > self._max_bytes:  # drop the LRU
+                    oldest = next(iter(self._idle))
+                    self._bytes -= _plan_bytes(self._idle[oldest].pop())
+                    self._count -= 1
+                    if not self._idle[oldest]:
+                        del self._idle[oldest]
+
+    def clear(self):
+        with self._lock:
+            self._idle.clear()
+            self._count = self._bytes = 0
+
+
+_plans = _PlanPool(_MAX_IDLE_PLANS, _MAX_IDLE_PLAN_BYTES)
+
+
+def _build_plan(batch: int, grid: tuple[int, int], dtype: np.dtype, inverse: bool, threads: int, effort: str):
+    """An FFTW object transforming ``batch`` grids at once over the last two axes."""
+    real = dtype.kind == "f"
+    complex_dtype = np.result_type(dtype, np.complex64)
+    spatial = (batch,) + grid
+    spectral = (batch, grid[0], grid[1] // 2 + 1) if real else spatial
+    if inverse:
+        source = pyfftw.empty_aligned(spectral, complex_dtype)
+        target = pyfftw.empty_aligned(spatial, dtype)
+        direction = "FFTW_BACKWARD"
+    else:
+        source = pyfftw.empty_aligned(spatial, dtype)
+        target = pyfftw.empty_aligned(spectral, complex_dtype)
+        direction = "FFTW_FORWARD"
+    # DESTROY_INPUT lets the c2r inverse use its faster in-place algorithms: its input is ours.
+    flags = (effort, "FFTW_DESTROY_INPUT") if inverse else (effort,)
+    return pyfftw.FFTW(source, target, axes=(-2, -1), direction=direction, flags=flags, threads=threads)
+
+
+@contextmanager
+def _plan(batch: int, grid: tuple[int, int], dtype: np.dtype, inverse: bool):
+    threads, effort = config.threads, config.fftw_planner
+    key = (batch, grid, dtype.str, inverse, threads, effort)
+    with _plans.checkout(key, lambda: _build_plan(batch, grid, dtype, inverse, threads, effort)) as plan:
+        yield plan
+
+
+# --------------------------------------------------------------------------------------------
+# filter spectra, cached against an exact copy of the weight
+
+
+class _SpectrumCache:
+    """Spectra of recently used weights. An entry is served only for a weight equal, element for
+    element, to the private copy stored with it, so in-place mutation can never go unnoticed."""
+
+    def __init__(self, max_entries: int, max_bytes: int):
+        self._entries: OrderedDict[int, tuple] = OrderedDict()
+        self._next_id = 0
+        self._max_entries, self._max_bytes = max_entries, max_bytes
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key, weight, compute):
+        with self._lock:
+            candidates = [(entry_id, entry) for entry_id, entry in self._entries.items() if entry[0] == key]
+        for entry_id, (_, saved_weight, spectrum) in candidates:
+            if np.array_equal(saved_weight, weight):
+                with self._lock:
+                    self.hits += 1
+                    if entry_id in self._entries:
+                        self._entries.move_to_end(entry_id)
+                return spectrum
+        spectrum = compute()
+        with self._lock:
+            self.misses += 1
+            if spectrum.nbytes + weight.nbytes <= self._max_bytes:
+                self._entries[self._next_id] = (key, weight.copy(), spectrum)
+                self._next_id += 1
+                while len(self._entries) > self._max_entries or self._bytes() > self._max_bytes:
+                    self._entries.popitem(last=False)
+        return spectrum
+
+    def _bytes(self):
+        return sum(saved.nbytes + spectrum.nbytes for _, saved, spectrum in self._entries.values())
+
+    def clear(self):
+        with self._lock:
+            self._entries.clear()
+            self.hits = self.misses = 0
+
+
+_spectra = _SpectrumCache(_MAX_SPECTRA, _MAX_SPECTRUM_BYTES)
+
+
+def clear_caches() -> None:
+    """Forget every cached FFTW plan and filter spectrum (FFTW's wisdom is kept)."""
+    _plans.clear()
+    _spectra.clear()
+
+
+def cache_info() -> dict:
+    """Counters of the plan pool and the spectrum cache (plans built, spectrum hits and misses)."""
+    return {"plans_built": _plans.built, "spectrum_hits": _spectra.hits, "spectrum_misses": _spectra.misses}
+
+
+def _filter_spectrum(weight: np.ndarray, spec: ConvSpec, grid: tuple[int, int]) -> np.ndarray:
+    """Correlation spectra of every (k, c) filter on ``grid``, scaled by 1 / grid size.
+
+    Layout: (K, bins) when each group has one input channel (the product is elementwise), else
+    (groups, bins, K // groups, C // groups), ready for one complex GEMM per bin.
+    """
+    out_channels, channels_per_group, kernel_h, kernel_w = weight.shape
+    dilation_h, dilation_w = spec.dilation
+    extent_h, extent_w = spec.dilated_kernel
+    groups, count = spec.groups, out_channels * channels_per_group
+    # FFTW's inverse is unnormalised: scale the few kernel taps rather than every bin
+    kernels = weight.reshape(count, kernel_h, kernel_w) * (1.0 / (grid[0] * grid[1]))
+    if spec.dtype.kind == "c":  # conj(FFT(conj w)) is the spectrum of w reversed: a correlation
+        kernels = np.conj(kernels)
+    bins = grid[0] * (grid[1] if spec.dtype.kind == "c" else grid[1] // 2 + 1)
+    complex_dtype = np.result_type(spec.dtype, np.complex64)
+    if channels_per_group == 1:
+        spectrum = np.empty((count, bins), dtype=complex_dtype)
+    else:  # bins-major; (K/g, C/g) flattened, which is the order of the filters within a group
+        spectrum = np.empty((groups, bins, count // groups), dtype=complex_dtype)
+    per_group = count // groups
+    per_filter_bytes = 3 * grid[0] * grid[1] * spec.dtype.itemsize
+    chunk = _equal_chunk(per_group, config.workspace_bytes // per_filter_bytes)
+    for start in range(0, count, chunk):  # chunks never straddle two groups
+        stop = min(start + chunk, (start // per_group + 1) * per_group)
+        with _plan(stop - start, grid, spec.dtype, inverse=False) as forward:
+            source = forward.input_array
+            source[...] = 0
+            # the zero-inserted (dilated) kernel in the top-left corner of the grid
+            source[:, :extent_h:dilation_h, :extent_w:dilation_w] = kernels[start:stop]
+            forward.execute()
+            spectra = forward.output_array.reshape(stop - start, bins)
+            if channels_per_group == 1:
+                np.conjugate(spectra, out=spectrum[start:stop])
+                continue
+            group, offset = divmod(start, per_group)
+            target = spectrum[group, :, offset:offset + stop - start]
+            for first in range(0, bins, 256):  # transpose in blocks that stay in cache
+                np.conjugate(spectra[:, first:first + 256].T, out=target[first:first + 256])
+    if channels_per_group == 1:
+        return spectrum
+    return spectrum.reshape(groups, bins, out_channels // groups, channels_per_group)
+
+
+# --------------------------------------------------------------------------------------------
+# the convolution
+
+
+class _NotFinite(Exception):
+    """A transform met NaN or inf (or overflowed): the result must come from direct sums."""
+
+
+def _equal_chunk(total: int, most: int) -> int:
+    """Chunk size <= ``most`` (at least 1) splitting ``total`` into near-equal chunks: the fewest
+    chunks that respect ``most``, so at most two plan shapes (full chunks and the last one)."""
+    chunk = int(max(1, min(total, most)))
+    return -(-total // -(-total // chunk))
+
+
+def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
+    if spec.batch == 0:
+        return np.empty(spec.out_shape, dtype=spec.dtype)
+    complex_data = spec.dtype.kind == "c"
+    grid = _choose_tiles(spec, complex_data)
+    key = (weight.shape, spec.dtype.str, spec.dilation, spec.groups, grid)
+    spectrum = _spectra.get(key, weight, lambda: _filter_spectrum(weight, spec, grid))
+
+    extent_h, extent_w = spec.dilated_kernel
+    (stride_h, stride_w) = spec.stride
+    per_tile_h, tiles_h = _axis_tiling(spec.out_height, extent_h, stride_h, grid[0])
+    per_tile_w, tiles_w = _axis_tiling(spec.out_width, extent_w, stride_w, grid[1])
+    items = [(n, ty, tx) for n in range(spec.batch) for ty in range(tiles_h) for tx in range(tiles_w)]
+
+    channels, out_channels = spec.in_channels, spec.out_channels
+    points = grid[0] * grid[1]
+    bins = points if complex_data else grid[0] * (grid[1] // 2 + 1)
+    item_bytes = (channels + out_channels) * (points + 2 * bins) * spec.dtype.itemsize
+    chunk = _equal_chunk(len(items), config.workspace_bytes // item_bytes)
+
+    out = np.empty(spec.out_shape, dtype=spec.dtype)
+    try:
+        for start in range(0, len(items), chunk):
+            batch_items = items[start:start + chunk]
+            _convolve_tiles(x, spectrum, spec, grid, batch_items, (per_tile_h, per_tile_w), out)
+    except _NotFinite:
+        from fastconv.backends import naive  # NaN/inf would smear over every FFT output
+
+        return naive.run(x, weight, bias, spec)
+    if bias is not None:
+        out += bias[None, :, None, None]
+    return out
+
+
+@np.errstate(over="ignore", invalid="ignore")  # NaN/inf are caught after the inverse transform
+def _multiply_spectra(spectra_in, spectrum, spectra_out, groups, channels_per_group, outs_per_group):
+    """Y[t, k] = sum_c W[k, c] · X[t, c] per frequency bin, within each group."""
+    count, bins = spectra_in.shape[0], spectra_in.shape[2]
+    if channels_per_group == 1:  # elementwise: Y[t, g, k] = X[t, g] * W[g, k]
+        np.multiply(spectra_in.reshape(count, groups, 1, bins),
+                    spectrum.reshape(1, groups, outs_per_group, bins),
+                    out=spectra_out.reshape(count, groups, outs_per_group, bins))
+        return
+    for group in range(groups):  # one (K/g × C/g) @ (C/g × tiles) complex GEMM per bin
+        group_in = spectra_in[:, group * channels_per_group:(group + 1) * channels_per_group]
+        by_bin = np.ascontiguousarray(group_in.transpose(2, 1, 0))  # (bins, C/g, tiles)
+        product = np.matmul(spectrum[group], by_bin)                 # (bins, K/g, tiles)
+        spectra_out[:, group * outs_per_group:(group + 1) * outs_per_group] = product.transpose(2, 1, 0)
+
+
+def _convolve_tiles(x, spectrum, spec, grid, items, per_tile, out):
+    """Convolve the tiles ``items`` [(n, tile_row, tile_col), ...] and write their outputs."""
+    count = len(items)
+    channels, out_channels, groups = spec.in_channels, spec.out_channels, spec.groups
+    (top, _), (left, _) = spec.padding
+    stride_h, stride_w = spec.stride
+    height, width = spec.in_height, spec.in_width
+    step_h, step_w = per_tile[0] * stride_h, per_tile[1] * stride_w  # input rows/cols between tiles
+
+    with _plan(count * channels, grid, spec.dtype, inverse=False) as forward, \
+            _plan(count * out_channels, grid, spec.dtype, inverse=True) as inverse:
+        tiles = forward.input_array.reshape(count, channels, *grid)
+        for index, (n, tile_row, tile_col) in enumerate(items):
+            row0, col0 = tile_row * step_h - top, tile_col * step_w - left  # tile origin in x
+            first_row, last_row = min(max(-row0, 0), grid[0]), max(min(height - row0, grid[0]), 0)
+            first_col, last_col = min(max(-col0, 0), grid[1]), max(min(width - col0, grid[1]), 0)
+            tile = tiles[index]
+            if first_row < last_row and first_col < last_col:
+                tile[:, first_row:last_row, first_col:last_col] = \
+                    x[n, :, row0 + first_row:row0 + last_row, col0 + first_col:col0 + last_col]
+            else:
+                first_row = last_row = 0
+            # zeros around the image part: the padding, and the grid beyond the image
+            tile[:, :first_row] = 0
+            tile[:, last_row:] = 0
+            tile[:, first_row:last_row, :first_col] = 0
+            tile[:, first_row:last_row, last_col:] = 0
+        forward.execute()
+
+        bins = forward.output_array.shape[1] * forward.output_array.shape[2]
+        spectra_in = forward.output_array.reshape(count, channels, bins)
+        spectra_out = inverse.input_array.reshape(count, out_channels, bins)
+        channels_per_group, outs_per_group = spec.in_channels_per_group, spec.out_channels_per_group
+        _multiply_spectra(spectra_in, spectrum, spectra_out, groups, channels_per_group, outs_per_group)
+        inverse.execute()  # destroys spectra_out, which is the plan's own buffer
+
+        results = inverse.output_array.reshape(count, out_channels, *grid)
+        # Each inverse output is a sum over all bins, so a NaN or inf anywhere in a tile's
+        # spectra (from the input, the weight, or an overflow) reaches its sample (0, 0).
+        if not np.isfinite(results[:, :, 0, 0]).all():
+            raise _NotFinite
+        for index, (n, tile_row, tile_col) in enumerate(items):
+            out_row, out_col = tile_row * per_tile[0], tile_col * per_tile[1]
+            rows = min(per_tile[0], spec.out_height - out_row)
+            cols = min(per_tile[1], spec.out_width - out_col)
+            out[n, :, out_row:out_row + rows, out_col:out_col + cols] = \
+                results[index, :, :rows * stride_h:stride_h, :cols * stride_w:stride_w]

@@ -1,0 +1,278 @@
+"""``separable``: low-rank kernels as sums of column-times-row filters.
+
+A kernel of rank ``r`` is a sum of ``r`` outer products, ``w = sum_i col_i ⊗ row_i`` (the singular
+value decomposition finds them, with the singular values split evenly between the factors).
+Correlating with one outer product is a 1-D pass down the columns followed by a 1-D pass along the
+rows, so an output costs ``r · (kh + kw)`` multiply-adds instead of ``kh · kw``: a 31×31 Gaussian
+needs 62 instead of 961. Gaussian, box, Sobel, Prewitt and every other outer-product kernel are
+rank 1 exactly; blurs with a rounded corner or differences of Gaussians are rank 2 or 3.
+
+The backend factors every (k, c) kernel of the weight and declines, naming the rank it found,
+when some kernel is not low-rank enough to pay off: ``rank · (kh + kw) >= kh · kw`` (1×k and k×1
+kernels are 1-D already and always accepted; they run as a single pass). Ranks are counted
+numerically: singular values below ``tol · s_max`` are dropped, with ``tol = max(kh, kw) · eps``
+of the compute dtype by default (``numpy.linalg.matrix_rank``'s rule), so the error of the
+dropped terms is at rounding level. Because that needs the weight values and not only the
+:class:`~fastconv.geometry.ConvSpec`, the decision lives in the optional ``supports_weight`` hook
+of the backend protocol (see :mod:`fastconv.backends`), which the dispatcher consults after
+``supports``.
+
+The numba kernel runs one output row per task, in parallel over (image, output channel, row): for
+each input channel and rank term it forms the row's column pass into a private buffer (rows
+``i * stride + u * dilation`` of the padded input, so stride and dilation cost nothing extra) and
+adds the row pass of that buffer (columns ``j * stride + v * dilation``) into the output row. Both
+inner loops run along contiguous memory and vectorise. The zero padding is never materialised:
+rows outside the image are skipped and the buffer's border columns stay zero.
+
+Examples
+--------
+>>> import numpy as np, fastconv
+>>> g = np.exp(-np.linspace(-2, 2, 9) ** 2)
+>>> cols, rows = fastconv.separate(np.outer(g, g))
+>>> cols.shape, rows.shape          # rank 1: one column factor, one row factor
+((1, 9), (1, 9))
+>>> x = np.random.default_rng(0).standard_normal((1, 1, 32, 32))
+>>> y = fastconv.separable_conv2d(x, g, g, padding="same")
+>>> bool(np.allclose(y, fastconv.conv2d(x, np.outer(g, g)[None, None], padding="same")))
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from fastconv.geometry import ConvSpec, check_dtype
+
+name = "separable"
+
+__all__ = ["available", "supports", "supports_weight", "run", "separate", "separable_conv2d"]
+
+
+def available() -> str | None:
+    return None
+
+
+def supports(spec: ConvSpec) -> str | None:
+    return None  # every geometry and dtype; the weight decides (supports_weight)
+
+
+# --------------------------------------------------------------------------------------------
+# the decomposition
+
+
+def _default_tol(kernel_shape, dtype) -> float:
+    return max(kernel_shape) * float(np.finfo(dtype).eps)
+
+
+def _factor(kernels: np.ndarray, tol: float):
+    """SVD of a stack of kernels (..., kh, kw): column factors (..., kh, kh∧kw), row factors
+    (..., kh∧kw, kw), each with sqrt(s) folded in, and the numerical rank of each kernel."""
+    wide = np.complex128 if kernels.dtype.kind == "c" else np.float64
+    u, s, vt = np.linalg.svd(kernels.astype(wide), full_matrices=False)  # vt is V^H: w = u s vt
+    ranks = np.count_nonzero(s > tol * s[..., :1], axis=-1)
+    root = np.sqrt(s)
+    return u * root[..., None, :], vt * root[..., :, None], ranks
+
+
+def separate(kernel2d, tol=None):
+    """Split a 2-D kernel into column and row factors: ``kernel ≈ sum_i outer(cols[i], rows[i])``.
+
+    Parameters
+    ----------
+    kernel2d : array_like, shape (kh, kw)
+        The kernel (real or complex).
+    tol : float, optional
+        Relative tolerance: singular values below ``tol`` times the largest are dropped, so the
+        spectral-norm error of the result is at most ``tol · ||kernel||₂``. Default
+        ``max(kh, kw) · eps`` of the kernel's dtype (float64 for integers), numpy's ``matrix_rank``
+        rule: only rounding noise is dropped.
+
+    Returns
+    -------
+    cols : numpy.ndarray, shape (r, kh)
+    rows : numpy.ndarray, shape (r, kw)
+        The ``r`` rank-one terms, largest first (``r`` is 0 for an all-zero kernel). Float32,
+        complex64 and complex128 kernels keep their dtype; everything else gives float64.
+
+    Examples
+    --------
+    Sobel is rank 1: a smoothing column times a difference row.
+
+    >>> import numpy as np, fastconv
+    >>> sobel = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]])
+    >>> cols, rows = fastconv.separate(sobel)
+    >>> len(cols), bool(np.allclose(np.outer(cols[0], rows[0]), sobel))
+    (1, True)
+    """
+    kernel = np.asarray(kernel2d)
+    if kernel.ndim != 2 or min(kernel.shape) < 1:
+        raise ValueError(f"kernel2d must be a non-empty 2-D array (kh, kw), got shape {kernel.shape}")
+    check_dtype("kernel2d", kernel.dtype)
+    if kernel.dtype in (np.float32, np.complex64, np.complex128):
+        dtype = kernel.dtype
+    else:
+        dtype = np.dtype(np.float64)
+    if tol is None:
+        tol = _default_tol(kernel.shape, dtype)
+    elif isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) or not 0 <= tol < 1:
+        raise ValueError(f"tol must be a number in [0, 1), got {tol!r}")
+    if not np.isfinite(kernel).all():
+        raise ValueError("kernel2d holds NaN or infinity; its singular value decomposition is undefined")
+    cols, rows, rank = _factor(kernel, float(tol))
+    rank = int(rank)
+    return cols[:, :rank].T.astype(dtype), rows[:rank].astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# the backend
+
+
+def _pays_off(rank: int, kernel_h: int, kernel_w: int) -> bool:
+    if kernel_h == 1 or kernel_w == 1:
+        return True  # a 1-D kernel is one pass of min(kh, kw) == 1 term: never worse than direct
+    return rank * (kernel_h + kernel_w) < kernel_h * kernel_w
+
+
+def supports_weight(weight: np.ndarray, spec: ConvSpec) -> str | None:
+    """``None`` when every (k, c) kernel of ``weight`` is low-rank enough to pay off, else why not."""
+    kernel_h, kernel_w = spec.kernel_height, spec.kernel_width
+    if kernel_h == 1 or kernel_w == 1:
+        return None
+    if not np.isfinite(weight).all():
+        return "weight holds NaN or infinity, which has no low-rank factorisation"
+    _, _, ranks = _factor(weight, _default_tol((kernel_h, kernel_w), spec.dtype))
+    worst = np.unravel_index(np.argmax(ranks), ranks.shape)
+    rank = int(ranks[worst])
+    if _pays_off(rank, kernel_h, kernel_w):
+        return None
+    most = (kernel_h * kernel_w - 1) // (kernel_h + kernel_w)
+    return (f"weight[{worst[0]}, {worst[1]}] has numerical rank {rank}; separable pays off only when "
+            f"rank·(kh+kw) < kh·kw, i.e. rank <= {most} for {kernel_h}×{kernel_w} kernels")
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _separable_conv2d(x, cols, rows, ranks, out, top, left, stride_h, stride_w, dilation_h, dilation_w, groups):
+    """out[n, k] += sum over c and rank terms r of rowpass(colpass(x[n, c], cols[k, c, r]), rows[k, c, r]).
+
+    ``x`` is unpadded: rows and columns outside it (the zero padding) are skipped, not read.
+    cols (K, Cg, R, kh), rows (K, Cg, R, kw), ranks (K, Cg): terms beyond ranks[k, c] are unused.
+    """
+    batch, _, height, width = x.shape
+    out_channels, channels_per_group, _, kernel_h = cols.shape
+    kernel_w = rows.shape[3]
+    out_h, out_w = out.shape[2], out.shape[3]
+    outs_per_group = out_channels // groups
+    used_w = (out_w - 1) * stride_w + (kernel_w - 1) * dilation_w + 1  # padded columns the row pass reads
+    first_col = min(left, used_w)                  # padded columns [first_col, last_col) hold x
+    last_col = max(min(left + width, used_w), first_col)
+    for task in prange(batch * out_channels * out_h):
+        n = task // (out_channels * out_h)
+        k = (task // out_h) % out_channels
+        i = task % out_h
+        group = k // outs_per_group
+        column_pass = np.zeros(used_w, dtype=out.dtype)
+        for c in range(channels_per_group):
+            channel = group * channels_per_group + c
+            for r in range(ranks[k, c]):
+                inside = column_pass[first_col:last_col]  # the columns that hold x, not padding
+                inside[:] = 0
+                for u in range(kernel_h):
+                    source_row = i * stride_h + u * dilation_h - top
+                    if 0 <= source_row < height:
+                        tap = cols[k, c, r, u]
+                        source = x[n, channel, source_row, first_col - left:]
+                        for col in range(last_col - first_col):  # from 0: no negative-index checks
+                            inside[col] += source[col] * tap
+                target = out[n, k, i]
+                for v in range(kernel_w):
+                    tap = rows[k, c, r, v]
+                    if stride_w == 1:  # contiguous: vectorises
+                        shifted = column_pass[v * dilation_w:]
+                        for j in range(out_w):
+                            target[j] += shifted[j] * tap
+                    else:
+                        offset = v * dilation_w
+                        for j in range(out_w):
+                            target[j] += column_pass[j * stride_w + offset] * tap
+
+
+def _run_factors(x, cols, rows, ranks, bias, spec):
+    out = np.zeros(spec.out_shape, dtype=spec.dtype)
+    if bias is not None:
+        out += bias[None, :, None, None]
+    (top, _), (left, _) = spec.padding
+    _separable_conv2d(x, np.ascontiguousarray(cols, dtype=spec.dtype), np.ascontiguousarray(rows, dtype=spec.dtype),
+                      ranks.astype(np.int64), out, top, left, *spec.stride, *spec.dilation, spec.groups)
+    return out
+
+
+def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
+    cols, rows, ranks = _factor(weight, _default_tol((spec.kernel_height, spec.kernel_width), spec.dtype))
+    max_rank = max(int(ranks.max()), 1)
+    # (K, Cg, kh, R) -> (K, Cg, R, kh): one contiguous column factor per rank term
+    cols = cols[..., :max_rank].transpose(0, 1, 3, 2)
+    rows = rows[..., :max_rank, :]
+    return _run_factors(x, cols, rows, ranks, bias, spec)
+
+
+# --------------------------------------------------------------------------------------------
+# the public entry for callers who already hold the 1-D factors
+
+
+def separable_conv2d(x, col_kernel, row_kernel, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+                     padding_mode="zeros"):
+    """conv2d with the kernel ``outer(col_kernel, row_kernel)``, run as two 1-D passes.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W) or (C, H, W)
+        Input images, as for :func:`fastconv.conv2d`.
+    col_kernel : array_like, shape (kh,) or (K, C // groups, kh)
+        Column (vertical) factor of each filter.
+    row_kernel : array_like, shape (kw,) or (K, C // groups, kw)
+        Row (horizontal) factor of each filter. ``weight[k, c] = outer(col_kernel[k, c],
+        row_kernel[k, c])``. With 1-D factors the one filter is applied to every channel on its
+        own (``K = C``, depthwise, as ``scipy.ndimage`` filters each image); then ``groups``
+        must stay 1.
+    bias, stride, padding, dilation, groups, padding_mode
+        As for :func:`fastconv.conv2d`, whose validation they go through.
+
+    Returns
+    -------
+    numpy.ndarray
+        As :func:`fastconv.conv2d` with ``backend="separable"`` returns.
+
+    Examples
+    --------
+    A 5×5 box blur of each channel of an RGB image:
+
+    >>> import numpy as np, fastconv
+    >>> x = np.ones((3, 8, 8))
+    >>> box = np.full(5, 1 / 5)
+    >>> y = fastconv.separable_conv2d(x, box, box, padding="same")
+    >>> y.shape, round(float(y[0, 4, 4]), 12), round(float(y[0, 0, 0]), 12)  # a corner sees 3×3 ones
+    ((3, 8, 8), 1.0, 0.36)
+    """
+    from fastconv.dispatch import conv2d, _as_numeric_array
+
+    cols = _as_numeric_array("col_kernel", col_kernel)
+    rows = _as_numeric_array("row_kernel", row_kernel)
+    if cols.ndim != rows.ndim or cols.ndim not in (1, 3) or cols.shape[:-1] != rows.shape[:-1]:
+        raise ValueError(
+            f"col_kernel and row_kernel must both have shape (k,) or (K, C // groups, k) with the same K and "
+            f"C // groups, got shapes {cols.shape} and {rows.shape}"
+        )
+    x = _as_numeric_array("x", x)
+    if cols.ndim == 1:
+        if not (isinstance(groups, (int, np.integer)) and groups == 1):
+            raise ValueError(f"groups must be 1 with 1-D factors (each channel is filtered on its own), got {groups!r}")
+        if x.ndim not in (3, 4):
+            raise ValueError(f"x must have shape (N, C, H, W) or (C, H, W), got shape {x.shape}")
+        channels = x.shape[-3]
+        cols = np.broadcast_to(cols, (channels, 1, cols.shape[0]))
+        rows = np.broadcast_to(rows, (channels, 1, rows.shape[0]))
+        groups = channels
+    weight = cols[..., :, None] * rows[..., None, :]
+    return conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                  padding_mode=padding_mode, backend="separable")

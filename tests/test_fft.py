@@ -1,0 +1,224 @@
+"""The fft backend's own machinery: transform sizes, tiles, plan and spectrum caches, wisdom,
+planner effort, non-finite inputs and concurrent calls. Its results on every spec are checked by
+the property tests of ``test_conv2d.py``."""
+
+import threading
+import warnings
+
+import numpy as np
+import pyfftw
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import signal
+
+import fastconv
+from fastconv import config
+from fastconv.backends import fft
+from fastconv.geometry import make_spec
+from reference import reference_conv2d, relative_error
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    fft.clear_caches()
+    yield
+    fft.clear_caches()
+
+
+@given(st.integers(1, 5000))
+def test_fast_even_length_is_even_fast_and_minimal(n):
+    size = fft.fast_even_length(n)
+    assert size >= n and size % 2 == 0
+    assert pyfftw.next_fast_len(size) == size
+    # no even fast size in between was skipped
+    assert all(pyfftw.next_fast_len(m) != m for m in range(max(n, 2) + (max(n, 2) % 2), size, 2))
+
+
+def test_odd_fast_size_is_made_even():
+    assert pyfftw.next_fast_len(2078) == 2079 and fft.fast_even_length(2078) == 2080
+
+
+def test_plans_are_built_once_and_reused():
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((1, 3, 20, 20)), rng.standard_normal((4, 3, 5, 5))
+    fastconv.conv2d(x, w, backend="fft")
+    built = fft.cache_info()["plans_built"]
+    assert built >= 2  # at least a forward and an inverse plan
+    for _ in range(3):
+        fastconv.conv2d(x + 1, w * 2, backend="fft")
+    assert fft.cache_info()["plans_built"] == built
+
+
+def test_spectrum_cache_hits_and_never_goes_stale_after_in_place_mutation():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 2, 16, 16))
+    w = rng.standard_normal((3, 2, 4, 4))
+    first = fastconv.conv2d(x, w, backend="fft")
+    fastconv.conv2d(x, w, backend="fft")
+    assert fft.cache_info()["spectrum_hits"] == 1
+    w[1, 0, 2, 3] += 1.0  # same array object, new values
+    mutated = fastconv.conv2d(x, w, backend="fft")
+    assert fft.cache_info()["spectrum_misses"] == 2
+    assert relative_error(mutated, reference_conv2d(x, w)) <= 1e-12
+    assert not np.allclose(mutated, first)
+    # an equal copy (another object, same values) is served from the cache
+    fastconv.conv2d(x, w.copy(), backend="fft")
+    assert fft.cache_info()["spectrum_hits"] == 2
+
+
+def test_large_image_is_tiled_and_matches_oaconvolve():
+    rng = np.random.default_rng(2)
+    image, kernel = rng.standard_normal((700, 650)), rng.standard_normal((9, 7))
+    spec = make_spec((1, 1) + image.shape, (1, 1) + kernel.shape, padding="same")
+    grid = fft._choose_tiles(spec, complex_data=False)
+    tiles = [fft._axis_tiling(out, extent, 1, size)[1] for out, extent, size in zip((700, 650), (9, 7), grid)]
+    assert tiles[0] * tiles[1] > 1  # several overlap-save tiles, not one whole transform
+    out = fastconv.conv2d(image[None, None], kernel[None, None], padding="same", backend="fft")[0, 0]
+    # correlation is convolution with the flipped kernel; "same" of scipy centres like ours for odd kernels
+    expected = signal.oaconvolve(image, kernel[::-1, ::-1], mode="same")
+    np.testing.assert_allclose(out, expected, atol=1e-11 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(stride=(2, 3), dilation=(2, 1), padding=((3, 1), (0, 2))),
+    dict(groups=2, padding="full"),
+    dict(groups=4, stride=3, padding="same", padding_mode="circular"),
+])
+def test_tiled_path_with_every_feature_and_a_tiny_workspace(monkeypatch, kwargs):
+    """A workspace of a few tiles forces many overlap-save tiles processed in several chunks."""
+    monkeypatch.setattr(config, "workspace_bytes", 1 << 18)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 150, 170)).astype(np.float32)
+    w = rng.standard_normal((4, 4 // kwargs.get("groups", 1), 5, 3)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    spec = make_spec(x.shape, w.shape, dtype=np.float32,
+                     **{k: v for k, v in kwargs.items() if k != "padding_mode"})
+    assert fft._choose_tiles(spec, complex_data=False) != (pyfftw.next_fast_len(spec.padded_height),
+                                                          fft.fast_even_length(spec.padded_width))
+    out = fastconv.conv2d(x, w, bias, backend="fft", **kwargs)
+    expected = fastconv.conv2d(x.astype(np.float64), w.astype(np.float64), bias.astype(np.float64),
+                               backend="naive", **kwargs)
+    assert out.dtype == np.float32 and relative_error(out, expected) <= 1e-5
+
+
+def test_complex_inputs_use_complex_transforms():
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((1, 2, 12, 9)) + 1j * rng.standard_normal((1, 2, 12, 9))).astype(np.complex64)
+    w = (rng.standard_normal((2, 2, 3, 4)) - 1j * rng.standard_normal((2, 2, 3, 4))).astype(np.complex64)
+    out = fastconv.conv2d(x, w, padding=1, stride=(1, 2), backend="fft")
+    assert out.dtype == np.complex64
+    assert relative_error(out, reference_conv2d(x, w, padding=((1, 1), (1, 1)), stride=(1, 2))) <= 1e-5
+
+
+@pytest.mark.parametrize("where", ["x", "weight"])
+def test_non_finite_values_stay_where_direct_convolution_puts_them(where):
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((1, 1, 12, 12)), rng.standard_normal((1, 1, 3, 3))
+    if where == "x":
+        x[0, 0, 2, 3], x[0, 0, 9, 9] = np.nan, np.inf
+    else:
+        w[0, 0, 1, 1] = np.inf
+    out = fastconv.conv2d(x, w, padding=1, backend="fft")
+    expected = fastconv.conv2d(x, w, padding=1, backend="naive")
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(expected))
+    finite = np.isfinite(expected)
+    assert finite.any() or where == "weight"
+    np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-12)
+
+
+def test_huge_finite_values_that_would_overflow_the_spectrum_are_summed_directly():
+    x = np.full((1, 1, 8, 8), 3e38, dtype=np.float32)  # the DC bin (the sum) would overflow float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = fastconv.conv2d(x, np.full((1, 1, 2, 2), 1e-3, dtype=np.float32), backend="fft")
+    np.testing.assert_allclose(out, 1.2e36, rtol=1e-5)
+
+
+def test_concurrent_calls_from_many_threads_are_all_correct():
+    rng = np.random.default_rng(6)
+    problems = []
+    for index in range(6):  # some threads share shapes (and plans), some share weights (spectra)
+        size = 24 if index % 2 else 31
+        x = rng.standard_normal((1, 2, size, size))
+        w = problems[-1][1] if index % 3 == 2 else rng.standard_normal((3, 2, 5, 5))
+        problems.append((x, w, reference_conv2d(x, w, padding=((2, 2), (2, 2)))))
+    errors, barrier = [], threading.Barrier(len(problems))
+
+    def worker(x, w, expected):
+        barrier.wait()
+        for _ in range(15):
+            out = fastconv.conv2d(x, w, padding=2, backend="fft")
+            errors.append(relative_error(out, expected))
+
+    threads = [threading.Thread(target=worker, args=problem) for problem in problems]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 15 * len(problems)
+    assert max(errors) <= 1e-12
+
+
+def test_planner_effort_setting(monkeypatch):
+    assert config.fftw_planner in config.FFTW_PLANNER_EFFORTS
+    monkeypatch.setattr(config, "fftw_planner", config.fftw_planner)
+    config.set_fftw_planner("measure")
+    assert config.fftw_planner == "FFTW_MEASURE"
+    x, w = np.ones((1, 1, 10, 10)), np.ones((1, 1, 3, 3))
+    np.testing.assert_allclose(fastconv.conv2d(x, w, backend="fft"), 9.0)
+    with pytest.raises(ValueError, match=r"fftw_planner must be one of FFTW_ESTIMATE.*got 'fast'"):
+        config.set_fftw_planner("fast")
+    assert config._check_planner("env", "FFTW_patient") == "FFTW_PATIENT"
+    with pytest.raises(ValueError, match="FASTCONV_FFTW_PLANNER"):
+        config._check_planner("environment variable FASTCONV_FFTW_PLANNER", "slow")
+
+
+def test_wisdom_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "cache_dir", tmp_path / "cache")
+    fastconv.conv2d(np.ones((1, 1, 20, 20)), np.ones((1, 1, 3, 3)), backend="fft")
+    path = fastconv.fft.save_wisdom()
+    assert path == tmp_path / "cache" / "fftw_wisdom" and path.stat().st_size > 0
+    fastconv.fft.forget_wisdom()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fastconv.fft.load_wisdom() is True
+        assert fastconv.fft.load_wisdom(tmp_path / "missing") is False  # quietly
+
+
+@pytest.mark.parametrize("content", [
+    b"",
+    b"\x00\xff garbage that is no wisdom at all",
+    b"fastconv-fftw-wisdom 1\n\x05\x00",                                    # truncated
+    b"fastconv-fftw-wisdom 1\n" + b"".join(len(p).to_bytes(8, "little") + p  # foreign FFTW wisdom
+                                           for p in (b"(fftw-9.9.9 fftw_wisdom #x1 #x2)", b"(nonsense", b"")),
+])
+def test_corrupt_or_foreign_wisdom_warns_and_is_ignored(tmp_path, content):
+    path = tmp_path / "wisdom"
+    path.write_bytes(content)
+    with pytest.warns(RuntimeWarning, match="wisdom"):
+        assert fastconv.fft.load_wisdom(path) is False
+    out = fastconv.conv2d(np.ones((1, 1, 6, 6)), np.ones((1, 1, 2, 2)), backend="fft")  # still works
+    np.testing.assert_allclose(out, 4.0)
+
+
+def test_plan_pool_is_bounded_in_count_and_bytes(monkeypatch):
+    pool = fft._PlanPool(max_idle=3, max_bytes=1 << 20)
+    monkeypatch.setattr(fft, "_plans", pool)
+    rng = np.random.default_rng(7)
+    for size in range(10, 30, 2):  # ten shapes: more plans than the pool keeps
+        x = rng.standard_normal((1, 1, size, size))
+        out = fastconv.conv2d(x, np.ones((1, 1, 3, 3)), backend="fft")
+        assert relative_error(out, reference_conv2d(x, np.ones((1, 1, 3, 3)))) <= 1e-12
+    assert pool._count <= 3 and pool._bytes <= 1 << 20
+    assert pool._count == sum(len(plans) for plans in pool._idle.values())
+    assert pool._bytes == sum(fft._plan_bytes(p) for plans in pool._idle.values() for p in plans)
+
+
+def test_cache_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path / "explicit"))
+    assert config._default_cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("FASTCONV_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert config._default_cache_dir() == tmp_path / "xdg" / "fastconv"
