@@ -45,7 +45,9 @@ def _layout(draw, array):
 
 
 @st.composite
-def conv_problems(draw, dtypes=REAL_DTYPES, max_size=10, max_kernel=4, max_channels=3, max_batch=2):
+def conv_problems(draw, dtypes=REAL_DTYPES, max_size=10, max_kernel=4, max_channels=3, max_batch=2,
+                  kernels=None, strides=None):
+    """A random valid problem; ``kernels`` / ``strides`` (lists of (h, w)) restrict those draws."""
     dtype = np.dtype(draw(st.sampled_from(dtypes)))
     batch = draw(st.integers(1, max_batch))
     depthwise = draw(st.booleans()) and draw(st.booleans())
@@ -56,8 +58,9 @@ def conv_problems(draw, dtypes=REAL_DTYPES, max_size=10, max_kernel=4, max_chann
         groups = draw(st.integers(1, 3))
         channels_per_group = draw(st.integers(1, max_channels))
         out_per_group = draw(st.integers(1, max_channels))
-    kernel = (draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel)))
-    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    kernel = (draw(st.sampled_from(kernels)) if kernels
+              else (draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel))))
+    stride = draw(st.sampled_from(strides)) if strides else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding_mode = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
     size = (draw(st.integers(1, max_size)), draw(st.integers(1, max_size)))

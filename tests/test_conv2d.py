@@ -7,7 +7,7 @@ to decline; declining anything else fails, so a backend cannot pass by refusing 
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 
 import fastconv
 from fastconv import backends
@@ -24,6 +24,9 @@ BACKEND_TOLERANCE = {  # {("backend", np.dtype): tolerance}
     # grows with log(transform size): ~1e-6 of max |out| in float32, beyond the direct 1e-5 bound
     # on unlucky draws where the largest output is small next to the input's magnitude.
     ("fft", np.dtype(np.float32)): 1e-4, ("fft", np.dtype(np.complex64)): 1e-4,
+    # F(4x4,3x3) evaluates at the points 0, ±1, ±2, ∞: its transforms scale values by up to ~100
+    # before cancelling, so float32 rounding reaches ~1e-6-1e-5 relative (measured, docs/performance.md)
+    ("winograd", np.dtype(np.float32)): 1e-4,
 }
 
 # Which specs a backend may decline; any other decline is a test failure.
@@ -35,6 +38,9 @@ MAY_DECLINE = {
     # separable declines 2-D kernels whose weight is not low-rank enough
     # (supports_weight): random weights are full-rank, so tests/test_separable.py draws low-rank ones
     "separable": lambda spec: min(spec.kernel_height, spec.kernel_width) > 1,
+    # minimal filtering exists for 3x3 kernels at stride 1; depthwise does not pay; real only
+    "winograd": lambda spec: (spec.dtype.kind == "c" or (spec.kernel_height, spec.kernel_width) != (3, 3)
+                              or spec.stride != (1, 1) or spec.is_depthwise),
 }
 
 
@@ -61,7 +67,8 @@ def check_against_reference(name, problem):
         assert _may_decline(name, spec), f"{name} declined a spec it must support: {reason}"
         with pytest.raises(ValueError, match=name):
             fastconv.conv2d(problem.x, problem.weight, problem.bias, backend=name, **problem.kwargs)
-        assume(False)
+        return  # a checked decline (not assume(False): backends that serve few specs, e.g. winograd's
+        # 3x3 stride 1, would have hypothesis filter out nearly every example and fail its health check)
     out = fastconv.conv2d(problem.x, problem.weight, problem.bias, backend=name, **problem.kwargs)
     expected = reference_conv2d(problem.x, problem.weight, problem.bias, padding=problem.explicit_padding,
                                 **{k: v for k, v in problem.kwargs.items() if k != "padding"})

@@ -43,6 +43,7 @@ _MODULES = {
     "cuda": "fastconv.backends.cuda",
     "fft": "fastconv.backends.fft",
     "separable": "fastconv.backends.separable",
+    "winograd": "fastconv.backends.winograd",
 }
 
 _lock = threading.Lock()

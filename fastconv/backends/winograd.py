@@ -1,0 +1,588 @@
+"""``winograd``: 3×3 convolution by Winograd's minimal filtering, F(2×2,3×3) and F(4×4,3×3).
+
+Direct convolution spends 9 multiplies per output value per (input, output) channel pair on a
+3×3 kernel. Winograd's minimal filtering algorithm F(m, r) computes m outputs of an r-tap filter
+with only m + r - 1 multiplies, and nesting it in two dimensions, F(m×m, r×r), computes an m×m
+output tile with (m + 2)² multiplies instead of 9m²: 16 instead of 36 for F(2×2,3×3) (2.25×
+fewer) and 36 instead of 144 for F(4×4,3×3) (4× fewer). Lavin & Gray, "Fast Algorithms for
+Convolutional Neural Networks" (CVPR 2016, arXiv:1509.09308) showed that the multiplies of a CNN
+layer become GEMMs; this is how oneDNN and NNPACK beat im2col on 3×3 layers.
+
+For an input tile ``d`` (α×α, α = m + 2) and a filter ``g`` (3×3), the m×m output tile is::
+
+    Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A
+
+``G g Gᵀ`` (the filter transform) is done once per filter, ``Bᵀ d B`` (the input transform) once
+per tile and input channel, and the elementwise product ⊙ summed over input channels is, for each
+of the α² transform-domain positions ``e``, a matrix product::
+
+    M[e] (K × tiles) = U[e] (K × C) · V[e] (C × tiles)
+
+(computed here as ``M[e]ᵀ (tiles × K) = V[e]ᵀ (tiles × C) · U[e]ᵀ (C × K)``, per group for
+grouped convolution). So a layer costs: an input transform (numba), α² GEMMs (numpy ``matmul`` on
+BLAS) and an output transform ``Aᵀ M A`` (numba), which also adds the bias and writes the output.
+
+Scheduling (all measured, see docs/performance.md): the stages run on ``config.threads`` Python
+threads that sleep when idle, with BLAS limited to one thread (threadpoolctl) and numba kernels
+that release the GIL. Running the transforms in numba's OpenMP pool and the GEMMs in OpenBLAS's
+pool instead made each pool's busy-waiting workers steal the cores from the other. When the
+transformed filters are small (≤ 2 MiB), each thread runs the whole pipeline on its own blocks of
+tiles, sized so that V and M stay in its L2 cache; larger filters would be streamed from memory
+once per block, so those layers run stage by stage over chunks of tiles, each stage split across
+the threads (the GEMMs by transform element). Workspace stays within
+``fastconv.config.workspace_bytes``; the filter transform is cached (see
+:func:`_cached_filter_transform`).
+
+Where the matrices come from: F(m, 3) evaluates the product of the data and filter polynomials at
+m + 2 points (the Toom–Cook / Chinese-remainder construction). F(2, 3) uses 0, 1, -1, ∞ and
+F(4, 3) uses 0, 1, -1, 2, -2, ∞, the matrices of Lavin & Gray's paper (§4.1, §4.2). Larger tiles
+need larger points and lose accuracy fast, which is why production libraries stop at F(4×4, 3×3)
+for float32; ``tests/test_winograd.py`` checks ``Aᵀ[(G g) ⊙ (Bᵀ d)] = correlate(d, g)`` in
+exact rational arithmetic for both.
+
+Accuracy (measured by ``benchmarks/compare_winograd.py``: relative error max|err| / max|ref|
+against the float64 reference, standard-normal data, ResNet's 64-channel and VGG's 512-channel
+3×3 layers): float32 F(2×2) 3e-7 to 6e-7, F(4×4) 6e-6 to 1e-5; float64 F(2×2) 2e-15 to 5e-15,
+F(4×4) 1e-14 to 2e-14. F(4×4)'s points ±2 scale values by up to ~100 before they cancel, hence
+its larger error. :func:`choose_tile` picks the faster of the two (see there); both are well
+inside the test tolerances (1e-4 for float32, 1e-10 for float64).
+
+Dilation by space-to-batch: a 3×3 convolution with dilation (dh, dw) reads rows ``i, i + dh,
+i + 2dh`` of the padded input for output row ``i``. Output rows ``i ≡ r (mod dh)`` therefore
+only read input rows ``≡ r (mod dh)``: they are an *undilated* 3×3 convolution of the sub-image
+``x_pad[r::dh, s::dw]``, written to ``out[r::dh, s::dw]``. A dilated convolution is dh·dw
+undilated ones on interleaved sub-images (DeepLab's "atrous" trick run backwards). Here no
+sub-image is materialised: tiles simply step through the padded input by (dh, dw), and all tiles
+of all sub-images share the same GEMMs.
+
+Zero padding is not materialised either: the input transform reads zeros outside the image.
+
+Non-finite values: the transforms add and subtract the values of a tile, so an inf turns into
+NaN (inf - inf) where direct convolution gives ±inf, and with F(4×4) it can spread to outputs of
+the same tiles that do not read it (one inf in a 10×10 output: 25 non-finite outputs instead of
+9). Every output that reads a non-finite value is non-finite, as it must be.
+
+Declines: kernels other than 3×3 and strides other than 1 (the algorithm is specific to them),
+complex dtypes, and depthwise convolution (one input channel per group turns each GEMM into an
+elementwise product; the transforms then cost more than the 9 multiplies they save).
+
+Examples
+--------
+>>> import numpy as np, fastconv
+>>> x = np.arange(16.0).reshape(1, 1, 4, 4); w = np.ones((1, 1, 3, 3))
+>>> fastconv.conv2d(x, w, backend="winograd")[0, 0]
+array([[45., 54.],
+       [81., 90.]])
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+
+import numpy as np
+from numba import njit
+
+from fastconv import config
+from fastconv.geometry import ConvSpec
+
+name = "winograd"
+
+__all__ = ["available", "choose_tile", "estimate_flops", "run", "supports", "transform_matrices"]
+
+# --------------------------------------------------------------------------------------------
+# The transform matrices (Lavin & Gray 2016). Bᵀ: input transform (α×α), G: filter transform
+# (α×3), Aᵀ: output transform (m×α). Exact small rationals; float64 here, cast once to the
+# compute dtype.
+
+# F(2, 3): interpolation points 0, 1, -1, ∞.
+_BT_F2 = np.array([
+    [1, 0, -1, 0],
+    [0, 1, 1, 0],
+    [0, -1, 1, 0],
+    [0, 1, 0, -1],
+], dtype=np.float64)
+_G_F2 = np.array([
+    [1, 0, 0],
+    [1 / 2, 1 / 2, 1 / 2],
+    [1 / 2, -1 / 2, 1 / 2],
+    [0, 0, 1],
+], dtype=np.float64)
+_AT_F2 = np.array([
+    [1, 1, 1, 0],
+    [0, 1, -1, -1],
+], dtype=np.float64)
+
+# F(4, 3): interpolation points 0, 1, -1, 2, -2, ∞.
+_BT_F4 = np.array([
+    [4, 0, -5, 0, 1, 0],
+    [0, -4, -4, 1, 1, 0],
+    [0, 4, -4, -1, 1, 0],
+    [0, -2, -1, 2, 1, 0],
+    [0, 2, -1, -2, 1, 0],
+    [0, 4, 0, -5, 0, 1],
+], dtype=np.float64)
+_G_F4 = np.array([
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+], dtype=np.float64)
+_AT_F4 = np.array([
+    [1, 1, 1, 1, 1, 0],
+    [0, 1, -1, 2, -2, 0],
+    [0, 1, 1, 4, 4, 0],
+    [0, 1, -1, 8, -8, 1],
+], dtype=np.float64)
+
+_MATRICES = {2: (_BT_F2, _G_F2, _AT_F2), 4: (_BT_F4, _G_F4, _AT_F4)}
+
+
+def transform_matrices(tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(Bᵀ, G, Aᵀ)`` of F(tile, 3) as float64 arrays (copies).
+
+    In one dimension, ``Aᵀ @ ((G @ g) * (Bᵀ @ d))`` is the valid cross-correlation of the
+    ``tile + 2`` samples ``d`` with the 3-tap filter ``g``.
+
+    >>> bt, g, at = transform_matrices(2)
+    >>> d, taps = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 0.0, -1.0])
+    >>> at @ ((g @ taps) * (bt @ d))
+    array([-2., -2.])
+    """
+    if tile not in _MATRICES:
+        raise ValueError(f"tile must be 2 or 4 (F(2x2,3x3) or F(4x4,3x3)), got {tile!r}")
+    return tuple(matrix.copy() for matrix in _MATRICES[tile])
+
+
+# --------------------------------------------------------------------------------------------
+# backend protocol
+
+
+def available() -> str | None:
+    return None
+
+
+def supports(spec: ConvSpec) -> str | None:
+    if spec.dtype.kind == "c":
+        return f"complex dtype {spec.dtype} is not supported (the transforms are real; use fft or im2col)"
+    if (spec.kernel_height, spec.kernel_width) != (3, 3):
+        return (f"Winograd F(m×m, 3×3) needs a 3×3 kernel, got {spec.kernel_height}×{spec.kernel_width} "
+                f"(use im2col, fft or numba_cpu)")
+    if spec.stride != (1, 1):
+        return (f"Winograd needs stride 1, got stride {spec.stride} (its tiles compute every output of a "
+                f"window; use im2col or numba_cpu)")
+    if spec.is_depthwise:
+        return ("depthwise convolution (groups == in_channels) does not pay: with one input channel per "
+                "group the GEMMs become elementwise products and the transforms cost more than the "
+                "multiplies saved (use numba_cpu)")
+    return None
+
+
+# Rates for choose_tile's cost model, measured on the development machine (2 cores, float32,
+# benchmarks/compare_winograd.py): GEMM flops of this pipeline, and the bandwidth at which its
+# GEMMs stream the transformed filters when few tiles share them. Only their ratio matters.
+_GEMM_FLOPS_PER_SECOND = 2.0e11
+_FILTER_BYTES_PER_SECOND = 1.7e10
+
+
+def choose_tile(spec: ConvSpec) -> int:
+    """The output tile side m of F(m×m, 3×3) used for ``spec``: 2 or 4, whichever costs less.
+
+    F(4×4) does 1.8× fewer multiplies per output than F(2×2), and its rounding error is still
+    small (float32 ≤ 1e-5 relative, float64 ≈ 2e-14 on 512-channel layers; F(2×2): 6e-7, 5e-15),
+    so accuracy does not decide here. Two things make F(2×2) cheaper: outputs (of each dilation
+    sub-image) so small that 4×4 tiles are mostly padding, and layers with few tiles and many
+    channels (VGG's 14×14×512), where the GEMMs are bound by reading the transformed filters,
+    (m+2)²·C·K values, 2.25× more for F(4×4). The estimate counts flops (:func:`estimate_flops`)
+    at a GEMM rate plus filter bytes at a memory rate, both measured.
+
+    >>> from fastconv.geometry import make_spec
+    >>> choose_tile(make_spec((1, 64, 56, 56), (64, 64, 3, 3), padding=1, dtype=np.float32))
+    4
+    >>> choose_tile(make_spec((1, 512, 14, 14), (512, 512, 3, 3), padding=1, dtype=np.float32))
+    2
+    """
+    def seconds(m):
+        flops = estimate_flops(spec, m)["total"]
+        filter_bytes = (m + 2) ** 2 * spec.in_channels_per_group * spec.out_channels * spec.dtype.itemsize
+        return flops / _GEMM_FLOPS_PER_SECOND + filter_bytes / _FILTER_BYTES_PER_SECOND
+
+    return 4 if seconds(4) <= seconds(2) else 2
+
+
+def estimate_flops(spec: ConvSpec, tile: int | None = None) -> dict[str, int]:
+    """Floating-point operations of each Winograd stage for ``spec``, for a cost model.
+
+    Counts a multiply-add as 2 flops and counts only the nonzero, non-±1 entries of the
+    transforms as multiplies (additions of the two-pass transforms are counted in full).
+    ``direct`` is ``spec.flops`` (what direct convolution would do), for comparison.
+
+    Returns
+    -------
+    dict
+        ``input_transform``, ``gemm``, ``output_transform``, ``filter_transform``, ``total``
+        (the sum of the four) and ``direct``, all ints, plus ``tile`` (the m used).
+
+    >>> from fastconv.geometry import make_spec
+    >>> costs = estimate_flops(make_spec((1, 64, 56, 56), (64, 64, 3, 3), padding=1))
+    >>> costs["tile"], round(costs["direct"] / costs["total"], 1)
+    (4, 3.4)
+    """
+    m = choose_tile(spec) if tile is None else tile
+    bt, g, at = _MATRICES[m]
+    alpha = m + 2
+    tiles = spec.batch * _tile_count(spec, m)
+
+    def two_pass(matrix, width):  # Mᵀ·X·M for X of (matrix columns × width), both passes
+        nonzero = int(np.count_nonzero(matrix))
+        return 2 * nonzero * width + nonzero * matrix.shape[0]
+
+    input_per_tile = two_pass(bt, alpha)
+    output_per_tile = two_pass(at, alpha)
+    filter_per_kernel = two_pass(g, 3)
+    cg, kg = spec.in_channels_per_group, spec.out_channels_per_group
+    costs = {
+        "input_transform": input_per_tile * tiles * spec.in_channels,
+        "gemm": 2 * alpha * alpha * spec.groups * kg * cg * tiles,
+        "output_transform": output_per_tile * tiles * spec.out_channels,
+        "filter_transform": filter_per_kernel * spec.out_channels * cg,
+    }
+    costs["total"] = sum(costs.values())
+    costs["direct"] = spec.flops
+    costs["tile"] = m
+    return costs
+
+
+# --------------------------------------------------------------------------------------------
+# tiles
+
+
+def _sub_image_sizes(spec: ConvSpec):
+    """Per dilation sub-image (r, s): its output height and width (space-to-batch)."""
+    (dh, dw), (ho, wo) = spec.dilation, (spec.out_height, spec.out_width)
+    heights = [-(-(ho - r) // dh) for r in range(min(dh, ho))]
+    widths = [-(-(wo - s) // dw) for s in range(min(dw, wo))]
+    return heights, widths
+
+
+def _tile_count(spec: ConvSpec, m: int) -> int:
+    heights, widths = _sub_image_sizes(spec)
+    return sum(-(-h // m) for h in heights) * sum(-(-w // m) for w in widths)
+
+
+def _tile_origins(spec: ConvSpec, m: int) -> np.ndarray:
+    """(tiles, 3) int64: image n, output row and output column of each tile's first output.
+
+    Tile (a, b) of dilation sub-image (r, s) covers outputs ``r + dh·(m·a + i)``,
+    ``s + dw·(m·b + j)`` for i, j < m, and reads the padded input at ``r + dh·(m·a + i)``,
+    ``s + dw·(m·b + j)`` for i, j < m + 2. Tiles are ordered image by image, row of tiles by row
+    of tiles, so that consecutive tiles read neighbouring memory.
+    """
+    heights, widths = _sub_image_sizes(spec)
+    dh, dw = spec.dilation
+    rows = np.concatenate([r + dh * m * np.arange(-(-h // m)) for r, h in enumerate(heights)])
+    cols = np.concatenate([s + dw * m * np.arange(-(-w // m)) for s, w in enumerate(widths)])
+    n, row, col = np.meshgrid(np.arange(spec.batch), rows, cols, indexing="ij")
+    return np.stack([n.ravel(), row.ravel(), col.ravel()], axis=1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# the transforms (numba). Vectors run over channels, contiguous in the workspace layouts
+# (α², G, tiles, Cg) and (α², G, tiles, Kg), so every step is a scalar × vector multiply-add
+# that LLVM vectorises; zero entries of the transform matrices are skipped outside those loops.
+# Each call does a range of tiles; run() gives each thread its own range (disjoint writes).
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _input_transform(x, origins, pad_top, pad_left, dil_h, dil_w, bt, inputs, first, last):
+    """inputs[e, g, t, :] = (Bᵀ d B)[e] for tile t, d its α×α patch of the zero-padded input.
+
+    ``x`` is (N, C, H, W). The patch of a tile starting at output (row0, col0) is the padded
+    input at rows ``row0 + dil_h·i`` and columns ``col0 + dil_w·j``; reads outside ``x`` are the
+    zero padding. ``inputs`` is (α², G, tiles, Cg); tiles ``first`` to ``last`` are done.
+    """
+    alpha = bt.shape[0]
+    groups, channels_per_group = inputs.shape[1], inputs.shape[3]
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    patch = np.empty((alpha, alpha, channels), dtype=x.dtype)  # d[i, j, c]
+    half = np.empty((alpha, alpha, channels), dtype=x.dtype)   # (Bᵀ d)[i', j, c]
+    for t in range(first, last):
+        n, row0, col0 = origins[t, 0], origins[t, 1], origins[t, 2]
+        for i in range(alpha):
+            row = row0 + dil_h * i - pad_top
+            for j in range(alpha):
+                col = col0 + dil_w * j - pad_left
+                if 0 <= row < height and 0 <= col < width:
+                    for c in range(channels):
+                        patch[i, j, c] = x[n, c, row, col]
+                else:
+                    patch[i, j, :] = 0.0
+        for i2 in range(alpha):
+            for j in range(alpha):
+                half[i2, j, :] = 0.0
+                for i in range(alpha):
+                    coefficient = bt[i2, i]
+                    if coefficient != 0.0:
+                        for c in range(channels):
+                            half[i2, j, c] += coefficient * patch[i, j, c]
+        for i2 in range(alpha):
+            for j2 in range(alpha):
+                for g in range(groups):
+                    target = inputs[i2 * alpha + j2, g, t]
+                    target[:] = 0.0
+                    for j in range(alpha):
+                        coefficient = bt[j2, j]
+                        if coefficient != 0.0:
+                            for c in range(channels_per_group):
+                                target[c] += coefficient * half[i2, j, g * channels_per_group + c]
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _output_transform(products, origins, dil_h, dil_w, at, bias, out, first, last):
+    """out[n, :, tile's outputs] = bias + (Aᵀ M A) for every tile t, M = products[:, :, t, :].
+
+    Outputs of a tile that fall outside ``out`` (the last row and column of tiles) are dropped.
+    Tiles ``first`` to ``last`` are done.
+    """
+    m, alpha = at.shape
+    groups, out_per_group = products.shape[1], products.shape[3]
+    out_channels, out_height, out_width = out.shape[1], out.shape[2], out.shape[3]
+    half = np.empty((m, alpha, out_channels), dtype=out.dtype)  # (Aᵀ M)[i, j', k]
+    tile_out = np.empty(out_channels, dtype=out.dtype)
+    for t in range(first, last):
+        n, row0, col0 = origins[t, 0], origins[t, 1], origins[t, 2]
+        for i in range(m):
+            for j2 in range(alpha):
+                half[i, j2, :] = 0.0
+                for i2 in range(alpha):
+                    coefficient = at[i, i2]
+                    if coefficient != 0.0:
+                        for g in range(groups):
+                            source = products[i2 * alpha + j2, g, t]
+                            for k in range(out_per_group):
+                                half[i, j2, g * out_per_group + k] += coefficient * source[k]
+        for i in range(m):
+            row = row0 + dil_h * i
+            if row >= out_height:
+                break
+            for j in range(m):
+                col = col0 + dil_w * j
+                if col >= out_width:
+                    break
+                tile_out[:] = bias
+                for j2 in range(alpha):
+                    coefficient = at[j, j2]
+                    if coefficient != 0.0:
+                        for k in range(out_channels):
+                            tile_out[k] += coefficient * half[i, j2, k]
+                for k in range(out_channels):
+                    out[n, k, row, col] = tile_out[k]
+
+
+# --------------------------------------------------------------------------------------------
+# filter transform, cached
+
+
+_FILTER_CACHE_ENTRIES = 16
+_FILTER_CACHE_BYTES = 256 << 20
+_filter_cache: OrderedDict = OrderedDict()  # key -> (copy of the weight, transformed filters)
+_filter_cache_lock = threading.Lock()
+
+
+@njit(cache=True, nogil=True)
+def _filter_transform_kernel(weight, g, groups, transformed, first, last):
+    """transformed[e, group, c, k] = (G w[group·Kg + k, c] Gᵀ)[e] for channels c in [first, last).
+
+    Computed in float64, rounded once to the weight's dtype.
+    """
+    alpha = g.shape[0]
+    out_channels = weight.shape[0]
+    out_per_group = out_channels // groups
+    for c in range(first, last):  # k innermost: the writes run along transformed's last axis
+        half = np.empty((alpha, 3))
+        for kk in range(out_channels):
+            group, k = kk // out_per_group, kk % out_per_group
+            for a in range(alpha):                                # G w
+                for j in range(3):
+                    half[a, j] = g[a, 0] * weight[kk, c, 0, j] + g[a, 1] * weight[kk, c, 1, j] + g[a, 2] * weight[kk, c, 2, j]
+            for a in range(alpha):                                # (G w) Gᵀ
+                for b in range(alpha):
+                    transformed[a * alpha + b, group, c, k] = half[a, 0] * g[b, 0] + half[a, 1] * g[b, 1] + half[a, 2] * g[b, 2]
+
+
+def _transform_filters(weight: np.ndarray, m: int, groups: int) -> np.ndarray:
+    """U[e, g, c, k] = (G w[g·Kg + k, c] Gᵀ)[e], computed in float64, stored in the weight's dtype."""
+    out_channels, channels_per_group = weight.shape[:2]
+    transformed = np.empty(((m + 2) ** 2, groups, channels_per_group, out_channels // groups), dtype=weight.dtype)
+    _in_parallel(config.threads, channels_per_group, lambda first, last: _filter_transform_kernel(
+        weight, _MATRICES[m][1], groups, transformed, first, last))
+    return transformed
+
+
+def _cached_filter_transform(weight: np.ndarray, m: int, groups: int) -> np.ndarray:
+    """The transformed filters of ``weight``, reused while the weight's values are unchanged.
+
+    Keyed by the identity of the array (with shape, dtype, tile and groups); a hit is only used
+    when a stored copy still equals ``weight``, so an in-place change of the weight is never
+    served stale. The comparison reads the weight once more, less than the transform writes
+    ((m+2)²/9 times the weight). Bounded by entries and bytes; safe to call from many threads.
+    """
+    key = (id(weight), weight.shape, weight.dtype.str, m, groups)
+    with _filter_cache_lock:
+        entry = _filter_cache.get(key)
+        if entry is not None:
+            _filter_cache.move_to_end(key)
+    if entry is not None and np.array_equal(entry[0], weight):
+        return entry[1]
+    transformed = _transform_filters(weight, m, groups)
+    if weight.nbytes + transformed.nbytes <= _FILTER_CACHE_BYTES:
+        with _filter_cache_lock:
+            _filter_cache[key] = (weight.copy(), transformed)
+            _filter_cache.move_to_end(key)
+            total = sum(a.nbytes + b.nbytes for a, b in _filter_cache.values())
+            while len(_filter_cache) > _FILTER_CACHE_ENTRIES or total > _FILTER_CACHE_BYTES:
+                _, (old_weight, old_transformed) = _filter_cache.popitem(last=False)
+                total -= old_weight.nbytes + old_transformed.nbytes
+    return transformed
+
+
+# --------------------------------------------------------------------------------------------
+# the GEMMs and the pipeline
+
+_threadpool_controller = None
+_pool = None
+_pool_pid = None
+_pool_lock = threading.Lock()
+
+
+def _single_threaded_blas():
+    """A context manager limiting BLAS to one thread (the controller is built once: microseconds)."""
+    global _threadpool_controller
+    if _threadpool_controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _threadpool_controller = ThreadpoolController()
+    return _threadpool_controller.limit(limits=1, user_api="blas")
+
+
+def _thread_pool(threads: int):
+    """The pool that runs the stages, one task per thread; idle workers sleep (no spinning).
+
+    Rebuilt in a forked child, whose copy of the pool has no threads behind it.
+    """
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < threads or _pool_pid != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="fastconv-winograd")
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def _in_parallel(threads: int, count: int, task) -> None:
+    """Run ``task(first, last)`` on ``threads`` threads over even shares of ``range(count)``."""
+    threads = min(threads, count)
+    bounds = [count * part // threads for part in range(threads + 1)]
+    if threads == 1:
+        task(0, count)
+        return
+    pool = _thread_pool(threads)
+    for future in [pool.submit(task, first, last) for first, last in zip(bounds[:-1], bounds[1:])]:
+        future.result()
+
+
+def _batched_gemm(inputs, filters, products, threads: int) -> None:
+    """products[e, g] = inputs[e, g] · filters[e, g] for all α²·G GEMMs, on ``threads`` threads."""
+    count = inputs.shape[0] * inputs.shape[1]
+    flat = (inputs.reshape(count, *inputs.shape[2:]), filters.reshape(count, *filters.shape[2:]),
+            products.reshape(count, *products.shape[2:]))
+    _in_parallel(threads, count, lambda first, last: np.matmul(
+        flat[0][first:last], flat[1][first:last], out=flat[2][first:last]))
+
+
+_workspaces = threading.local()
+
+
+def _workspace(role: str, size: int, dtype: np.dtype) -> np.ndarray:
+    """A scratch array of ``size`` elements, kept per thread and reused by the next call.
+
+    Fresh multi-megabyte arrays come from ``mmap`` and are page-faulted in on every call, which
+    costs as much as a transform; reusing them avoids that. At most one buffer per role and
+    thread, each within ``config.workspace_bytes``.
+    """
+    buffer = getattr(_workspaces, role, None)
+    if buffer is None or buffer.dtype != dtype or buffer.size < size:
+        buffer = np.empty(size, dtype=dtype)
+        setattr(_workspaces, role, buffer)
+    return buffer[:size]
+
+
+# Filters up to this size stay in a core's L2 cache next to a block's V and M: then each thread
+# runs the whole pipeline on its own blocks of tiles (no hand-offs between stages, V and M never
+# leave L2). Larger filters would be streamed from memory once per block, so those layers run
+# stage by stage on all tiles instead, each stage split across the threads.
+_FUSED_FILTER_BYTES = 2 << 20
+_FUSED_BLOCK_BYTES = 1 << 20
+
+
+def _run_fused(x, origins, filters, bias, out, spec, bt, at):
+    alpha2, groups, cg, kg = filters.shape
+    (pad_top, _), (pad_left, _) = spec.padding
+    per_tile = alpha2 * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
+    block_bytes = min(_FUSED_BLOCK_BYTES, config.workspace_bytes // config.threads)
+    block = max(1, block_bytes // per_tile)
+
+    def share(first, last):  # one thread's tiles, block by block
+        inputs_buffer = _workspace("fused_inputs", alpha2 * spec.in_channels * block, spec.dtype)
+        products_buffer = _workspace("fused_products", alpha2 * spec.out_channels * block, spec.dtype)
+        for start in range(first, last, block):
+            tiles = origins[start:min(last, start + block)]
+            count = len(tiles)
+            inputs = inputs_buffer[:alpha2 * spec.in_channels * count].reshape(alpha2, groups, count, cg)
+            products = products_buffer[:alpha2 * spec.out_channels * count].reshape(alpha2, groups, count, kg)
+            _input_transform(x, tiles, pad_top, pad_left, *spec.dilation, bt, inputs, 0, count)
+            np.matmul(inputs, filters, out=products)
+            _output_transform(products, tiles, *spec.dilation, at, bias, out, 0, count)
+
+    _in_parallel(config.threads, len(origins), share)
+
+
+def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
+        tile: int | None = None) -> np.ndarray:
+    m = choose_tile(spec) if tile is None else tile
+    bt, _, at = (matrix.astype(spec.dtype) for matrix in _MATRICES[m])
+    alpha = m + 2
+    groups, cg, kg = spec.groups, spec.in_channels_per_group, spec.out_channels_per_group
+
+    filters = _cached_filter_transform(weight, m, groups)             # (α², G, Cg, Kg)
+    out = np.empty(spec.out_shape, dtype=spec.dtype)
+    bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else bias
+    origins = _tile_origins(spec, m)
+    (pad_top, _), (pad_left, _) = spec.padding
+
+    # V and M for a chunk of tiles stay within config.workspace_bytes
+    per_tile = alpha * alpha * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
+    tiles_per_chunk = max(1, config.workspace_bytes // per_tile)
+    chunk_tiles = min(tiles_per_chunk, len(origins))
+    inputs_buffer = _workspace("inputs", alpha * alpha * spec.in_channels * chunk_tiles, spec.dtype)
+    products_buffer = _workspace("products", alpha * alpha * spec.out_channels * chunk_tiles, spec.dtype)
+
+    with _single_threaded_blas():
+        if filters.nbytes <= _FUSED_FILTER_BYTES:
+            _run_fused(x, origins, filters, bias, out, spec, bt, at)
+            return out
+        for start in range(0, len(origins), tiles_per_chunk):
+            chunk = origins[start:start + tiles_per_chunk]
+            tiles = len(chunk)
+            inputs = inputs_buffer[:alpha * alpha * spec.in_channels * tiles].reshape(alpha * alpha, groups, tiles, cg)
+            products = products_buffer[:alpha * alpha * spec.out_channels * tiles].reshape(alpha * alpha, groups, tiles, kg)
+            _in_parallel(config.threads, tiles, lambda first, last: _input_transform(
+                x, chunk, pad_top, pad_left, *spec.dilation, bt, inputs, first, last))
+            _batched_gemm(inputs, filters, products, config.threads)
+            _in_parallel(config.threads, tiles, lambda first, last: _output_transform(
+                products, chunk, *spec.dilation, at, bias, out, first, last))
+    return out
