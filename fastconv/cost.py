@@ -70,18 +70,18 @@ CONSTANTS_FILE = "cost-constants.json"
 _FORMAT = "fastconv-cost-constants"
 _FORMAT_VERSION = 1
 
-# Seconds per unit of each work term. Measured with `fastconv tune --calibrate` on the
-# development machine (2-core Intel Xeon Cascade Lake, AVX-512, numpy 2.4 / OpenBLAS, numba 0.68,
-# pyFFTW 0.15, 2 threads); see docs/performance.md, "Automatic backend choice".
+# Seconds per unit of each work term (``float64_factor``: how much more a float64 problem's work
+# costs than a float32 one's). Fitted with `fastconv tune --calibrate` (the grid of
+# fastconv.tuning._calibration_grid, 2 threads) on the development machine: 2-core Intel Xeon
+# (Cascade Lake, AVX-512), numpy 2.4 / OpenBLAS, numba 0.68, pyFFTW 0.15, on 2026-11-22 with the
+# backends of issues 3, 4 and 9 as merged then; see docs/performance.md, "Automatic backend choice".
 DEFAULT_CONSTANTS: dict[str, dict[str, float]] = {
-    "naive": {"call": 2.0e-5, "mac": 1.0e-9},
-    "numba_cpu": {"call": 2.0e-5, "mac": 1.0e-11, "mac_plane": 2.0e-11, "mac_runtime_width": 2.0e-11,
-                  "mac_strided": 1.0e-11, "byte": 2.0e-10},
-    "im2col": {"call": 3.0e-5, "unfold_byte": 5.0e-10, "gemm_flop": 1.0e-11, "gemm_byte": 2.0e-10,
-               "gemm_call": 2.0e-6, "byte": 2.0e-10},
-    "fft": {"call": 5.0e-5, "fft_flop": 1.5e-10, "bin_flop": 1.0e-10, "tile": 1.0e-5, "byte": 3.0e-10},
-    "separable": {"call": 3.0e-5, "mac": 2.0e-11, "byte": 3.0e-10},
-    "winograd": {"call": 5.0e-5, "piece": 1.0e-5, "transform_flop": 3.0e-11, "gemm_flop": 1.0e-11, "byte": 3.0e-10},
+    "naive": {"call": 2.23e-06, "mac": 9.84e-10, "float64_factor": 1.08},
+    "numba_cpu": {"call": 7.51e-06, "mac": 1.18e-10, "mac_plane": 3.65e-11, "mac_runtime_width": 4.68e-11, "mac_strided": 1.26e-10, "byte": 1.48e-11, "float64_factor": 1.43},
+    "im2col": {"call": 1.96e-05, "unfold_byte": 1.74e-10, "gemm_flop": 4.11e-12, "gemm_byte": 1.37e-17, "gemm_call": 4.46e-07, "byte": 3.37e-11, "float64_factor": 0.95},
+    "fft": {"call": 4.44e-05, "fft_flop": 4.34e-11, "bin_flop": 1.47e-10, "tile": 4.04e-13, "byte": 3.14e-11, "float64_factor": 1.8},
+    "separable": {"call": 2.44e-05, "mac": 3.16e-11, "byte": 4.98e-11, "float64_factor": 1.51},
+    "winograd": {"call": 0.000264, "piece": 1.68e-06, "transform_flop": 1.78e-19, "gemm_flop": 2.76e-20, "byte": 3.27e-10, "float64_factor": 0.5},
 }
 
 # Threads the constants were measured with: compute terms scale with min(threads, this) / this.

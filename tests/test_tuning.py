@@ -402,7 +402,7 @@ def test_calibrate_round_trip_and_cli(isolated_cache, capsys):
     fitted, samples = tuning.calibrate(["naive"], grid=grid, budget_per_problem=0.05,
                                        progress=lambda line: None)
     assert len(samples["naive"]) == 3 and all(seconds > 0 for _, _, seconds in samples["naive"])
-    assert set(fitted["naive"]) == {"call", "mac"} and all(v >= 0 for v in fitted["naive"].values())
+    assert {"call", "mac"} <= set(fitted["naive"]) and all(v >= 0 for v in fitted["naive"].values())
     path = cost.save_constants({"naive": fitted["naive"]}, threads=2)
     constants, source = cost.load_constants()
     assert source == path and constants["naive"] == fitted["naive"]
