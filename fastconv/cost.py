@@ -277,6 +277,8 @@ def work_terms(name: str, spec: ConvSpec, *, rank: int | None = None, module=Non
     ``rank`` is the kernels' numerical rank, used by ``separable`` only (None: unknown). ``module``
     is the backend module, consulted for its own ``cost_terms(spec)`` or ``estimate_flops(spec)``.
     """
+    if spec.batch == 0:  # an empty batch: nothing to compute, only the call itself
+        return {"call": 1.0} if name in FORMULAS or hasattr(module, "cost_terms") else None
     own_terms = getattr(module, "cost_terms", None)
     if own_terms is not None:
         return {term: float(count) for term, count in own_terms(spec).items()}

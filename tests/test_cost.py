@@ -146,3 +146,8 @@ def test_shipped_constants_rank_obvious_cases():
     assert cost.estimate_seconds("naive", layer) > 10 * min(
         cost.estimate_seconds(name, layer) for name in ("im2col", "numba_cpu", "winograd"))
     assert np.isfinite([cost.estimate_seconds(name, layer) for name in cost.FORMULAS]).all()
+
+
+def test_empty_batch_costs_one_call():
+    empty = spec((0, 3, 12, 11), (2, 3, 3, 3))
+    assert all(cost.work_terms(name, empty) == {"call": 1.0} for name in cost.FORMULAS)
