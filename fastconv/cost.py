@@ -26,7 +26,8 @@ The counts say how the algorithms trade off, and are worth reading as such:
     is computed and sampled).
 ``separable``
     a rank-``r`` kernel is ``r`` column passes and ``r`` row passes: ``r * (kh + kw)`` taps per
-    output instead of ``kh * kw``. The rank comes from the weight values, not the spec.
+    output instead of ``kh * kw``, after an SVD of every kernel. The rank comes from the weight
+    values, not the spec.
 ``winograd``
     F(m×m, 3×3) on tiles of (m+2)²: input and output transforms per tile, then (m+2)² GEMMs of
     (K × C/groups) by (C/groups × tiles), ``(m+2)² / (9 m²)`` of direct convolution's flops.
@@ -80,7 +81,7 @@ DEFAULT_CONSTANTS: dict[str, dict[str, float]] = {
     "numba_cpu": {"call": 7.51e-06, "mac": 1.18e-10, "mac_plane": 3.65e-11, "mac_runtime_width": 4.68e-11, "mac_strided": 1.26e-10, "byte": 1.48e-11, "float64_factor": 1.43},
     "im2col": {"call": 1.96e-05, "unfold_byte": 1.74e-10, "gemm_flop": 4.11e-12, "gemm_byte": 1.37e-17, "gemm_call": 4.46e-07, "byte": 3.37e-11, "float64_factor": 0.95},
     "fft": {"call": 4.44e-05, "fft_flop": 4.34e-11, "bin_flop": 1.47e-10, "tile": 4.04e-13, "byte": 3.14e-11, "float64_factor": 1.8},
-    "separable": {"call": 2.44e-05, "mac": 3.16e-11, "byte": 4.98e-11, "float64_factor": 1.51},
+    "separable": {"call": 2.4e-05, "mac": 2.17e-11, "byte": 4.13e-11, "float64_factor": 0.891, "kernel": 6.63e-07, "svd_flop": 1.34e-08},
     "winograd": {"call": 0.000264, "piece": 1.68e-06, "transform_flop": 1.78e-19, "gemm_flop": 2.76e-20, "byte": 3.27e-10, "float64_factor": 0.5},
 }
 
@@ -243,7 +244,12 @@ def _separable(spec, work, rank, module):
     column_pass = pairs * spec.kernel_height * spec.out_height * spec.padded_width
     row_pass = pairs * spec.kernel_width * spec.out_height * spec.out_width
     intermediate = pairs * spec.out_height * spec.padded_width * spec.dtype.itemsize
-    return {"call": 1.0, "mac": (column_pass + row_pass) * work, "byte": _io_bytes(spec) + intermediate}
+    kernels = spec.out_channels * spec.in_channels_per_group
+    return {"call": 1.0, "mac": (column_pass + row_pass) * work, "byte": _io_bytes(spec) + intermediate,
+            # every call factors each (k, c) kernel by an SVD: a fixed cost per kernel plus ~n^3 work
+            "kernel": float(kernels),
+            "svd_flop": float(kernels * spec.kernel_height * spec.kernel_width
+                              * min(spec.kernel_height, spec.kernel_width))}
 
 
 def _winograd(spec, work, rank, module):
