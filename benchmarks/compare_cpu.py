@@ -8,8 +8,8 @@ what any GEMM-based convolution can reach.
 Each library runs in a separate subprocess so that one library's idle thread pool (OpenMP spin
 waits, OpenBLAS workers) cannot steal cores from another's. Every library gets the same thread
 count (``--threads``, default 2: torch.set_num_threads, FASTCONV_NUM_THREADS, OpenBLAS). Times are
-the best over ``--repeat`` rounds of the mean of enough calls to fill ~0.1 s, after a warm-up call
-(which also compiles numba kernels). Data are float32 with a fixed seed.
+medians of up to ``--repeat`` calls within a 1 s budget (``fastconv.bench.time_call``), after a
+warm-up call (which also compiles numba kernels). Data are float32 with a fixed seed.
 
 Run it on a quiet machine, e.g.::
 
@@ -93,18 +93,11 @@ def case_arrays(case):
 
 
 def _time(call, repeat):
+    """Median seconds of up to ``repeat`` calls (1 s budget) after a warm-up call: fastconv's harness."""
+    from fastconv.bench import time_call
+
     call()  # warm-up: JIT compilation, plan caches, page faults
-    start = time.perf_counter()
-    call()
-    once = max(time.perf_counter() - start, 1e-7)
-    number = max(1, int(0.1 / once))
-    best = math.inf
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            call()
-        best = min(best, (time.perf_counter() - start) / number)
-    return best
+    return time_call(call, repeat=repeat, budget_s=1.0)[0]
 
 
 def _worker_fastconv(backend, cases, repeat):
@@ -194,7 +187,7 @@ def geometric_mean(values):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=5, help="timing rounds per case (best is kept)")
+    parser.add_argument("--repeat", type=int, default=25, help="timed calls per case (the median is kept)")
     parser.add_argument("--threads", type=int, default=2, help="threads for every library")
     parser.add_argument("--json", help="also write all timings to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -212,7 +205,7 @@ def main(argv=None):
 
     header = (f"{'case':26s} {'GFLOP':>7s} {'im2col ms':>10s} {'numba ms':>9s} {'peer ms':>8s} "
               f"{'ratio':>6s} {'GFLOP/s':>8s} {'%sgemm':>6s}")
-    print(f"float32, {args.threads} threads, best of {args.repeat}; measured sgemm (2048^3, numpy): "
+    print(f"float32, {args.threads} threads, median of <= {args.repeat} calls; measured sgemm (2048^3, numpy): "
           f"{sgemm:.1f} GFLOP/s")
     ratios = {"cnn": [], "depthwise": [], "image": []}
     rows = []

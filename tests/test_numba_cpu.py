@@ -96,3 +96,11 @@ def test_importing_fastconv_compiles_nothing():
         "    assert not kernel.signatures, kernel\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("backend", ["numba_cpu", "im2col"])
+def test_empty_batch_gives_an_empty_result(backend):
+    out = fastconv.conv2d(np.ones((0, 2, 5, 5)), np.ones((4, 2, 3, 3)), padding=1, backend=backend)
+    assert out.shape == (0, 4, 5, 5)
+    out = fastconv.conv2d(np.ones((0, 2, 5, 5)), np.ones((2, 1, 3, 3)), groups=2, backend=backend)
+    assert out.shape == (0, 2, 3, 3)

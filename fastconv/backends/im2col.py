@@ -182,6 +182,8 @@ def plan_tiles(spec: ConvSpec, workspace_bytes: int | None = None) -> list[tuple
     column_per_pixel = spec.in_channels * spec.kernel_height * spec.kernel_width * itemsize
     result_per_pixel = spec.out_channels * itemsize
     image = spec.out_height * spec.out_width
+    if spec.batch == 0:
+        return []
     images_per_tile = limit // (image * (column_per_pixel + result_per_pixel))
     if images_per_tile >= 2:
         step = min(images_per_tile, spec.batch) * image
@@ -224,7 +226,10 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     out = np.empty(spec.out_shape, dtype=spec.dtype)
     # (G, Kg, H_out*W_out) view of each image's output; BLAS writes into it in place
     out_by_group = out.reshape(spec.batch, groups, k_per_group, image)
-    with _blas_threads(config.threads):
+    if out.size == 0:  # an empty batch
+        return out
+    # inf and NaN inputs propagate as arithmetic says, without numpy's RuntimeWarnings from BLAS
+    with _blas_threads(config.threads), np.errstate(invalid="ignore", over="ignore"):
         if _is_pointwise(spec):  # already a GEMM on the reshaped input
             inputs = x.reshape(spec.batch, groups, spec.in_channels_per_group, image)
             np.matmul(filters, inputs, out=out_by_group)

@@ -37,9 +37,9 @@ cached on disk (``cache=True``); nothing compiles at import. Complex dtypes are 
 
 Examples
 --------
->>> import numpy as np, fastconv
 A depthwise 3×3 box sum over two channels (the plane kernel):
 
+>>> import numpy as np, fastconv
 >>> x = np.arange(32.0).reshape(1, 2, 4, 4)
 >>> fastconv.conv2d(x, np.ones((2, 1, 3, 3)), groups=2, backend="numba_cpu")[0, :, 0, 0]
 array([ 45., 189.])
@@ -228,6 +228,8 @@ def uses_plane_kernel(spec: ConvSpec) -> bool:
 
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
+    if spec.batch == 0:  # an empty batch: nothing to compute (and no tasks to divide the work into)
+        return np.empty(spec.out_shape, dtype=spec.dtype)
     numba.set_num_threads(min(config.threads, numba.config.NUMBA_NUM_THREADS))
     plane, direct = _kernels_for(spec)
     geometry = (*spec.stride, *spec.dilation, spec.padding[0][0], spec.padding[1][0])
