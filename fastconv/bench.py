@@ -452,8 +452,8 @@ def _auto_choice(case: Case) -> str | None:
         return None
     from fastconv.dispatch import choose_backend
 
-    try:
-        return choose_backend(case.backend_spec())
+    try:  # with the weight, as conv2d's own auto sees it: the rank decides whether separable can run
+        return choose_backend(case.backend_spec(), make_inputs(case)[1])
     except ValueError:
         return None
 
