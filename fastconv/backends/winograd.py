@@ -553,6 +553,8 @@ def _run_fused(x, origins, filters, bias, out, spec, bt, at):
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
         tile: int | None = None) -> np.ndarray:
+    if spec.batch == 0:  # an empty batch: no tiles, so no chunk size to divide the work by
+        return np.empty(spec.out_shape, dtype=spec.dtype)
     m = choose_tile(spec) if tile is None else tile
     bt, _, at = (matrix.astype(spec.dtype) for matrix in _MATRICES[m])
     alpha = m + 2
