@@ -153,6 +153,9 @@ class ConvSpec:
 # argument normalisation
 
 
+_GEOMETRY_LIMIT = 2**62  # far beyond any array that fits in memory; sums of a few stay in int64
+
+
 def _as_int(name: str, value) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got the bool {value!r}")
@@ -177,6 +180,8 @@ def _pair(name: str, value, *, minimum: int) -> tuple[int, int]:
     if min(pair) < minimum:
         what = "positive" if minimum == 1 else f">= {minimum}"
         raise ValueError(f"{name} must be {what} (an int or a pair of such ints), got {value!r}")
+    if max(pair) >= _GEOMETRY_LIMIT:  # numba kernels index with int64: larger values fail to compile
+        raise ValueError(f"{name} must be below 2**62 (an int or a pair of such ints), got {value!r}")
     return pair
 
 
