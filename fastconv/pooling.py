@@ -216,6 +216,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
         override = _as_int("divisor_override", divisor_override)
         if override == 0:
             raise ValueError("avg_pool2d: divisor_override must be None or a non-zero int, got 0")
+        if abs(override) >= 2**62:  # the kernel takes it as an int64
+            raise ValueError(f"avg_pool2d: divisor_override must be below 2**62 in magnitude, got {override}")
     out = np.empty(spec.out_shape, dtype=x.dtype)
     _avg_pool2d(x, out, *spec.kernel_size, *spec.stride, *spec.padding, bool(count_include_pad), override)
     return _finish(out, out_dtype, unbatched)
