@@ -185,6 +185,16 @@ def _pair(name: str, value, *, minimum: int) -> tuple[int, int]:
     return pair
 
 
+def _shape(name: str, value) -> tuple[int, ...]:
+    """A shape given by the caller (not taken from an array): a sequence of ints >= 0."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise TypeError(f"{name} must be a tuple of ints, got {value!r}")
+    shape = tuple(_as_int(f"{name}[{index}]", size) for index, size in enumerate(value))
+    if shape and min(shape) < 0:
+        raise ValueError(f"{name} must hold sizes >= 0, got {value!r}")
+    return shape
+
+
 def _resolve_padding(padding, in_size, kernel, stride, dilation):
     """Turn every accepted form of ``padding`` into ((top, bottom), (left, right))."""
     if isinstance(padding, str):
@@ -403,7 +413,14 @@ def output_shape(input_shape, weight_shape=None, stride=None, padding=0, dilatio
     if unknown:
         raise TypeError(f"output_shape(op={op!r}) got unexpected arguments {sorted(unknown)}; "
                         f"it accepts {sorted(allowed) or 'none'} besides stride, padding, dilation, groups")
-    input_shape = tuple(input_shape)
+    input_shape = _shape("input_shape", input_shape)
+    if op == "depthwise_separable_conv2d":
+        if not (isinstance(weight_shape, (tuple, list)) and len(weight_shape) == 2):
+            raise TypeError(f"weight_shape of depthwise_separable_conv2d must be a pair (depthwise shape, "
+                            f"pointwise shape), got {weight_shape!r}")
+        weight_shape = tuple(_shape("weight_shape", shape) for shape in weight_shape)
+    elif op not in ("max_pool2d", "avg_pool2d"):
+        weight_shape = _shape("weight_shape", weight_shape)
     if op in ("convolve2d", "correlate2d"):
         return signal_geometry(input_shape, tuple(weight_shape), options.get("mode", "full"),
                                flip=op == "convolve2d", op=op)[2]
