@@ -6,6 +6,7 @@ of killing pytest. Results are compared with the float64 reference, scipy or tor
 """
 
 import datetime
+import os
 import subprocess
 import sys
 import textwrap
@@ -46,7 +47,7 @@ def run_isolated(code: str):
     """Run ``code`` in a fresh interpreter; a segfault or a non-zero exit fails the test."""
     root = Path(__file__).resolve().parents[1]
     child = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                           timeout=120, cwd=root, env={"PYTHONPATH": f"{root}:{root / 'tests'}", "PATH": "/usr/bin"})
+                           timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"})
     assert child.returncode == 0, f"child exited {child.returncode}:\n{child.stdout}\n{child.stderr[-3000:]}"
 
 
