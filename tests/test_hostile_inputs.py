@@ -372,3 +372,15 @@ def test_huge_outputs_fail_fast():
                 else:
                     raise AssertionError(backend)
         """)
+
+
+def test_pooling_tall_kernel_with_huge_padding_does_not_hang():
+    # the kernels used to loop over every one of the 2**40 rows of the window, skipping all but 7
+    run_isolated("""
+        import numpy as np, fastconv
+        x = np.arange(56.0).reshape(1, 1, 7, 8)
+        for pool in (fastconv.max_pool2d, fastconv.avg_pool2d):
+            out = pool(x, (2**40, 3), padding=(2**39, 1))
+            assert out.shape == (1, 1, 1, 3), out.shape
+        np.testing.assert_array_equal(fastconv.max_pool2d(x, (2**40, 3), padding=(2**39, 1))[0, 0, 0], [49, 52, 55])
+        """)
