@@ -495,12 +495,17 @@ def _in_parallel(threads: int, count: int, task) -> None:
         future.result()
 
 
+@np.errstate(invalid="ignore", over="ignore")  # inf/NaN inputs are expected (see Non-finite values above)
+def _matmul(inputs, filters, out) -> None:
+    np.matmul(inputs, filters, out=out)
+
+
 def _batched_gemm(inputs, filters, products, threads: int) -> None:
     """products[e, g] = inputs[e, g] · filters[e, g] for all α²·G GEMMs, on ``threads`` threads."""
     count = inputs.shape[0] * inputs.shape[1]
     flat = (inputs.reshape(count, *inputs.shape[2:]), filters.reshape(count, *filters.shape[2:]),
             products.reshape(count, *products.shape[2:]))
-    _in_parallel(threads, count, lambda first, last: np.matmul(
+    _in_parallel(threads, count, lambda first, last: _matmul(
         flat[0][first:last], flat[1][first:last], out=flat[2][first:last]))
 
 
@@ -545,7 +550,7 @@ def _run_fused(x, origins, filters, bias, out, spec, bt, at):
             inputs = inputs_buffer[:alpha2 * spec.in_channels * count].reshape(alpha2, groups, count, cg)
             products = products_buffer[:alpha2 * spec.out_channels * count].reshape(alpha2, groups, count, kg)
             _input_transform(x, tiles, pad_top, pad_left, *spec.dilation, bt, inputs, 0, count)
-            np.matmul(inputs, filters, out=products)
+            _matmul(inputs, filters, out=products)
             _output_transform(products, tiles, *spec.dilation, at, bias, out, 0, count)
 
     _in_parallel(config.threads, len(origins), share)
@@ -553,6 +558,8 @@ def _run_fused(x, origins, filters, bias, out, spec, bt, at):
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
         tile: int | None = None) -> np.ndarray:
+    if spec.batch == 0:  # an empty batch: no tiles, so no chunk size to divide the work by
+        return np.empty(spec.out_shape, dtype=spec.dtype)
     m = choose_tile(spec) if tile is None else tile
     bt, _, at = (matrix.astype(spec.dtype) for matrix in _MATRICES[m])
     alpha = m + 2
