@@ -85,12 +85,22 @@ def supports(spec: ConvSpec) -> str | None:
 
 @njit(cache=True)
 def _interior_columns(out_w, width, kernel_w, stride_w, dilation_w, pad_left):
-    """Output columns [lo, hi) whose every tap falls inside [0, width): no checks needed there."""
+    """Output columns [lo, hi) whose every tap falls inside [0, width): no checks needed there.
+
+    Rows too: pass the heights, the kernel height, the vertical stride and dilation and pad_top.
+    """
     lo = min(out_w, (pad_left + stride_w - 1) // stride_w)
     last_start = width - 1 - (kernel_w - 1) * dilation_w + pad_left  # largest allowed j * stride_w
     if last_start < 0:
         return lo, lo
     return lo, max(lo, min(out_w, last_start // stride_w + 1))
+
+
+@njit(cache=True)
+def _plane_task(task, out_channels, tasks_per_plane, rows_per_task):
+    """(batch index, output channel, first output row) of a plane kernel's ``task``."""
+    plane_index = task // tasks_per_plane
+    return plane_index // out_channels, plane_index % out_channels, (task % tasks_per_plane) * rows_per_task
 
 
 @njit(cache=True, fastmath=True)
@@ -149,10 +159,7 @@ def _kernels(width: int, unit_step: bool):
         count = hi - lo
         tasks_per_plane = (out_h + rows_per_task - 1) // rows_per_task
         for task in prange(batch * out_channels * tasks_per_plane):
-            plane_index = task // tasks_per_plane
-            k = plane_index % out_channels
-            n = plane_index // out_channels
-            first_row = (task % tasks_per_plane) * rows_per_task
+            n, k, first_row = _plane_task(task, out_channels, tasks_per_plane, rows_per_task)
             for i in range(first_row, min(out_h, first_row + rows_per_task)):
                 o = out[n, k, i]
                 o[:] = bias[k]
@@ -239,17 +246,12 @@ def _depthwise3x3(stride: int):
         out_channels = w.shape[0]
         out_h, out_w = out.shape[2], out.shape[3]
         # interior output rows [i0, i1) and columns [j0, j1): all nine taps inside the image
-        i0 = min(out_h, (pad_top + step - 1) // step)
-        i1 = max(i0, min(out_h, (height - 3 + pad_top) // step + 1)) if height >= 3 - pad_top else i0
-        j0 = min(out_w, (pad_left + step - 1) // step)
-        j1 = max(j0, min(out_w, (width - 3 + pad_left) // step + 1)) if width >= 3 - pad_left else j0
+        i0, i1 = _interior_columns(out_h, height, 3, step, 1, pad_top)
+        j0, j1 = _interior_columns(out_w, width, 3, step, 1, pad_left)
         flat = step == 1 and out_w == width  # output and input rows have the same pitch
         tasks_per_plane = (out_h + rows_per_task - 1) // rows_per_task
         for task in prange(batch * out_channels * tasks_per_plane):
-            plane_index = task // tasks_per_plane
-            k = plane_index % out_channels
-            n = plane_index // out_channels
-            first_row = (task % tasks_per_plane) * rows_per_task
+            n, k, first_row = _plane_task(task, out_channels, tasks_per_plane, rows_per_task)
             last_row = min(out_h, first_row + rows_per_task)
             image = x[n, k // multiplier]
             flat_in = image.reshape(-1)
