@@ -24,8 +24,10 @@ steal the cores the next BLAS call needs, and spinning BLAS workers steal them b
 cores, a single-channel 128×128 ``numba_cpu`` call took 4.5 ms right after an ``im2col`` call
 instead of 0.03 ms alone (0.15 ms with passive waiting). So, unless the environment already says
 otherwise, importing fastconv sets ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP workers sleep) before
-numba's OpenMP layer starts. Set ``OMP_WAIT_POLICY=ACTIVE`` before importing fastconv to keep
-spinning workers (a little faster for back-to-back calls of one backend only).
+numba's OpenMP layer starts. Set ``OMP_WAIT_POLICY=ACTIVE`` (or ``FASTCONV_OMP_PASSIVE=0``) before
+importing fastconv to keep spinning workers (a little faster for back-to-back calls of one backend
+only). Benchmarks time peer libraries in subprocesses with :func:`peer_environment`, so that torch's
+OpenMP pool keeps its own default.
 
 Examples
 --------
@@ -44,8 +46,26 @@ import sys
 from pathlib import Path
 
 # Must happen before any OpenMP runtime starts (numba loads its OpenMP layer on the first parallel
-# call, after this import); a value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# call, after this import); a value the user set wins, and FASTCONV_OMP_PASSIVE=0 opts out.
+_OMP_WAIT_POLICY_BEFORE_IMPORT = os.environ.get("OMP_WAIT_POLICY")
+if os.environ.get("FASTCONV_OMP_PASSIVE", "1") != "0":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def peer_environment(**overrides: str) -> dict:
+    """``os.environ`` as it was before fastconv chose an OpenMP wait policy, plus ``overrides``.
+
+    For timing another library (torch) in a subprocess: OMP_WAIT_POLICY is what the user had, and
+    FASTCONV_OMP_PASSIVE=0 keeps an ``import fastconv`` in that subprocess from changing it, so the
+    peer runs with its own default thread-pool behaviour.
+    """
+    environment = dict(os.environ, FASTCONV_OMP_PASSIVE="0")
+    if _OMP_WAIT_POLICY_BEFORE_IMPORT is None:
+        environment.pop("OMP_WAIT_POLICY", None)
+    else:
+        environment["OMP_WAIT_POLICY"] = _OMP_WAIT_POLICY_BEFORE_IMPORT
+    environment.update(overrides)
+    return environment
 
 __all__ = ["threads", "workspace_bytes", "autotune", "cache_dir", "fftw_planner", "set_threads",
            "set_workspace_bytes", "set_autotune", "set_cache_dir", "set_fftw_planner"]

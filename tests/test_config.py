@@ -32,3 +32,15 @@ def test_bad_environment_values_name_the_variable(variable, value, message):
     with pytest.raises(subprocess.CalledProcessError) as failure:
         _run("import fastconv", **{variable: value})
     assert message in failure.value.stderr
+
+
+def test_peer_environment_restores_the_wait_policy_the_user_had():
+    code = ("import os, fastconv; env = fastconv.config.peer_environment(X='1'); "
+            "print(env.get('OMP_WAIT_POLICY'), env['FASTCONV_OMP_PASSIVE'], env['X'])")
+    assert _run(code).split() == ["None", "0", "1"]
+    assert _run(code, OMP_WAIT_POLICY="ACTIVE").split() == ["ACTIVE", "0", "1"]
+
+
+def test_fastconv_omp_passive_0_leaves_the_wait_policy_alone():
+    code = "import os, fastconv; print(os.environ.get('OMP_WAIT_POLICY'))"
+    assert _run(code, FASTCONV_OMP_PASSIVE="0").strip() == "None"
