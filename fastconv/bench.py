@@ -293,7 +293,10 @@ def _fastconv_call(case: Case, backend: str, x, w):
         reason = backends.unavailable_reason(backend)
         if reason is not None:
             raise Skip(f"unavailable: {reason}")
-        reason = backends.get(backend).supports(case.backend_spec())
+        from fastconv.tuning import weight_decline_reason
+
+        reason = (backends.get(backend).supports(case.backend_spec())
+                  or weight_decline_reason(backend, w, case.backend_spec()))  # e.g. separable's rank test
         if reason is not None:
             raise Skip(f"declines: {reason}")
     elif not hasattr(fastconv, case.op):

@@ -85,6 +85,13 @@ def test_skips_say_why():
         bench.prepare_call(transposed, "scipy", x, w)
 
 
+def test_a_backend_that_declines_the_weight_is_skipped_not_failed():
+    case = bench.Case("full-rank 3x3", (1, 2, 8, 8), (2, 2, 3, 3), padding=1)
+    x, w = bench.make_inputs(case)
+    with pytest.raises(bench.Skip, match="declines: .*numerical rank"):
+        bench.prepare_call(case, "separable", x, w)
+
+
 def test_time_call_stops_at_the_budget():
     calls = []
     seconds, runs = bench.time_call(lambda: calls.append(1), repeat=3, budget_s=10)
