@@ -331,6 +331,54 @@ def _unpack_channels_first(out_pad, out, first, last):
                         out[n, c, row, col] = out_pad[n, row, col, c]
 
 
+@njit(cache=True, nogil=True)
+def _pack_band(x, n, first_row, pad_top, pad_left, band):
+    """band[r, pad_left + col, :] = x[n, :, first_row + r - pad_top, col], zero elsewhere.
+
+    A band of rows of the zero-padded input of image ``n``, channels-last, for one block of
+    tiles of the fused schedule (it stays in the thread's cache for the input transform).
+    """
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    for r in range(band.shape[0]):
+        row = first_row + r - pad_top
+        if row < 0 or row >= height:
+            band[r, :, :] = 0.0
+            continue
+        band[r, :pad_left, :] = 0.0
+        band[r, pad_left + width:, :] = 0.0
+        for c0 in range(0, channels, 16):
+            c1 = min(channels, c0 + 16)
+            for col0 in range(0, width, 16):
+                col1 = min(width, col0 + 16)
+                for col in range(col0, col1):
+                    for c in range(c0, c1):
+                        band[r, pad_left + col, c] = x[n, c, row, col]
+
+
+@njit(cache=True, nogil=True)
+def _unpack_band(band, first_row, row_starts, dil_h, tile, n, out):
+    """out[n, :, row, :] = band[row - first_row, :, :]ᵀ for the output rows of the given tile rows.
+
+    ``row_starts`` holds the first output row of each row of tiles in the block; its tiles wrote
+    rows ``row0 + dil_h·i`` (i < tile) of the band, and only those are copied (with dilation the
+    band's other rows belong to other sub-images).
+    """
+    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    for row0 in row_starts:
+        for i in range(tile):
+            row = row0 + dil_h * i
+            if row >= height:
+                break
+            source = band[row - first_row]
+            for c0 in range(0, channels, 16):
+                c1 = min(channels, c0 + 16)
+                for col0 in range(0, width, 16):
+                    col1 = min(width, col0 + 16)
+                    for col in range(col0, col1):
+                        for c in range(c0, c1):
+                            out[n, c, row, col] = source[col, c]
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def _input_transform(x_pad, origins, dil_h, dil_w, inputs, first, last):
     """inputs[e, g, t, :] = (Bᵀ d B)[e] for tile t, d its α×α patch of the padded input.
@@ -593,25 +641,67 @@ _FUSED_FILTER_BYTES = 2 << 20
 _FUSED_BLOCK_BYTES = 1 << 20
 
 
-def _run_fused(x_pad, origins, filters, bias, out_pad, spec):
-    alpha2, groups, cg, kg = filters.shape
-    per_tile = alpha2 * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
-    block_bytes = min(_FUSED_BLOCK_BYTES, config.workspace_bytes // config.threads)
-    block = max(1, block_bytes // per_tile)
+def _tiles_per_row(origins: np.ndarray) -> int:
+    """How many tiles share the first tile's image and row (all rows of tiles have as many)."""
+    return int(np.count_nonzero((origins[:, 0] == origins[0, 0]) & (origins[:, 1] == origins[0, 1])))
 
-    def share(first, last):  # one thread's tiles, block by block
-        inputs_buffer = _workspace("fused_inputs", alpha2 * spec.in_channels * block, spec.dtype)
-        products_buffer = _workspace("fused_products", alpha2 * spec.out_channels * block, spec.dtype)
-        for start in range(first, last, block):
-            tiles = origins[start:min(last, start + block)]
-            count = len(tiles)
+
+def _run_fused(x, origins, filters, bias, out, spec, m):
+    """Each thread runs all stages on its own blocks of whole rows of tiles of one image.
+
+    Per block: the input rows it reads are packed channels-last into a band (zero-padded), the
+    tiles are transformed, multiplied and transformed back into an output band, which is copied
+    into ``out``. Everything between reading ``x`` and writing ``out`` stays in the thread's L2.
+    The blocks' bookkeeping is computed here, vectorised, so that the threads run little Python
+    (which holds the GIL) per block.
+    """
+    alpha2, groups, cg, kg = filters.shape
+    (dh, dw), alpha = spec.dilation, m + 2
+    (pad_top, _), (pad_left, _) = spec.padding
+    per_tile = alpha2 * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
+    per_row = _tiles_per_row(origins)
+    row_origins = np.ascontiguousarray(origins[::per_row])  # (n, row0, col0) of each row of tiles
+    rows_per_image = len(row_origins) // spec.batch
+    block_rows = max(1, _fused_block_bytes() // (per_tile * per_row))
+    starts = np.concatenate([np.arange(n * rows_per_image, (n + 1) * rows_per_image, block_rows)
+                             for n in range(spec.batch)])
+    stops = np.minimum(starts + block_rows, (starts // rows_per_image + 1) * rows_per_image)
+    lows = np.minimum.reduceat(row_origins[:, 1], starts)
+    highs = np.maximum.reduceat(row_origins[:, 1], starts)
+    local = origins.copy()  # tile origins within their block's bands
+    local[:, 0] = 0
+    local[:, 1] -= np.repeat(lows, (stops - starts) * per_row)
+    band_cols = int(origins[:, 2].max()) + dw * (alpha - 1) + 1
+    out_cols = int(origins[:, 2].max()) + dw * (m - 1) + 1
+    band_size = (int((highs - lows).max()) + dh * (alpha - 1) + 1) * band_cols * spec.in_channels
+    out_band_size = (int((highs - lows).max()) + dh * (m - 1) + 1) * out_cols * spec.out_channels
+    blocks = [(int(row_origins[a, 0]), int(a), int(b), int(low), int(high))
+              for a, b, low, high in zip(starts, stops, lows, highs)]
+
+    def share(first, last):  # blocks first..last
+        inputs_buffer = _workspace("fused_inputs", alpha2 * spec.in_channels * block_rows * per_row, spec.dtype)
+        products_buffer = _workspace("fused_products", alpha2 * spec.out_channels * block_rows * per_row, spec.dtype)
+        band_buffer = _workspace("fused_band", band_size, spec.dtype)
+        out_band_buffer = _workspace("fused_out_band", out_band_size, spec.dtype)
+        for n, start, stop, low, high in blocks[first:last]:
+            count = (stop - start) * per_row
+            tiles = local[start * per_row:stop * per_row]
+            band_rows, out_rows = high - low + dh * (alpha - 1) + 1, high - low + dh * (m - 1) + 1
+            band = band_buffer[:band_rows * band_cols * spec.in_channels].reshape(band_rows, band_cols, spec.in_channels)
+            out_band = out_band_buffer[:out_rows * out_cols * spec.out_channels].reshape(1, out_rows, out_cols, spec.out_channels)
             inputs = inputs_buffer[:alpha2 * spec.in_channels * count].reshape(alpha2, groups, count, cg)
             products = products_buffer[:alpha2 * spec.out_channels * count].reshape(alpha2, groups, count, kg)
-            _input_transform(x_pad, tiles, *spec.dilation, inputs, 0, count)
+            _pack_band(x, n, low, pad_top, pad_left, band)
+            _input_transform(band.reshape(1, *band.shape), tiles, dh, dw, inputs, 0, count)
             np.matmul(inputs, filters, out=products)
-            _output_transform(products, tiles, *spec.dilation, bias, out_pad, 0, count)
+            _output_transform(products, tiles, dh, dw, bias, out_band, 0, count)
+            _unpack_band(out_band[0], low, row_origins[start:stop, 1], dh, m, n, out)
 
-    _in_parallel(config.threads, len(origins), share)
+    _in_parallel(config.threads, len(blocks), share)
+
+
+def _fused_block_bytes() -> int:
+    return min(_FUSED_BLOCK_BYTES, config.workspace_bytes // config.threads)
 
 
 def _channels_last_buffers(x, spec, origins, m):
@@ -640,42 +730,44 @@ def _channels_last_buffers(x, spec, origins, m):
     return x_pad, out_pad
 
 
+def _run_staged(x, origins, filters, bias, out, spec, m):
+    """Stage by stage over chunks of tiles (within ``config.workspace_bytes``), each stage split
+    across the threads (the GEMMs by transform element), on channels-last copies of the input
+    and output."""
+    alpha2, groups, cg, kg = filters.shape
+    per_tile = alpha2 * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
+    tiles_per_chunk = max(1, config.workspace_bytes // per_tile)
+    chunk_tiles = min(tiles_per_chunk, len(origins))
+    x_pad, out_pad = _channels_last_buffers(x, spec, origins, m)
+    inputs_buffer = _workspace("inputs", alpha2 * spec.in_channels * chunk_tiles, spec.dtype)
+    products_buffer = _workspace("products", alpha2 * spec.out_channels * chunk_tiles, spec.dtype)
+    for start in range(0, len(origins), tiles_per_chunk):
+        chunk = origins[start:start + tiles_per_chunk]
+        tiles = len(chunk)
+        inputs = inputs_buffer[:alpha2 * spec.in_channels * tiles].reshape(alpha2, groups, tiles, cg)
+        products = products_buffer[:alpha2 * spec.out_channels * tiles].reshape(alpha2, groups, tiles, kg)
+        _in_parallel(config.threads, tiles, lambda first, last: _input_transform(
+            x_pad, chunk, *spec.dilation, inputs, first, last))
+        _batched_gemm(inputs, filters, products, config.threads)
+        _in_parallel(config.threads, tiles, lambda first, last: _output_transform(
+            products, chunk, *spec.dilation, bias, out_pad, first, last))
+    _in_parallel(config.threads, spec.batch * spec.out_height, lambda first, last: _unpack_channels_first(
+        out_pad, out, first, last))
+
+
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
         tile: int | None = None) -> np.ndarray:
     m = choose_tile(spec) if tile is None else tile
-    alpha = m + 2
-    groups, cg, kg = spec.groups, spec.in_channels_per_group, spec.out_channels_per_group
-
-    filters = _cached_filter_transform(weight, m, groups)             # (α², G, Cg, Kg)
+    filters = _cached_filter_transform(weight, m, spec.groups)        # (α², G, Cg, Kg)
     out = np.empty(spec.out_shape, dtype=spec.dtype)
     if out.size == 0:
         return out
     bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else bias
     origins = _tile_origins(spec, m)
-    out_height = spec.out_height
-
-    # V and M for a chunk of tiles stay within config.workspace_bytes
-    per_tile = alpha * alpha * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
-    tiles_per_chunk = max(1, config.workspace_bytes // per_tile)
-    chunk_tiles = min(tiles_per_chunk, len(origins))
-
+    per_tile = (m + 2) ** 2 * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
     with _single_threaded_blas():
-        x_pad, out_pad = _channels_last_buffers(x, spec, origins, m)
-        if filters.nbytes <= _FUSED_FILTER_BYTES:
-            _run_fused(x_pad, origins, filters, bias, out_pad, spec)
+        if filters.nbytes <= _FUSED_FILTER_BYTES and _tiles_per_row(origins) * per_tile <= _fused_block_bytes():
+            _run_fused(x, origins, filters, bias, out, spec, m)
         else:
-            inputs_buffer = _workspace("inputs", alpha * alpha * spec.in_channels * chunk_tiles, spec.dtype)
-            products_buffer = _workspace("products", alpha * alpha * spec.out_channels * chunk_tiles, spec.dtype)
-            for start in range(0, len(origins), tiles_per_chunk):
-                chunk = origins[start:start + tiles_per_chunk]
-                tiles = len(chunk)
-                inputs = inputs_buffer[:alpha * alpha * spec.in_channels * tiles].reshape(alpha * alpha, groups, tiles, cg)
-                products = products_buffer[:alpha * alpha * spec.out_channels * tiles].reshape(alpha * alpha, groups, tiles, kg)
-                _in_parallel(config.threads, tiles, lambda first, last: _input_transform(
-                    x_pad, chunk, *spec.dilation, inputs, first, last))
-                _batched_gemm(inputs, filters, products, config.threads)
-                _in_parallel(config.threads, tiles, lambda first, last: _output_transform(
-                    products, chunk, *spec.dilation, bias, out_pad, first, last))
-        _in_parallel(config.threads, spec.batch * out_height, lambda first, last: _unpack_channels_first(
-            out_pad, out, first, last))
+            _run_staged(x, origins, filters, bias, out, spec, m)
     return out
