@@ -29,8 +29,9 @@ pool instead made each pool's busy-waiting workers steal the cores from the othe
 transformed filters are small (≤ 2 MiB), each thread runs the whole pipeline on its own blocks of
 tiles, sized so that V and M stay in its L2 cache; larger filters would be streamed from memory
 once per block, so those layers run stage by stage over chunks of tiles, each stage split across
-the threads (the GEMMs by transform element). Workspace stays within
-``fastconv.config.workspace_bytes``; the filter transform is cached (see
+the threads (the GEMMs by transform element). The transformed tiles stay within
+``fastconv.config.workspace_bytes`` (the stage-by-stage schedule also keeps channels-last copies
+of the whole input and output); the filter transform is cached (see
 :func:`_cached_filter_transform`).
 
 Where the matrices come from: F(m, 3) evaluates the product of the data and filter polynomials at
@@ -55,7 +56,11 @@ undilated ones on interleaved sub-images (DeepLab's "atrous" trick run backwards
 sub-image is materialised: tiles simply step through the padded input by (dh, dw), and all tiles
 of all sub-images share the same GEMMs.
 
-Zero padding is not materialised either: the input transform reads zeros outside the image.
+Layout: the transforms run with channels innermost (whole AVX vectors), so the NCHW input is
+copied into a zero-padded channels-last buffer (the padding is materialised there, which removes
+all bounds checks from the transform) and the output is written channels-last and copied back.
+In the fused schedule each thread does these copies for its own block of tile rows, while the
+data is in its cache.
 
 Non-finite values: the transforms add and subtract the values of a tile, so an inf turns into
 NaN (inf - inf) where direct convolution gives ±inf, and with F(4×4) it can spread to outputs of
@@ -290,55 +295,47 @@ def _tile_origins(spec: ConvSpec, m: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# the transforms (numba). Vectors run over channels, contiguous in the workspace layouts
-# (α², G, tiles, Cg) and (α², G, tiles, Kg), so every step is a scalar × vector multiply-add
-# that LLVM vectorises; zero entries of the transform matrices are skipped outside those loops.
-# Each call does a range of tiles; run() gives each thread its own range (disjoint writes).
+# the transforms (numba). Vectors run over channels, contiguous in the channels-last input and
+# output copies and in the workspace layouts (α², G, tiles, Cg) and (α², G, tiles, Kg); Bᵀ and
+# Aᵀ are written out as sums, so every line is whole-vector register arithmetic that LLVM
+# vectorises. Each call does a range of tiles; each thread gets its own range (disjoint writes).
 
 
 @njit(cache=True, nogil=True)
-def _pack_channels_last(x, x_pad, pad_top, pad_left, first, last):
-    """x_pad[n, pad_top + row, pad_left + col, :] = x[n, :, row, col] for rows ``first`` to ``last``
-    of all images (``index = n·H + row``).
+def _transpose(source, target):
+    """target[j, i] = source[i, j] (both 2-D), the copy between NCHW and channels-last rows.
 
-    In 16×16 blocks of (channel, column), so that both the reads and the writes stay within a few
-    cache lines; numpy's strided copy of the same transposition is ~10× slower.
+    In 16×16 blocks, so that both the reads and the writes stay within a few cache lines;
+    numpy's strided copy of the same transposition is ~10× slower.
     """
-    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
-    for index in range(first, last):
-        n, row = index // height, index % height
-        for c0 in range(0, channels, 16):
-            c1 = min(channels, c0 + 16)
-            for col0 in range(0, width, 16):
-                col1 = min(width, col0 + 16)
-                for col in range(col0, col1):
-                    for c in range(c0, c1):
-                        x_pad[n, pad_top + row, pad_left + col, c] = x[n, c, row, col]
+    rows, cols = source.shape
+    for i0 in range(0, rows, 16):
+        i1 = min(rows, i0 + 16)
+        for j0 in range(0, cols, 16):
+            j1 = min(cols, j0 + 16)
+            for j in range(j0, j1):
+                for i in range(i0, i1):
+                    target[j, i] = source[i, j]
 
 
 @njit(cache=True, nogil=True)
 def _unpack_channels_first(out_pad, out, first, last):
-    """out[n, :, row, col] = out_pad[n, row, col, :] for rows ``first`` to ``last`` of all images."""
-    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    """out[n, :, row, :] from out_pad[n, row] for rows ``first`` to ``last`` (``index = n·Ho + row``)."""
+    height = out.shape[2]
     for index in range(first, last):
         n, row = index // height, index % height
-        for c0 in range(0, channels, 16):
-            c1 = min(channels, c0 + 16)
-            for col0 in range(0, width, 16):
-                col1 = min(width, col0 + 16)
-                for col in range(col0, col1):
-                    for c in range(c0, c1):
-                        out[n, c, row, col] = out_pad[n, row, col, c]
+        _transpose(out_pad[n, row, :out.shape[3]], out[n, :, row, :])
 
 
 @njit(cache=True, nogil=True)
 def _pack_band(x, n, first_row, pad_top, pad_left, band):
     """band[r, pad_left + col, :] = x[n, :, first_row + r - pad_top, col], zero elsewhere.
 
-    A band of rows of the zero-padded input of image ``n``, channels-last, for one block of
-    tiles of the fused schedule (it stays in the thread's cache for the input transform).
+    A band of rows of the zero-padded input of image ``n``, channels-last: one block of tiles'
+    rows in the fused schedule (it stays in the thread's cache for the input transform), or all
+    rows in the stage-by-stage one.
     """
-    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    height, width = x.shape[2], x.shape[3]
     for r in range(band.shape[0]):
         row = first_row + r - pad_top
         if row < 0 or row >= height:
@@ -346,13 +343,7 @@ def _pack_band(x, n, first_row, pad_top, pad_left, band):
             continue
         band[r, :pad_left, :] = 0.0
         band[r, pad_left + width:, :] = 0.0
-        for c0 in range(0, channels, 16):
-            c1 = min(channels, c0 + 16)
-            for col0 in range(0, width, 16):
-                col1 = min(width, col0 + 16)
-                for col in range(col0, col1):
-                    for c in range(c0, c1):
-                        band[r, pad_left + col, c] = x[n, c, row, col]
+        _transpose(x[n, :, row, :], band[r, pad_left:pad_left + width])
 
 
 @njit(cache=True, nogil=True)
@@ -363,20 +354,13 @@ def _unpack_band(band, first_row, row_starts, dil_h, tile, n, out):
     rows ``row0 + dil_h·i`` (i < tile) of the band, and only those are copied (with dilation the
     band's other rows belong to other sub-images).
     """
-    channels, height, width = out.shape[1], out.shape[2], out.shape[3]
+    height = out.shape[2]
     for row0 in row_starts:
         for i in range(tile):
             row = row0 + dil_h * i
             if row >= height:
                 break
-            source = band[row - first_row]
-            for c0 in range(0, channels, 16):
-                c1 = min(channels, c0 + 16)
-                for col0 in range(0, width, 16):
-                    col1 = min(width, col0 + 16)
-                    for col in range(col0, col1):
-                        for c in range(c0, c1):
-                            out[n, c, row, col] = source[col, c]
+            _transpose(band[row - first_row, :out.shape[3]], out[n, :, row, :])
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -709,7 +693,7 @@ def _channels_last_buffers(x, spec, origins, m):
 
     The input is copied in once (NCHW → NHWC, by row bands on the threads), so that the input
     transform reads whole channel vectors and needs no bounds checks; the padding ring and the
-    overhang are zeroed on every call (the buffers are reused workspaces).
+    overhang are rewritten with zeros on every call (the buffers are reused workspaces).
     """
     (dh, dw), alpha = spec.dilation, m + 2
     (pad_top, _), (pad_left, _) = spec.padding
@@ -717,12 +701,12 @@ def _channels_last_buffers(x, spec, origins, m):
     rows = max(int(origins[:, 1].max()) + dh * (alpha - 1) + 1, pad_top + height)
     cols = max(int(origins[:, 2].max()) + dw * (alpha - 1) + 1, pad_left + width)
     x_pad = _workspace("x_pad", batch * rows * cols * channels, spec.dtype).reshape(batch, rows, cols, channels)
-    x_pad[:, :pad_top] = 0
-    x_pad[:, pad_top + height:] = 0
-    x_pad[:, pad_top:pad_top + height, :pad_left] = 0
-    x_pad[:, pad_top:pad_top + height, pad_left + width:] = 0
-    _in_parallel(config.threads, batch * height, lambda first, last: _pack_channels_last(
-        x, x_pad, pad_top, pad_left, first, last))
+
+    def pack(first, last):
+        for n in range(batch):
+            _pack_band(x, n, first, pad_top, pad_left, x_pad[n, first:last])
+
+    _in_parallel(config.threads, rows, pack)
     out_rows = int(origins[:, 1].max()) + dh * (m - 1) + 1
     out_cols = int(origins[:, 2].max()) + dw * (m - 1) + 1
     out_pad = _workspace("out_pad", batch * out_rows * out_cols * spec.out_channels, spec.dtype).reshape(
