@@ -114,7 +114,7 @@ def _fastconv_call(x, w, library, padding):
     return lambda: fastconv.conv2d(x, w, padding=padding, backend=library)
 
 
-def time_call(call, repeat: int) -> float:
+def median_call_time(call, repeat: int) -> float:
     for _ in range(2):
         call()
     start = time.perf_counter()
@@ -131,7 +131,7 @@ def time_call(call, repeat: int) -> float:
 
 
 def worker(case: str, library: str, threads: int, repeat: int) -> None:
-    print(json.dumps({"seconds": time_call(make_call(case, library, threads), repeat)}))
+    print(json.dumps({"seconds": median_call_time(make_call(case, library, threads), repeat)}))
 
 
 def measure(case: str, library: str, threads: int, repeat: int) -> float:

@@ -16,6 +16,7 @@ from fastconv.depthwise import depthwise_separable_conv2d
 from fastconv.local import local_conv2d, tiled_conv2d
 from fastconv.receptive_field import ReceptiveField, receptive_field
 from fastconv.signal import convolve2d, correlate2d
+from fastconv.tuning import autotune, explain
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ __all__ = ["ConvSpec", "config", "conv2d", "list_backends", "output_shape", "use
 __all__ += ["ReceptiveField", "avg_pool2d", "conv_transpose2d", "convolve2d", "correlate2d",
             "depthwise_separable_conv2d", "init", "local_conv2d", "max_pool2d", "receptive_field",
             "tiled_conv2d"]
+__all__ += ["autotune", "explain"]
 __all__ += ["fft", "separable_conv2d", "separate"]
 
 # Operations whose modules compile numba kernels are imported on first use (PEP 562), so that

@@ -452,8 +452,8 @@ def _auto_choice(case: Case) -> str | None:
         return None
     from fastconv.dispatch import choose_backend
 
-    try:
-        return choose_backend(case.backend_spec())
+    try:  # with the weight, as conv2d's own auto sees it: the rank decides whether separable can run
+        return choose_backend(case.backend_spec(), make_inputs(case)[1])
     except ValueError:
         return None
 
@@ -482,7 +482,7 @@ def _run_peer_process(peer: str, cases: list[Case], repeat: int, budget_s: float
     """Time ``cases`` on ``peer`` in a fresh Python process; yields one result per case."""
     request = json.dumps({"peer": peer, "cases": [case.to_dict() for case in cases], "repeat": repeat,
                           "budget_s": budget_s, "threads": config.threads})
-    env = dict(os.environ, FASTCONV_NUM_THREADS=str(config.threads))
+    env = config.peer_environment(FASTCONV_NUM_THREADS=str(config.threads))
     process = subprocess.Popen([sys.executable, "-m", "fastconv.bench"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     process.stdin.write(request)

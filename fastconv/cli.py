@@ -6,6 +6,8 @@
                        which one ``backend="auto"`` picks; ``--measure`` times them.
 ``fastconv report``    runs a sweep and writes PNG plots and a Markdown page on the trade-offs.
 ``fastconv backends``  lists the registered backends and why any is unavailable.
+``fastconv tune``      fits the cost model behind ``backend="auto"`` on this machine
+                       (``--calibrate``), or shows or clears the autotuning cache.
 
 Bad arguments print a usage line and a one-line error and exit with status 2, as argparse does.
 """
@@ -357,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("backends", help="list registered backends and their availability")
     listing.set_defaults(run=_list, fail=listing.error)
+    from fastconv import tuning  # `fastconv tune`: its options and logic live with the autotuner
+
+    tune = commands.add_parser("tune", help="calibrate auto's cost model; show or clear the tuning cache",
+                               description="Fit the cost model behind backend='auto' on this machine, or show "
+                                           "or clear what autotuning has remembered.")
+    tuning.add_arguments(tune)
+    tune.set_defaults(fail=tune.error)
     return parser
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 
 import numpy as np
 
-from fastconv import backends
+from fastconv import backends, tuning
 from fastconv.geometry import ConvSpec, check_dtype, make_spec, pad_input, resolve_dtypes
 
 __all__ = ["conv2d", "use_backend", "choose_backend"]
@@ -22,11 +21,6 @@ __all__ = ["conv2d", "use_backend", "choose_backend"]
 _preferred_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "fastconv_preferred_backend", default=None
 )
-
-# Until the cost model lands, "auto" takes the first backend in this order that can run the call.
-# fft comes after naive, so a fixed order never picks it: FFT only pays for large kernels, which
-# an order cannot tell (on a 3×3 problem it is slower than direct sums and rounds differently).
-_AUTO_ORDER = ("numba_cpu", "im2col", "naive", "fft")
 
 
 def _in_gpu_memory(value) -> bool:
@@ -48,6 +42,14 @@ def _as_numeric_array(name: str, value) -> np.ndarray:
         raise TypeError(f"{name} must be an array of numbers; numpy could not convert it: {error}") from None
     check_dtype(name, array.dtype)
     return array
+
+
+def _layout(array) -> str:
+    """The caller's memory layout, part of the autotuning signature (device arrays: "C")."""
+    flags = getattr(array, "flags", None)
+    if flags is None or getattr(flags, "c_contiguous", True):
+        return "C"
+    return "F" if getattr(flags, "f_contiguous", False) else "strided"
 
 
 def _batched_operands(x, weights: dict, bias):
@@ -76,49 +78,14 @@ def _check_bias(bias, out_channels: int, weight_description: str) -> None:
                          f"got shape {bias.shape}")
 
 
-def _declines(name: str, spec: ConvSpec) -> str | None:
-    reason = backends.unavailable_reason(name)
-    if reason is None:
-        reason = backends.get(name).supports(spec)
-    return reason
-
-
-def _declines_weight(name: str, weight: np.ndarray, spec: ConvSpec) -> str | None:
-    """The reason of backend ``name``'s optional ``supports_weight`` hook, or None."""
-    hook = getattr(backends.get(name), "supports_weight", None)
-    return None if hook is None else hook(weight, spec)
-
-
-def _choose_auto_for_weight(spec: ConvSpec, weight: np.ndarray) -> str:
-    """Like ``choose_backend``, also skipping backends whose ``supports_weight`` declines ``weight``."""
-    name = choose_backend(spec)
-    if _declines_weight(name, weight, spec) is None:
-        return name
-    registered = backends.backend_names()
-    for name in (_preferred_backend.get(), *_AUTO_ORDER):
-        if name in registered and _declines(name, spec) is None and _declines_weight(name, weight, spec) is None:
-            return name
-    raise ValueError(f"no backend can run this convolution: {spec}")
-
-
-@functools.lru_cache(maxsize=1024)
-def _choose_auto(spec: ConvSpec, preferred: str | None) -> str:
-    if preferred is not None and _declines(preferred, spec) is None:
-        return preferred
-    registered = backends.backend_names()
-    for name in _AUTO_ORDER:
-        if name in registered and _declines(name, spec) is None:
-            return name
-    raise ValueError(f"no backend can run this convolution: {spec}")  # naive runs everything
-
-
-def choose_backend(spec: ConvSpec) -> str:
+def choose_backend(spec: ConvSpec, weight: np.ndarray | None = None) -> str:
     """The name of the backend ``backend="auto"`` runs for ``spec`` (honours :func:`use_backend`).
 
     ``spec`` is the spec a backend sees: build it with :func:`fastconv.geometry.make_spec` and
-    call ``.zero_padded()`` on it when its padding mode is not ``"zeros"``.
+    call ``.zero_padded()`` on it when its padding mode is not ``"zeros"``. ``weight`` lets the
+    choice see the kernels' rank. The rules live in :mod:`fastconv.tuning`.
     """
-    return _choose_auto(spec, _preferred_backend.get())
+    return tuning.choose(spec, weight, preferred=_preferred_backend.get())
 
 
 @contextlib.contextmanager
@@ -147,7 +114,7 @@ def use_backend(name: str):
 
 
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           padding_mode="zeros", backend="auto"):
+           padding_mode="zeros", backend="auto", tune=None):
     """2-D cross-correlation over a batch of multi-channel images, as torch's ``conv2d``.
 
     Parameters
@@ -172,7 +139,12 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     padding_mode : {"zeros", "reflect", "replicate", "circular"}
         What the border holds, with torch's meanings. ``"reflect"`` needs padding < input size.
     backend : str
-        A name from :func:`fastconv.list_backends` or ``"auto"``.
+        A name from :func:`fastconv.list_backends` or ``"auto"`` (see :mod:`fastconv.tuning` and
+        :func:`fastconv.explain` for how auto chooses).
+    tune : bool, optional
+        With ``backend="auto"``: time the eligible backends on the first call of this problem
+        signature and run the fastest (remembered across processes). Default
+        :data:`fastconv.config.autotune` (``FASTCONV_AUTOTUNE``).
 
     Returns
     -------
@@ -200,6 +172,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     (1, 1, 4, 4)
     """
     x = _as_numeric_array("x", x)
+    layout = _layout(x)
     weight = _as_numeric_array("weight", weight)
     if x.ndim not in (3, 4):
         raise ValueError(f"x must have shape (N, C, H, W) or (C, H, W), got {x.ndim} dimensions: shape {x.shape}")
@@ -237,18 +210,22 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         spec = spec.zero_padded()
 
     weight = np.ascontiguousarray(weight, dtype=compute_dtype)
+    if bias is not None:
+        bias = np.ascontiguousarray(bias, dtype=compute_dtype)
+    if tune is not None and (not isinstance(tune, (bool, np.bool_)) or (tune and backend != "auto")):
+        raise ValueError(f"tune must be None, True or False, and True only with backend='auto'; "
+                         f"got tune={tune!r} with backend={backend!r}")
     if backend == "auto":
-        name = _choose_auto_for_weight(spec, weight)
+        name = tuning.choose(spec, weight, preferred=_preferred_backend.get(), tune=tune,
+                             operands=(x, weight, bias), layout=layout)
     else:
         name = backends._check_name(backend)
         reason = backends.get(name).supports(spec)  # get() raises when the backend is unavailable
         if reason is None:
-            reason = _declines_weight(name, weight, spec)
+            reason = tuning.weight_decline_reason(name, weight, spec)
         if reason is not None:
             raise ValueError(f"backend {name!r} cannot run this convolution: {reason}")
 
-    if bias is not None:
-        bias = np.ascontiguousarray(bias, dtype=compute_dtype)
     out = backends.get(name).run(x, weight, bias, spec)
     if out.dtype != out_dtype:
         out = out.astype(out_dtype)

@@ -153,6 +153,9 @@ class ConvSpec:
 # argument normalisation
 
 
+_GEOMETRY_LIMIT = 2**62  # far beyond any array that fits in memory; sums of a few stay in int64
+
+
 def _as_int(name: str, value) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got the bool {value!r}")
@@ -177,7 +180,19 @@ def _pair(name: str, value, *, minimum: int) -> tuple[int, int]:
     if min(pair) < minimum:
         what = "positive" if minimum == 1 else f">= {minimum}"
         raise ValueError(f"{name} must be {what} (an int or a pair of such ints), got {value!r}")
+    if max(pair) >= _GEOMETRY_LIMIT:  # numba kernels index with int64: larger values fail to compile
+        raise ValueError(f"{name} must be below 2**62 (an int or a pair of such ints), got {value!r}")
     return pair
+
+
+def _shape(name: str, value) -> tuple[int, ...]:
+    """A shape given by the caller (not taken from an array): a sequence of ints >= 0."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise TypeError(f"{name} must be a tuple of ints, got {value!r}")
+    shape = tuple(_as_int(f"{name}[{index}]", size) for index, size in enumerate(value))
+    if shape and min(shape) < 0:
+        raise ValueError(f"{name} must hold sizes >= 0, got {value!r}")
+    return shape
 
 
 def _resolve_padding(padding, in_size, kernel, stride, dilation):
@@ -398,7 +413,14 @@ def output_shape(input_shape, weight_shape=None, stride=None, padding=0, dilatio
     if unknown:
         raise TypeError(f"output_shape(op={op!r}) got unexpected arguments {sorted(unknown)}; "
                         f"it accepts {sorted(allowed) or 'none'} besides stride, padding, dilation, groups")
-    input_shape = tuple(input_shape)
+    input_shape = _shape("input_shape", input_shape)
+    if op == "depthwise_separable_conv2d":
+        if not (isinstance(weight_shape, (tuple, list)) and len(weight_shape) == 2):
+            raise TypeError(f"weight_shape of depthwise_separable_conv2d must be a pair (depthwise shape, "
+                            f"pointwise shape), got {weight_shape!r}")
+        weight_shape = tuple(_shape("weight_shape", shape) for shape in weight_shape)
+    elif op not in ("max_pool2d", "avg_pool2d"):
+        weight_shape = _shape("weight_shape", weight_shape)
     if op in ("convolve2d", "correlate2d"):
         return signal_geometry(input_shape, tuple(weight_shape), options.get("mode", "full"),
                                flip=op == "convolve2d", op=op)[2]

@@ -95,6 +95,15 @@ def _draw(shape, scale, uniform, rng, dtype):
     return values.astype(dtype)
 
 
+def _check_gain(gain) -> float:
+    # torch's gain scales a standard deviation: a non-negative real number
+    if isinstance(gain, (bool, np.bool_)) or not isinstance(gain, (int, float, np.integer, np.floating)):
+        raise TypeError(f"gain must be a real number >= 0, got {gain!r} of type {type(gain).__name__}")
+    if not (math.isfinite(gain) and gain >= 0):
+        raise ValueError(f"gain must be a finite real number >= 0, got {gain!r}")
+    return float(gain)
+
+
 def _he_fan(shape, groups, mode):
     fan_in, fan_out = fans(shape, groups)
     if mode not in ("fan_in", "fan_out"):
@@ -110,7 +119,7 @@ def glorot_uniform(shape, *, rng=None, dtype=np.float32, groups=1, gain=1.0):
     True
     """
     fan_in, fan_out = fans(shape, groups)
-    return _draw(_shape(shape), gain * math.sqrt(6.0 / (fan_in + fan_out)), True, rng, dtype)
+    return _draw(_shape(shape), _check_gain(gain) * math.sqrt(6.0 / (fan_in + fan_out)), True, rng, dtype)
 
 
 def glorot_normal(shape, *, rng=None, dtype=np.float32, groups=1, gain=1.0):
@@ -120,7 +129,7 @@ def glorot_normal(shape, *, rng=None, dtype=np.float32, groups=1, gain=1.0):
     dtype('float64')
     """
     fan_in, fan_out = fans(shape, groups)
-    return _draw(_shape(shape), gain * math.sqrt(2.0 / (fan_in + fan_out)), False, rng, dtype)
+    return _draw(_shape(shape), _check_gain(gain) * math.sqrt(2.0 / (fan_in + fan_out)), False, rng, dtype)
 
 
 def he_uniform(shape, *, rng=None, dtype=np.float32, groups=1, mode="fan_in"):

@@ -52,10 +52,11 @@ def _max_pool2d(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, di
         row_max = np.empty(buffer_w, dtype=x.dtype)
         for oy in range(out_h):
             row_max[:] = -np.inf
-            for u in range(kernel_h):
-                iy = oy * stride_h - pad_h + u * dilation_h
-                if iy < 0 or iy >= in_h:
-                    continue
+            top = oy * stride_h - pad_h
+            # only the taps on input rows: a huge kernel with huge padding must not loop over all taps
+            first_u = max(0, (dilation_h - 1 - top) // dilation_h)
+            for u in range(first_u, min(kernel_h, (in_h - 1 - top) // dilation_h + 1)):
+                iy = top + u * dilation_h
                 for ix in range(used_w):
                     value = image[iy, ix]
                     current = row_max[ix + pad_w]
@@ -94,10 +95,9 @@ def _avg_pool2d(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, co
         row_sum = np.zeros(buffer_w, dtype=x.dtype)
         for oy in range(out_h):
             row_sum[:] = 0
-            for u in range(kernel_h):
-                iy = oy * stride_h - pad_h + u
-                if iy < 0 or iy >= in_h:
-                    continue
+            top = oy * stride_h - pad_h
+            for u in range(max(0, -top), min(kernel_h, in_h - top)):  # the taps on input rows only
+                iy = top + u
                 for ix in range(used_w):
                     row_sum[ix + pad_w] += image[iy, ix]
             result = out[n, c, oy]
@@ -216,6 +216,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
         override = _as_int("divisor_override", divisor_override)
         if override == 0:
             raise ValueError("avg_pool2d: divisor_override must be None or a non-zero int, got 0")
+        if abs(override) >= 2**62:  # the kernel takes it as an int64
+            raise ValueError(f"avg_pool2d: divisor_override must be below 2**62 in magnitude, got {override}")
     out = np.empty(spec.out_shape, dtype=x.dtype)
     _avg_pool2d(x, out, *spec.kernel_size, *spec.stride, *spec.padding, bool(count_include_pad), override)
     return _finish(out, out_dtype, unbatched)

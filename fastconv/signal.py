@@ -79,7 +79,10 @@ def _fill_value(fillvalue, dtype: np.dtype):
             return fill.astype(dtype)[()]
     value = fill.reshape(()).item()
     if isinstance(value, (str, bytes)):
-        complex(value)  # a malformed string raises ValueError, as in scipy
+        try:
+            complex(value)  # a malformed string raises ValueError, as in scipy
+        except ValueError:
+            raise ValueError(f"`fillvalue` must be a number (or a string complex() reads), got {value!r}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # 1e40 -> float32 is inf, silently

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import backends, bench, dispatch
+from fastconv import backends, bench, tuning
 
 
 def test_case_round_trips_through_json_form():
@@ -110,12 +110,12 @@ def broken_run_backend(monkeypatch):
     yield
     backends._unavailable.pop("broken_run", None)
     backends._loaded.pop("broken_run", None)
-    dispatch._choose_auto.cache_clear()
+    tuning.clear_cache()
 
 
 def test_measure_records_failures_and_finds_the_winner(broken_run_backend):
     case = bench.Case("tiny", (1, 2, 6, 6), (2, 2, 3, 3))
-    with fastconv.use_backend("naive"):  # auto's pick must be one of the measured backends
+    with fastconv.use_backend("naive"):  # auto's pick must be one of the two measured backends
         results = bench.measure([case], ["broken_run", "naive"], peers=["scipy"], repeat=2, progress=False)
     entry = results["cases"][0]
     assert entry["results"]["broken_run"] == {"status": "failed", "reason": "RuntimeError: kernel exploded"}

@@ -52,6 +52,29 @@ def test_depthwise_path(multiplier):
     assert spec.is_depthwise and numba_cpu.uses_plane_kernel(spec)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("x_shape, padding", [
+    ((2, 4, 9, 8), 1),                    # stride 1: output rows as wide as input rows (flat run)
+    ((1, 3, 10, 11), ((0, 2), (2, 0))),   # asymmetric: output and input pitches differ
+    ((1, 3, 7, 6), 0),                    # no padding: no border columns at all
+    ((1, 2, 2, 1), ((3, 1), (2, 4))),     # image smaller than the kernel: every pixel is a border
+])
+def test_depthwise_3x3_kernel(stride, x_shape, padding):
+    """The specialised 3×3 depthwise kernel: interior run, wrapped columns, borders, multiplier 2."""
+    channels = x_shape[1]
+    for multiplier in (1, 2):
+        spec = _check(x_shape, (channels * multiplier, 1, 3, 3), dtype=np.float32, groups=channels,
+                      stride=stride, padding=padding)
+        assert numba_cpu._uses_depthwise3x3(spec)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_3x3_kernel_split_into_row_blocks(stride):
+    """One large plane is split into row blocks: each block's interior run and borders."""
+    spec = _check((1, 1, 301, 40), (1, 1, 3, 3), stride=stride, padding=1, bias=False)
+    assert numba_cpu._uses_depthwise3x3(spec)
+
+
 def test_single_channel_image_path():
     spec = _check((1, 1, 64, 70), (1, 1, 5, 5), dtype=np.float32, padding="same")
     assert numba_cpu.uses_plane_kernel(spec)

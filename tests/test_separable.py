@@ -125,9 +125,9 @@ def test_auto_picks_separable_only_for_low_rank_weights():
     low_rank = np.broadcast_to(np.outer(g, g), (2, 2, 7, 7)).copy()
     spec = make_spec((1, 2, 16, 16), low_rank.shape)
     with fastconv.use_backend("separable"):
-        assert dispatch._choose_auto_for_weight(spec, low_rank) == "separable"
+        assert dispatch.choose_backend(spec, low_rank) == "separable"
         full = np.random.default_rng(4).standard_normal(low_rank.shape)
-        assert dispatch._choose_auto_for_weight(spec, full) != "separable"
+        assert dispatch.choose_backend(spec, full) != "separable"
 
 
 def test_separable_conv2d_matches_conv2d_with_outer_product():

@@ -375,6 +375,9 @@ def _equal_chunk(total: int, most: int) -> int:
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
     if spec.batch == 0:
         return np.empty(spec.out_shape, dtype=spec.dtype)
+    # First, so that an output too large for memory fails here (MemoryError) and not after a list
+    # of its tiles has used up all memory.
+    out = np.empty(spec.out_shape, dtype=spec.dtype)
     complex_data = spec.dtype.kind == "c"
     grid = _choose_tiles(spec, complex_data)
     key = (weight.shape, spec.dtype.str, spec.dilation, spec.groups, grid)
@@ -392,7 +395,6 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     item_bytes = (channels + out_channels) * (points + 2 * bins) * spec.dtype.itemsize
     chunk = _equal_chunk(len(items), config.workspace_bytes // item_bytes)
 
-    out = np.empty(spec.out_shape, dtype=spec.dtype)
     try:
         for start in range(0, len(items), chunk):
             batch_items = items[start:start + chunk]

@@ -591,12 +591,17 @@ def _in_parallel(threads: int, count: int, task) -> None:
         future.result()
 
 
+@np.errstate(invalid="ignore", over="ignore")  # inf/NaN inputs are expected (see Non-finite values above)
+def _matmul(inputs, filters, out) -> None:
+    np.matmul(inputs, filters, out=out)
+
+
 def _batched_gemm(inputs, filters, products, threads: int) -> None:
     """products[e, g] = inputs[e, g] · filters[e, g] for all α²·G GEMMs, on ``threads`` threads."""
     count = inputs.shape[0] * inputs.shape[1]
     flat = (inputs.reshape(count, *inputs.shape[2:]), filters.reshape(count, *filters.shape[2:]),
             products.reshape(count, *products.shape[2:]))
-    _in_parallel(threads, count, lambda first, last: np.matmul(
+    _in_parallel(threads, count, lambda first, last: _matmul(
         flat[0][first:last], flat[1][first:last], out=flat[2][first:last]))
 
 
@@ -677,7 +682,7 @@ def _run_fused(x, origins, filters, bias, out, spec, m):
             products = products_buffer[:alpha2 * spec.out_channels * count].reshape(alpha2, groups, count, kg)
             _pack_band(x, n, low, pad_top, pad_left, band)
             _input_transform(band.reshape(1, *band.shape), tiles, dh, dw, inputs, 0, count)
-            np.matmul(inputs, filters, out=products)
+            _matmul(inputs, filters, out=products)
             _output_transform(products, tiles, dh, dw, bias, out_band, 0, count)
             _unpack_band(out_band[0], low, row_origins[start:stop, 1], dh, m, n, out)
 
@@ -741,6 +746,8 @@ def _run_staged(x, origins, filters, bias, out, spec, m):
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
         tile: int | None = None) -> np.ndarray:
+    if spec.batch == 0:  # an empty batch: no tiles, so no chunk size to divide the work by
+        return np.empty(spec.out_shape, dtype=spec.dtype)
     m = choose_tile(spec) if tile is None else tile
     filters = _cached_filter_transform(weight, m, spec.groups)        # (α², G, Cg, Kg)
     out = np.empty(spec.out_shape, dtype=spec.dtype)

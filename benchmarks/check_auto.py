@@ -1,0 +1,254 @@
+"""How good is ``backend="auto"``? Time every eligible backend on a grid of problems and compare.
+
+For each problem the script times every backend that can run it in its steady state (a pause for
+the previous backend's thread pools to go idle, a warm-up call that absorbs JIT compilation, then
+the best of up to 7 calls: :func:`fastconv.tuning.time_backends`), then asks which backend auto
+picks:
+
+* untuned — the cost model alone (:mod:`fastconv.cost`), and
+* tuned — :func:`fastconv.tuning.measure`, the autotuner's own quick measurement,
+
+and reports how often each pick is within 10% of the fastest backend, and the worst slowdown.
+Targets (issue 7): untuned within 10% on >= 85% of problems and never worse than 2x; tuned
+within 10% on >= 97%.
+
+The grid (>= 40 problems): the canonical conv2d layers of ``shapes.json``, the image-filter grid
+(image side x kernel side x random/Gaussian kernel, padding "same"), strided and dilated variants,
+and a few float64 problems. Backends whose estimated time is above ``--skip-above`` seconds *and*
+more than 30x the best estimate are not timed (naive on big problems, direct convolution with
+101x101 kernels); the table says so.
+
+Usage (results accumulate in the JSON file, so the run can be split into short pieces)::
+
+    python benchmarks/check_auto.py --json auto.json --max-seconds 240   # repeat until done
+    python benchmarks/check_auto.py --json auto.json --report            # the summary table
+
+Run it on a quiet machine, with the constants you want to judge (``fastconv tune --calibrate``
+first to judge this machine's fit; ``FASTCONV_CACHE_DIR`` pointing at an empty directory to
+judge the shipped defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+SHAPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "shapes.json")
+CANDIDATE_SHAPES = [SHAPES, "/work/shared/shapes.json"]
+
+
+def _load_shapes():
+    for path in CANDIDATE_SHAPES:
+        if os.path.exists(path):
+            with open(path) as stream:
+                return json.load(stream)
+    raise SystemExit(f"check_auto: shapes.json not found (looked in {CANDIDATE_SHAPES})")
+
+
+def problems():
+    """(name, input shape, weight shape, conv2d keywords, dtype, kernel kind) of the grid."""
+    shapes = _load_shapes()
+    grid = []
+    for layer in shapes["conv2d"]:
+        grid.append((layer["name"], (layer["N"], layer["C"], layer["H"], layer["W"]),
+                     (layer["K"], layer["C"] // layer["groups"], layer["R"], layer["S"]),
+                     {"stride": layer["stride"], "padding": layer["pad"], "dilation": layer["dilation"],
+                      "groups": layer["groups"]}, "float32", "random"))
+    filters = shapes["image_filters"]
+    for side in filters["image_sides"]:
+        for k in filters["kernel_sides"]:
+            if side * side * k * k > 2048 * 2048 * 63 * 63 or (side >= 4096 and k not in (5, 31)) \
+                    or (side == 256 and k > 63):
+                continue  # keep the grid's run time in minutes; 4096 sampled at two kernel sizes
+            for kind in filters["kernels"]:
+                grid.append((f"image{side}_k{k}_{kind}", (1, 1, side, side), (1, 1, k, k),
+                             {"padding": "same"}, "float32", kind))
+    grid += [
+        ("resnet_3x3_s2", (1, 64, 56, 56), (128, 64, 3, 3), {"stride": 2, "padding": 1}, "float32", "random"),
+        ("resnet_3x3_batch8", (8, 64, 28, 28), (64, 64, 3, 3), {"padding": 1}, "float32", "random"),
+        ("aspp_3x3_d6", (1, 128, 33, 33), (128, 128, 3, 3), {"padding": 6, "dilation": 6}, "float32", "random"),
+        ("dw_3x3_d2", (1, 64, 56, 56), (64, 1, 3, 3), {"padding": 2, "dilation": 2, "groups": 64}, "float32", "random"),
+        ("grouped_3x3_g8", (1, 64, 28, 28), (64, 8, 3, 3), {"padding": 1, "groups": 8}, "float32", "random"),
+        ("image1024_k5_d2", (1, 1, 1024, 1024), (1, 1, 5, 5), {"padding": "same", "dilation": 2}, "float32", "random"),
+        ("image1024_k9_s2", (1, 1, 1024, 1024), (1, 1, 9, 9), {"padding": "same", "stride": 2}, "float32", "random"),
+        ("image1024_k15_s2_gauss", (1, 1, 1024, 1024), (1, 1, 15, 15), {"padding": "same", "stride": 2},
+         "float32", "gaussian"),
+        ("rgb512_k7_3to8", (1, 3, 512, 512), (8, 3, 7, 7), {"padding": 3}, "float32", "random"),
+        ("tiny_8x8_k3", (1, 1, 8, 8), (1, 1, 3, 3), {}, "float32", "random"),
+        ("resnet_3x3_f64", (1, 64, 28, 28), (64, 64, 3, 3), {"padding": 1}, "float64", "random"),
+        ("image1024_k15_f64", (1, 1, 1024, 1024), (1, 1, 15, 15), {"padding": "same"}, "float64", "random"),
+        ("image1024_k31_gauss_f64", (1, 1, 1024, 1024), (1, 1, 31, 31), {"padding": "same"}, "float64", "gaussian"),
+    ]
+    return grid
+
+
+def _weight(shape, kind, dtype, rng):
+    if kind == "gaussian":
+        axis = np.linspace(-2.5, 2.5, shape[-1])
+        profile = np.exp(-axis ** 2 / 2)
+        kernel = np.outer(profile, profile)
+        return np.broadcast_to(kernel / kernel.sum(), shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def measure_problem(entry, skip_above: float):
+    from fastconv import backends, cost, tuning
+    from fastconv.geometry import make_spec, pad_input
+
+    name, x_shape, w_shape, keywords, dtype, kind = entry
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = _weight(w_shape, kind, dtype, rng)
+    full = make_spec(x_shape, w_shape, dtype=dtype, **keywords)
+    spec = full.zero_padded() if full.padding_mode != "zeros" else full
+    x_run = pad_input(x, full) if full.padding_mode != "zeros" else x
+    rank = tuning.kernel_rank(weight)
+    candidates = [b for b in backends.backend_names() if b != "cuda" and tuning.decline_reason(b, spec) is None]
+    estimates = {b: cost.estimate_seconds(b, spec, rank=rank, module=backends.get(b)) for b in candidates}
+    best_estimate = min(estimates.values())
+    notes, timed = {}, []
+    for backend in candidates:
+        if estimates[backend] > skip_above and estimates[backend] > 30 * best_estimate:
+            notes[backend] = f"not timed: estimated {estimates[backend]:.3g} s"
+        elif tuning.weight_decline_reason(backend, weight, spec) is not None:
+            notes[backend] = f"declines: {tuning.weight_decline_reason(backend, weight, spec)}"
+        else:
+            timed.append(backend)
+    times = tuning.time_backends_quietly(timed, (x_run, weight, None), spec, repeats=7, budget=2.0)
+    tuning.clear_cache()
+    untuned = tuning.choose(spec, weight, tune=False)
+    tuned_results = tuning.measure(spec, (x_run, weight, None))
+    tuned = tuning._fastest(tuned_results)
+    return {"name": name, "input": x_shape, "weight": w_shape, "keywords": keywords, "dtype": dtype,
+            "kernel": kind, "rank": rank, "estimates": estimates, "times": times, "notes": notes,
+            "auto": untuned, "tuned": tuned}
+
+
+def _ratio(result, pick):
+    best = min(result["times"].values())
+    chosen = result["times"].get(pick)
+    return None if chosen is None else chosen / best
+
+
+def report(results) -> str:
+    lines = ["| problem | fastest | time | auto (cost model) | ratio | tuned auto | ratio |",
+             "|---|---|---:|---|---:|---|---:|"]
+    untuned_ratios, tuned_ratios = [], []
+    for result in results:
+        best = min(result["times"], key=result["times"].get)
+        ratio, tuned_ratio = _ratio(result, result["auto"]), _ratio(result, result["tuned"])
+        untuned_ratios.append(ratio if ratio is not None else float("inf"))
+        tuned_ratios.append(tuned_ratio if tuned_ratio is not None else float("inf"))
+        lines.append(f"| {result['name']} ({result['dtype']}) | {best} | {result['times'][best] * 1e3:.3g} ms "
+                     f"| {result['auto']} | {ratio:.2f} | {result['tuned']} | {tuned_ratio:.2f} |")
+    count = len(results)
+    within = sum(r <= 1.10 for r in untuned_ratios)
+    tuned_within = sum(r <= 1.10 for r in tuned_ratios)
+    lines += ["",
+              f"{count} problems. Cost model: within 10% of the fastest on {within}/{count} "
+              f"({100 * within / count:.0f}%), worst {max(untuned_ratios):.2f}x, geometric mean "
+              f"{np.exp(np.mean(np.log(untuned_ratios))):.3f}x.",
+              f"Tuned: within 10% on {tuned_within}/{count} ({100 * tuned_within / count:.0f}%), worst "
+              f"{max(tuned_ratios):.2f}x."]
+    return "\n".join(lines)
+
+
+_TINY = """
+import timeit
+import numpy as np
+x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+w = np.random.default_rng(1).standard_normal((1, 1, 3, 3)).astype(np.float32)
+def per_call(function, number=20000):
+    return min(timeit.repeat(function, number=number, repeat=7)) / number
+"""
+
+_FASTCONV_TINY = _TINY + """
+import fastconv
+from fastconv import tuning
+from fastconv.geometry import make_spec
+picked = tuning.choose(make_spec(x.shape, w.shape, dtype=x.dtype), w)
+fastconv.conv2d(x, w), fastconv.conv2d(x, w, backend=picked)  # compile, decide
+print(picked, per_call(lambda: fastconv.conv2d(x, w)), per_call(lambda: fastconv.conv2d(x, w, backend=picked)))
+"""
+
+_TORCH_TINY = _TINY + """
+import torch
+torch.set_num_threads(2)
+tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+torch.nn.functional.conv2d(tx, tw)
+print(per_call(lambda: torch.nn.functional.conv2d(tx, tw)))
+"""
+
+
+def overhead() -> str:
+    """Auto's per-call overhead on a tiny problem vs torch's whole call, each in its own process."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+
+    def run(code):
+        return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                              env=env).stdout.split()
+
+    picked, auto, explicit = run(_FASTCONV_TINY)
+    auto, explicit, torch_time = float(auto), float(explicit), float(run(_TORCH_TINY)[0])
+    return (f"1x1x8x8 input, 3x3 kernel, float32: conv2d(backend='auto') {auto * 1e6:.2f} us, "
+            f"conv2d(backend={picked!r}) {explicit * 1e6:.2f} us, torch.nn.functional.conv2d "
+            f"{torch_time * 1e6:.2f} us.\nAuto's overhead {(auto - explicit) * 1e6:.2f} us = "
+            f"{(auto - explicit) / torch_time:.2f}x torch's whole call (target <= 3x); fastconv's whole "
+            f"auto call = {auto / torch_time:.2f}x torch's.")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default="check_auto.json", help="results file (accumulates; default %(default)s)")
+    parser.add_argument("--max-seconds", type=float, default=240, help="stop after this long (resume later)")
+    parser.add_argument("--skip-above", type=float, default=1.0, help="don't time backends estimated slower (s)")
+    parser.add_argument("--report", action="store_true", help="print the summary table of the results file")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="problems to (re)measure")
+    parser.add_argument("--overhead", action="store_true",
+                        help="measure auto's per-call overhead on a tiny problem against torch, and stop")
+    args = parser.parse_args(argv)
+    if args.overhead:
+        print(overhead())
+        return 0
+
+    results = {}
+    if os.path.exists(args.json):
+        with open(args.json) as stream:
+            results = {result["name"]: result for result in json.load(stream)}
+    grid = problems()
+    if args.report:
+        done = [results[entry[0]] for entry in grid if entry[0] in results]
+        print(report(done))
+        missing = [entry[0] for entry in grid if entry[0] not in results]
+        if missing:
+            print(f"\nnot measured yet: {', '.join(missing)}")
+        return 0
+    started = time.perf_counter()
+    for entry in grid:
+        if (args.only and entry[0] not in args.only) or (not args.only and entry[0] in results):
+            continue
+        if time.perf_counter() - started > args.max_seconds:
+            print("time is up; run again to continue", file=sys.stderr)
+            break
+        result = measure_problem(entry, args.skip_above)
+        results[entry[0]] = result
+        best = min(result["times"], key=result["times"].get)
+        print(f"{entry[0]:<28} fastest {best:<10} {result['times'][best] * 1e3:9.3f} ms  auto {result['auto']:<10} "
+              f"x{_ratio(result, result['auto']) or float('inf'):.2f}  tuned {result['tuned']:<10} "
+              f"x{_ratio(result, result['tuned']) or float('inf'):.2f}", flush=True)
+        with open(args.json + ".tmp", "w") as stream:
+            json.dump(list(results.values()), stream, indent=1)
+        os.replace(args.json + ".tmp", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""backend="auto": hard rules, cost-model choice, autotuning, the persistent cache and explain.
+
+Decision logic is tested with fake backend modules (as scipy.fft's backend tests do): each fake
+says what it costs (``estimate_seconds``) and returns a constant that identifies it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import types
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import backends, config, cost, tuning
+from fastconv.geometry import make_spec
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own cache directory and forgets earlier decisions."""
+    monkeypatch.setattr(config, "cache_dir", str(tmp_path / "cache"))
+    monkeypatch.setattr(config, "autotune", False)
+    monkeypatch.setattr(tuning, "_SETTLE_SECONDS", 0.0)  # fake backends have no thread pools to settle
+    monkeypatch.setattr(cost, "_loaded", None)
+    tuning.clear_cache()
+    tuning._warned.clear()
+    yield tmp_path / "cache"
+    tuning.clear_cache()
+
+
+@pytest.fixture
+def register(monkeypatch):
+    """register(name, value, estimate=..., declines=..., unavailable=..., delay=...) adds a fake."""
+    names = []
+
+    def add(name, value, *, estimate=None, declines=None, unavailable=None, delay=0.0):
+        module = types.ModuleType(f"fastconv_fake_{name}")
+        module.name = name
+        module.available = lambda: unavailable
+        module.supports = declines or (lambda spec: None)
+        module.calls = 0
+
+        def run(x, w, b, spec):
+            module.calls += 1
+            if delay:
+                time.sleep(delay)
+            return np.full(spec.out_shape, value, dtype=spec.dtype)
+
+        module.run = run
+        if estimate is not None:
+            module.estimate_seconds = estimate if callable(estimate) else (lambda spec: estimate)
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        monkeypatch.setitem(backends._MODULES, name, module.__name__)
+        backends._unavailable.pop(name, None)  # a real backend of that name may have been loaded
+        backends._loaded.pop(name, None)
+        names.append(name)
+        tuning.clear_cache()
+        return module
+
+    yield add
+    for name in names:
+        backends._unavailable.pop(name, None)
+        backends._loaded.pop(name, None)
+
+
+def _only_fakes(monkeypatch, *names):
+    """Leave only the given fakes registered (naive out of the way), in this order."""
+    monkeypatch.setattr(backends, "_MODULES", {name: backends._MODULES[name] for name in names})
+    tuning.clear_cache()
+
+
+X = np.ones((1, 1, 6, 6))
+W = np.ones((1, 1, 3, 3))
+
+
+def _value(**kwargs):
+    return fastconv.conv2d(X, W, **kwargs)[0, 0, 0, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# choice by the cost model
+
+
+def test_lowest_estimate_wins(register, monkeypatch):
+    register("slow", 1.0, estimate=1e-3)
+    register("fast", 2.0, estimate=1e-6)
+    _only_fakes(monkeypatch, "slow", "fast")
+    assert _value() == 2.0
+
+
+def test_cost_ordering_follows_the_spec(register, monkeypatch):
+    # "small" is cheap for small kernels, "large" for large ones, as direct vs FFT
+    register("small", 1.0, estimate=lambda spec: spec.kernel_height ** 2 * 1e-6)
+    register("large", 2.0, estimate=lambda spec: 20e-6)
+    _only_fakes(monkeypatch, "small", "large")
+    x = np.ones((1, 1, 16, 16))
+    assert fastconv.conv2d(x, np.ones((1, 1, 3, 3)))[0, 0, 0, 0] == 1.0
+    assert fastconv.conv2d(x, np.ones((1, 1, 7, 7)))[0, 0, 0, 0] == 2.0
+
+
+def test_declining_and_unavailable_backends_are_never_chosen(register, monkeypatch):
+    register("picky", 1.0, estimate=0.0, declines=lambda spec: "no float32" if spec.dtype == np.float32 else None)
+    register("broken", 2.0, estimate=0.0, unavailable="no hardware")
+    register("steady", 3.0, estimate=1.0)
+    _only_fakes(monkeypatch, "picky", "broken", "steady")
+    assert _value() == 1.0
+    assert fastconv.conv2d(X.astype(np.float32), W.astype(np.float32))[0, 0, 0, 0] == 3.0
+
+
+def test_ties_are_broken_by_registration_order(register, monkeypatch):
+    register("first", 1.0, estimate=1e-5)
+    register("second", 2.0, estimate=1e-5)
+    _only_fakes(monkeypatch, "first", "second")
+    assert _value() == 1.0
+    _only_fakes(monkeypatch, "second", "first")
+    assert _value() == 2.0
+
+
+def test_unmodelled_backend_ranks_last_but_still_runs(register, monkeypatch):
+    register("mystery", 1.0)  # no estimate: infinite cost
+    register("modelled", 2.0, estimate=5.0)
+    _only_fakes(monkeypatch, "mystery", "modelled")
+    assert _value() == 2.0
+    _only_fakes(monkeypatch, "mystery")
+    assert _value() == 1.0
+
+
+def test_no_candidate_raises(register, monkeypatch):
+    register("picky", 1.0, declines=lambda spec: "never")
+    _only_fakes(monkeypatch, "picky")
+    with pytest.raises(ValueError, match="no backend can run this convolution"):
+        _value()
+
+
+def test_decision_is_cached_per_signature(register, monkeypatch):
+    calls = []
+    register("counted", 1.0, estimate=lambda spec: calls.append(spec) or 1e-6)
+    _only_fakes(monkeypatch, "counted")
+    for _ in range(5):
+        _value()
+    assert len(calls) == 1
+    fastconv.conv2d(np.ones((1, 1, 7, 7)), W)  # a new signature is estimated afresh
+    assert len(calls) == 2
+
+
+def test_use_backend_wins_and_cuda_only_for_device_arrays(register, monkeypatch):
+    register("cuda", 9.0, estimate=0.0)
+    register("host", 1.0, estimate=1.0)
+    _only_fakes(monkeypatch, "cuda", "host")
+    assert _value() == 1.0  # host arrays never go to cuda on their own
+    with fastconv.use_backend("cuda"):
+        assert _value() == 9.0
+    spec = make_spec(X.shape, W.shape)
+    assert tuning.choose(spec, on_device=True) == "cuda"
+    _only_fakes(monkeypatch, "host")
+    with pytest.raises(ValueError, match="device .GPU. arrays need the 'cuda' backend"):
+        tuning.choose(spec, on_device=True)
+
+
+def test_separable_is_chosen_only_for_low_rank_kernels(register, monkeypatch):
+    # equal rates per multiply-add: separable wins when r (kh + kw) < kh kw, whatever was calibrated
+    monkeypatch.setattr(cost, "DEFAULT_CONSTANTS", {"separable": {"mac": 1e-9}, "numba_cpu": {"mac_plane": 1e-9}})
+    register("separable", 7.0)
+    register("direct", 1.0, estimate=lambda spec: cost.estimate_seconds("numba_cpu", spec))
+    _only_fakes(monkeypatch, "separable", "direct")
+    x = np.ones((1, 1, 64, 64))
+    gauss = np.exp(-np.linspace(-2, 2, 15) ** 2)
+    rank_one = np.outer(gauss, gauss)[None, None]
+    full_rank = np.random.default_rng(0).standard_normal((1, 1, 15, 15))
+    assert fastconv.conv2d(x, rank_one, padding="same")[0, 0, 0, 0] == 7.0
+    assert fastconv.conv2d(x, full_rank, padding="same")[0, 0, 0, 0] == 1.0
+    full_rank[0, 0] = rank_one[0, 0]  # in place: the rank must be recomputed, not remembered
+    assert fastconv.conv2d(x, full_rank, padding="same")[0, 0, 0, 0] == 7.0
+
+
+def test_supports_weight_hook_is_honoured_and_remembered(register, monkeypatch):
+    verdicts = []
+
+    def positive_only(weight, spec):
+        verdicts.append(1)
+        return None if (weight > 0).all() else "needs positive weights"
+
+    picky = register("picky", 1.0, estimate=1e-6)
+    picky.supports_weight = positive_only
+    register("plain", 2.0, estimate=1e-3)
+    _only_fakes(monkeypatch, "picky", "plain")
+    assert _value() == 1.0
+    assert fastconv.conv2d(X, -W)[0, 0, 0, 0] == 2.0
+    assert _value() == 1.0 and len(verdicts) == 2  # same weight content: verdict remembered
+    negative = W.copy()
+    assert fastconv.conv2d(X, negative)[0, 0, 0, 0] == 1.0
+    negative[0, 0, 0, 0] = -1  # mutated in place: asked again
+    assert fastconv.conv2d(X, negative)[0, 0, 0, 0] == 2.0
+    report = fastconv.explain(X, negative)
+    assert "no: needs positive weights" in repr(report) and report.choice == "plain"
+
+
+# --------------------------------------------------------------------------------------------
+# autotuning and its cache
+
+
+def test_tune_measures_once_and_remembers_across_processes(register, monkeypatch, isolated_cache):
+    slow = register("slow", 1.0, estimate=1e-6, delay=0.004)  # the model prefers slow...
+    fast = register("fast", 2.0, estimate=2e-6)
+    _only_fakes(monkeypatch, "slow", "fast")
+    assert _value() == 1.0
+    assert _value(tune=True) == 2.0  # ...measurement knows better
+    assert slow.calls >= 2  # one untimed warm-up call, then timed ones
+    entries = tuning.read_cache()
+    assert [entry["backend"] for entry in entries.values()] == ["fast"]
+    tuning.clear_cache()  # a new process: memory empty, the file remains
+    slow.calls = 0
+    assert _value(tune=True) == 2.0
+    assert slow.calls == 0
+
+
+def test_tuning_signature_includes_layout_and_threads(register, monkeypatch):
+    register("fast", 2.0, estimate=1e-6)
+    _only_fakes(monkeypatch, "fast")
+    _value(tune=True)
+    threads = fastconv.config.threads
+    monkeypatch.setattr(config, "threads", 1)
+    _value(tune=True)
+    fastconv.conv2d(np.asfortranarray(np.ones((1, 1, 6, 6))), W, tune=True)
+    tails = {tuple(key.split()[-2:]) for key in tuning.read_cache()}
+    assert tails == {("C", "t1"), ("F", "t1"), ("C", f"t{threads}")} if threads != 1 else len(tails) == 2
+
+
+def test_autotune_switch_and_environment(register, monkeypatch):
+    register("slow", 1.0, estimate=1e-6, delay=0.004)
+    register("fast", 2.0, estimate=2e-6)
+    _only_fakes(monkeypatch, "slow", "fast")
+    fastconv.autotune(True)
+    assert config.autotune and _value() == 2.0
+    assert _value(tune=False) == 1.0
+    fastconv.autotune(False)
+    assert _value() == 1.0
+    assert config._bool_from_env("FASTCONV_NO_SUCH_VARIABLE", False) is False
+    monkeypatch.setenv("FASTCONV_AUTOTUNE", "on")
+    assert config._bool_from_env("FASTCONV_AUTOTUNE", False) is True
+    monkeypatch.setenv("FASTCONV_AUTOTUNE", "maybe")
+    with pytest.raises(ValueError, match="FASTCONV_AUTOTUNE='maybe' is not a boolean"):
+        config._bool_from_env("FASTCONV_AUTOTUNE", False)
+
+
+def test_tune_argument_is_validated():
+    with pytest.raises(ValueError, match="tune=True with backend='naive'"):
+        _value(tune=True, backend="naive")
+    with pytest.raises(ValueError, match="tune='yes'"):
+        _value(tune="yes")
+    with pytest.raises(TypeError, match="autotune must be True or False"):
+        fastconv.autotune("yes")
+
+
+def test_tuning_skips_backends_estimated_far_slower(register, monkeypatch):
+    register("fast", 2.0, estimate=1e-5)
+    hopeless = register("hopeless", 1.0, estimate=10.0)
+    _only_fakes(monkeypatch, "fast", "hopeless")
+    assert _value(tune=True) == 2.0
+    assert hopeless.calls == 0
+    (entry,) = tuning.read_cache().values()
+    assert entry["seconds"]["hopeless"].startswith("skipped: estimated")
+
+
+def test_tuned_winner_that_now_declines_is_measured_again(register, monkeypatch):
+    fast = register("fast", 2.0, estimate=1e-6)
+    register("other", 1.0, estimate=2e-6, delay=0.002)
+    _only_fakes(monkeypatch, "fast", "other")
+    assert _value(tune=True) == 2.0
+    fast.supports = lambda spec: "not any more"
+    tuning.clear_cache()
+    assert _value(tune=True) == 1.0
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{not json", "unreadable"),
+    ('{"format": "something else", "entries": {}}', "not a fastconv autotuning file"),
+    ("[1, 2, 3]", "not a fastconv autotuning file"),
+    ("", "unreadable"),
+])
+def test_corrupt_cache_warns_and_is_rewritten(register, monkeypatch, isolated_cache, content, problem):
+    register("fast", 2.0, estimate=1e-6)
+    _only_fakes(monkeypatch, "fast")
+    isolated_cache.mkdir(parents=True)
+    (isolated_cache / tuning.CACHE_FILE).write_text(content)
+    with pytest.warns(RuntimeWarning, match=problem):
+        assert _value(tune=True) == 2.0
+    document = json.loads((isolated_cache / tuning.CACHE_FILE).read_text())
+    assert document["format"] == "fastconv-autotune"
+    assert [entry["backend"] for entry in document["entries"].values()] == ["fast"]
+
+
+def test_foreign_cache_is_ignored(register, monkeypatch, isolated_cache):
+    register("fast", 2.0, estimate=1e-6)
+    _only_fakes(monkeypatch, "fast")
+    machine = dict(cost.machine_key(), cpu="some other CPU")
+    spec_key = tuning.signature(make_spec(X.shape, W.shape))
+    isolated_cache.mkdir(parents=True)
+    (isolated_cache / tuning.CACHE_FILE).write_text(json.dumps(
+        {"format": "fastconv-autotune", "version": 1, "machine": machine,
+         "entries": {spec_key: {"backend": "elsewhere"}}}))
+    with pytest.warns(RuntimeWarning, match="another machine"):
+        assert _value(tune=True) == 2.0
+    assert tuning.read_cache()[spec_key]["backend"] == "fast"
+
+
+def test_unwritable_cache_warns_but_the_call_succeeds(register, monkeypatch, tmp_path):
+    register("fast", 2.0, estimate=1e-6)
+    _only_fakes(monkeypatch, "fast")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setattr(config, "cache_dir", str(blocker / "cache"))  # a directory under a file
+    with pytest.warns(RuntimeWarning, match="could not write the autotuning cache"):
+        assert _value(tune=True) == 2.0
+
+
+def test_concurrent_writers_threads(isolated_cache):
+    def writer(thread):
+        for i in range(20):
+            tuning.store_entries({f"thread{thread}-{i}": {"backend": "naive"}})
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(tuning.read_cache()) == 120
+    assert not [name for name in os.listdir(isolated_cache) if name.startswith(".tmp-")]
+
+
+def test_concurrent_writers_processes(isolated_cache):
+    script = textwrap.dedent("""
+        import sys
+        from fastconv import tuning
+        for i in range(25):
+            tuning.store_entries({f"process{sys.argv[1]}-{i}": {"backend": "naive"}})
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = dict(os.environ, FASTCONV_CACHE_DIR=str(isolated_cache),
+                       PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    processes = [subprocess.Popen([sys.executable, "-c", script, str(p)], env=environment) for p in range(4)]
+    assert [process.wait(timeout=60) for process in processes] == [0] * 4
+    entries = tuning.read_cache()
+    assert len(entries) == 100 and all(entry["backend"] == "naive" for entry in entries.values())
+
+
+# --------------------------------------------------------------------------------------------
+# explain
+
+
+def test_explain_table(register, monkeypatch):
+    register("picky", 1.0, estimate=1e-6, declines=lambda spec: "only 5x5 kernels")
+    register("good", 2.0, estimate=2e-3)
+    register("better", 3.0, estimate=1e-3)
+    _only_fakes(monkeypatch, "picky", "good", "better")
+    report = fastconv.explain((1, 1, 32, 32), (4, 1, 3, 3), padding=1, dtype=np.float32)
+    assert report.choice == "better"
+    assert [(row.name, row.supported) for row in report.rows] == [("picky", False), ("good", True), ("better", True)]
+    text = repr(report)
+    assert "no: only 5x5 kernels" in text and "2 ms" in text and "1 ms" in text
+    assert "auto picks 'better': lowest estimated time (1 ms; next best good 2 ms)" in text
+    assert "float32" in text and "(4, 1, 3, 3)" in text
+
+
+def test_explain_with_tuning_shows_measurements(register, monkeypatch):
+    register("slow", 1.0, estimate=1e-6, delay=0.003)
+    register("fast", 2.0, estimate=2e-6)
+    _only_fakes(monkeypatch, "slow", "fast")
+    report = fastconv.explain(np.ones((1, 2, 8, 8)), np.ones((2, 2, 3, 3)), tune=True)
+    assert report.choice == "fast" and report.why.startswith("fastest measured")
+    measured = {row.name: row.measured_seconds for row in report.rows}
+    assert measured["slow"] >= 0.003 > measured["fast"]
+    assert "auto picks 'fast'" in repr(report)
+    # later, untuned explain shows the stored measurements but says they are not used
+    untuned = fastconv.explain((1, 2, 8, 8), (2, 2, 3, 3))
+    assert untuned.choice == "slow" and "not used unless autotuning is on" in untuned.why
+
+
+def test_explain_real_naive_backend_and_padding_modes():
+    report = fastconv.explain(np.ones((3, 10, 10), np.float32), np.ones((2, 3, 3, 3), np.float32),
+                              padding=2, padding_mode="reflect")
+    assert report.spec.padding == ((0, 0), (0, 0)) and report.spec.in_height == 14
+    assert report.rank == 1 and report.choice in [row.name for row in report.rows if row.supported]
+    with pytest.raises(ValueError, match="groups=2 must divide"):
+        fastconv.explain((1, 3, 8, 8), (2, 1, 3, 3), groups=2)
+
+
+# --------------------------------------------------------------------------------------------
+# calibration
+
+
+def test_calibrate_round_trip_and_cli(isolated_cache, capsys):
+    grid = [((1, 1, 8, 8), (1, 1, 3, 3), {}, "float64", False),
+            ((1, 2, 12, 12), (3, 2, 3, 3), {"padding": 1}, "float64", False),
+            ((1, 4, 16, 16), (4, 4, 5, 5), {}, "float64", False)]
+    fitted, samples = tuning.calibrate(["naive"], grid=grid, budget_per_problem=0.05,
+                                       progress=lambda line: None)
+    assert len(samples["naive"]) == 3 and all(seconds > 0 for _, _, seconds in samples["naive"])
+    assert {"call", "mac"} <= set(fitted["naive"]) and all(v >= 0 for v in fitted["naive"].values())
+    path = cost.save_constants({"naive": fitted["naive"]}, threads=2)
+    constants, source = cost.load_constants()
+    assert source == path and constants["naive"] == fitted["naive"]
+    assert constants["im2col"] == cost.DEFAULT_CONSTANTS["im2col"]  # not calibrated: shipped default
+    from fastconv.cli import main
+
+    assert main(["tune", "--show"]) == 0
+    assert path in capsys.readouterr().out
+
+
+def test_corrupt_constants_fall_back_to_defaults(isolated_cache):
+    isolated_cache.mkdir(parents=True)
+    (isolated_cache / cost.CONSTANTS_FILE).write_text('{"format": "fastconv-cost-constants", "version": 1}')
+    with pytest.warns(RuntimeWarning, match="using the shipped defaults"):
+        constants, source = cost.load_constants()
+    assert source == "shipped defaults" and constants is cost.DEFAULT_CONSTANTS
