@@ -90,10 +90,13 @@ def worker_winograd(layers, threads, repeat):
 
 
 def _stage_times(winograd, x, w, spec, repeat):
-    """Time each stage of the pipeline alone on the whole image (one chunk)."""
+    """Time each stage of the pipeline alone on the whole image (one chunk).
+
+    The input stage includes copying the input channels-last (zero-padded), the output stage
+    copying the result back to NCHW.
+    """
     m = winograd.choose_tile(spec)
     alpha = m + 2
-    bt, _, at = (matrix.astype(np.float32) for matrix in winograd.transform_matrices(m))
     filters = winograd._cached_filter_transform(w, m, spec.groups)
     origins = winograd._tile_origins(spec, m)
     tiles = len(origins)
@@ -101,16 +104,25 @@ def _stage_times(winograd, x, w, spec, repeat):
     products = np.zeros((alpha * alpha, spec.groups, tiles, spec.out_channels_per_group), np.float32)
     out = np.empty(spec.out_shape, np.float32)
     bias = np.zeros(spec.out_channels, np.float32)
-    (pad_top, _), (pad_left, _) = spec.padding
     from fastconv import config
 
+    def input_stage():
+        x_pad, _ = winograd._channels_last_buffers(x, spec, origins, m)
+        winograd._in_parallel(config.threads, tiles, lambda a, b: (
+            winograd._input_transform(x_pad, origins, *spec.dilation, inputs, a, b)))
+
+    def output_stage():
+        winograd._in_parallel(config.threads, tiles, lambda a, b: (
+            winograd._output_transform(products, origins, *spec.dilation, bias, out_pad, a, b)))
+        winograd._in_parallel(config.threads, spec.batch * spec.out_height, lambda a, b: (
+            winograd._unpack_channels_first(out_pad, out, a, b)))
+
     with winograd._single_threaded_blas():
+        _, out_pad = winograd._channels_last_buffers(x, spec, origins, m)
         return dict(
-            input_transform=best_time(lambda: winograd._in_parallel(config.threads, tiles, lambda a, b: (
-                winograd._input_transform(x, origins, pad_top, pad_left, *spec.dilation, bt, inputs, a, b))), repeat),
+            input_transform=best_time(input_stage, repeat),
             gemm=best_time(lambda: winograd._batched_gemm(inputs, filters, products, config.threads), repeat),
-            output_transform=best_time(lambda: winograd._in_parallel(config.threads, tiles, lambda a, b: (
-                winograd._output_transform(products, origins, *spec.dilation, at, bias, out, a, b))), repeat),
+            output_transform=best_time(output_stage, repeat),
             filter_transform=best_time(lambda: winograd._transform_filters(w, m, spec.groups), 3),
         )
 

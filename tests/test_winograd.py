@@ -218,6 +218,21 @@ def test_small_workspace_splits_into_chunks(monkeypatch, fused_limit):
     assert relative_error(out, reference_conv2d(x, w, padding=spec.padding, dilation=(2, 2))) < 1e-13
 
 
+@pytest.mark.parametrize("tile", [2, 4])
+def test_fused_blocks_of_one_row_of_tiles(monkeypatch, tile):
+    """The fused schedule with one row of tiles per block: bands of a dilated, asymmetrically
+    padded batch are packed and unpacked block by block, across images."""
+    rng = np.random.default_rng(7)
+    x, w, b = rng.standard_normal((2, 3, 23, 19)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    spec = make_spec(x.shape, w.shape, padding=((2, 1), (0, 3)), dilation=(2, 3))
+    per_row_of_tiles = winograd._tiles_per_row(winograd._tile_origins(spec, tile)) * (tile + 2) ** 2 * 7 * 8
+    monkeypatch.setattr(winograd, "_FUSED_BLOCK_BYTES", per_row_of_tiles)
+    with mock.patch.object(winograd, "_run_staged", side_effect=AssertionError("fused expected")):
+        out = winograd.run(x, w, b, spec, tile=tile)
+    expected = reference_conv2d(x, w, b, padding=spec.padding, dilation=(2, 3))
+    assert relative_error(out, expected) < 1e-13
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_concurrent_calls_agree(monkeypatch, threads):
     monkeypatch.setattr(config, "threads", threads)

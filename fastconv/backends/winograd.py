@@ -29,8 +29,9 @@ pool instead made each pool's busy-waiting workers steal the cores from the othe
 transformed filters are small (≤ 2 MiB), each thread runs the whole pipeline on its own blocks of
 tiles, sized so that V and M stay in its L2 cache; larger filters would be streamed from memory
 once per block, so those layers run stage by stage over chunks of tiles, each stage split across
-the threads (the GEMMs by transform element). Workspace stays within
-``fastconv.config.workspace_bytes``; the filter transform is cached (see
+the threads (the GEMMs by transform element). The transformed tiles stay within
+``fastconv.config.workspace_bytes`` (the stage-by-stage schedule also keeps channels-last copies
+of the whole input and output); the filter transform is cached (see
 :func:`_cached_filter_transform`).
 
 Where the matrices come from: F(m, 3) evaluates the product of the data and filter polynomials at
@@ -55,7 +56,11 @@ undilated ones on interleaved sub-images (DeepLab's "atrous" trick run backwards
 sub-image is materialised: tiles simply step through the padded input by (dh, dw), and all tiles
 of all sub-images share the same GEMMs.
 
-Zero padding is not materialised either: the input transform reads zeros outside the image.
+Layout: the transforms run with channels innermost (whole AVX vectors), so the NCHW input is
+copied into a zero-padded channels-last buffer (the padding is materialised there, which removes
+all bounds checks from the transform) and the output is written channels-last and copied back.
+In the fused schedule each thread does these copies for its own block of tile rows, while the
+data is in its cache.
 
 Non-finite values: the transforms add and subtract the values of a tile, so an inf turns into
 NaN (inf - inf) where direct convolution gives ±inf, and with F(4×4) it can spread to outputs of
@@ -290,96 +295,187 @@ def _tile_origins(spec: ConvSpec, m: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# the transforms (numba). Vectors run over channels, contiguous in the workspace layouts
-# (α², G, tiles, Cg) and (α², G, tiles, Kg), so every step is a scalar × vector multiply-add
-# that LLVM vectorises; zero entries of the transform matrices are skipped outside those loops.
-# Each call does a range of tiles; run() gives each thread its own range (disjoint writes).
+# the transforms (numba). Vectors run over channels, contiguous in the channels-last input and
+# output copies and in the workspace layouts (α², G, tiles, Cg) and (α², G, tiles, Kg); Bᵀ and
+# Aᵀ are written out as sums, so every line is whole-vector register arithmetic that LLVM
+# vectorises. Each call does a range of tiles; each thread gets its own range (disjoint writes).
+
+
+@njit(cache=True, nogil=True)
+def _transpose(source, target):
+    """target[j, i] = source[i, j] (both 2-D), the copy between NCHW and channels-last rows.
+
+    In 16×16 blocks, so that both the reads and the writes stay within a few cache lines;
+    numpy's strided copy of the same transposition is ~10× slower.
+    """
+    rows, cols = source.shape
+    for i0 in range(0, rows, 16):
+        i1 = min(rows, i0 + 16)
+        for j0 in range(0, cols, 16):
+            j1 = min(cols, j0 + 16)
+            for j in range(j0, j1):
+                for i in range(i0, i1):
+                    target[j, i] = source[i, j]
+
+
+@njit(cache=True, nogil=True)
+def _unpack_channels_first(out_pad, out, first, last):
+    """out[n, :, row, :] from out_pad[n, row] for rows ``first`` to ``last`` (``index = n·Ho + row``)."""
+    height = out.shape[2]
+    for index in range(first, last):
+        n, row = index // height, index % height
+        _transpose(out_pad[n, row, :out.shape[3]], out[n, :, row, :])
+
+
+@njit(cache=True, nogil=True)
+def _pack_band(x, n, first_row, pad_top, pad_left, band):
+    """band[r, pad_left + col, :] = x[n, :, first_row + r - pad_top, col], zero elsewhere.
+
+    A band of rows of the zero-padded input of image ``n``, channels-last: one block of tiles'
+    rows in the fused schedule (it stays in the thread's cache for the input transform), or all
+    rows in the stage-by-stage one.
+    """
+    height, width = x.shape[2], x.shape[3]
+    for r in range(band.shape[0]):
+        row = first_row + r - pad_top
+        if row < 0 or row >= height:
+            band[r, :, :] = 0.0
+            continue
+        band[r, :pad_left, :] = 0.0
+        band[r, pad_left + width:, :] = 0.0
+        _transpose(x[n, :, row, :], band[r, pad_left:pad_left + width])
+
+
+@njit(cache=True, nogil=True)
+def _unpack_band(band, first_row, row_starts, dil_h, tile, n, out):
+    """out[n, :, row, :] = band[row - first_row, :, :]ᵀ for the output rows of the given tile rows.
+
+    ``row_starts`` holds the first output row of each row of tiles in the block; its tiles wrote
+    rows ``row0 + dil_h·i`` (i < tile) of the band, and only those are copied (with dilation the
+    band's other rows belong to other sub-images).
+    """
+    height = out.shape[2]
+    for row0 in row_starts:
+        for i in range(tile):
+            row = row0 + dil_h * i
+            if row >= height:
+                break
+            _transpose(band[row - first_row, :out.shape[3]], out[n, :, row, :])
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _input_transform(x, origins, pad_top, pad_left, dil_h, dil_w, bt, inputs, first, last):
-    """inputs[e, g, t, :] = (Bᵀ d B)[e] for tile t, d its α×α patch of the zero-padded input.
+def _input_transform(x_pad, origins, dil_h, dil_w, inputs, first, last):
+    """inputs[e, g, t, :] = (Bᵀ d B)[e] for tile t, d its α×α patch of the padded input.
 
-    ``x`` is (N, C, H, W). The patch of a tile starting at output (row0, col0) is the padded
-    input at rows ``row0 + dil_h·i`` and columns ``col0 + dil_w·j``; reads outside ``x`` are the
-    zero padding. ``inputs`` is (α², G, tiles, Cg); tiles ``first`` to ``last`` are done.
+    ``x_pad`` is the zero-padded input channels-last, (N, rows, cols, C), large enough for the
+    last tiles' overhang (no bounds checks here: run() sizes it from the tile origins). The
+    patch of a tile starting at output (row0, col0) is ``x_pad`` at rows ``row0 + dil_h·i`` and
+    columns ``col0 + dil_w·j``. ``inputs`` is (α², G, tiles, Cg), α = 4 or 6 (F(2×2) or
+    F(4×4)); tiles ``first`` to ``last`` are done.
+
+    Bᵀ is written out as the sums of its rows (Lavin & Gray's matrices above) with the loop
+    over channels innermost: each line is then whole-vector arithmetic on registers, about 4×
+    faster than multiplying by Bᵀ's entries in a loop, which reloads and stores an accumulator
+    vector per entry.
     """
-    alpha = bt.shape[0]
-    groups, channels_per_group = inputs.shape[1], inputs.shape[3]
-    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
-    patch = np.empty((alpha, alpha, channels), dtype=x.dtype)  # d[i, j, c]
-    half = np.empty((alpha, alpha, channels), dtype=x.dtype)   # (Bᵀ d)[i', j, c]
+    alpha = 6 if inputs.shape[0] == 36 else 4
+    groups, per_group = inputs.shape[1], inputs.shape[3]
+    channels = x_pad.shape[3]
+    half = np.empty((alpha, alpha, channels), dtype=x_pad.dtype)   # half[j, i', c] = (Bᵀ d)[i', j]
     for t in range(first, last):
         n, row0, col0 = origins[t, 0], origins[t, 1], origins[t, 2]
-        for i in range(alpha):
-            row = row0 + dil_h * i - pad_top
-            for j in range(alpha):
-                col = col0 + dil_w * j - pad_left
-                if 0 <= row < height and 0 <= col < width:
-                    for c in range(channels):
-                        patch[i, j, c] = x[n, c, row, col]
+        for j in range(alpha):  # columns of the patch: Bᵀ d
+            col = col0 + dil_w * j
+            if alpha == 6:
+                for c in range(channels):
+                    d0, d1, d2 = x_pad[n, row0, col, c], x_pad[n, row0 + dil_h, col, c], x_pad[n, row0 + 2 * dil_h, col, c]
+                    d3, d4 = x_pad[n, row0 + 3 * dil_h, col, c], x_pad[n, row0 + 4 * dil_h, col, c]
+                    d5 = x_pad[n, row0 + 5 * dil_h, col, c]
+                    half[j, 0, c] = 4 * d0 - 5 * d2 + d4
+                    half[j, 1, c] = d3 + d4 - 4 * (d1 + d2)
+                    half[j, 2, c] = d4 - d3 + 4 * (d1 - d2)
+                    half[j, 3, c] = d4 - d2 + 2 * (d3 - d1)
+                    half[j, 4, c] = d4 - d2 - 2 * (d3 - d1)
+                    half[j, 5, c] = 4 * d1 - 5 * d3 + d5
+            else:
+                for c in range(channels):
+                    d0, d1 = x_pad[n, row0, col, c], x_pad[n, row0 + dil_h, col, c]
+                    d2, d3 = x_pad[n, row0 + 2 * dil_h, col, c], x_pad[n, row0 + 3 * dil_h, col, c]
+                    half[j, 0, c] = d0 - d2
+                    half[j, 1, c] = d1 + d2
+                    half[j, 2, c] = d2 - d1
+                    half[j, 3, c] = d1 - d3
+        for i2 in range(alpha):  # rows of Bᵀ d: (Bᵀ d) B
+            e = i2 * alpha
+            for g in range(groups):
+                base = g * per_group
+                if alpha == 6:
+                    for c in range(per_group):
+                        d0, d1, d2 = half[0, i2, base + c], half[1, i2, base + c], half[2, i2, base + c]
+                        d3, d4, d5 = half[3, i2, base + c], half[4, i2, base + c], half[5, i2, base + c]
+                        inputs[e, g, t, c] = 4 * d0 - 5 * d2 + d4
+                        inputs[e + 1, g, t, c] = d3 + d4 - 4 * (d1 + d2)
+                        inputs[e + 2, g, t, c] = d4 - d3 + 4 * (d1 - d2)
+                        inputs[e + 3, g, t, c] = d4 - d2 + 2 * (d3 - d1)
+                        inputs[e + 4, g, t, c] = d4 - d2 - 2 * (d3 - d1)
+                        inputs[e + 5, g, t, c] = 4 * d1 - 5 * d3 + d5
                 else:
-                    patch[i, j, :] = 0.0
-        for i2 in range(alpha):
-            for j in range(alpha):
-                half[i2, j, :] = 0.0
-                for i in range(alpha):
-                    coefficient = bt[i2, i]
-                    if coefficient != 0.0:
-                        for c in range(channels):
-                            half[i2, j, c] += coefficient * patch[i, j, c]
-        for i2 in range(alpha):
-            for j2 in range(alpha):
-                for g in range(groups):
-                    target = inputs[i2 * alpha + j2, g, t]
-                    target[:] = 0.0
-                    for j in range(alpha):
-                        coefficient = bt[j2, j]
-                        if coefficient != 0.0:
-                            for c in range(channels_per_group):
-                                target[c] += coefficient * half[i2, j, g * channels_per_group + c]
+                    for c in range(per_group):
+                        d0, d1 = half[0, i2, base + c], half[1, i2, base + c]
+                        d2, d3 = half[2, i2, base + c], half[3, i2, base + c]
+                        inputs[e, g, t, c] = d0 - d2
+                        inputs[e + 1, g, t, c] = d1 + d2
+                        inputs[e + 2, g, t, c] = d2 - d1
+                        inputs[e + 3, g, t, c] = d1 - d3
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _output_transform(products, origins, dil_h, dil_w, at, bias, out, first, last):
-    """out[n, :, tile's outputs] = bias + (Aᵀ M A) for every tile t, M = products[:, :, t, :].
+def _output_transform(products, origins, dil_h, dil_w, bias, out_pad, first, last):
+    """out_pad[n, tile's outputs, :] = bias + (Aᵀ M A) for every tile t, M = products[:, :, t, :].
 
-    Outputs of a tile that fall outside ``out`` (the last row and column of tiles) are dropped.
+    ``out_pad`` is the output channels-last, (N, rows, cols, K), with room for the last tiles'
+    overhang (run() copies out the valid part). Aᵀ is written out as in :func:`_input_transform`.
     Tiles ``first`` to ``last`` are done.
     """
-    m, alpha = at.shape
-    groups, out_per_group = products.shape[1], products.shape[3]
-    out_channels, out_height, out_width = out.shape[1], out.shape[2], out.shape[3]
-    half = np.empty((m, alpha, out_channels), dtype=out.dtype)  # (Aᵀ M)[i, j', k]
-    tile_out = np.empty(out_channels, dtype=out.dtype)
+    alpha = 6 if products.shape[0] == 36 else 4
+    m = alpha - 2
+    groups, per_group = products.shape[1], products.shape[3]
+    out_channels = out_pad.shape[3]
+    half = np.empty((alpha, m, out_channels), dtype=out_pad.dtype)  # half[j', i, k] = (Aᵀ M)[i, j']
     for t in range(first, last):
         n, row0, col0 = origins[t, 0], origins[t, 1], origins[t, 2]
-        for i in range(m):
-            for j2 in range(alpha):
-                half[i, j2, :] = 0.0
-                for i2 in range(alpha):
-                    coefficient = at[i, i2]
-                    if coefficient != 0.0:
-                        for g in range(groups):
-                            source = products[i2 * alpha + j2, g, t]
-                            for k in range(out_per_group):
-                                half[i, j2, g * out_per_group + k] += coefficient * source[k]
-        for i in range(m):
+        for j2 in range(alpha):  # columns of M: Aᵀ M
+            for g in range(groups):
+                base = g * per_group
+                if alpha == 6:
+                    for k in range(per_group):
+                        m0, m1, m2 = products[j2, g, t, k], products[6 + j2, g, t, k], products[12 + j2, g, t, k]
+                        m3, m4, m5 = products[18 + j2, g, t, k], products[24 + j2, g, t, k], products[30 + j2, g, t, k]
+                        half[j2, 0, base + k] = m0 + m1 + m2 + m3 + m4
+                        half[j2, 1, base + k] = m1 - m2 + 2 * (m3 - m4)
+                        half[j2, 2, base + k] = m1 + m2 + 4 * (m3 + m4)
+                        half[j2, 3, base + k] = m1 - m2 + 8 * (m3 - m4) + m5
+                else:
+                    for k in range(per_group):
+                        m0, m1 = products[j2, g, t, k], products[4 + j2, g, t, k]
+                        m2, m3 = products[8 + j2, g, t, k], products[12 + j2, g, t, k]
+                        half[j2, 0, base + k] = m0 + m1 + m2
+                        half[j2, 1, base + k] = m1 - m2 - m3
+        for i in range(m):  # rows of Aᵀ M: (Aᵀ M) A, plus the bias
             row = row0 + dil_h * i
-            if row >= out_height:
-                break
-            for j in range(m):
-                col = col0 + dil_w * j
-                if col >= out_width:
-                    break
-                tile_out[:] = bias
-                for j2 in range(alpha):
-                    coefficient = at[j, j2]
-                    if coefficient != 0.0:
-                        for k in range(out_channels):
-                            tile_out[k] += coefficient * half[i, j2, k]
+            if alpha == 6:
                 for k in range(out_channels):
-                    out[n, k, row, col] = tile_out[k]
+                    m0, m1, m2 = half[0, i, k], half[1, i, k], half[2, i, k]
+                    m3, m4, m5 = half[3, i, k], half[4, i, k], half[5, i, k]
+                    out_pad[n, row, col0, k] = bias[k] + m0 + m1 + m2 + m3 + m4
+                    out_pad[n, row, col0 + dil_w, k] = bias[k] + m1 - m2 + 2 * (m3 - m4)
+                    out_pad[n, row, col0 + 2 * dil_w, k] = bias[k] + m1 + m2 + 4 * (m3 + m4)
+                    out_pad[n, row, col0 + 3 * dil_w, k] = bias[k] + m1 - m2 + 8 * (m3 - m4) + m5
+            else:
+                for k in range(out_channels):
+                    m0, m1, m2, m3 = half[0, i, k], half[1, i, k], half[2, i, k], half[3, i, k]
+                    out_pad[n, row, col0, k] = bias[k] + m0 + m1 + m2
+                    out_pad[n, row, col0 + dil_w, k] = bias[k] + m1 - m2 - m3
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,26 +630,118 @@ _FUSED_FILTER_BYTES = 2 << 20
 _FUSED_BLOCK_BYTES = 1 << 20
 
 
-def _run_fused(x, origins, filters, bias, out, spec, bt, at):
+def _tiles_per_row(origins: np.ndarray) -> int:
+    """How many tiles share the first tile's image and row (all rows of tiles have as many)."""
+    return int(np.count_nonzero((origins[:, 0] == origins[0, 0]) & (origins[:, 1] == origins[0, 1])))
+
+
+def _run_fused(x, origins, filters, bias, out, spec, m):
+    """Each thread runs all stages on its own blocks of whole rows of tiles of one image.
+
+    Per block: the input rows it reads are packed channels-last into a band (zero-padded), the
+    tiles are transformed, multiplied and transformed back into an output band, which is copied
+    into ``out``. Everything between reading ``x`` and writing ``out`` stays in the thread's L2.
+    The blocks' bookkeeping is computed here, vectorised, so that the threads run little Python
+    (which holds the GIL) per block.
+    """
     alpha2, groups, cg, kg = filters.shape
+    (dh, dw), alpha = spec.dilation, m + 2
     (pad_top, _), (pad_left, _) = spec.padding
     per_tile = alpha2 * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
-    block_bytes = min(_FUSED_BLOCK_BYTES, config.workspace_bytes // config.threads)
-    block = max(1, block_bytes // per_tile)
+    per_row = _tiles_per_row(origins)
+    row_origins = np.ascontiguousarray(origins[::per_row])  # (n, row0, col0) of each row of tiles
+    rows_per_image = len(row_origins) // spec.batch
+    block_rows = max(1, _fused_block_bytes() // (per_tile * per_row))
+    starts = np.concatenate([np.arange(n * rows_per_image, (n + 1) * rows_per_image, block_rows)
+                             for n in range(spec.batch)])
+    stops = np.minimum(starts + block_rows, (starts // rows_per_image + 1) * rows_per_image)
+    lows = np.minimum.reduceat(row_origins[:, 1], starts)
+    highs = np.maximum.reduceat(row_origins[:, 1], starts)
+    local = origins.copy()  # tile origins within their block's bands
+    local[:, 0] = 0
+    local[:, 1] -= np.repeat(lows, (stops - starts) * per_row)
+    band_cols = int(origins[:, 2].max()) + dw * (alpha - 1) + 1
+    out_cols = int(origins[:, 2].max()) + dw * (m - 1) + 1
+    band_size = (int((highs - lows).max()) + dh * (alpha - 1) + 1) * band_cols * spec.in_channels
+    out_band_size = (int((highs - lows).max()) + dh * (m - 1) + 1) * out_cols * spec.out_channels
+    blocks = [(int(row_origins[a, 0]), int(a), int(b), int(low), int(high))
+              for a, b, low, high in zip(starts, stops, lows, highs)]
 
-    def share(first, last):  # one thread's tiles, block by block
-        inputs_buffer = _workspace("fused_inputs", alpha2 * spec.in_channels * block, spec.dtype)
-        products_buffer = _workspace("fused_products", alpha2 * spec.out_channels * block, spec.dtype)
-        for start in range(first, last, block):
-            tiles = origins[start:min(last, start + block)]
-            count = len(tiles)
+    def share(first, last):  # blocks first..last
+        inputs_buffer = _workspace("fused_inputs", alpha2 * spec.in_channels * block_rows * per_row, spec.dtype)
+        products_buffer = _workspace("fused_products", alpha2 * spec.out_channels * block_rows * per_row, spec.dtype)
+        band_buffer = _workspace("fused_band", band_size, spec.dtype)
+        out_band_buffer = _workspace("fused_out_band", out_band_size, spec.dtype)
+        for n, start, stop, low, high in blocks[first:last]:
+            count = (stop - start) * per_row
+            tiles = local[start * per_row:stop * per_row]
+            band_rows, out_rows = high - low + dh * (alpha - 1) + 1, high - low + dh * (m - 1) + 1
+            band = band_buffer[:band_rows * band_cols * spec.in_channels].reshape(band_rows, band_cols, spec.in_channels)
+            out_band = out_band_buffer[:out_rows * out_cols * spec.out_channels].reshape(1, out_rows, out_cols, spec.out_channels)
             inputs = inputs_buffer[:alpha2 * spec.in_channels * count].reshape(alpha2, groups, count, cg)
             products = products_buffer[:alpha2 * spec.out_channels * count].reshape(alpha2, groups, count, kg)
-            _input_transform(x, tiles, pad_top, pad_left, *spec.dilation, bt, inputs, 0, count)
+            _pack_band(x, n, low, pad_top, pad_left, band)
+            _input_transform(band.reshape(1, *band.shape), tiles, dh, dw, inputs, 0, count)
             _matmul(inputs, filters, out=products)
-            _output_transform(products, tiles, *spec.dilation, at, bias, out, 0, count)
+            _output_transform(products, tiles, dh, dw, bias, out_band, 0, count)
+            _unpack_band(out_band[0], low, row_origins[start:stop, 1], dh, m, n, out)
 
-    _in_parallel(config.threads, len(origins), share)
+    _in_parallel(config.threads, len(blocks), share)
+
+
+def _fused_block_bytes() -> int:
+    return min(_FUSED_BLOCK_BYTES, config.workspace_bytes // config.threads)
+
+
+def _channels_last_buffers(x, spec, origins, m):
+    """The zero-padded input and the output, channels-last, with room for the tiles' overhang.
+
+    The input is copied in once (NCHW → NHWC, by row bands on the threads), so that the input
+    transform reads whole channel vectors and needs no bounds checks; the padding ring and the
+    overhang are rewritten with zeros on every call (the buffers are reused workspaces).
+    """
+    (dh, dw), alpha = spec.dilation, m + 2
+    (pad_top, _), (pad_left, _) = spec.padding
+    batch, channels, height, width = x.shape
+    rows = max(int(origins[:, 1].max()) + dh * (alpha - 1) + 1, pad_top + height)
+    cols = max(int(origins[:, 2].max()) + dw * (alpha - 1) + 1, pad_left + width)
+    x_pad = _workspace("x_pad", batch * rows * cols * channels, spec.dtype).reshape(batch, rows, cols, channels)
+
+    def pack(first, last):
+        for n in range(batch):
+            _pack_band(x, n, first, pad_top, pad_left, x_pad[n, first:last])
+
+    _in_parallel(config.threads, rows, pack)
+    out_rows = int(origins[:, 1].max()) + dh * (m - 1) + 1
+    out_cols = int(origins[:, 2].max()) + dw * (m - 1) + 1
+    out_pad = _workspace("out_pad", batch * out_rows * out_cols * spec.out_channels, spec.dtype).reshape(
+        batch, out_rows, out_cols, spec.out_channels)
+    return x_pad, out_pad
+
+
+def _run_staged(x, origins, filters, bias, out, spec, m):
+    """Stage by stage over chunks of tiles (within ``config.workspace_bytes``), each stage split
+    across the threads (the GEMMs by transform element), on channels-last copies of the input
+    and output."""
+    alpha2, groups, cg, kg = filters.shape
+    per_tile = alpha2 * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
+    tiles_per_chunk = max(1, config.workspace_bytes // per_tile)
+    chunk_tiles = min(tiles_per_chunk, len(origins))
+    x_pad, out_pad = _channels_last_buffers(x, spec, origins, m)
+    inputs_buffer = _workspace("inputs", alpha2 * spec.in_channels * chunk_tiles, spec.dtype)
+    products_buffer = _workspace("products", alpha2 * spec.out_channels * chunk_tiles, spec.dtype)
+    for start in range(0, len(origins), tiles_per_chunk):
+        chunk = origins[start:start + tiles_per_chunk]
+        tiles = len(chunk)
+        inputs = inputs_buffer[:alpha2 * spec.in_channels * tiles].reshape(alpha2, groups, tiles, cg)
+        products = products_buffer[:alpha2 * spec.out_channels * tiles].reshape(alpha2, groups, tiles, kg)
+        _in_parallel(config.threads, tiles, lambda first, last: _input_transform(
+            x_pad, chunk, *spec.dilation, inputs, first, last))
+        _batched_gemm(inputs, filters, products, config.threads)
+        _in_parallel(config.threads, tiles, lambda first, last: _output_transform(
+            products, chunk, *spec.dilation, bias, out_pad, first, last))
+    _in_parallel(config.threads, spec.batch * spec.out_height, lambda first, last: _unpack_channels_first(
+        out_pad, out, first, last))
 
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
@@ -561,35 +749,16 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     if spec.batch == 0:  # an empty batch: no tiles, so no chunk size to divide the work by
         return np.empty(spec.out_shape, dtype=spec.dtype)
     m = choose_tile(spec) if tile is None else tile
-    bt, _, at = (matrix.astype(spec.dtype) for matrix in _MATRICES[m])
-    alpha = m + 2
-    groups, cg, kg = spec.groups, spec.in_channels_per_group, spec.out_channels_per_group
-
-    filters = _cached_filter_transform(weight, m, groups)             # (α², G, Cg, Kg)
+    filters = _cached_filter_transform(weight, m, spec.groups)        # (α², G, Cg, Kg)
     out = np.empty(spec.out_shape, dtype=spec.dtype)
+    if out.size == 0:
+        return out
     bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else bias
     origins = _tile_origins(spec, m)
-    (pad_top, _), (pad_left, _) = spec.padding
-
-    # V and M for a chunk of tiles stay within config.workspace_bytes
-    per_tile = alpha * alpha * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
-    tiles_per_chunk = max(1, config.workspace_bytes // per_tile)
-    chunk_tiles = min(tiles_per_chunk, len(origins))
-    inputs_buffer = _workspace("inputs", alpha * alpha * spec.in_channels * chunk_tiles, spec.dtype)
-    products_buffer = _workspace("products", alpha * alpha * spec.out_channels * chunk_tiles, spec.dtype)
-
+    per_tile = (m + 2) ** 2 * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
     with _single_threaded_blas():
-        if filters.nbytes <= _FUSED_FILTER_BYTES:
-            _run_fused(x, origins, filters, bias, out, spec, bt, at)
-            return out
-        for start in range(0, len(origins), tiles_per_chunk):
-            chunk = origins[start:start + tiles_per_chunk]
-            tiles = len(chunk)
-            inputs = inputs_buffer[:alpha * alpha * spec.in_channels * tiles].reshape(alpha * alpha, groups, tiles, cg)
-            products = products_buffer[:alpha * alpha * spec.out_channels * tiles].reshape(alpha * alpha, groups, tiles, kg)
-            _in_parallel(config.threads, tiles, lambda first, last: _input_transform(
-                x, chunk, pad_top, pad_left, *spec.dilation, bt, inputs, first, last))
-            _batched_gemm(inputs, filters, products, config.threads)
-            _in_parallel(config.threads, tiles, lambda first, last: _output_transform(
-                products, chunk, *spec.dilation, at, bias, out, first, last))
+        if filters.nbytes <= _FUSED_FILTER_BYTES and _tiles_per_row(origins) * per_tile <= _fused_block_bytes():
+            _run_fused(x, origins, filters, bias, out, spec, m)
+        else:
+            _run_staged(x, origins, filters, bias, out, spec, m)
     return out
