@@ -25,14 +25,41 @@ def test_fft_work_ignores_kernel_size_and_stride():
     assert cost.work_terms("fft", spec((1, 4, 128, 128), (8, 4, 31, 31), padding="same"))["fft_flop"] == \
         base["fft_flop"]
     strided = cost.work_terms("fft", spec((1, 4, 128, 128), (8, 4, 3, 3), padding=15, stride=2))
-    assert strided["fft_flop"] == base["fft_flop"] and strided["bin_flop"] == base["bin_flop"]
+    assert strided["fft_flop"] == base["fft_flop"] and strided["bin_gemm_flop"] == base["bin_gemm_flop"]
+
+
+def test_fft_channel_products_elementwise_or_by_gemm():
+    from fastconv.backends import fft
+
+    single = cost.work_terms("fft", spec((1, 1, 256, 256), (1, 1, 9, 9), padding="same"), module=fft)
+    assert single["bin_flop"] > 0 and "bin_gemm" not in single  # one channel: elementwise product
+    layer = spec((1, 64, 14, 14), (128, 64, 1, 1))
+    terms = cost.work_terms("fft", layer, module=fft)
+    height, width = fft._choose_tiles(layer, False)  # the backend's own grid
+    assert terms["bin_gemm"] == height * (width // 2 + 1)  # one complex GEMM per frequency bin
+    assert terms["filter_spectrum_byte"] == 128 * 64 * terms["bin_gemm"] * 8
+
+
+def _direct_macs(*args, **kwargs):
+    terms = cost.work_terms("numba_cpu", spec(*args, **kwargs))
+    return terms["mac"] + terms["mac_edge"]
 
 
 def test_direct_work_grows_with_kernel_area_and_falls_with_stride():
-    small = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 3, 3), padding=1))["mac"]
-    large = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 9, 9), padding=4))["mac"]
-    strided = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 3, 3), padding=1, stride=2))["mac"]
+    small = _direct_macs((1, 4, 64, 64), (8, 4, 3, 3), padding=1)
+    large = _direct_macs((1, 4, 64, 64), (8, 4, 9, 9), padding=4)
+    strided = _direct_macs((1, 4, 64, 64), (8, 4, 3, 3), padding=1, stride=2)
     assert large == 9 * small and strided == small / 4
+    # columns whose taps reach into the padding run in the scalar edge loop: 4 of 64 for 9x9
+    terms = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 9, 9), padding=4))
+    assert terms["mac_edge"] == large * 8 / 64
+    from fastconv.backends import numba_cpu
+
+    valid = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 9, 9)), module=numba_cpu)
+    # no padding: no edges; a pass per (output row, block of 4 output channels, channel, kernel row)
+    assert valid["mac_edge"] == 0 and valid["row_pass"] == 56 * 2 * 4 * 9
+    assert "mac_depthwise3x3" in cost.work_terms("numba_cpu", spec((1, 8, 16, 16), (8, 1, 3, 3), groups=8),
+                                                 module=numba_cpu)
     assert "mac_plane" in cost.work_terms("numba_cpu", spec((1, 8, 16, 16), (8, 1, 3, 3), groups=8))
     assert "mac_plane" in cost.work_terms("numba_cpu", spec((1, 1, 16, 16), (1, 1, 3, 3)))
     odd = cost.work_terms("numba_cpu", spec((1, 1, 16, 16), (1, 1, 9, 9), stride=2))
