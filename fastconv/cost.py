@@ -275,6 +275,14 @@ def _fft(spec, work, rank, module):
         "tile": float(tiles * spec.batch),
         "byte": _io_bytes(spec) + tiles * spectrum_bytes,
     }
+    filters = spec.out_channels * spec.in_channels_per_group
+    filter_spectrum_bytes = filters * bins * 2 * spec.dtype.itemsize
+    if filter_spectrum_bytes + filters * spec.kernel_height * spec.kernel_width * spec.dtype.itemsize \
+            > getattr(module, "_MAX_SPECTRUM_BYTES", math.inf):
+        # filter spectra too big for the backend's cache are transformed again on every call (a
+        # VGG 512x512x3x3 layer on 14x14 maps: 302 MB of spectra, 0.3 s a call)
+        terms["fft_flop"] += filters * per_transform
+        terms["byte"] += filter_spectrum_bytes
     product_flops = 8.0 * tiles * products * bins * real_work
     if spec.in_channels_per_group == 1:  # one input channel per group: an elementwise product
         terms["bin_flop"] = product_flops
@@ -284,8 +292,7 @@ def _fft(spec, work, rank, module):
         # bounds it when there are few tiles (a 1x1 layer on 14x14 maps reads 58 MB of spectra)
         terms["bin_gemm_flop"] = product_flops
         terms["bin_gemm"] = float(spec.groups * bins)
-        terms["filter_spectrum_byte"] = float(spec.out_channels * spec.in_channels_per_group * bins
-                                              * 2 * spec.dtype.itemsize)
+        terms["filter_spectrum_byte"] = float(filter_spectrum_bytes)
     return terms
 
 

@@ -59,7 +59,7 @@ _SETTLE_SECONDS = 0.15
 # thread (4 ms here) or a cold cache in a few of them does not decide the winner.
 _MIN_TIMED_SECONDS = 0.03
 # Backends measured within this factor of the fastest are timed again (in the opposite order).
-_CONTENDER_FACTOR = 1.3
+_CONTENDER_FACTOR = 1.5
 # Other processes' CPU use, as a fraction of a timing's wall time, above which it is redone.
 _BUSY_FRACTION = 0.1
 
@@ -366,7 +366,7 @@ def measure(spec: ConvSpec, operands, budget: float | None = None) -> dict[str, 
     :func:`time_backends`: sub-millisecond calls are timed tens of times, and a timing during
     which other processes used the CPU is redone); one estimated at more than 10× the best time
     measured so far, or reached once the budget is spent, is skipped (its entry says why). Those
-    within 30% of the fastest, and those the cost model expected to beat it, are then timed
+    within 50% of the fastest, and those the cost model expected to beat it, are then timed
     again in the opposite order, keeping each one's best, and again (up to twice more) while the
     two fastest are within 10% of each other.
     ``budget`` (default :data:`TUNE_BUDGET_SECONDS`) bounds the whole: a pass starts only

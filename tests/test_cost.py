@@ -178,3 +178,14 @@ def test_shipped_constants_rank_obvious_cases():
 def test_empty_batch_costs_one_call():
     empty = spec((0, 3, 12, 11), (2, 3, 3, 3))
     assert all(cost.work_terms(name, empty) == {"call": 1.0} for name in cost.FORMULAS)
+
+
+def test_fft_pays_filter_transforms_when_their_spectra_overflow_its_cache():
+    from fastconv.backends import fft
+
+    small = spec((1, 64, 14, 14), (64, 64, 3, 3), padding=1)  # 64*64 filters: a few MB of spectra
+    huge = spec((1, 512, 14, 14), (512, 512, 3, 3), padding=1)  # 512*512 filters: ~300 MB
+    fft_flop = {name: cost.work_terms("fft", layer, module=fft)["fft_flop"] for name, layer in
+                (("small", small), ("huge", huge))}
+    # per-call transforms: small has 128 (its filter spectra are cached), huge has 1024 + 262144
+    assert fft_flop["huge"] / fft_flop["small"] == pytest.approx((1024 + 512 * 512) / 128)
