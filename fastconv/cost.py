@@ -73,7 +73,7 @@ _FORMAT_VERSION = 1
 
 # Seconds per unit of each work term (``float64_factor``: how much more a float64 problem's work
 # costs than a float32 one's). Fitted with `fastconv tune --calibrate` (the grid of
-# fastconv.tuning._calibration_grid, 67 problems, each backend timed in two passes, 2 threads) on
+# fastconv.tuning._calibration_grid, 59 problems, each backend timed in two passes, 2 threads) on
 # the development machine: 2-core Intel Xeon (Cascade Lake, AVX-512), numpy 2.4 / OpenBLAS,
 # numba 0.68, pyFFTW 0.15, on 2026-11-22 at 03:12 UTC (2.5 min), under an exclusive CPU lock with
 # OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset, with main's backends as of 02:35 UTC (numba_cpu's
