@@ -58,6 +58,11 @@ _SETTLE_SECONDS = 0.15
 # call's best-of is then taken over tens of calls, not 3, so one scheduler slice lost to another
 # thread (4 ms here) or a cold cache in a few of them does not decide the winner.
 _MIN_TIMED_SECONDS = 0.03
+# Untimed calls before timing last at least this long. After the process has idled (the settle
+# pause) a parallel call here took ~0.45 ms instead of 16 us for the first ~20 ms of calls, each
+# one paying to wake the other core's thread (a 2-vCPU virtual machine); a loop over images runs
+# in the awake state, so that is the one to time.
+_WARMUP_SECONDS = 0.03
 # Backends measured within this factor of the fastest are timed again (in the opposite order).
 _CONTENDER_FACTOR = 1.5
 # Other processes' CPU use, as a fraction of a timing's wall time, above which it is redone.
@@ -276,11 +281,14 @@ def _timed_call(name: str, operands, spec: ConvSpec) -> float:
 
 
 def time_backends(names, operands, spec: ConvSpec, *, repeats: int = 5, budget: float = 1.0,
-                  settle: float | None = None, min_seconds: float | None = None) -> dict[str, float]:
+                  settle: float | None = None, min_seconds: float | None = None,
+                  warmup_seconds: float | None = None) -> dict[str, float]:
     """Best-of wall time of each backend in ``names`` on ``operands`` = (x, weight, bias).
 
     Each backend is timed in its steady state, as a loop over images would run it: after a pause
-    (``settle`` seconds) and one untimed call (JIT compilation, FFT plans, weight caches), then
+    (``settle`` seconds) and untimed calls (the first absorbs JIT compilation, FFT plans and
+    weight caches; more follow until ``warmup_seconds``, default ``_WARMUP_SECONDS``, have
+    passed, so that the machine is awake again after the pause), then
     at least ``repeats`` calls and, for short calls, more until the timed calls add up to
     ``min_seconds`` (default ``_MIN_TIMED_SECONDS``) — all within ``budget / len(names)``
     seconds after the first timed call, which is always made. The pause matters on a machine
@@ -291,11 +299,15 @@ def time_backends(names, operands, spec: ConvSpec, *, repeats: int = 5, budget: 
     """
     settle = _SETTLE_SECONDS if settle is None else settle
     min_seconds = _MIN_TIMED_SECONDS if min_seconds is None else min_seconds
+    warmup_seconds = _WARMUP_SECONDS if warmup_seconds is None else warmup_seconds
     share = budget / max(len(names), 1)
     best = {}
     for name in names:
         time.sleep(settle)
+        warming = time.perf_counter()
         _timed_call(name, operands, spec)
+        while time.perf_counter() - warming < warmup_seconds:
+            _timed_call(name, operands, spec)
         started = time.perf_counter()
         times = [_timed_call(name, operands, spec)]
         total = times[0]

@@ -283,12 +283,17 @@ def test_short_calls_are_timed_many_times_and_the_best_kept(register, monkeypatc
     bursty.run = run
     _only_fakes(monkeypatch, "bursty", "steady")
     times = tuning.time_backends(["bursty", "steady"], (X, W, None), make_spec(X.shape, W.shape),
-                                 repeats=3, budget=10.0, min_seconds=0.03)
+                                 repeats=3, budget=10.0, min_seconds=0.03, warmup_seconds=0.0)
     assert times["bursty"] < 0.003 < times["steady"]
     assert bursty.calls > 6  # one warm-up, then until 30 ms were timed
     bursty.calls = 0
-    tuning.time_backends(["bursty"], (X, W, None), make_spec(X.shape, W.shape), repeats=3, min_seconds=0.0)
-    assert bursty.calls == 4  # min_seconds=0: exactly the warm-up and `repeats` timed calls
+    tuning.time_backends(["bursty"], (X, W, None), make_spec(X.shape, W.shape), repeats=3, min_seconds=0.0,
+                         warmup_seconds=0.0)
+    assert bursty.calls == 4  # min_seconds=0: exactly one warm-up call and `repeats` timed calls
+    bursty.calls = 100  # past its burst: 1 ms a call
+    tuning.time_backends(["bursty"], (X, W, None), make_spec(X.shape, W.shape), repeats=3, min_seconds=0.0,
+                         warmup_seconds=0.02)
+    assert bursty.calls - 100 >= 10 + 3  # untimed calls for 20 ms (at most 2 ms each), then the timed ones
 
 
 def test_a_timing_disturbed_by_other_processes_is_redone(monkeypatch):
