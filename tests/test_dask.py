@@ -299,6 +299,16 @@ def test_store_into_memmap_without_materialising(tmp_path):
     assert relative_error(np.load(tmp_path / "out.npy"), expected) <= 1e-6
 
 
+def test_to_zarr_writes_block_by_block(tmp_path):
+    import zarr  # in the test extra (an optional store for users): fail, never skip, without it
+    x, w, b = _problem(8, shape=(1, 2, 48, 40), kernel=(3, 2, 5, 5))
+    y = fastconv.dask.conv2d(da.from_array(x, chunks=(1, 2, 16, 40)), w, b, padding="same")
+    y.to_zarr(str(tmp_path / "out.zarr"))
+    stored = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")
+    assert stored.chunks == (1, 3, 16, 40)  # the input's strips, kept by "same" padding at stride 1
+    assert relative_error(stored[...], fastconv.conv2d(x, w, b, padding="same")) <= 1e-10
+
+
 def test_use_backend_reaches_worker_threads(monkeypatch):
     calls = []
     real = fastconv.dask._conv2d_in_memory
