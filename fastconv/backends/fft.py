@@ -27,7 +27,7 @@ How this backend does it, step by step:
    from a bounded pool; a thread checks a plan out for the duration of a call, so no two threads
    ever share buffers. Every input channel of every tile is transformed once, in one batched plan.
 4. **Channels.** The spectra are combined with one small complex GEMM per frequency bin,
-   ``Y[bin] (K, tiles) = W[bin] (K, C) @ X[bin] (C, tiles)``, per group; with one input channel
+   ``Y[bin] (tiles, K) = X[bin] (tiles, C) @ W[bin]ᵀ (C, K)``, per group; with one input channel
    per group (single-channel images, depthwise layers) it is a plain elementwise product.
 5. **Inverse.** One inverse transform per output channel and tile, again one batched plan. The
    complex-to-real inverse destroys its input, which is fine: the input is the plan's own buffer.
@@ -37,7 +37,7 @@ How this backend does it, step by step:
    on the interleaved sub-images ``x_pad[r::d]``, run as one batch and interleaved back. Otherwise
    the zero-inserted kernel would be transformed on a grid spanning its whole dilated extent:
    deeplabv3's 3×3 kernels with dilation 12 span 25×25, and the spectra of 256×256 of them on the
-   90×90 grid were 2 GB per call (2.5 s; 17 ms split, see ``docs/performance.md``). With stride
+   90×90 grid were 2 GB per call (2.3 s; 42 ms split, see ``docs/performance.md``). With stride
    > 1 the dilation stays in the kernel. Stride keeps every ``stride``-th sample of the stride-1
    result: FFT convolution computes all outputs at once, so it does not get faster with stride (it
    does not get slower either).
