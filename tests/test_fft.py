@@ -233,7 +233,7 @@ def test_dilated_kernel_is_transformed_undilated_on_small_phase_grids(monkeypatc
     monkeypatch.setattr(fft, "_filter_spectrum",
                         lambda weight, spec, grid: grids.append(grid) or compute_spectrum(weight, spec, grid))
     rng = np.random.default_rng(7)
-    x, w = rng.standard_normal((1, 2, 65, 65)), rng.standard_normal((3, 2, 3, 3))
+    x, w = rng.standard_normal((1, 32, 65, 65)), rng.standard_normal((32, 32, 3, 3))
     out = fastconv.conv2d(x, w, padding=12, dilation=12, backend="fft")
     assert relative_error(out, reference_conv2d(x, w, padding=((12, 12), (12, 12)), dilation=(12, 12))) <= 1e-12
     assert len(grids) == 1 and grids[0][0] * grids[0][1] <= 16 * 16
@@ -247,7 +247,8 @@ def test_dilated_kernel_is_transformed_undilated_on_small_phase_grids(monkeypatc
     dict(dilation=9),                                       # fewer outputs than phases
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.complex128])
-def test_dilated_convolution_through_phases_matches_the_reference(kwargs, dtype):
+def test_dilated_convolution_through_phases_matches_the_reference(kwargs, dtype, monkeypatch):
+    monkeypatch.setattr(fft, "_SPLIT_SPECTRUM_BYTES", 0)  # split these small problems too
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 4, 23, 19)).astype(dtype)
     w = rng.standard_normal((6, 4 // kwargs.get("groups", 1), 3, 2)).astype(dtype)
@@ -261,6 +262,16 @@ def test_dilated_convolution_through_phases_matches_the_reference(kwargs, dtype)
                                 kwargs.get("padding_mode", "zeros"))
     assert out.dtype == dtype and out.shape == expected.shape
     assert relative_error(out, expected) <= (1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("shapes, dilation, split", [
+    (((1, 32, 65, 65), (32, 32, 3, 3)), 12, True),      # 68 MB of float64 spectra on the whole grid
+    (((1, 3, 512, 512), (3, 3, 3, 3)), 2, False),       # few channels: tiles of the whole image win
+    (((1, 64, 1001, 1001), (64, 64, 2, 2)), 1000, False),  # a million 2x2 sub-images
+])
+def test_dilated_axes_are_split_only_where_it_pays(shapes, dilation, split):
+    spec = make_spec(*shapes, dilation=dilation)
+    assert fft._dilation_phases(spec) == ((dilation, dilation) if split else (1, 1))
 
 
 def _pair(value):
