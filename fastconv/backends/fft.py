@@ -85,6 +85,7 @@ import numpy as np
 import pyfftw
 
 from fastconv import config
+from fastconv.backends._weight_cache import WeightCache
 from fastconv.geometry import ConvSpec
 
 name = "fft"
@@ -273,47 +274,7 @@ def _plan(batch: int, grid: tuple[int, int], dtype: np.dtype, inverse: bool):
 # filter spectra, cached against an exact copy of the weight
 
 
-class _SpectrumCache:
-    """Spectra of recently used weights. An entry is served only for a weight equal, element for
-    element, to the private copy stored with it, so in-place mutation can never go unnoticed."""
-
-    def __init__(self, max_entries: int, max_bytes: int):
-        self._entries: OrderedDict[int, tuple] = OrderedDict()
-        self._next_id = 0
-        self._max_entries, self._max_bytes = max_entries, max_bytes
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key, weight, compute):
-        with self._lock:
-            candidates = [(entry_id, entry) for entry_id, entry in self._entries.items() if entry[0] == key]
-        for entry_id, (_, saved_weight, spectrum) in candidates:
-            if np.array_equal(saved_weight, weight):
-                with self._lock:
-                    self.hits += 1
-                    if entry_id in self._entries:
-                        self._entries.move_to_end(entry_id)
-                return spectrum
-        spectrum = compute()
-        with self._lock:
-            self.misses += 1
-            if spectrum.nbytes + weight.nbytes <= self._max_bytes:
-                self._entries[self._next_id] = (key, weight.copy(), spectrum)
-                self._next_id += 1
-                while len(self._entries) > self._max_entries or self._bytes() > self._max_bytes:
-                    self._entries.popitem(last=False)
-        return spectrum
-
-    def _bytes(self):
-        return sum(saved.nbytes + spectrum.nbytes for _, saved, spectrum in self._entries.values())
-
-    def clear(self):
-        with self._lock:
-            self._entries.clear()
-            self.hits = self.misses = 0
-
-
-_spectra = _SpectrumCache(_MAX_SPECTRA, _MAX_SPECTRUM_BYTES)
+_spectra = WeightCache(_MAX_SPECTRA, _MAX_SPECTRUM_BYTES)
 
 
 def clear_caches() -> None:
