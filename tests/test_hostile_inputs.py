@@ -384,3 +384,21 @@ def test_pooling_tall_kernel_with_huge_padding_does_not_hang():
             assert out.shape == (1, 1, 1, 3), out.shape
         np.testing.assert_array_equal(fastconv.max_pool2d(x, (2**40, 3), padding=(2**39, 1))[0, 0, 0], [49, 52, 55])
         """)
+
+
+def test_pooling_wide_kernel_with_huge_padding_is_computed():
+    # the kernels kept a row buffer as wide as the padded window (2**40 values: SystemError from
+    # the failed allocation inside numba) and looped over all 2**40 columns of the window
+    run_isolated("""
+        import numpy as np, fastconv
+        x = np.arange(56.0).reshape(1, 1, 7, 8)
+        row_max, row_sum = x[0, 0].max(axis=1), x[0, 0].sum(axis=1)
+        for stride in (None, 1):  # windows 2**40 apart (one per row), or 9 windows that all cover x
+            out = fastconv.max_pool2d(x, (3, 2**40), stride=stride, padding=(1, 2**39))
+            rows = [max(row_max[max(top, 0):top + 3]) for top in range(-1, 6, 3 if stride is None else 1)]
+            np.testing.assert_array_equal(out[0, 0], np.repeat(np.array(rows)[:, None], out.shape[3], axis=1))
+            out = fastconv.avg_pool2d(x, (3, 2**40), stride=stride, padding=(1, 2**39))
+            sums = [sum(row_sum[max(top, 0):top + 3]) for top in range(-1, 6, 3 if stride is None else 1)]
+            np.testing.assert_allclose(out[0, 0], np.repeat(np.array(sums)[:, None] / (3 * 2**40), out.shape[3], axis=1))
+        assert out.shape == (1, 1, 7, 9), out.shape
+        """)
