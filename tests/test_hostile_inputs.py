@@ -374,6 +374,25 @@ def test_huge_outputs_fail_fast():
         """)
 
 
+def test_dilation_spanning_beyond_any_array_is_computed_or_a_clear_memory_error():
+    # A 2x2 kernel with dilation 2**40 and padding 2**39 on a 4x4 input has a 4x4 output (of
+    # zeros: every tap lands in the padding). Backends that skip padding taps compute it; those
+    # that pad the input (naive, unshared) or transform the whole span (fft) used to fail with
+    # numpy's "array is too big" ValueError, which names none of the arguments.
+    x, w = np.ones((1, 1, 4, 4)), np.ones((1, 1, 2, 2))
+    for backend in ("naive", "im2col", "numba_cpu", "fft"):
+        for dilation, padding in ((2**40, 2**39), (2**30, 2**29), ((1, 2**40), (0, 2**39))):
+            try:
+                out = fastconv.conv2d(x, w, padding=padding, dilation=dilation, backend=backend)
+            except MemoryError as error:
+                named = "padding" in str(error) and "dilation" in str(error) and str(np.max(padding)) in str(error)
+                assert named or "Unable to allocate" in str(error), f"{backend}: {error}"
+            else:
+                np.testing.assert_array_equal(out, np.zeros(out.shape))
+    with pytest.raises(MemoryError, match="padding"):
+        fastconv.local_conv2d(x, np.ones((4, 4, 1, 1, 2, 2)), padding=2**39, dilation=2**40)
+
+
 def test_pooling_tall_kernel_with_huge_padding_does_not_hang():
     # the kernels used to loop over every one of the 2**40 rows of the window, skipping all but 7
     run_isolated("""
