@@ -1,8 +1,9 @@
 """fastconv.dask: the cost of blocking an in-memory image, and the memory of a disk-to-disk run.
 
 A float32 single-channel image and a 7x7 kernel, ``padding="same"``. ``DaskConv2d`` times the
-in-memory call next to the dask call on the same image cut into 1, 4 and 16 chunks (the ratio is
-the overhead of padding once, lending halos and joining blocks). ``DaskStoreNpy`` measures peak
+in-memory call next to the dask call on the same image cut into 1, 4 and 16 square chunks and 4
+strips of full rows, the last also stored into a preallocated array instead of joined by
+``.compute()`` (the ratio is the overhead of reading halos and joining blocks). ``DaskStoreNpy`` measures peak
 memory of a convolution streamed from one ``.npy`` file into another in strips (see
 ``benchmarks/dask_scale.py`` for the 4 GiB version).
 """
@@ -45,9 +46,10 @@ def _check(backend):
 
 
 class DaskConv2d:
-    """In-memory fastconv.conv2d against fastconv.dask.conv2d on 1, 4 and 16 chunks (threads)."""
+    """In-memory fastconv.conv2d against fastconv.dask.conv2d on 1, 4, 16 chunks and 4 strips (threads)."""
 
-    params = [BACKENDS, ["1024x1024", "4096x4096"], ["in-memory", "1 chunk", "4 chunks", "16 chunks"]]
+    params = [BACKENDS, ["1024x1024", "4096x4096"],
+              ["in-memory", "1 chunk", "4 chunks", "16 chunks", "4 strips", "4 strips, store"]]
     param_names = ["backend", "image", "layout"]
 
     def setup(self, backend, image, layout):
@@ -56,10 +58,17 @@ class DaskConv2d:
         if layout == "in-memory":
             x4, w4 = x[None, None], KERNEL[None, None]
             self.call = lambda: fastconv.conv2d(x4, w4, padding="same", backend=backend)
+            return
+        if layout.startswith("4 strips"):  # strips of full rows: halos lie beside each strip in memory
+            chunks = (-(-x.shape[0] // 4), x.shape[1])
         else:
             per_side = {"1 chunk": 1, "4 chunks": 2, "16 chunks": 4}[layout]
             chunks = tuple(-(-s // per_side) for s in x.shape)
-            y = fastconv.dask.conv2d(da.from_array(x, chunks=chunks), KERNEL, padding="same", backend=backend)
+        y = fastconv.dask.conv2d(da.from_array(x, chunks=chunks), KERNEL, padding="same", backend=backend)
+        if layout.endswith("store"):  # into a preallocated array: no final join of the blocks
+            target = np.empty_like(x)
+            self.call = lambda: da.store(y, target, lock=False, scheduler="threads")
+        else:
             self.call = lambda: y.compute(scheduler="threads")
         self.call()  # JIT compilation, FFT plans
 

@@ -7,20 +7,29 @@ own backends; nothing runs until ``.compute()``, ``da.store`` or ``.to_zarr``.
 
 How :func:`conv2d` maps a global convolution onto blocks
 ----------------------------------------------------------
-1. **Pad once, at the array edges.** The global padding (any form, any ``padding_mode``) is
-   applied lazily with :func:`dask.array.pad` using numpy's equivalent mode, so interior chunk
-   boundaries never see padding.
-2. **Give each output to one chunk.** Output ``i`` reads padded rows
-   ``[i * stride, i * stride + extent)``, ``extent = dilation * (k - 1) + 1``, and belongs to the
-   chunk holding its window's centre row. Chunk boundaries follow the caller's chunks, moved by
-   less than a stride so that they sit the same distance past the stride grid
-   (:func:`stride_aligned_chunks`; at stride 1 nothing moves). Block memory stays what the
-   caller chose, and ``"same"`` padding at stride 1 keeps the input's chunks.
-3. **Borrow a fixed halo.** Each block then needs the same rows from its neighbours: the window
-   half before its first output's centre and the rest after its last
-   (:func:`dask.array.map_overlap` with an asymmetric depth and no boundary, since the padding
-   is already there). A valid, strided convolution of the block yields exactly its outputs.
-   Chunks too small to lend the halo are merged with a neighbour automatically.
+1. **Give each output to one chunk.** Think of the input as padded (never padding it). Output
+   ``i`` reads padded rows ``[i * stride, i * stride + extent)``, ``extent = dilation * (k - 1)
+   + 1``, and belongs to the chunk holding its window's centre row. Chunk boundaries follow the
+   caller's chunks, moved by less than a stride so that they sit the same distance past the
+   stride grid (:func:`stride_aligned_chunks`; at stride 1 nothing moves). Block memory stays
+   what the caller chose, and ``"same"`` padding at stride 1 keeps the input's chunks.
+2. **Read a fixed halo, in one task per block.** Each block's window reaches the same number of
+   rows into its neighbours (:func:`plan_axis`). Its task receives its own chunk and slices of
+   its neighbours (small separate tasks, so a distributed scheduler moves only the halo), joins
+   them (one copy, or none when they already lie side by side in memory, as strips of full rows
+   of an in-memory array do) and runs one valid, strided convolution that yields exactly the
+   block's outputs. Chunks too small to lend the halo are merged with a neighbour automatically.
+3. **Pad only at the edges, and only where it is needed.** Zero padding is left to the edge
+   blocks' backend, which skips the zeros without copying; a constant fill is written around the
+   joined block. ``reflect``, ``replicate`` and ``circular`` padding need pixels from the image,
+   and are added once, lazily, at the array edges (:func:`dask.array.pad`), costing one extra
+   pass over the edge chunks. Interior chunk boundaries never see padding.
+
+Compared with :func:`dask.array.map_overlap` (pad, then concatenate each block with its halo,
+then convolve), this saves a pass over the whole image, which matters once the backend is fast:
+at 8192x8192 with a 7x7 kernel a copy of the image costs most of a convolution
+(``docs/performance.md``).
+
 4. **Channels in one chunk, batches independent.** The channel axis is rechunked to a single chunk
    (every output channel needs all input channels of its group, and a sum across channel chunks
    would cost an extra pass over the output); batch chunks map independently. Size spatial chunks
@@ -45,15 +54,21 @@ True
 from __future__ import annotations
 
 import contextlib
+import functools
+import operator
+from typing import NamedTuple
 
 import dask
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from fastconv import backends
 from fastconv.dispatch import _as_numeric_array, _preferred_backend, use_backend
 from fastconv.dispatch import conv2d as _conv2d_in_memory
-from fastconv.geometry import _NUMPY_PAD_MODE, check_dtype, make_spec, resolve_dtypes
+from fastconv import signal as fastconv_signal
+from fastconv.geometry import _NUMPY_PAD_MODE, check_dtype, make_spec, resolve_dtypes, signal_geometry
 
 __all__ = ["conv2d", "convolve2d", "correlate2d"]
 
@@ -160,53 +175,188 @@ def _pad(x, pad_width, mode, constant_value=0):
     return da.pad(x, pad_width, mode=mode)
 
 
-def _conv2d_block(block, weight, bias, *, stride, dilation, groups, backend, preferred):
-    """Valid, strided convolution of one block (already padded and carrying its halo)."""
+class AxisPlan(NamedTuple):
+    """How one spatial axis is cut into blocks (see :func:`plan_axis`)."""
+
+    source_chunks: tuple  # chunks of the unpadded source axis, one per block
+    out_chunks: tuple  # outputs each block produces
+    reads: tuple  # per block: (start, stop) rows of the source it reads, halo included
+    padding: tuple  # per block: (before, after) zero rows the block adds itself (global padding only)
+
+
+def plan_axis(chunks, pad_before, pad_after, extent, stride):
+    """Cut one spatial axis into blocks that read their halo straight from the source chunks.
+
+    The axis is thought of as zero-padded by ``pad_before`` and ``pad_after`` without ever
+    being padded: :func:`stride_aligned_chunks` places the block boundaries on that padded
+    axis, and each block then reads the source rows its outputs need (its own chunk plus the halo
+    from its neighbours) and adds whatever global zero padding falls inside its window itself,
+    which a backend does without copying.
+
+    Examples
+    --------
+    Ten rows in chunks of 4, 4, 2, a 3-tap kernel with ``padding=1`` at stride 1: the first block
+    reads rows 0-4 and pads one zero row above, the last reads rows 7-9 and pads one below.
+
+    >>> plan = plan_axis((4, 4, 2), 1, 1, extent=3, stride=1)
+    >>> plan.source_chunks, plan.out_chunks
+    ((4, 4, 2), (4, 4, 2))
+    >>> plan.reads, plan.padding
+    (((0, 5), (3, 9), (7, 10)), ((1, 0), (0, 0), (0, 1)))
+    """
+    padded_chunks, out_chunks, (before, after) = stride_aligned_chunks(chunks, pad_before, pad_after, extent,
+                                                                       stride)
+    edges = np.cumsum((0,) + padded_chunks).tolist()
+    first, last = pad_before, pad_before + sum(chunks)  # the source's rows on the padded axis
+    source_edges = [min(max(edge, first), last) - first for edge in edges]
+    reads, padding = [], []
+    for k in range(len(padded_chunks)):
+        window_start = edges[k] - (before if k > 0 else 0)
+        window_stop = edges[k + 1] + (after if k < len(padded_chunks) - 1 else 0)
+        start, stop = max(window_start, first), min(window_stop, last)
+        if start < stop:
+            reads.append((start - first, stop - first))
+            padding.append((start - window_start, window_stop - stop))
+        else:  # a window of padding only (a stride wider than the kernel can skip the whole source)
+            reads.append((0, 0))
+            padding.append((window_stop - window_start, 0))
+    source_chunks = tuple(b - a for a, b in zip(source_edges, source_edges[1:]))
+    return AxisPlan(source_chunks, out_chunks, tuple(reads), tuple(padding))
+
+
+def _padded_once(x, padding, mode):
+    """``x`` padded lazily on its last two axes, the padding joined to the edge chunks."""
+    pad_width = ((0, 0),) * (x.ndim - 2) + tuple(padding)
+    chunks = x.chunks[:-2] + tuple((c[0] + before,) + c[1:-1] + (c[-1] + after,) if len(c) > 1 else
+                                   (c[0] + before + after,) for c, (before, after) in zip(x.chunks[-2:], padding))
+    return _pad(x, pad_width, mode).rechunk(chunks)
+
+
+def _pieces(chunk_edges, start, stop):
+    """The (chunk index, slice within that chunk) pieces that cover source rows [start, stop)."""
+    pieces = []
+    for index, (low, high) in enumerate(zip(chunk_edges, chunk_edges[1:])):
+        if low < stop and high > start and high > low:
+            pieces.append((index, slice(max(start, low) - low, min(stop, high) - low)))
+    return pieces
+
+
+def _joined_view(pieces):
+    """The grid of ``pieces`` as one array without copying, or None where they are not adjacent.
+
+    Chunks of an in-memory array are views of it: strips of full rows, with their neighbours'
+    halo rows, are then one contiguous stretch of memory, which a backend reads in place. The
+    view is built only when every piece has the same strides and starts exactly where the grid
+    puts it, so each element of the view is an element of one of the pieces.
+    """
+    first = pieces[0][0]
+    start = first.__array_interface__["data"][0]
+    row = 0
+    for row_pieces in pieces:
+        col = 0
+        for piece in row_pieces:
+            address = start + row * first.strides[2] + col * first.strides[3]
+            if piece.strides != first.strides or piece.__array_interface__["data"][0] != address:
+                return None
+            col += piece.shape[3]
+        row += row_pieces[0].shape[2]
+    return np.lib.stride_tricks.as_strided(first, shape=first.shape[:2] + (row, col), strides=first.strides,
+                                           writeable=False)
+
+
+def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, fill, stride, dilation, groups, backend,
+                    preferred):
+    """Join one block's pieces (its chunk and its neighbours' halos) and convolve them.
+
+    ``pieces`` is a grid (rows of columns) of (N, C, h, w) arrays covering the (N, C, H, W)
+    ``shape`` the block reads from the source. The join is the block's one copy, skipped when the
+    pieces already lie side by side in memory (strips of full rows of one in-memory array). Zero padding is left to the backend, which skips it without copying;
+    a constant ``fill``, or a block that reads nothing but padding (strides larger than the
+    kernel can do that), gets its padding written around the joined block instead.
+    """
+    explicit = fill is not None or 0 in shape[2:]
+    joined = None if explicit else _joined_view(pieces)
+    if joined is not None:
+        block = joined
+    else:
+        (top, bottom), (left, right) = padding if explicit else ((0, 0), (0, 0))
+        padded_shape = shape[:2] + (top + shape[2] + bottom, left + shape[3] + right)
+        block = np.full(padded_shape, 0 if fill is None else fill, dtype=dtype) if explicit else np.empty(
+            padded_shape, dtype=dtype)
+        row = top
+        for row_pieces in pieces if shape[3] else ():  # no columns read: no pieces to place
+            col = left
+            for piece in row_pieces:
+                block[:, :, row:row + piece.shape[2], col:col + piece.shape[3]] = piece
+                col += piece.shape[3]
+            row += row_pieces[0].shape[2]
+        if explicit:
+            padding = ((0, 0), (0, 0))
     # use_backend lives in a context variable, which worker threads do not inherit: re-enter it
     with contextlib.nullcontext() if preferred is None else use_backend(preferred):
-        return _conv2d_in_memory(block, weight, bias, stride=stride, dilation=dilation, groups=groups,
-                                 backend=backend)
+        return _conv2d_in_memory(block, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                                 groups=groups, backend=backend)
 
 
-def _convolve_padded(padded, source_chunks, padding, weight, bias, spec, backend):
-    """The lazy convolution of ``padded`` (N, C, Hp, Wp), padded globally already.
-
-    ``source_chunks`` are the (H, W) chunks of the input before padding, ``padding`` the global
-    ((top, bottom), (left, right)), ``spec`` the problem without padding left to apply.
-    """
+def _check_backend(backend, spec):
+    """The preferred backend to re-enter in workers (auto), after checking an explicit one now."""
     if backend == "auto":
-        preferred = _preferred_backend.get()
-    else:
-        preferred = None
-        name = backends._check_name(backend)
-        # Blocks differ from the whole only in size; backends decline on dtype, kernel, stride,
-        # dilation or groups, so asking now turns a compute-time failure into a call-time one.
-        reason = backends.get(name).supports(spec)  # get() raises when the backend is unavailable
-        if reason is not None:
-            raise ValueError(f"backend {name!r} cannot run this convolution: {reason}")
-    rows = stride_aligned_chunks(source_chunks[0], *padding[0], spec.dilated_kernel[0], spec.stride[0])
-    cols = stride_aligned_chunks(source_chunks[1], *padding[1], spec.dilated_kernel[1], spec.stride[1])
-    padded = padded.rechunk((padded.chunks[0], (spec.in_channels,), rows[0], cols[0]))
-    return da.map_overlap(
-        _conv2d_block,
-        padded,
-        depth={2: rows[2], 3: cols[2]},
-        boundary="none",
-        trim=False,
-        align_arrays=False,
-        allow_rechunk=False,  # the chunks above already lend every halo; rechunking would break the grid
-        chunks=(padded.chunks[0], (spec.out_channels,), rows[1], cols[1]),
-        dtype=spec.out_dtype,
-        meta=np.empty((0, 0, 0, 0), dtype=spec.out_dtype),
-        token="fastconv-conv2d",
-        weight=dask.delayed(weight, pure=True),  # one graph key, shipped once per worker
-        bias=None if bias is None else dask.delayed(bias, pure=True),
-        stride=spec.stride,
-        dilation=spec.dilation,
-        groups=spec.groups,
-        backend=backend,
-        preferred=preferred,
-    )
+        return _preferred_backend.get()
+    name = backends._check_name(backend)
+    # Blocks differ from the whole only in size; backends decline on dtype, kernel, stride,
+    # dilation or groups, so asking now turns a compute-time failure into a call-time one.
+    reason = backends.get(name).supports(spec)  # get() raises when the backend is unavailable
+    if reason is not None:
+        raise ValueError(f"backend {name!r} cannot run this convolution: {reason}")
+    return None
+
+
+def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
+    """The lazy convolution of ``source`` (N, C, H, W) with ``spec``, one task per output block.
+
+    ``padding`` is the global ((top, bottom), (left, right)) padding, never materialised: zeros
+    (``fill=None``) are added by each edge block's backend, a constant ``fill`` by the block's
+    join. Every task reads its own chunk and slices of its neighbours (separate small tasks, so a
+    distributed scheduler moves only the halo) and runs one in-memory convolution; there is no
+    padding pass, no halo concatenation pass and no trimming pass.
+    """
+    preferred = _check_backend(backend, spec)
+    rows = plan_axis(source.chunks[2], *padding[0], spec.dilated_kernel[0], spec.stride[0])
+    cols = plan_axis(source.chunks[3], *padding[1], spec.dilated_kernel[1], spec.stride[1])
+    source = source.rechunk((source.chunks[0], (spec.in_channels,), rows.source_chunks, cols.source_chunks))
+    row_edges = np.cumsum((0,) + rows.source_chunks).tolist()
+    col_edges = np.cumsum((0,) + cols.source_chunks).tolist()
+    weight_key = dask.delayed(weight, pure=True)  # one graph key, shipped once per worker
+    bias_key = None if bias is None else dask.delayed(bias, pure=True)
+    convolve = functools.partial(_convolve_block, dtype=source.dtype, fill=fill, stride=spec.stride, dilation=spec.dilation,
+                                 groups=spec.groups, backend=backend, preferred=preferred)
+    token = tokenize(source, padding, weight_key, bias_key, spec, backend, fill, preferred)
+    name, halo_name = f"fastconv-conv2d-{token}", f"fastconv-conv2d-halo-{token}"
+    graph = {}
+
+    def piece_key(n, row_piece, col_piece):
+        (i, row_slice), (j, col_slice) = row_piece, col_piece
+        key = (source.name, n, 0, i, j)
+        if (row_slice.stop - row_slice.start, col_slice.stop - col_slice.start) == (
+                source.chunks[2][i], source.chunks[3][j]):
+            return key  # the whole chunk: no task needed
+        halo_key = (halo_name, n, i, j, row_slice.start, row_slice.stop, col_slice.start, col_slice.stop)
+        graph[halo_key] = (operator.getitem, key, (slice(None), slice(None), row_slice, col_slice))
+        return halo_key
+
+    for n in range(source.numblocks[0]):
+        for i, (row_read, row_padding) in enumerate(zip(rows.reads, rows.padding)):
+            row_pieces = _pieces(row_edges, *row_read)
+            for j, (col_read, col_padding) in enumerate(zip(cols.reads, cols.padding)):
+                col_pieces = _pieces(col_edges, *col_read)
+                grid = [[piece_key(n, r, c) for c in col_pieces] for r in row_pieces]
+                shape = (source.chunks[0][n], spec.in_channels, row_read[1] - row_read[0], col_read[1] - col_read[0])
+                graph[(name, n, 0, i, j)] = (convolve, grid, weight_key.key, None if bias_key is None else bias_key.key,
+                                             (row_padding, col_padding), shape)
+    dependencies = [source, weight_key] + ([] if bias_key is None else [bias_key])
+    return da.Array(HighLevelGraph.from_collections(name, graph, dependencies=dependencies), name,
+                    chunks=(source.chunks[0], (spec.out_channels,), rows.out_chunks, cols.out_chunks),
+                    meta=np.empty((0, 0, 0, 0), dtype=spec.out_dtype))
 
 
 def _as_dask_array(name, value):
@@ -291,8 +441,11 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, p
     compute_dtype, out_dtype = resolve_dtypes(*operand_dtypes)
     spec = make_spec(x.shape, weight.shape, stride=stride, padding=padding, dilation=dilation, groups=groups,
                      padding_mode=padding_mode, dtype=compute_dtype, out_dtype=out_dtype)
-    padded = _pad(x, ((0, 0), (0, 0)) + spec.padding, _NUMPY_PAD_MODE[spec.padding_mode])
-    out = _convolve_padded(padded, x.chunks[2:], spec.padding, weight, bias, spec.zero_padded(), backend)
+    if spec.padding_mode == "zeros":
+        out = _blocked_conv2d(x, spec.padding, weight, bias, spec, backend)
+    else:  # the padding needs values from the image: add it once, lazily, at the array edges
+        padded = _padded_once(x, spec.padding, _NUMPY_PAD_MODE[spec.padding_mode])
+        out = _blocked_conv2d(padded, ((0, 0), (0, 0)), weight, bias, spec.zero_padded(), backend)
     return out[0, 0] if image else out[0] if unbatched else out
 
 
@@ -324,23 +477,23 @@ def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
     if np.iscomplexobj(fill) and compute_dtype.kind != "c" and fill.imag != 0:
         raise ValueError(f"fillvalue {fillvalue!r} is complex but the inputs are real ({compute_dtype})")
 
-    (height, width), (kh, kw) = image.shape, kernel.shape
-    if mode == "full":
-        padding = ((kh - 1, kh - 1), (kw - 1, kw - 1))
-    elif mode == "same":  # the middle of "full"; for an even kernel the extra row goes first when flipped
-        padding = tuple((k // 2, (k - 1) // 2) if flip else ((k - 1) // 2, k // 2) for k in (kh, kw))
-    else:
-        if height < kh or width < kw:
-            raise ValueError(
-                f"in 'valid' mode fastconv.dask needs the image in1 {image.shape} to be at least as large as "
-                f"in2 {kernel.shape} in every dimension (scipy would swap them; compute in1 and use scipy instead)"
-            )
-        padding = ((0, 0), (0, 0))
+    swap, padding, out_shape = signal_geometry(image.shape, kernel.shape, mode, flip=flip, op=name)
+    if swap:
+        # scipy's "valid" rule: the kernel is the larger operand, so the image is the smaller, in
+        # memory already; the (small) result is one in-memory call
+        in_memory = fastconv_signal.convolve2d if flip else fastconv_signal.correlate2d
+        result = dask.delayed(in_memory, pure=True)(image, kernel, mode, boundary, fillvalue, backend)
+        return da.from_delayed(result, shape=out_shape, dtype=out_dtype)
     # convolution is correlation with the kernel reversed; scipy's correlation conjugates in2
-    weight = kernel[::-1, ::-1] if flip else np.conj(kernel)
-    padded = _pad(image, padding, _SCIPY_BOUNDARY[boundary], constant_value=fill)
-    spec = make_spec((1, 1) + padded.shape, (1, 1, kh, kw), dtype=compute_dtype, out_dtype=block_dtype)
-    out = _convolve_padded(padded[None, None], image.chunks, padding, weight[None, None], None, spec, backend)
+    weight = (kernel[::-1, ::-1] if flip else np.conj(kernel))[None, None]
+    spec = make_spec((1, 1) + image.shape, weight.shape, padding=padding, dtype=compute_dtype, out_dtype=block_dtype)
+    pad_mode = _SCIPY_BOUNDARY[boundary]
+    if pad_mode == "constant":
+        out = _blocked_conv2d(image[None, None], padding, weight, None, spec, backend,
+                              fill=None if fill == 0 else fill)
+    else:
+        padded = _padded_once(image, padding, pad_mode)[None, None]
+        out = _blocked_conv2d(padded, ((0, 0), (0, 0)), weight, None, spec.zero_padded(), backend)
     return out[0, 0].astype(out_dtype)
 
 

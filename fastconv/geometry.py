@@ -36,6 +36,7 @@ __all__ = [
     "signal_geometry",
     "PADDING_MODES",
     "check_dtype",
+    "check_array_fits",
     "PADDING_STRINGS",
     "make_spec",
     "output_shape",
@@ -452,6 +453,31 @@ def output_shape(input_shape, weight_shape=None, stride=None, padding=0, dilatio
     return shape[1:] if unbatched else shape
 
 
+def check_array_fits(shape, dtype, spec: ConvSpec, what: str) -> None:
+    """Raise a MemoryError naming the geometry when an array of ``shape`` could not exist at all.
+
+    Huge padding with a huge dilation gives a small output whose padded input (or transform grid)
+    is beyond any array (numpy's limit: 2**63 bytes, where it raises a ValueError that names no
+    argument). Merely too large for this machine is numpy's own, clear, MemoryError.
+
+    >>> spec = make_spec((1, 1, 4, 4), (1, 1, 2, 2), padding=2**39, dilation=2**40)
+    >>> check_array_fits((1, 1, 2**40, 2**40), np.float64, spec, "the padded input")
+    Traceback (most recent call last):
+    ...
+    MemoryError: the padded input would need an array of shape (1, 1, 1099511627776, 1099511627776) ...
+    """
+    nbytes = np.dtype(dtype).itemsize
+    for size in shape:
+        nbytes *= int(size)
+    if nbytes >= 2**63:
+        raise MemoryError(
+            f"{what} would need an array of shape {tuple(int(size) for size in shape)} ({nbytes:.3g} bytes), "
+            f"beyond any array: from padding {spec.padding} and dilation {spec.dilation} on an input of "
+            f"{spec.in_height}x{spec.in_width}; use less padding or dilation (backends that skip padding "
+            f"taps, such as 'im2col' and 'numba_cpu', compute this)"
+        )
+
+
 def pad_input(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
     """Return ``x`` (N, C, H, W) padded as ``spec`` says, using ``spec.padding_mode``.
 
@@ -467,6 +493,7 @@ def pad_input(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
     pad_width = ((0, 0), (0, 0)) + tuple(spec.padding)
     if pad_width == ((0, 0),) * 4:
         return np.ascontiguousarray(x)
+    check_array_fits(x.shape[:2] + (spec.padded_height, spec.padded_width), x.dtype, spec, "the padded input")
     return np.pad(x, pad_width, mode=_NUMPY_PAD_MODE[spec.padding_mode])
 
 

@@ -11,10 +11,11 @@ the window's input rows into one row buffer (a contiguous, vectorisable loop), t
 window's columns of that buffer. That is ``kh + kw`` operations per output instead of
 ``kh * kw``. One thread owns one (image, channel) plane at a time: no races.
 
-Padding is never materialised: the row buffer starts at -inf (max) or 0 (average), so padded
-taps cannot win a maximum or add to a sum. Average pooling divides by the window size counted as
-torch counts it (see :func:`avg_pool2d`). Max pooling propagates NaN, as torch does, so its
-kernel is compiled without fastmath.
+Padding is never materialised: the row buffer holds input columns only, and taps that fall in
+the padding (which can neither win a maximum nor add to a sum) are skipped, so the work and the
+buffer stay proportional to the input however large the window and its padding. Average pooling
+divides by the window size counted as torch counts it (see :func:`avg_pool2d`). Max pooling
+propagates NaN, as torch does, so its kernel is compiled without fastmath.
 
 Examples
 --------
@@ -39,17 +40,40 @@ from fastconv.geometry import PoolSpec, _as_int, make_pool_spec, resolve_dtypes
 __all__ = ["avg_pool2d", "max_pool2d"]
 
 
+@njit(cache=True)
+def _column_taps(kernel_w, out_w, stride_w, pad_w, dilation_w, used_w):
+    """The taps v of a window row that land on input columns [0, used_w) for at least one output.
+
+    The others read padding only, which can neither win a maximum nor add to a sum; skipping them
+    keeps the work and the row buffer proportional to the input, however wide the window and its
+    padding (a 2**40-wide window needed a 2**40-value buffer).
+    """
+    first_v = max(0, -(((out_w - 1) * stride_w - pad_w) // dilation_w))  # ceil((pad - (out_w-1)·s) / d)
+    last_v = min(kernel_w, (used_w - 1 + pad_w) // dilation_w + 1)
+    return first_v, max(first_v, last_v)
+
+
+@njit(cache=True)
+def _column_outputs(v, out_w, stride_w, pad_w, dilation_w, used_w):
+    """(offset, first ox, last ox): the outputs whose tap v reads input column ox·s + offset in [0, used_w)."""
+    offset = v * dilation_w - pad_w
+    first_ox = max(0, -(offset // stride_w))  # ceil(-offset / s)
+    last_ox = min(out_w, (used_w - 1 - offset) // stride_w + 1)
+    return offset, first_ox, max(first_ox, last_ox)
+
+
 @njit(cache=True, parallel=True)
 def _max_pool2d(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w):
     batch, channels, in_h, in_w = x.shape
     out_h, out_w = out.shape[2], out.shape[3]
-    buffer_w = (out_w - 1) * stride_w + dilation_w * (kernel_w - 1) + 1  # padded columns any window reads
-    used_w = min(in_w, buffer_w - pad_w)  # input columns any window reads
+    padded_w_read = (out_w - 1) * stride_w + dilation_w * (kernel_w - 1) + 1  # padded columns any window reads
+    used_w = max(min(in_w, padded_w_read - pad_w), 1)  # input columns any window reads
+    first_v, last_v = _column_taps(kernel_w, out_w, stride_w, pad_w, dilation_w, used_w)
     for plane in prange(batch * channels):
         n = plane // channels
         c = plane % channels
         image = x[n, c]
-        row_max = np.empty(buffer_w, dtype=x.dtype)
+        row_max = np.empty(used_w, dtype=x.dtype)  # over the window's input rows, per input column
         for oy in range(out_h):
             row_max[:] = -np.inf
             top = oy * stride_h - pad_h
@@ -59,13 +83,14 @@ def _max_pool2d(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, di
                 iy = top + u * dilation_h
                 for ix in range(used_w):
                     value = image[iy, ix]
-                    current = row_max[ix + pad_w]
-                    row_max[ix + pad_w] = value if (value > current or value != value) else current
+                    current = row_max[ix]
+                    row_max[ix] = value if (value > current or value != value) else current
             result = out[n, c, oy]
             result[:] = -np.inf
-            for v in range(kernel_w):
-                for ox in range(out_w):
-                    value = row_max[ox * stride_w + v * dilation_w]
+            for v in range(first_v, last_v):
+                offset, first_ox, last_ox = _column_outputs(v, out_w, stride_w, pad_w, dilation_w, used_w)
+                for ox in range(first_ox, last_ox):
+                    value = row_max[ox * stride_w + offset]
                     current = result[ox]
                     result[ox] = value if (value > current or value != value) else current
 
@@ -74,8 +99,9 @@ def _max_pool2d(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, di
 def _avg_pool2d(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, count_include_pad, divisor_override):
     batch, channels, in_h, in_w = x.shape
     out_h, out_w = out.shape[2], out.shape[3]
-    buffer_w = (out_w - 1) * stride_w + kernel_w
-    used_w = min(in_w, buffer_w - pad_w)
+    padded_w_read = (out_w - 1) * stride_w + kernel_w
+    used_w = max(min(in_w, padded_w_read - pad_w), 1)
+    first_v, last_v = _column_taps(kernel_w, out_w, stride_w, pad_w, 1, used_w)
     # Window sizes factor into a row count times a column count; torch counts the padding inside
     # the padded input (count_include_pad) but never the part of a ceil_mode window beyond it.
     rows = np.empty(out_h, dtype=x.dtype)
@@ -92,19 +118,20 @@ def _avg_pool2d(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, co
         n = plane // channels
         c = plane % channels
         image = x[n, c]
-        row_sum = np.zeros(buffer_w, dtype=x.dtype)
+        row_sum = np.zeros(used_w, dtype=x.dtype)  # over the window's input rows, per input column
         for oy in range(out_h):
             row_sum[:] = 0
             top = oy * stride_h - pad_h
             for u in range(max(0, -top), min(kernel_h, in_h - top)):  # the taps on input rows only
                 iy = top + u
                 for ix in range(used_w):
-                    row_sum[ix + pad_w] += image[iy, ix]
+                    row_sum[ix] += image[iy, ix]
             result = out[n, c, oy]
             result[:] = 0
-            for v in range(kernel_w):
-                for ox in range(out_w):
-                    result[ox] += row_sum[ox * stride_w + v]
+            for v in range(first_v, last_v):  # the taps on input columns only
+                offset, first_ox, last_ox = _column_outputs(v, out_w, stride_w, pad_w, 1, used_w)
+                for ox in range(first_ox, last_ox):
+                    result[ox] += row_sum[ox * stride_w + offset]
             for ox in range(out_w):
                 divisor = divisor_override if divisor_override != 0 else rows[oy] * cols[ox]
                 result[ox] /= divisor

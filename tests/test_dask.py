@@ -20,7 +20,7 @@ import dask.array as da
 from distributed import Client, LocalCluster  # the dask extra, installed by CI: fail, never skip, without it
 import fastconv
 import fastconv.dask
-from fastconv.dask import stride_aligned_chunks
+from fastconv.dask import plan_axis, stride_aligned_chunks
 from reference import relative_error
 from strategies import conv_problems
 
@@ -104,8 +104,6 @@ def test_conv2d_single_channel_image(image_shape, kernel_shape, stride, dilation
     data=st.data(),
 )
 def test_convolve2d_and_correlate2d_match_scipy(image_shape, kernel_shape, mode, boundary, fillvalue, dtype, data):
-    if mode == "valid":  # the dask image must be the larger operand (scipy would swap them)
-        image_shape = tuple(max(s, k) for s, k in zip(image_shape, kernel_shape))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
 
     def sample(shape):
@@ -114,8 +112,17 @@ def test_convolve2d_and_correlate2d_match_scipy(image_shape, kernel_shape, mode,
 
     image, kernel = sample(image_shape), sample(kernel_shape)
     x = da.from_array(image, chunks=data.draw(chunkings(image_shape)))
+    # in "valid" mode a kernel larger than the image swaps the operands, as scipy does
+    neither_fits = not (all(np.greater_equal(image_shape, kernel_shape))
+                        or all(np.less_equal(image_shape, kernel_shape)))
     for ours, theirs in ((fastconv.dask.convolve2d, signal.convolve2d),
                          (fastconv.dask.correlate2d, signal.correlate2d)):
+        if mode == "valid" and neither_fits:  # scipy refuses; so must we, at call time
+            with pytest.raises(ValueError, match="at least as large"):
+                theirs(image, kernel, mode=mode)
+            with pytest.raises(ValueError, match="at least as large"):
+                ours(x, kernel, mode=mode)
+            continue
         y = ours(x, kernel, mode=mode, boundary=boundary, fillvalue=fillvalue)
         expected = theirs(image, kernel, mode=mode, boundary=boundary, fillvalue=fillvalue)
         assert y.shape == expected.shape and y.dtype == expected.dtype
@@ -163,7 +170,8 @@ def test_stride_aligned_chunks_tile_the_output_grid(chunks, pad, extent, stride)
         assert top == first_output[j] * stride
         assert (bottom - top - extent) // stride + 1 == outputs[j]
     centre = (extent - 1) // 2
-    if stride == 1 and min(chunks) >= max(before, after) and chunks[-1] + pad[1] >= extent - centre:
+    holds_outputs = chunks[0] + pad[0] > centre and chunks[-1] + pad[1] >= extent - centre
+    if stride == 1 and min(chunks) >= max(before, after) and holds_outputs:
         assert padded[1:-1] == tuple(chunks[1:-1])  # at stride 1 the caller's boundaries stay put
 
 
@@ -173,6 +181,70 @@ def test_chunks_smaller_than_the_halo_are_merged():
     y = fastconv.dask.conv2d(da.from_array(x, chunks=(1, 1, 1, 12)), w, padding="same", dilation=(2, 1))
     assert y.numblocks[2] <= 30 // 6 + 1  # 1-row chunks merged into blocks that can lend 6-row halos
     np.testing.assert_array_equal(y.compute(), fastconv.conv2d(x, w, padding="same", dilation=(2, 1)))
+
+
+@given(
+    chunks=st.lists(st.integers(0, 9), min_size=1, max_size=6).filter(sum),
+    pad=st.tuples(st.integers(0, 6), st.integers(0, 6)),
+    extent=st.integers(1, 12),
+    stride=st.integers(1, 4),
+)
+def test_plan_axis_reads_exactly_each_blocks_window(chunks, pad, extent, stride):
+    size = sum(chunks)
+    if size + sum(pad) < extent:
+        return
+    plan = plan_axis(tuple(chunks), *pad, extent, stride)
+    assert sum(plan.source_chunks) == size and len(plan.source_chunks) == len(plan.out_chunks)
+    first_output = 0
+    for (start, stop), (before, after), outputs in zip(plan.reads, plan.padding, plan.out_chunks):
+        assert 0 <= start <= stop <= size and before >= 0 and after >= 0
+        if start < stop:  # the window, on the padded axis, starts at the block's first output
+            assert pad[0] + start - before == first_output * stride
+        assert (before + stop - start + after - extent) // stride + 1 == outputs
+        first_output += outputs
+    assert first_output == (size + sum(pad) - extent) // stride + 1
+
+
+def test_zero_padding_builds_one_task_per_block_and_no_copy_passes():
+    x = da.from_array(np.random.default_rng(6).standard_normal((1, 2, 40, 30)), chunks=(1, 2, 10, 15))
+    y = fastconv.dask.conv2d(x, np.ones((3, 2, 5, 5)), padding="same", backend="naive")
+    layers = list(y.__dask_graph__().layers)
+    assert not [name for name in layers if any(word in name for word in ("pad", "concatenate", "overlap"))]
+    conv_tasks = [key for key in y.__dask_graph__() if key[0] == y.name]
+    assert len(conv_tasks) == 4 * 2
+
+
+def test_strips_of_an_in_memory_image_are_convolved_in_place(monkeypatch):
+    image = np.random.default_rng(7).standard_normal((1, 1, 64, 48))
+    seen = []
+    real = fastconv.dask._conv2d_in_memory
+
+    def spy(block, *args, **kwargs):
+        seen.append(np.shares_memory(block, image))
+        return real(block, *args, **kwargs)
+
+    monkeypatch.setattr(fastconv.dask, "_conv2d_in_memory", spy)
+    x = da.from_array(image, chunks=(1, 1, 16, 48))
+    image = dict(x.__dask_graph__())[(x.name, 0, 0, 0, 0)].base  # from_array copies, then slices views
+    y = fastconv.dask.conv2d(x, np.ones((1, 1, 3, 3)), padding=1, backend="naive")
+    np.testing.assert_array_equal(y.compute(scheduler="threads"),
+                                  fastconv.conv2d(x.compute(), np.ones((1, 1, 3, 3)), padding=1, backend="naive"))
+    assert seen == [True] * 4  # every block read its strip and halo rows where they lie
+
+
+def test_joined_view_only_joins_pieces_that_lie_side_by_side():
+    whole = np.arange(2 * 3 * 8 * 6.0).reshape(2, 3, 8, 6)
+    grid = [[whole[:, :, :3, :4], whole[:, :, :3, 4:]], [whole[:, :, 3:, :4], whole[:, :, 3:, 4:]]]
+    joined = fastconv.dask._joined_view(grid)
+    assert np.shares_memory(joined, whole) and not joined.flags.writeable
+    np.testing.assert_array_equal(joined, whole)
+    copies = [[piece.copy() for piece in row] for row in grid]
+    assert fastconv.dask._joined_view(copies) is None
+    swapped = [grid[1], grid[0]]
+    assert fastconv.dask._joined_view(swapped) is None
+    # single elements are C-contiguous whatever their parent: the view must keep the parent's strides
+    elements = [[whole[:1, :1, i:i + 1, j:j + 1] for j in range(3)] for i in range(2)]
+    np.testing.assert_array_equal(fastconv.dask._joined_view(elements), whole[:1, :1, :2, :3])
 
 
 def _problem(seed=0, shape=(3, 4, 37, 29), kernel=(5, 4, 3, 4)):
@@ -225,6 +297,16 @@ def test_store_into_memmap_without_materialising(tmp_path):
     target.flush()
     expected = fastconv.conv2d(source, w.astype(np.float32), b.astype(np.float32), padding="same")
     assert relative_error(np.load(tmp_path / "out.npy"), expected) <= 1e-6
+
+
+def test_to_zarr_writes_block_by_block(tmp_path):
+    import zarr  # in the test extra (an optional store for users): fail, never skip, without it
+    x, w, b = _problem(8, shape=(1, 2, 48, 40), kernel=(3, 2, 5, 5))
+    y = fastconv.dask.conv2d(da.from_array(x, chunks=(1, 2, 16, 40)), w, b, padding="same")
+    y.to_zarr(str(tmp_path / "out.zarr"))
+    stored = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")
+    assert stored.chunks == (1, 3, 16, 40)  # the input's strips, kept by "same" padding at stride 1
+    assert relative_error(stored[...], fastconv.conv2d(x, w, b, padding="same")) <= 1e-10
 
 
 def test_use_backend_reaches_worker_threads(monkeypatch):

@@ -16,7 +16,7 @@ import fastconv
 from fastconv import config
 from fastconv.backends import fft
 from fastconv.geometry import make_spec
-from reference import reference_conv2d, relative_error
+from reference import explicit_padding, reference_conv2d, relative_error
 
 
 @pytest.fixture(autouse=True)
@@ -222,3 +222,57 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("FASTCONV_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert config._default_cache_dir() == tmp_path / "xdg" / "fastconv"
+
+
+def test_dilated_kernel_is_transformed_undilated_on_small_phase_grids(monkeypatch):
+    """A 3×3 kernel with dilation 12 spans 25×25; transformed as such on the whole padded grid,
+    its spectra for 65,536 filters took gigabytes and seconds (deeplabv3's ASPP layer). Split into
+    dilation² phases (space-to-batch), each phase is a plain 3×3 convolution on a grid of ~8×8."""
+    grids = []
+    compute_spectrum = fft._filter_spectrum
+    monkeypatch.setattr(fft, "_filter_spectrum",
+                        lambda weight, spec, grid: grids.append(grid) or compute_spectrum(weight, spec, grid))
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((1, 32, 65, 65)), rng.standard_normal((32, 32, 3, 3))
+    out = fastconv.conv2d(x, w, padding=12, dilation=12, backend="fft")
+    assert relative_error(out, reference_conv2d(x, w, padding=((12, 12), (12, 12)), dilation=(12, 12))) <= 1e-12
+    assert len(grids) == 1 and grids[0][0] * grids[0][1] <= 16 * 16
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(dilation=(3, 2), padding=((4, 1), (2, 5))),        # phases of unequal length on both axes
+    dict(dilation=(5, 1), stride=(1, 2), padding=2),        # only the height is split into phases
+    dict(dilation=(2, 3), stride=(3, 1), groups=2),         # strided height keeps its dilation
+    dict(dilation=7, padding="same", padding_mode="reflect"),
+    dict(dilation=9),                                       # fewer outputs than phases
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+def test_dilated_convolution_through_phases_matches_the_reference(kwargs, dtype, monkeypatch):
+    monkeypatch.setattr(fft, "_SPLIT_SPECTRUM_BYTES", 0)  # split these small problems too
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 4, 23, 19)).astype(dtype)
+    w = rng.standard_normal((6, 4 // kwargs.get("groups", 1), 3, 2)).astype(dtype)
+    if np.dtype(dtype).kind == "c":
+        x, w = x + 1j * rng.standard_normal(x.shape), w - 1j * rng.standard_normal(w.shape)
+    bias = rng.standard_normal(6).astype(dtype)
+    out = fastconv.conv2d(x, w, bias, backend="fft", **kwargs)
+    stride, dilation = (_pair(kwargs.get(name, 1)) for name in ("stride", "dilation"))
+    padding = explicit_padding(kwargs.get("padding", 0), x.shape[2:], w.shape[2:], stride, dilation)
+    expected = reference_conv2d(x, w, bias, stride, padding, dilation, kwargs.get("groups", 1),
+                                kwargs.get("padding_mode", "zeros"))
+    assert out.dtype == dtype and out.shape == expected.shape
+    assert relative_error(out, expected) <= (1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("shapes, dilation, split", [
+    (((1, 32, 65, 65), (32, 32, 3, 3)), 12, True),      # 68 MB of float64 spectra on the whole grid
+    (((1, 3, 512, 512), (3, 3, 3, 3)), 2, False),       # few channels: tiles of the whole image win
+    (((1, 64, 1001, 1001), (64, 64, 2, 2)), 1000, False),  # a million 2x2 sub-images
+])
+def test_dilated_axes_are_split_only_where_it_pays(shapes, dilation, split):
+    spec = make_spec(*shapes, dilation=dilation)
+    assert fft._dilation_phases(spec) == ((dilation, dilation) if split else (1, 1))
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)

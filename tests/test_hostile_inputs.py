@@ -374,6 +374,25 @@ def test_huge_outputs_fail_fast():
         """)
 
 
+def test_dilation_spanning_beyond_any_array_is_computed_or_a_clear_memory_error():
+    # A 2x2 kernel with dilation 2**40 and padding 2**39 on a 4x4 input has a 4x4 output (of
+    # zeros: every tap lands in the padding). Backends that skip padding taps compute it; those
+    # that pad the input (naive, unshared) or transform the whole span (fft) used to fail with
+    # numpy's "array is too big" ValueError, which names none of the arguments.
+    x, w = np.ones((1, 1, 4, 4)), np.ones((1, 1, 2, 2))
+    for backend in ("naive", "im2col", "numba_cpu", "fft"):
+        for dilation, padding in ((2**40, 2**39), (2**30, 2**29), ((1, 2**40), (0, 2**39))):
+            try:
+                out = fastconv.conv2d(x, w, padding=padding, dilation=dilation, backend=backend)
+            except MemoryError as error:
+                named = "padding" in str(error) and "dilation" in str(error) and str(np.max(padding)) in str(error)
+                assert named or "Unable to allocate" in str(error), f"{backend}: {error}"
+            else:
+                np.testing.assert_array_equal(out, np.zeros(out.shape))
+    with pytest.raises(MemoryError, match="padding"):
+        fastconv.local_conv2d(x, np.ones((4, 4, 1, 1, 2, 2)), padding=2**39, dilation=2**40)
+
+
 def test_pooling_tall_kernel_with_huge_padding_does_not_hang():
     # the kernels used to loop over every one of the 2**40 rows of the window, skipping all but 7
     run_isolated("""
@@ -383,4 +402,22 @@ def test_pooling_tall_kernel_with_huge_padding_does_not_hang():
             out = pool(x, (2**40, 3), padding=(2**39, 1))
             assert out.shape == (1, 1, 1, 3), out.shape
         np.testing.assert_array_equal(fastconv.max_pool2d(x, (2**40, 3), padding=(2**39, 1))[0, 0, 0], [49, 52, 55])
+        """)
+
+
+def test_pooling_wide_kernel_with_huge_padding_is_computed():
+    # the kernels kept a row buffer as wide as the padded window (2**40 values: SystemError from
+    # the failed allocation inside numba) and looped over all 2**40 columns of the window
+    run_isolated("""
+        import numpy as np, fastconv
+        x = np.arange(56.0).reshape(1, 1, 7, 8)
+        row_max, row_sum = x[0, 0].max(axis=1), x[0, 0].sum(axis=1)
+        for stride in (None, 1):  # windows 2**40 apart (one per row), or 9 windows that all cover x
+            out = fastconv.max_pool2d(x, (3, 2**40), stride=stride, padding=(1, 2**39))
+            rows = [max(row_max[max(top, 0):top + 3]) for top in range(-1, 6, 3 if stride is None else 1)]
+            np.testing.assert_array_equal(out[0, 0], np.repeat(np.array(rows)[:, None], out.shape[3], axis=1))
+            out = fastconv.avg_pool2d(x, (3, 2**40), stride=stride, padding=(1, 2**39))
+            sums = [sum(row_sum[max(top, 0):top + 3]) for top in range(-1, 6, 3 if stride is None else 1)]
+            np.testing.assert_allclose(out[0, 0], np.repeat(np.array(sums)[:, None] / (3 * 2**40), out.shape[3], axis=1))
+        assert out.shape == (1, 1, 7, 9), out.shape
         """)

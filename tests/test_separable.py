@@ -166,3 +166,46 @@ def test_separable_conv2d_one_dimensional_factors_filter_each_channel():
 def test_separable_conv2d_rejects_bad_factors(cols, rows, kwargs, error, match):
     with pytest.raises(error, match=match):
         fastconv.separable_conv2d(np.ones((1, 1, 8, 8)), cols, rows, **kwargs)
+
+
+@pytest.fixture
+def svd_calls(monkeypatch):
+    """Counts the SVDs the separable backend computes (fresh factor cache)."""
+    from fastconv.backends import separable
+    separable.clear_caches()
+    calls = []
+    svd = np.linalg.svd
+    monkeypatch.setattr(np.linalg, "svd", lambda *args, **kwargs: calls.append(args[0].shape) or svd(*args, **kwargs))
+    yield calls
+    separable.clear_caches()
+
+
+def test_factors_are_computed_once_per_weight_and_never_stale_after_in_place_mutation(svd_calls):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 3, 12, 12))
+    w = np.einsum("kcu,kcv->kcuv", rng.standard_normal((4, 3, 5)), rng.standard_normal((4, 3, 4)))
+    for _ in range(3):  # supports_weight and run share the one decomposition
+        out = fastconv.conv2d(x, w, backend="separable")
+    assert len(svd_calls) == 1
+    assert relative_error(out, reference_conv2d(x, w)) <= 1e-12
+    w[2, 1] *= -3.0  # same array object, new values: still rank 1, so still accepted
+    mutated = fastconv.conv2d(x, w, backend="separable")
+    assert len(svd_calls) == 2
+    assert relative_error(mutated, reference_conv2d(x, w)) <= 1e-12
+    assert not np.allclose(mutated, out)
+    fastconv.conv2d(x, w.copy(), backend="separable")  # an equal copy is served from the cache
+    assert len(svd_calls) == 2
+
+
+def test_one_dimensional_kernels_need_no_svd(svd_calls):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 8, 10, 10))
+    for shape in [(16, 8, 1, 1), (4, 8, 1, 5), (4, 8, 3, 1)]:
+        w = rng.standard_normal(shape)
+        w[0, 0] = 0.0  # an all-zero kernel: rank 0
+        out = fastconv.conv2d(x, w, backend="separable")
+        assert relative_error(out, reference_conv2d(x, w)) <= 1e-12
+    assert svd_calls == []
+    w[1, 2, 1, 0] = np.nan  # NaN goes where direct summation puts it (the SVD would fail to converge)
+    out = fastconv.conv2d(x, w, backend="separable")
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(reference_conv2d(x, w)))

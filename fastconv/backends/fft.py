@@ -27,13 +27,20 @@ How this backend does it, step by step:
    from a bounded pool; a thread checks a plan out for the duration of a call, so no two threads
    ever share buffers. Every input channel of every tile is transformed once, in one batched plan.
 4. **Channels.** The spectra are combined with one small complex GEMM per frequency bin,
-   ``Y[bin] (K, tiles) = W[bin] (K, C) @ X[bin] (C, tiles)``, per group; with one input channel
+   ``Y[bin] (tiles, K) = X[bin] (tiles, C) @ W[bin]ᵀ (C, K)``, per group; with one input channel
    per group (single-channel images, depthwise layers) it is a plain elementwise product.
 5. **Inverse.** One inverse transform per output channel and tile, again one batched plan. The
    complex-to-real inverse destroys its input, which is fine: the input is the plan's own buffer.
-6. **Stride and dilation.** Dilation inserts zeros into the kernel before its transform. Stride
-   keeps every ``stride``-th sample of the stride-1 result: FFT convolution computes all outputs
-   at once, so it does not get faster with stride (it does not get slower either).
+6. **Stride and dilation.** Along an axis with stride 1, a kernel dilated by ``d`` with many
+   channels (spectra above 32 MB) is split off by space-to-batch (TensorFlow's ``atrous_conv2d`` does the same): output rows ``i ≡ r (mod d)``
+   read only the padded input rows ``≡ r (mod d)``, so the convolution is ``d`` *undilated* ones
+   on the interleaved sub-images ``x_pad[r::d]``, run as one batch and interleaved back. Otherwise
+   the zero-inserted kernel would be transformed on a grid spanning its whole dilated extent:
+   deeplabv3's 3×3 kernels with dilation 12 span 25×25, and the spectra of 256×256 of them on the
+   90×90 grid were 2 GB per call (2.3 s; 42 ms split, see ``docs/performance.md``). With stride
+   > 1 the dilation stays in the kernel. Stride keeps every ``stride``-th sample of the stride-1
+   result: FFT convolution computes all outputs at once, so it does not get faster with stride (it
+   does not get slower either).
 
 Filter spectra are cached, because a network or an image pipeline applies the same weights again
 and again and transforming them is often the larger half of the work. The cache keeps a private
@@ -72,12 +79,14 @@ import math
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 import pyfftw
 
 from fastconv import config
-from fastconv.geometry import ConvSpec
+from fastconv.backends._weight_cache import WeightCache
+from fastconv.geometry import ConvSpec, check_array_fits
 
 name = "fft"
 
@@ -91,6 +100,12 @@ _MAX_SPECTRA = 8
 _MAX_SPECTRUM_BYTES = 256 << 20
 # Grids above this many points run measurably slower per point (they leave L2); see _choose_tiles.
 _CACHE_FRIENDLY_POINTS = 1 << 19
+# Elements per slab when spectra are reordered between the transforms' and the GEMMs' layouts.
+_REORDER_BLOCK_ELEMENTS = 1 << 14
+# Dilated stride-1 axes are split into sub-images when the dilated kernels' spectra would exceed
+# this, and the sub-images are not too many; see _dilation_phases.
+_SPLIT_SPECTRUM_BYTES = 32 << 20
+_MAX_SUB_IMAGES = 4096
 
 
 def available() -> str | None:
@@ -259,47 +274,7 @@ def _plan(batch: int, grid: tuple[int, int], dtype: np.dtype, inverse: bool):
 # filter spectra, cached against an exact copy of the weight
 
 
-class _SpectrumCache:
-    """Spectra of recently used weights. An entry is served only for a weight equal, element for
-    element, to the private copy stored with it, so in-place mutation can never go unnoticed."""
-
-    def __init__(self, max_entries: int, max_bytes: int):
-        self._entries: OrderedDict[int, tuple] = OrderedDict()
-        self._next_id = 0
-        self._max_entries, self._max_bytes = max_entries, max_bytes
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key, weight, compute):
-        with self._lock:
-            candidates = [(entry_id, entry) for entry_id, entry in self._entries.items() if entry[0] == key]
-        for entry_id, (_, saved_weight, spectrum) in candidates:
-            if np.array_equal(saved_weight, weight):
-                with self._lock:
-                    self.hits += 1
-                    if entry_id in self._entries:
-                        self._entries.move_to_end(entry_id)
-                return spectrum
-        spectrum = compute()
-        with self._lock:
-            self.misses += 1
-            if spectrum.nbytes + weight.nbytes <= self._max_bytes:
-                self._entries[self._next_id] = (key, weight.copy(), spectrum)
-                self._next_id += 1
-                while len(self._entries) > self._max_entries or self._bytes() > self._max_bytes:
-                    self._entries.popitem(last=False)
-        return spectrum
-
-    def _bytes(self):
-        return sum(saved.nbytes + spectrum.nbytes for _, saved, spectrum in self._entries.values())
-
-    def clear(self):
-        with self._lock:
-            self._entries.clear()
-            self.hits = self.misses = 0
-
-
-_spectra = _SpectrumCache(_MAX_SPECTRA, _MAX_SPECTRUM_BYTES)
+_spectra = WeightCache(_MAX_SPECTRA, _MAX_SPECTRUM_BYTES)
 
 
 def clear_caches() -> None:
@@ -372,14 +347,62 @@ def _equal_chunk(total: int, most: int) -> int:
     return -(-total // -(-total // chunk))
 
 
+def _dilation_phases(spec: ConvSpec) -> tuple[int, int]:
+    """Per axis, the sub-images a dilated stride-1 axis is split into (1: the axis is not split).
+
+    Splitting pays when the filter spectra of the dilated kernels are large (many channels), and
+    costs when they are not: sub-images tile a large image less tightly, and every one of them is
+    a separate item to cut out and write back (a 2×2 kernel with dilation 1000 would make a
+    million 2×2 sub-images). Measured, float32, 2 threads: 32 channels, 3×3, dilation 6 on 64²
+    (24 MB of spectra) 2.0 ms split vs 2.4 ms not; 16 channels, dilation 4 on 128² (19 MB) 4.8 vs
+    3.4 ms; 3 channels, dilation 2 on 2×512² (0.1 MB) 22 vs 11 ms.
+    """
+    phases = tuple(dilation if stride == 1 and kernel > 1 else 1 for stride, dilation, kernel in
+                   zip(spec.stride, spec.dilation, (spec.kernel_height, spec.kernel_width)))
+    if phases == (1, 1) or spec.batch * phases[0] * phases[1] > _MAX_SUB_IMAGES:
+        return (1, 1)
+    complex_data = spec.dtype.kind == "c"
+    grid_h, grid_w = _choose_tiles(spec, complex_data)
+    bins = grid_h * (grid_w if complex_data else grid_w // 2 + 1)
+    spectrum_bytes = spec.out_channels * spec.in_channels_per_group * bins * 2 * spec.dtype.itemsize
+    return phases if spectrum_bytes > _SPLIT_SPECTRUM_BYTES else (1, 1)
+
+
+def _run_in_phases(x, weight, bias, spec: ConvSpec, phases: tuple[int, int]) -> np.ndarray:
+    """Space-to-batch: the dilated convolution as an undilated one on interleaved sub-images.
+
+    The padded input is cut into ``phase_h · phase_w`` sub-images ``x_pad[r::phase_h, s::phase_w]``
+    (zero-extended to equal sizes), stacked along the batch axis, convolved with the undilated
+    kernel, and the outputs interleaved back; the zero extension only adds outputs past the end.
+    """
+    (phase_h, phase_w), (batch, channels) = phases, (spec.batch, spec.in_channels)
+    (top, _), (left, _) = spec.padding
+    rows, cols = -(-spec.padded_height // phase_h), -(-spec.padded_width // phase_w)
+    padded = np.zeros((batch, channels, rows * phase_h, cols * phase_w), dtype=spec.dtype)
+    padded[:, :, top:top + spec.in_height, left:left + spec.in_width] = x
+    sub_images = padded.reshape(batch, channels, rows, phase_h, cols, phase_w).transpose(0, 3, 5, 1, 2, 4)
+    phase_spec = replace(
+        spec, batch=batch * phase_h * phase_w, in_height=rows, in_width=cols, padding=((0, 0), (0, 0)),
+        dilation=tuple(1 if split > 1 else dilation for split, dilation in zip(phases, spec.dilation)))
+    phase_out = run(np.ascontiguousarray(sub_images).reshape(phase_spec.input_shape), weight, bias, phase_spec)
+    out_rows, out_cols = phase_spec.out_height, phase_spec.out_width
+    interleaved = phase_out.reshape(batch, phase_h, phase_w, spec.out_channels, out_rows, out_cols) \
+        .transpose(0, 3, 4, 1, 5, 2).reshape(batch, spec.out_channels, out_rows * phase_h, out_cols * phase_w)
+    return np.ascontiguousarray(interleaved[:, :, :spec.out_height, :spec.out_width])
+
+
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
     if spec.batch == 0:
         return np.empty(spec.out_shape, dtype=spec.dtype)
+    phases = _dilation_phases(spec)
+    if phases != (1, 1):
+        return _run_in_phases(x, weight, bias, spec, phases)
     # First, so that an output too large for memory fails here (MemoryError) and not after a list
     # of its tiles has used up all memory.
     out = np.empty(spec.out_shape, dtype=spec.dtype)
     complex_data = spec.dtype.kind == "c"
     grid = _choose_tiles(spec, complex_data)
+    check_array_fits((spec.in_channels,) + grid, spec.dtype, spec, "the fft backend's transform grid")
     key = (weight.shape, spec.dtype.str, spec.dilation, spec.groups, grid)
     spectrum = _spectra.get(key, weight, lambda: _filter_spectrum(weight, spec, grid))
 
@@ -417,11 +440,29 @@ def _multiply_spectra(spectra_in, spectrum, spectra_out, groups, channels_per_gr
                     spectrum.reshape(1, groups, outs_per_group, bins),
                     out=spectra_out.reshape(count, groups, outs_per_group, bins))
         return
-    for group in range(groups):  # one (K/g × C/g) @ (C/g × tiles) complex GEMM per bin
+    # The GEMMs want bins outermost, the transforms bins innermost. Reordering a tensor larger
+    # than the caches in one strided copy ran at ~1-2 GB/s; in blocks of a few tiles and at most 64
+    # bins that stay in cache, 10-20x faster (the ASPP layer: 1.1 + 1.3 ms instead of ~10 ms).
+    bins_per_block = min(bins, 64)
+    by_bin = np.empty((bins, count, channels_per_group), dtype=spectra_in.dtype)
+    for group in range(groups):  # one (tiles × C/g) @ (C/g × K/g) complex GEMM per bin
         group_in = spectra_in[:, group * channels_per_group:(group + 1) * channels_per_group]
-        by_bin = np.ascontiguousarray(group_in.transpose(2, 1, 0))  # (bins, C/g, tiles)
-        product = np.matmul(spectrum[group], by_bin)                 # (bins, K/g, tiles)
-        spectra_out[:, group * outs_per_group:(group + 1) * outs_per_group] = product.transpose(2, 1, 0)
+        group_out = spectra_out[:, group * outs_per_group:(group + 1) * outs_per_group]
+        for tiles, first in _reorder_blocks(count, bins, channels_per_group, bins_per_block):
+            by_bin[first:first + bins_per_block, tiles] = \
+                group_in[tiles, :, first:first + bins_per_block].transpose(2, 0, 1)
+        product = np.matmul(by_bin, spectrum[group].transpose(0, 2, 1))  # (bins, tiles, K/g)
+        for tiles, first in _reorder_blocks(count, bins, outs_per_group, bins_per_block):
+            group_out[tiles, :, first:first + bins_per_block] = \
+                product[first:first + bins_per_block, tiles].transpose(1, 2, 0)
+
+
+def _reorder_blocks(count, bins, channels, bins_per_block):
+    """(slice of tiles, first bin) of cache-sized blocks of a (tiles, channels, bins) array."""
+    tiles_per_block = max(1, _REORDER_BLOCK_ELEMENTS // (channels * bins_per_block))
+    for first_tile in range(0, count, tiles_per_block):
+        for first_bin in range(0, bins, bins_per_block):
+            yield slice(first_tile, first_tile + tiles_per_block), first_bin
 
 
 def _convolve_tiles(x, spectrum, spec, grid, items, per_tile, out):

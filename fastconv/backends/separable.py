@@ -42,11 +42,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from fastconv.backends._weight_cache import WeightCache
 from fastconv.geometry import ConvSpec, check_dtype
 
 name = "separable"
 
-__all__ = ["available", "supports", "supports_weight", "run", "separate", "separable_conv2d"]
+__all__ = ["available", "supports", "supports_weight", "run", "separate", "separable_conv2d", "clear_caches"]
 
 
 def available() -> str | None:
@@ -69,6 +70,13 @@ def _factor(kernels: np.ndarray, tol: float):
     """SVD of a stack of kernels (..., kh, kw): column factors (..., kh, kh∧kw), row factors
     (..., kh∧kw, kw), each with sqrt(s) folded in, and the numerical rank of each kernel."""
     wide = np.complex128 if kernels.dtype.kind == "c" else np.float64
+    if min(kernels.shape[-2:]) == 1:
+        # A 1-D kernel is its own single factor, times 1: exact, NaN-proof, and no SVD (which took
+        # 45 ms for 65,536 1×1 kernels). Its rank is 1 unless it is all zeros (tol < 1).
+        kernels = kernels.astype(wide)
+        ones = np.ones(kernels.shape[:-2] + (1, 1), dtype=wide)
+        ranks = np.any(kernels != 0, axis=(-2, -1)).astype(np.int64)
+        return (ones, kernels, ranks) if kernels.shape[-2] == 1 else (kernels, ones, ranks)
     u, s, vt = np.linalg.svd(kernels.astype(wide), full_matrices=False)  # vt is V^H: w = u s vt
     ranks = np.count_nonzero(s > tol * s[..., :1], axis=-1)
     root = np.sqrt(s)
@@ -134,6 +142,22 @@ def _pays_off(rank: int, kernel_h: int, kernel_w: int) -> bool:
     return rank * (kernel_h + kernel_w) < kernel_h * kernel_w
 
 
+# Factors of recently used weights (see _weight_cache: never stale, even after in-place updates).
+_factors = WeightCache(max_entries=8, max_bytes=64 << 20)
+
+
+def clear_caches() -> None:
+    """Forget the cached factors of every weight."""
+    _factors.clear()
+
+
+def _weight_factors(weight: np.ndarray, spec: ConvSpec):
+    """``_factor`` of every (k, c) kernel of ``weight``, computed once per weight content and
+    shared by ``supports_weight`` and ``run``."""
+    tol = _default_tol((spec.kernel_height, spec.kernel_width), spec.dtype)
+    return _factors.get((weight.shape, weight.dtype.str, tol), weight, lambda: _factor(weight, tol))
+
+
 def supports_weight(weight: np.ndarray, spec: ConvSpec) -> str | None:
     """``None`` when every (k, c) kernel of ``weight`` is low-rank enough to pay off, else why not."""
     kernel_h, kernel_w = spec.kernel_height, spec.kernel_width
@@ -141,7 +165,7 @@ def supports_weight(weight: np.ndarray, spec: ConvSpec) -> str | None:
         return None
     if not np.isfinite(weight).all():
         return "weight holds NaN or infinity, which has no low-rank factorisation"
-    _, _, ranks = _factor(weight, _default_tol((kernel_h, kernel_w), spec.dtype))
+    _, _, ranks = _weight_factors(weight, spec)
     worst = np.unravel_index(np.argmax(ranks), ranks.shape)
     rank = int(ranks[worst])
     if _pays_off(rank, kernel_h, kernel_w):
@@ -208,7 +232,7 @@ def _run_factors(x, cols, rows, ranks, bias, spec):
 
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
-    cols, rows, ranks = _factor(weight, _default_tol((spec.kernel_height, spec.kernel_width), spec.dtype))
+    cols, rows, ranks = _weight_factors(weight, spec)
     max_rank = max(int(ranks.max()), 1)
     # (K, Cg, kh, R) -> (K, Cg, R, kh): one contiguous column factor per rank term
     cols = cols[..., :max_rank].transpose(0, 1, 3, 2)
