@@ -54,6 +54,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -252,6 +253,20 @@ def _fft_tiles(spec: ConvSpec, transforms_per_tile: int, products_per_bin: int):
 
 
 def _fft(spec, work, rank, module):
+    phases = getattr(module, "_dilation_phases", lambda spec: (1, 1))(spec)
+    if phases != (1, 1):
+        # space-to-batch: phases_h * phases_w undilated convolutions of the interleaved sub-images,
+        # plus cutting them out of a padded copy of the input and interleaving the outputs back
+        rows, cols = -(-spec.padded_height // phases[0]), -(-spec.padded_width // phases[1])
+        split = dataclasses.replace(
+            spec, batch=spec.batch * phases[0] * phases[1], in_height=rows, in_width=cols,
+            padding=((0, 0), (0, 0)), dilation=tuple(1 if count > 1 else dilation
+                                                      for count, dilation in zip(phases, spec.dilation)))
+        terms = _fft(split, work, rank, module)
+        terms["byte"] += 2.0 * (split.batch * spec.in_channels * rows * cols
+                                + spec.batch * spec.out_channels * spec.out_height * spec.out_width) \
+            * spec.dtype.itemsize
+        return terms
     # per tile: transform each input channel and each output channel (filter spectra are cached
     # between calls, so their transforms are not paid per call); multiply spectra per bin
     transforms = spec.batch * (spec.in_channels + spec.out_channels)
@@ -303,15 +318,21 @@ def _separable(spec, work, rank, module):
     column_pass = pairs * spec.kernel_height * spec.out_height * spec.padded_width
     row_pass = pairs * spec.kernel_width * spec.out_height * spec.out_width
     intermediate = pairs * spec.out_height * spec.padded_width * spec.dtype.itemsize
+    terms = {"call": 1.0, "mac": (column_pass + row_pass) * work, "byte": _io_bytes(spec) + intermediate}
     kernels = spec.out_channels * spec.in_channels_per_group
     entries = kernels * spec.kernel_height * spec.kernel_width
-    return {"call": 1.0, "mac": (column_pass + row_pass) * work, "byte": _io_bytes(spec) + intermediate,
-            # Every call factors each (k, c) kernel by a float64 SVD (LAPACK, one thread): a fixed
-            # cost per kernel, plus n^3 flops, plus per-entry work that dominates up to n ~ 100 (a
-            # 31x31 kernel takes 0.1 ms here, a 63x63 one 0.5 ms, a 101x101 one 1.4 ms: n^2.4).
-            "kernel": float(kernels),
-            "svd_entry": float(entries),
-            "svd_flop": float(entries * min(spec.kernel_height, spec.kernel_width))}
+    smaller = min(spec.kernel_height, spec.kernel_width)
+    if smaller == 1:
+        return terms  # a 1-D kernel is its own factor: no SVD
+    # float64 factors (kh x r, r x kw, rank) of every kernel, plus the cache's copy of the weight
+    factor_bytes = 8 * kernels * (spec.kernel_height * smaller + smaller * spec.kernel_width + 1) \
+        + entries * spec.dtype.itemsize
+    if factor_bytes <= getattr(getattr(module, "_factors", None), "_max_bytes", 0):
+        return terms  # factored once per weight and cached: later calls (a loop) do not pay it
+    # Otherwise every call factors each (k, c) kernel by a float64 SVD (LAPACK, one thread): a fixed
+    # cost per kernel, plus n^3 flops, plus per-entry work that dominates up to n ~ 100 (a 31x31
+    # kernel takes 0.1 ms here, a 63x63 one 0.5 ms, a 101x101 one 1.4 ms: n^2.4).
+    return {**terms, "kernel": float(kernels), "svd_entry": float(entries), "svd_flop": float(entries * smaller)}
 
 
 def _winograd(spec, work, rank, module):

@@ -189,3 +189,21 @@ def test_fft_pays_filter_transforms_when_their_spectra_overflow_its_cache():
                 (("small", small), ("huge", huge))}
     # per-call transforms: small has 128 (its filter spectra are cached), huge has 1024 + 262144
     assert fft_flop["huge"] / fft_flop["small"] == pytest.approx((1024 + 512 * 512) / 128)
+
+
+def test_separable_pays_the_svd_only_when_its_factor_cache_cannot_hold_the_factors():
+    from fastconv.backends import separable
+
+    blur = spec((1, 1, 256, 256), (1, 1, 31, 31), padding="same")
+    assert "svd_flop" not in cost.work_terms("separable", blur, rank=1, module=separable)  # cached
+    assert "svd_flop" in cost.work_terms("separable", blur, rank=1)  # a backend that factors every call
+    huge = spec((1, 512, 8, 8), (1024, 512, 5, 5))  # 524,288 kernels: ~210 MB of float64 factors
+    assert cost.work_terms("separable", huge, rank=1, module=separable)["svd_flop"] == 1024 * 512 * 25 * 5
+
+
+def test_fft_models_space_to_batch_for_large_dilations():
+    from fastconv.backends import fft
+
+    aspp = spec((1, 256, 65, 65), (256, 256, 3, 3), padding=12, dilation=12)
+    assert fft._dilation_phases(aspp) == (12, 12)
+    assert cost.work_terms("fft", aspp, module=fft)["tile"] >= 144  # one undilated problem per sub-image
