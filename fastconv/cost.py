@@ -76,17 +76,18 @@ _FORMAT_VERSION = 1
 # costs than a float32 one's). Fitted with `fastconv tune --calibrate` (the grid of
 # fastconv.tuning._calibration_grid, 59 problems, each backend timed in two passes, 2 threads) on
 # the development machine: 2-core Intel Xeon (Cascade Lake, AVX-512), numpy 2.4 / OpenBLAS,
-# numba 0.68, pyFFTW 0.15, on 2026-11-22 at 03:40 UTC (2.7 min), under an exclusive CPU lock with
-# OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset, with main's backends as of 02:35 UTC (numba_cpu's
-# 3x3 depthwise kernel, the vectorised Winograd); see docs/performance.md, "Automatic backend
-# choice". Refit (and paste here) whenever a backend's speed changes.
+# numba 0.68, pyFFTW 0.15, on 2026-11-22 at 03:52 UTC (2.6 min), under an exclusive CPU lock with
+# OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset, with main's backends as of 03:50 UTC (numba_cpu's
+# 3x3 depthwise kernel, the vectorised Winograd, separable's factor cache, fft's space-to-batch);
+# see docs/performance.md, "Automatic backend choice". Refit (and paste here) whenever a
+# backend's speed changes.
 DEFAULT_CONSTANTS: dict[str, dict[str, float]] = {
-    "naive": {"call": 1.64e-06, "float64_factor": 1.18, "mac": 8.87e-10},
-    "numba_cpu": {"byte": 2.01e-11, "call": 5.75e-06, "float64_factor": 1.06, "mac": 4.38e-11, "mac_depthwise3x3": 1.63e-20, "mac_edge": 6.68e-11, "mac_plane": 1.36e-11, "mac_runtime_width": 6.65e-11, "mac_strided": 8.17e-11, "row_pass": 1.62e-08},
-    "im2col": {"byte": 3.24e-11, "call": 1.47e-05, "float64_factor": 0.91, "gemm_byte": 5.65e-17, "gemm_call": 7.45e-07, "gemm_flop": 3.76e-12, "unfold_byte": 1.55e-10},
-    "fft": {"bin_flop": 1.26e-17, "bin_gemm": 5.97e-08, "bin_gemm_flop": 6.19e-11, "byte": 5.32e-11, "call": 3.69e-05, "fft_flop": 4.61e-11, "filter_spectrum_byte": 5.93e-12, "float64_factor": 1.46, "tile": 8.79e-13},
-    "separable": {"byte": 2.88e-11, "call": 1.84e-05, "float64_factor": 1.1, "kernel": 5.54e-07, "mac": 3.45e-11, "svd_entry": 8.38e-08, "svd_flop": 8.75e-10},
-    "winograd": {"byte": 1.52e-10, "call": 9.86e-05, "float64_factor": 0.694, "gemm_flop": 1.72e-20, "piece": 7.53e-06, "transform_flop": 6.6e-11},
+    "naive": {"call": 1.65e-06, "float64_factor": 1.18, "mac": 9.02e-10},
+    "numba_cpu": {"byte": 2.05e-11, "call": 5.81e-06, "float64_factor": 1.07, "mac": 4.87e-11, "mac_depthwise3x3": 1.87e-20, "mac_edge": 6.59e-11, "mac_plane": 1.36e-11, "mac_runtime_width": 6.8e-11, "mac_strided": 8.63e-11, "row_pass": 1.58e-08},
+    "im2col": {"byte": 2.35e-19, "call": 1.44e-05, "float64_factor": 0.964, "gemm_byte": 3.98e-11, "gemm_call": 7.65e-07, "gemm_flop": 3.52e-12, "unfold_byte": 1.24e-10},
+    "fft": {"bin_flop": 1.35e-17, "bin_gemm": 7.42e-08, "bin_gemm_flop": 6.15e-11, "byte": 5.95e-11, "call": 4.03e-05, "fft_flop": 4.51e-11, "filter_spectrum_byte": 7.07e-12, "float64_factor": 1.44, "tile": 8.96e-13},
+    "separable": {"byte": 3.17e-11, "call": 1.02e-05, "float64_factor": 1.17, "kernel": 5.54e-07, "mac": 2.77e-11, "svd_entry": 8.38e-08, "svd_flop": 8.75e-10},
+    "winograd": {"byte": 1.62e-10, "call": 9.68e-05, "float64_factor": 0.731, "gemm_flop": 1.55e-20, "piece": 8.89e-06, "transform_flop": 5.44e-11},
 }
 
 # Threads the constants were measured with: compute terms scale with min(threads, this) / this.
