@@ -119,14 +119,16 @@ def measure_problem(entry, skip_above: float):
             notes[backend] = f"declines: {tuning.weight_decline_reason(backend, weight, spec)}"
         else:
             timed.append(backend)
-    times = tuning.time_backends_quietly(timed, (x_run, weight, None), spec, repeats=7, budget=2.0)
+    times = tuning.time_backends_quietly(timed, (x_run, weight, None), spec, repeats=7, budget=2.0, passes=2)
     tuning.clear_cache()
     untuned = tuning.choose(spec, weight, tune=False)
+    tune_started = time.perf_counter()
     tuned_results = tuning.measure(spec, (x_run, weight, None))
+    tune_seconds = time.perf_counter() - tune_started
     tuned = tuning._fastest(tuned_results)
     return {"name": name, "input": x_shape, "weight": w_shape, "keywords": keywords, "dtype": dtype,
             "kernel": kind, "rank": rank, "estimates": estimates, "times": times, "notes": notes,
-            "auto": untuned, "tuned": tuned}
+            "auto": untuned, "tuned": tuned, "tuner_measured": tuned_results, "tuner_seconds": tune_seconds}
 
 
 def _ratio(result, pick):

@@ -54,6 +54,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -73,16 +74,20 @@ _FORMAT_VERSION = 1
 
 # Seconds per unit of each work term (``float64_factor``: how much more a float64 problem's work
 # costs than a float32 one's). Fitted with `fastconv tune --calibrate` (the grid of
-# fastconv.tuning._calibration_grid, 2 threads) on the development machine: 2-core Intel Xeon
-# (Cascade Lake, AVX-512), numpy 2.4 / OpenBLAS, numba 0.68, pyFFTW 0.15, on 2026-11-22 with the
-# backends of issues 3, 4 and 9 as merged then; see docs/performance.md, "Automatic backend choice".
+# fastconv.tuning._calibration_grid, 59 problems, each backend timed in two passes, 2 threads) on
+# the development machine: 2-core Intel Xeon (Cascade Lake, AVX-512), numpy 2.4 / OpenBLAS,
+# numba 0.68, pyFFTW 0.15, on 2026-11-22 at 03:52 UTC (2.6 min), under an exclusive CPU lock with
+# OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset, with main's backends as of 03:50 UTC (numba_cpu's
+# 3x3 depthwise kernel, the vectorised Winograd, separable's factor cache, fft's space-to-batch);
+# see docs/performance.md, "Automatic backend choice". Refit (and paste here) whenever a
+# backend's speed changes.
 DEFAULT_CONSTANTS: dict[str, dict[str, float]] = {
-    "naive": {"call": 2.23e-06, "mac": 9.84e-10, "float64_factor": 1.08},
-    "numba_cpu": {"call": 7.51e-06, "mac": 1.18e-10, "mac_plane": 3.65e-11, "mac_runtime_width": 4.68e-11, "mac_strided": 1.26e-10, "byte": 1.48e-11, "float64_factor": 1.43},
-    "im2col": {"call": 1.96e-05, "unfold_byte": 1.74e-10, "gemm_flop": 4.11e-12, "gemm_byte": 1.37e-17, "gemm_call": 4.46e-07, "byte": 3.37e-11, "float64_factor": 0.95},
-    "fft": {"call": 4.44e-05, "fft_flop": 4.34e-11, "bin_flop": 1.47e-10, "tile": 4.04e-13, "byte": 3.14e-11, "float64_factor": 1.8},
-    "separable": {"call": 2.4e-05, "mac": 2.17e-11, "byte": 4.13e-11, "float64_factor": 0.891, "kernel": 6.63e-07, "svd_flop": 1.34e-08},
-    "winograd": {"call": 0.000264, "piece": 1.68e-06, "transform_flop": 1.78e-19, "gemm_flop": 2.76e-20, "byte": 3.27e-10, "float64_factor": 0.5},
+    "naive": {"call": 1.65e-06, "float64_factor": 1.18, "mac": 9.02e-10},
+    "numba_cpu": {"byte": 2.05e-11, "call": 5.81e-06, "float64_factor": 1.07, "mac": 4.87e-11, "mac_depthwise3x3": 1.87e-20, "mac_edge": 6.59e-11, "mac_plane": 1.36e-11, "mac_runtime_width": 6.8e-11, "mac_strided": 8.63e-11, "row_pass": 1.58e-08},
+    "im2col": {"byte": 2.35e-19, "call": 1.44e-05, "float64_factor": 0.964, "gemm_byte": 3.98e-11, "gemm_call": 7.65e-07, "gemm_flop": 3.52e-12, "unfold_byte": 1.24e-10},
+    "fft": {"bin_flop": 1.35e-17, "bin_gemm": 7.42e-08, "bin_gemm_flop": 6.15e-11, "byte": 5.95e-11, "call": 4.03e-05, "fft_flop": 4.51e-11, "filter_spectrum_byte": 7.07e-12, "float64_factor": 1.44, "tile": 8.96e-13},
+    "separable": {"byte": 3.17e-11, "call": 1.02e-05, "float64_factor": 1.17, "kernel": 5.54e-07, "mac": 2.77e-11, "svd_entry": 8.38e-08, "svd_flop": 8.75e-10},
+    "winograd": {"byte": 1.62e-10, "call": 9.68e-05, "float64_factor": 0.731, "gemm_flop": 1.55e-20, "piece": 8.89e-06, "transform_flop": 5.44e-11},
 }
 
 # Threads the constants were measured with: compute terms scale with min(threads, this) / this.
@@ -100,10 +105,15 @@ def _is_double(dtype: np.dtype) -> bool:
     return (dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize) == 8
 
 
+# Terms whose cost depends neither on the compute dtype nor on the thread count: the per-call
+# overhead, and separable's kernel factorisation (a float64 LAPACK SVD whatever the dtype).
+UNSCALED_TERMS = frozenset({"call", "kernel", "svd_entry", "svd_flop"})
+
+
 def _predict(table: dict, terms: dict, double: bool, speedup: float = 1.0) -> float:
-    """Seconds from work counts: the per-call term, plus the rest scaled for float64 and threads."""
+    """Seconds from work counts: the unscaled terms, plus the rest scaled for float64 and threads."""
     scale = (table.get("float64_factor", 2.0) if double else 1.0) / speedup
-    return sum(table[term] * count * (1.0 if term == "call" else scale)
+    return sum(table[term] * count * (1.0 if term in UNSCALED_TERMS else scale)
                for term, count in terms.items() if term in table)
 
 
@@ -145,23 +155,49 @@ def _naive(spec, work, rank, module):
     return {"call": 1.0, "mac": float(_macs(spec))}  # scalar loops: no SIMD width to lose to float64
 
 
+def _interior_width(spec: ConvSpec) -> int:
+    """Output columns whose every kernel tap lies inside the image (not in the zero padding)."""
+    left = spec.padding[1][0]
+    first = min(spec.out_width, -(-left // spec.stride[1]))
+    last_start = spec.in_width - spec.dilated_kernel[1] + left  # largest input column a window may start at
+    if last_start < 0:
+        return 0
+    return max(0, min(spec.out_width, last_start // spec.stride[1] + 1) - first)
+
+
 def _numba_cpu(spec, work, rank, module):
-    # Its plane kernel (depthwise, single-channel) is one memory-bound pass per output plane; the
-    # general kernel register-blocks output channels (zero filters pad a partial block). Kernel
-    # widths it specialises unroll into the vectorised pixel loop; others, and strided output
-    # columns (no longer contiguous loads), cost extra per multiply-add.
+    # Three kernels, each at its own rate per multiply-add: the plane kernel (depthwise and
+    # single-channel: one memory-bound pass per output plane), its 3x3 specialisation (nine
+    # weights in registers, one store per output), and the general kernel, which register-blocks
+    # output channels (zero filters pad a partial block). In the plane and general kernels each
+    # (output row, input channel, kernel row) is one pass along the row: the interior columns in
+    # a vectorised loop, the columns whose taps reach into the padding in a short scalar loop
+    # with bounds checks, plus the pass's fixed set-up. On narrow images (14-32 columns) the
+    # edges and set-up outweigh the interior. Kernel widths the kernels do not specialise, and
+    # strided or dilated rows (no longer contiguous loads: scalar code), cost extra per
+    # multiply-add.
     plane = (module.uses_plane_kernel(spec) if hasattr(module, "uses_plane_kernel")
              else spec.in_channels_per_group == 1 and spec.out_channels_per_group < 4)
-    macs = _macs(spec) * work
-    block = getattr(module, "CHANNEL_BLOCK", 1)
-    if not plane and block > 1:
-        per_group = spec.out_channels_per_group
-        macs *= -(-per_group // block) * block / per_group
-    terms = {"call": 1.0, "mac_plane" if plane else "mac": macs, "byte": _io_bytes(spec)}
+    depthwise3x3 = plane and getattr(module, "uses_depthwise3x3", lambda spec: False)(spec)
+    block = 1 if plane else getattr(module, "CHANNEL_BLOCK", 1)
+    per_group = spec.out_channels_per_group
+    padded_outs = spec.groups * -(-per_group // block) * block  # output channels computed
+    taps = spec.in_channels_per_group * spec.kernel_height * spec.kernel_width
+    outputs = spec.batch * padded_outs * spec.out_height * spec.out_width
+    if depthwise3x3:
+        return {"call": 1.0, "mac_depthwise3x3": float(outputs * taps * work), "byte": _io_bytes(spec)}
+    interior = _interior_width(spec)
+    row_outputs = spec.batch * padded_outs * spec.out_height
+    macs = row_outputs * interior * taps * work
+    terms = {"call": 1.0, "mac_plane" if plane else "mac": float(macs),
+             "mac_edge": float(row_outputs * (spec.out_width - interior) * taps * work),
+             # passes along a row: one per (output row, channel block, input channel, kernel row)
+             "row_pass": float(row_outputs / block * spec.in_channels_per_group * spec.kernel_height),
+             "byte": _io_bytes(spec)}
     if spec.kernel_width not in getattr(module, "SPECIALISED_WIDTHS", (1, 3, 5, 7)):
-        terms["mac_runtime_width"] = macs
-    if spec.stride[1] > 1:
-        terms["mac_strided"] = macs
+        terms["mac_runtime_width"] = float(macs)
+    if spec.stride[1] > 1 or (spec.dilation[1] > 1 and spec.kernel_width > 1):
+        terms["mac_strided"] = float(macs)
     return terms
 
 
@@ -218,23 +254,62 @@ def _fft_tiles(spec: ConvSpec, transforms_per_tile: int, products_per_bin: int):
 
 
 def _fft(spec, work, rank, module):
+    phases = getattr(module, "_dilation_phases", lambda spec: (1, 1))(spec)
+    if phases != (1, 1):
+        # space-to-batch: phases_h * phases_w undilated convolutions of the interleaved sub-images,
+        # plus cutting them out of a padded copy of the input and interleaving the outputs back
+        rows, cols = -(-spec.padded_height // phases[0]), -(-spec.padded_width // phases[1])
+        split = dataclasses.replace(
+            spec, batch=spec.batch * phases[0] * phases[1], in_height=rows, in_width=cols,
+            padding=((0, 0), (0, 0)), dilation=tuple(1 if count > 1 else dilation
+                                                      for count, dilation in zip(phases, spec.dilation)))
+        terms = _fft(split, work, rank, module)
+        terms["byte"] += 2.0 * (split.batch * spec.in_channels * rows * cols
+                                + spec.batch * spec.out_channels * spec.out_height * spec.out_width) \
+            * spec.dtype.itemsize
+        return terms
     # per tile: transform each input channel and each output channel (filter spectra are cached
     # between calls, so their transforms are not paid per call); multiply spectra per bin
     transforms = spec.batch * (spec.in_channels + spec.out_channels)
     products = spec.batch * spec.out_channels * spec.in_channels_per_group
-    (height, width), tiles = _fft_tiles(spec, transforms, products)
+    choose_grid = getattr(module, "_choose_tiles", None)
+    if choose_grid is not None:  # the grid the backend will really use
+        height, width = choose_grid(spec, spec.dtype.kind == "c")
+        (extent_h, extent_w), (stride_h, stride_w) = spec.dilated_kernel, spec.stride
+        tiles = (module._axis_tiling(spec.out_height, extent_h, stride_h, height)[1]
+                 * module._axis_tiling(spec.out_width, extent_w, stride_w, width)[1])
+    else:
+        (height, width), tiles = _fft_tiles(spec, transforms, products)
     points = height * width
     bins = points if spec.dtype.kind == "c" else height * (width // 2 + 1)
     real_work = work / 4 if spec.dtype.kind == "c" else work  # a complex FFT is not four real ones
     per_transform = 2.5 * points * math.log2(max(points, 2)) * real_work * (2 if spec.dtype.kind == "c" else 1)
     spectrum_bytes = transforms * bins * 2 * spec.dtype.itemsize
-    return {
+    terms = {
         "call": 1.0,
         "fft_flop": tiles * transforms * per_transform,
-        "bin_flop": 8.0 * tiles * products * bins * real_work,
         "tile": float(tiles * spec.batch),
         "byte": _io_bytes(spec) + tiles * spectrum_bytes,
     }
+    filters = spec.out_channels * spec.in_channels_per_group
+    filter_spectrum_bytes = filters * bins * 2 * spec.dtype.itemsize
+    if filter_spectrum_bytes + filters * spec.kernel_height * spec.kernel_width * spec.dtype.itemsize \
+            > getattr(module, "_MAX_SPECTRUM_BYTES", math.inf):
+        # filter spectra too big for the backend's cache are transformed again on every call (a
+        # VGG 512x512x3x3 layer on 14x14 maps: 302 MB of spectra, 0.3 s a call)
+        terms["fft_flop"] += filters * per_transform
+        terms["byte"] += filter_spectrum_bytes
+    product_flops = 8.0 * tiles * products * bins * real_work
+    if spec.in_channels_per_group == 1:  # one input channel per group: an elementwise product
+        terms["bin_flop"] = product_flops
+    else:
+        # a small complex GEMM per bin and group, (K/g x C/g) @ (C/g x tiles): BLAS speed, plus a
+        # call per bin, plus reading the cached filter spectra (K x C/g per bin), which is what
+        # bounds it when there are few tiles (a 1x1 layer on 14x14 maps reads 58 MB of spectra)
+        terms["bin_gemm_flop"] = product_flops
+        terms["bin_gemm"] = float(spec.groups * bins)
+        terms["filter_spectrum_byte"] = float(filter_spectrum_bytes)
+    return terms
 
 
 def _separable(spec, work, rank, module):
@@ -244,12 +319,21 @@ def _separable(spec, work, rank, module):
     column_pass = pairs * spec.kernel_height * spec.out_height * spec.padded_width
     row_pass = pairs * spec.kernel_width * spec.out_height * spec.out_width
     intermediate = pairs * spec.out_height * spec.padded_width * spec.dtype.itemsize
+    terms = {"call": 1.0, "mac": (column_pass + row_pass) * work, "byte": _io_bytes(spec) + intermediate}
     kernels = spec.out_channels * spec.in_channels_per_group
-    return {"call": 1.0, "mac": (column_pass + row_pass) * work, "byte": _io_bytes(spec) + intermediate,
-            # every call factors each (k, c) kernel by an SVD: a fixed cost per kernel plus ~n^3 work
-            "kernel": float(kernels),
-            "svd_flop": float(kernels * spec.kernel_height * spec.kernel_width
-                              * min(spec.kernel_height, spec.kernel_width))}
+    entries = kernels * spec.kernel_height * spec.kernel_width
+    smaller = min(spec.kernel_height, spec.kernel_width)
+    if smaller == 1:
+        return terms  # a 1-D kernel is its own factor: no SVD
+    # float64 factors (kh x r, r x kw, rank) of every kernel, plus the cache's copy of the weight
+    factor_bytes = 8 * kernels * (spec.kernel_height * smaller + smaller * spec.kernel_width + 1) \
+        + entries * spec.dtype.itemsize
+    if factor_bytes <= getattr(getattr(module, "_factors", None), "_max_bytes", 0):
+        return terms  # factored once per weight and cached: later calls (a loop) do not pay it
+    # Otherwise every call factors each (k, c) kernel by a float64 SVD (LAPACK, one thread): a fixed
+    # cost per kernel, plus n^3 flops, plus per-entry work that dominates up to n ~ 100 (a 31x31
+    # kernel takes 0.1 ms here, a 63x63 one 0.5 ms, a 101x101 one 1.4 ms: n^2.4).
+    return {**terms, "kernel": float(kernels), "svd_entry": float(entries), "svd_flop": float(entries * smaller)}
 
 
 def _winograd(spec, work, rank, module):
@@ -428,7 +512,7 @@ def save_constants(constants: dict, threads: int) -> str:
     return path
 
 
-def fit_constants(name: str, samples, defaults: dict[str, float] | None = None) -> dict[str, float]:
+def fit_constants(name: str, samples, defaults: dict[str, float] | None = None, *, module=None) -> dict[str, float]:
     """Fit backend ``name``'s constants to measured ``(spec, rank, seconds)`` samples.
 
     The error that matters to auto is the *ratio* of estimate to truth, whether the problem takes
@@ -437,27 +521,29 @@ def fit_constants(name: str, samples, defaults: dict[str, float] | None = None) 
     drag the constants with it. Non-negative least squares on relative errors gives the starting
     point. ``float64_factor`` (how much more a float64 problem's work costs) is fitted when there
     are float64 samples. Terms that no sample exercises keep their value from ``defaults``.
+    ``module`` is the backend module, as for :func:`work_terms` (pass it: the estimates use it).
     """
     from scipy.optimize import least_squares, nnls
 
-    rows = [(work_terms(name, spec, rank=rank), _is_double(spec.dtype), seconds) for spec, rank, seconds in samples]
+    rows = [(work_terms(name, spec, rank=rank, module=module), _is_double(spec.dtype), seconds)
+            for spec, rank, seconds in samples]
     names = sorted({term for terms, _, _ in rows for term in terms})
     counts = np.array([[terms.get(term, 0.0) for term in names] for terms, _, _ in rows])
     double = np.array([is_double for _, is_double, _ in rows])
     measured = np.array([seconds for _, _, seconds in rows])
     exercised = counts.max(axis=0) > 0
     counts, names = counts[:, exercised], [term for term, used in zip(names, exercised) if used]
-    is_call = np.array([term == "call" for term in names])
+    unscaled = np.array([term in UNSCALED_TERMS for term in names])
     relative = counts / measured[:, None]
     scale = relative.max(axis=0)  # columns of very different magnitudes: normalise for the solvers
     relative = relative / scale
     fit_factor = bool(double.any()) and bool((~double).any())
     factor0 = (defaults or {}).get("float64_factor", 2.0)
-    start, _ = nnls(relative * np.where(double[:, None] & ~is_call, factor0, 1.0), np.ones(len(rows)))
+    start, _ = nnls(relative * np.where(double[:, None] & ~unscaled, factor0, 1.0), np.ones(len(rows)))
 
     def residuals(parameters):
         factor = np.exp(parameters[-1]) if fit_factor else factor0
-        weights = np.where(double[:, None] & ~is_call, factor, 1.0)
+        weights = np.where(double[:, None] & ~unscaled, factor, 1.0)
         return np.log((relative * weights) @ np.exp(parameters[:len(names)]))
 
     floor = np.log(1e-9)  # in scaled units: a term the data do not need ends near zero, not at 0

@@ -25,14 +25,41 @@ def test_fft_work_ignores_kernel_size_and_stride():
     assert cost.work_terms("fft", spec((1, 4, 128, 128), (8, 4, 31, 31), padding="same"))["fft_flop"] == \
         base["fft_flop"]
     strided = cost.work_terms("fft", spec((1, 4, 128, 128), (8, 4, 3, 3), padding=15, stride=2))
-    assert strided["fft_flop"] == base["fft_flop"] and strided["bin_flop"] == base["bin_flop"]
+    assert strided["fft_flop"] == base["fft_flop"] and strided["bin_gemm_flop"] == base["bin_gemm_flop"]
+
+
+def test_fft_channel_products_elementwise_or_by_gemm():
+    from fastconv.backends import fft
+
+    single = cost.work_terms("fft", spec((1, 1, 256, 256), (1, 1, 9, 9), padding="same"), module=fft)
+    assert single["bin_flop"] > 0 and "bin_gemm" not in single  # one channel: elementwise product
+    layer = spec((1, 64, 14, 14), (128, 64, 1, 1))
+    terms = cost.work_terms("fft", layer, module=fft)
+    height, width = fft._choose_tiles(layer, False)  # the backend's own grid
+    assert terms["bin_gemm"] == height * (width // 2 + 1)  # one complex GEMM per frequency bin
+    assert terms["filter_spectrum_byte"] == 128 * 64 * terms["bin_gemm"] * 8
+
+
+def _direct_macs(*args, **kwargs):
+    terms = cost.work_terms("numba_cpu", spec(*args, **kwargs))
+    return terms["mac"] + terms["mac_edge"]
 
 
 def test_direct_work_grows_with_kernel_area_and_falls_with_stride():
-    small = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 3, 3), padding=1))["mac"]
-    large = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 9, 9), padding=4))["mac"]
-    strided = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 3, 3), padding=1, stride=2))["mac"]
+    small = _direct_macs((1, 4, 64, 64), (8, 4, 3, 3), padding=1)
+    large = _direct_macs((1, 4, 64, 64), (8, 4, 9, 9), padding=4)
+    strided = _direct_macs((1, 4, 64, 64), (8, 4, 3, 3), padding=1, stride=2)
     assert large == 9 * small and strided == small / 4
+    # columns whose taps reach into the padding run in the scalar edge loop: 4 of 64 for 9x9
+    terms = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 9, 9), padding=4))
+    assert terms["mac_edge"] == large * 8 / 64
+    from fastconv.backends import numba_cpu
+
+    valid = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 9, 9)), module=numba_cpu)
+    # no padding: no edges; a pass per (output row, block of 4 output channels, channel, kernel row)
+    assert valid["mac_edge"] == 0 and valid["row_pass"] == 56 * 2 * 4 * 9
+    assert "mac_depthwise3x3" in cost.work_terms("numba_cpu", spec((1, 8, 16, 16), (8, 1, 3, 3), groups=8),
+                                                 module=numba_cpu)
     assert "mac_plane" in cost.work_terms("numba_cpu", spec((1, 8, 16, 16), (8, 1, 3, 3), groups=8))
     assert "mac_plane" in cost.work_terms("numba_cpu", spec((1, 1, 16, 16), (1, 1, 3, 3)))
     odd = cost.work_terms("numba_cpu", spec((1, 1, 16, 16), (1, 1, 9, 9), stride=2))
@@ -151,3 +178,32 @@ def test_shipped_constants_rank_obvious_cases():
 def test_empty_batch_costs_one_call():
     empty = spec((0, 3, 12, 11), (2, 3, 3, 3))
     assert all(cost.work_terms(name, empty) == {"call": 1.0} for name in cost.FORMULAS)
+
+
+def test_fft_pays_filter_transforms_when_their_spectra_overflow_its_cache():
+    from fastconv.backends import fft
+
+    small = spec((1, 64, 14, 14), (64, 64, 3, 3), padding=1)  # 64*64 filters: a few MB of spectra
+    huge = spec((1, 512, 14, 14), (512, 512, 3, 3), padding=1)  # 512*512 filters: ~300 MB
+    fft_flop = {name: cost.work_terms("fft", layer, module=fft)["fft_flop"] for name, layer in
+                (("small", small), ("huge", huge))}
+    # per-call transforms: small has 128 (its filter spectra are cached), huge has 1024 + 262144
+    assert fft_flop["huge"] / fft_flop["small"] == pytest.approx((1024 + 512 * 512) / 128)
+
+
+def test_separable_pays_the_svd_only_when_its_factor_cache_cannot_hold_the_factors():
+    from fastconv.backends import separable
+
+    blur = spec((1, 1, 256, 256), (1, 1, 31, 31), padding="same")
+    assert "svd_flop" not in cost.work_terms("separable", blur, rank=1, module=separable)  # cached
+    assert "svd_flop" in cost.work_terms("separable", blur, rank=1)  # a backend that factors every call
+    huge = spec((1, 512, 8, 8), (1024, 512, 5, 5))  # 524,288 kernels: ~210 MB of float64 factors
+    assert cost.work_terms("separable", huge, rank=1, module=separable)["svd_flop"] == 1024 * 512 * 25 * 5
+
+
+def test_fft_models_space_to_batch_for_large_dilations():
+    from fastconv.backends import fft
+
+    aspp = spec((1, 256, 65, 65), (256, 256, 3, 3), padding=12, dilation=12)
+    assert fft._dilation_phases(aspp) == (12, 12)
+    assert cost.work_terms("fft", aspp, module=fft)["tile"] >= 144  # one undilated problem per sub-image

@@ -65,14 +65,14 @@ def test_depthwise_3x3_kernel(stride, x_shape, padding):
     for multiplier in (1, 2):
         spec = _check(x_shape, (channels * multiplier, 1, 3, 3), dtype=np.float32, groups=channels,
                       stride=stride, padding=padding)
-        assert numba_cpu._uses_depthwise3x3(spec)
+        assert numba_cpu.uses_depthwise3x3(spec)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_3x3_kernel_split_into_row_blocks(stride):
     """One large plane is split into row blocks: each block's interior run and borders."""
     spec = _check((1, 1, 301, 40), (1, 1, 3, 3), stride=stride, padding=1, bias=False)
-    assert numba_cpu._uses_depthwise3x3(spec)
+    assert numba_cpu.uses_depthwise3x3(spec)
 
 
 def test_single_channel_image_path():

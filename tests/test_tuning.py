@@ -268,6 +268,104 @@ def test_tuning_skips_backends_estimated_far_slower(register, monkeypatch):
     assert entry["seconds"]["hopeless"].startswith("skipped: estimated")
 
 
+def test_short_calls_are_timed_many_times_and_the_best_kept(register, monkeypatch):
+    # "bursty" runs in 1 ms but its first three timed calls lose 7 ms each to a neighbour;
+    # "steady" always takes 3 ms. Three calls each would pick steady; timing until 30 ms have
+    # been spent in each finds bursty's true time.
+    bursty = register("bursty", 1.0, estimate=1e-6)
+    register("steady", 2.0, estimate=2e-6, delay=0.003)
+    original_run = bursty.run
+
+    def run(x, w, b, spec):
+        time.sleep(0.008 if 1 <= bursty.calls <= 3 else 0.001)
+        return original_run(x, w, b, spec)
+
+    bursty.run = run
+    _only_fakes(monkeypatch, "bursty", "steady")
+    times = tuning.time_backends(["bursty", "steady"], (X, W, None), make_spec(X.shape, W.shape),
+                                 repeats=3, budget=10.0, min_seconds=0.03, warmup_seconds=0.0)
+    assert times["bursty"] < 0.003 < times["steady"]
+    assert bursty.calls > 6  # one warm-up, then until 30 ms were timed
+    bursty.calls = 0
+    tuning.time_backends(["bursty"], (X, W, None), make_spec(X.shape, W.shape), repeats=3, min_seconds=0.0,
+                         warmup_seconds=0.0)
+    assert bursty.calls == 4  # min_seconds=0: exactly one warm-up call and `repeats` timed calls
+    bursty.calls = 100  # past its burst: 1 ms a call
+    tuning.time_backends(["bursty"], (X, W, None), make_spec(X.shape, W.shape), repeats=3, min_seconds=0.0,
+                         warmup_seconds=0.02)
+    assert bursty.calls - 100 >= 10 + 3  # untimed calls for 20 ms (at most 2 ms each), then the timed ones
+
+
+def test_a_timing_disturbed_by_other_processes_is_redone(monkeypatch):
+    # (machine busy CPU seconds, this process's CPU seconds) around each backend's timing: other
+    # processes used 4.9 s while "a" was first timed, nothing afterwards
+    readings = iter([(0.0, 0.0), (5.0, 0.1), (5.0, 0.1), (5.01, 0.11), (5.01, 0.11), (5.02, 0.12)])
+    monkeypatch.setattr(tuning, "_cpu_snapshot", lambda: next(readings))
+    script = {"a": iter([3.0, 1.0]), "b": iter([2.0])}
+    timings = []
+
+    def fake_time_backends(names, *args, **kwargs):
+        timings.extend(names)
+        return {name: next(script[name]) for name in names}
+
+    monkeypatch.setattr(tuning, "time_backends", fake_time_backends)
+    assert tuning.time_backends_quietly(["a", "b"], None, None, pause=0.0) == {"a": 1.0, "b": 2.0}
+    assert timings == ["a", "a", "b"]  # only the disturbed backend is timed again
+    assert not tuning._others_were_busy((0.0, 0.0), (0.01, 0.0), 1.0)  # one clock tick: rounding, not a neighbour
+    assert not tuning._others_were_busy(None, (5.0, 0.0), 1.0)  # cannot tell (not Linux): assume quiet
+
+
+def _scripted_timings(monkeypatch, script):
+    """Make measure's timings return script[name][k] for the k-th timing of backend `name`."""
+    order = []
+
+    def fake(names, operands, spec, **kwargs):
+        (name,) = names
+        order.append(name)
+        return {name: script[name][min(order.count(name), len(script[name])) - 1]}
+
+    monkeypatch.setattr(tuning, "time_backends_quietly", fake)
+    return order
+
+
+@pytest.mark.parametrize("second_pass, rounds", [
+    ({"a": 1.00, "b": 1.02}, 3),  # still within 10% after re-timing: timed again, up to 3 rounds
+    ({"a": 0.80, "b": 1.20}, 1),  # separated by the first re-timing (a now 0.8, b still 1.05): done
+])
+def test_close_contenders_are_timed_again(register, monkeypatch, second_pass, rounds):
+    register("a", 1.0, estimate=1.0)
+    register("b", 2.0, estimate=2.0)
+    register("c", 3.0, estimate=3.0)
+    _only_fakes(monkeypatch, "a", "b", "c")
+    script = {"a": [1.0, second_pass["a"]], "b": [1.05, second_pass["b"]], "c": [5.0]}
+    order = _scripted_timings(monkeypatch, script)
+    results = tuning.measure(make_spec(X.shape, W.shape), (X, W, None), budget=100.0)
+    assert order == ["a", "b", "c"] + ["b", "a"] * rounds  # c (5x slower) is never timed again
+    assert tuning._fastest(results) == "a" and results["c"] == 5.0
+
+
+def test_a_backend_expected_to_win_that_measured_slow_is_timed_again(register, monkeypatch):
+    register("model_pick", 1.0, estimate=0.1)  # caught in a slow state in its first timing
+    register("other", 2.0, estimate=1.5)
+    _only_fakes(monkeypatch, "model_pick", "other")
+    order = _scripted_timings(monkeypatch, {"model_pick": [5.0, 0.2], "other": [1.0]})
+    results = tuning.measure(make_spec(X.shape, W.shape), (X, W, None), budget=100.0)
+    assert order == ["model_pick", "other", "model_pick", "other"]
+    assert results == {"model_pick": 0.2, "other": 1.0}
+
+
+def test_tuning_stays_within_its_budget(register, monkeypatch):
+    for index, name in enumerate("abcdef"):
+        register(name, float(index), estimate=1e-6 * (index + 1), delay=0.02)
+    _only_fakes(monkeypatch, *"abcdef")
+    started = time.perf_counter()
+    results = tuning.measure(make_spec(X.shape, W.shape), (X, W, None), budget=0.05)
+    assert time.perf_counter() - started < 1.0
+    skipped = [name for name, value in results.items() if isinstance(value, str)]
+    assert skipped and all(results[name].startswith("skipped: tuning budget") for name in skipped)
+    assert isinstance(results["a"], float)
+
+
 def test_tuned_winner_that_now_declines_is_measured_again(register, monkeypatch):
     fast = register("fast", 2.0, estimate=1e-6)
     register("other", 1.0, estimate=2e-6, delay=0.002)

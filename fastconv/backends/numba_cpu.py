@@ -303,7 +303,9 @@ def _depthwise3x3(stride: int):
     return depthwise3x3
 
 
-def _uses_depthwise3x3(spec: ConvSpec) -> bool:
+def uses_depthwise3x3(spec: ConvSpec) -> bool:
+    """True when ``spec`` runs on the 3×3 depthwise kernel (a plane-kernel spec with 3×3 filters,
+    dilation 1 and stride 1 or 2; :mod:`fastconv.cost` models it at its own rate)."""
     return ((spec.kernel_height, spec.kernel_width) == (3, 3) and spec.dilation == (1, 1)
             and spec.stride in ((1, 1), (2, 2)))
 
@@ -340,7 +342,7 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
         tasks_wanted = 8 * config.threads
         rows_per_task = spec.out_height if planes >= tasks_wanted else -(-spec.out_height * planes // tasks_wanted)
         bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else bias
-        if _uses_depthwise3x3(spec):
+        if uses_depthwise3x3(spec):
             _depthwise3x3(spec.stride[0])(x, weight, bias, out, per_group, rows_per_task, spec.padding[0][0],
                                           spec.padding[1][0])
             return out
