@@ -53,6 +53,7 @@ True
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import operator
@@ -235,8 +236,13 @@ def _padded_once(x, padding, mode):
 def _pieces(chunk_edges, start, stop):
     """The (chunk index, slice within that chunk) pieces that cover source rows [start, stop)."""
     pieces = []
-    for index, (low, high) in enumerate(zip(chunk_edges, chunk_edges[1:])):
-        if low < stop and high > start and high > low:
+    # from the chunk holding `start` on, not from the first chunk: a scan per block made building
+    # the graph quadratic in the number of chunks per axis
+    for index in range(max(bisect.bisect_right(chunk_edges, start) - 1, 0), len(chunk_edges) - 1):
+        low, high = chunk_edges[index], chunk_edges[index + 1]
+        if low >= stop:
+            break
+        if high > start and high > low:
             pieces.append((index, slice(max(start, low) - low, min(stop, high) - low)))
     return pieces
 
@@ -251,16 +257,20 @@ def _joined_view(pieces):
     """
     first = pieces[0][0]
     start = first.__array_interface__["data"][0]
+    width = sum(piece.shape[3] for piece in pieces[0])
     row = 0
     for row_pieces in pieces:
         col = 0
         for piece in row_pieces:
             address = start + row * first.strides[2] + col * first.strides[3]
-            if piece.strides != first.strides or piece.__array_interface__["data"][0] != address:
+            if (piece.strides != first.strides or piece.__array_interface__["data"][0] != address
+                    or piece.shape[:3] != first.shape[:2] + (row_pieces[0].shape[2],)):
                 return None
             col += piece.shape[3]
+        if col != width:  # a ragged grid: the view's rectangle would reach past some pieces
+            return None
         row += row_pieces[0].shape[2]
-    return np.lib.stride_tricks.as_strided(first, shape=first.shape[:2] + (row, col), strides=first.strides,
+    return np.lib.stride_tricks.as_strided(first, shape=first.shape[:2] + (row, width), strides=first.strides,
                                            writeable=False)
 
 
@@ -344,11 +354,11 @@ def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
         graph[halo_key] = (operator.getitem, key, (slice(None), slice(None), row_slice, col_slice))
         return halo_key
 
+    row_pieces_of = [_pieces(row_edges, *read) for read in rows.reads]
+    col_pieces_of = [_pieces(col_edges, *read) for read in cols.reads]
     for n in range(source.numblocks[0]):
-        for i, (row_read, row_padding) in enumerate(zip(rows.reads, rows.padding)):
-            row_pieces = _pieces(row_edges, *row_read)
-            for j, (col_read, col_padding) in enumerate(zip(cols.reads, cols.padding)):
-                col_pieces = _pieces(col_edges, *col_read)
+        for i, (row_read, row_padding, row_pieces) in enumerate(zip(rows.reads, rows.padding, row_pieces_of)):
+            for j, (col_read, col_padding, col_pieces) in enumerate(zip(cols.reads, cols.padding, col_pieces_of)):
                 grid = [[piece_key(n, r, c) for c in col_pieces] for r in row_pieces]
                 shape = (source.chunks[0][n], spec.in_channels, row_read[1] - row_read[0], col_read[1] - col_read[0])
                 graph[(name, n, 0, i, j)] = (convolve, grid, weight_key.key, None if bias_key is None else bias_key.key,

@@ -357,3 +357,75 @@ def test_errors_at_call_time(call, error, pattern):
     x = da.zeros((2, 2, 10, 10), chunks=5)
     with pytest.raises(error, match=pattern):
         call(x)
+
+
+@pytest.mark.parametrize("image_dtype, kernel_dtype, fillvalue", [
+    (np.int8, np.int64, 300),  # the fill fits the result dtype, not the image's
+    (np.uint8, np.int64, -1),
+    (np.uint8, np.float64, -1.5),
+    (np.int16, np.float32, 0.5),
+    (np.float32, np.float64, 1e40),  # inf in float32, not in the float64 result
+    (np.int64, np.int64, 2.7),  # cast to the integer result: 2
+])
+def test_fillvalue_is_cast_to_the_result_dtype_as_scipy(image_dtype, kernel_dtype, fillvalue):
+    rng = np.random.default_rng(9)
+    image = (rng.standard_normal((7, 8)) * 5).astype(image_dtype)
+    kernel = (rng.standard_normal((3, 4)) * 3).astype(kernel_dtype)
+    for ours, theirs in ((fastconv.dask.convolve2d, signal.convolve2d),
+                         (fastconv.dask.correlate2d, signal.correlate2d)):
+        y = ours(da.from_array(image, chunks=3), kernel, mode="same", fillvalue=fillvalue)
+        expected = theirs(image, kernel, mode="same", fillvalue=fillvalue)
+        assert y.dtype == expected.dtype
+        assert relative_error(computed_blocks(y), expected) <= 1e-6
+
+
+def test_integer_signal_results_are_exact_as_scipy():
+    # float64 arithmetic loses integers past 2**53 (and overflows past 2**63 instead of wrapping)
+    image = np.full((6, 7), 2**60 + 1, dtype=np.int64)
+    image[2, 3] = -(2**62) - 3
+    kernel = np.array([[1, 3], [-2, 5]], dtype=np.int64)
+    for ours, theirs in ((fastconv.dask.convolve2d, signal.convolve2d),
+                         (fastconv.dask.correlate2d, signal.correlate2d)):
+        for mode in ("full", "same", "valid"):
+            y = ours(da.from_array(image, chunks=3), kernel, mode=mode, boundary="fill", fillvalue=7)
+            expected = theirs(image, kernel, mode=mode, fillvalue=7)
+            assert y.dtype == expected.dtype
+            np.testing.assert_array_equal(computed_blocks(y), expected)
+
+
+def test_valid_mode_swap_takes_the_dtypes_the_blocked_path_takes():
+    image = (np.arange(12).reshape(3, 4) % 5).astype(np.float16)
+    kernel = np.arange(30.0).reshape(5, 6).astype(np.float16)
+    for ours, theirs in ((fastconv.dask.convolve2d, signal.convolve2d),
+                         (fastconv.dask.correlate2d, signal.correlate2d)):
+        y = ours(da.from_array(image, chunks=2), kernel, mode="valid")
+        assert y.dtype == np.float16
+        expected = theirs(image.astype(np.float32), kernel.astype(np.float32), mode="valid")
+        assert relative_error(y.compute(), expected) <= 1e-3
+
+
+def test_joined_view_refuses_pieces_of_inconsistent_shapes():
+    # every element of the view must belong to a piece: pieces whose batch, channel, row or column
+    # extents disagree with the grid would let it read memory no piece owns
+    whole = np.arange(2 * 3 * 8 * 6.0).reshape(2, 3, 8, 6)
+    assert fastconv.dask._joined_view([[whole[:, :, :3]], [whole[:1, :, 3:]]]) is None
+    assert fastconv.dask._joined_view([[whole[:, :2, :3]], [whole[:, :2, 3:]], [whole[:, :1, 3:]]]) is None
+    assert fastconv.dask._joined_view([[whole[:, :, :3, :4], whole[:, :, 1:3, 4:]]]) is None
+    assert fastconv.dask._joined_view([[whole[:, :, :3, :4]], [whole[:, :, 3:, :6]]]) is None
+
+
+def test_graph_construction_reads_each_axis_plan_once(monkeypatch):
+    # finding a block's pieces scanned every chunk of the axis for every block: quadratic in the
+    # number of chunks per axis (seconds for 200x200 chunks)
+    calls = []
+    real = fastconv.dask._pieces
+    monkeypatch.setattr(fastconv.dask, "_pieces", lambda *args: calls.append(args) or real(*args))
+    x = da.zeros((2, 1, 120, 90), chunks=(1, 1, 4, 3))
+    y = fastconv.dask.conv2d(x, np.ones((1, 1, 3, 3)), padding=1)
+    assert len(calls) <= 30 + 30
+    small = np.random.default_rng(3).standard_normal((2, 1, 120, 90))
+    z = fastconv.dask.conv2d(da.from_array(small, chunks=(1, 1, 4, 3)), np.ones((1, 1, 3, 3)), padding=1,
+                             backend="naive")
+    np.testing.assert_array_equal(z.compute(), fastconv.conv2d(small, np.ones((1, 1, 3, 3)), padding=1,
+                                                               backend="naive"))
+    assert y.numblocks == (2, 1, 30, 30)
