@@ -274,17 +274,21 @@ def _joined_view(pieces):
                                            writeable=False)
 
 
-def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, fill, stride, dilation, groups, backend,
-                    preferred):
+def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, out_dtype, fill, stride, dilation, groups,
+                    backend, preferred):
     """Join one block's pieces (its chunk and its neighbours' halos) and convolve them.
 
     ``pieces`` is a grid (rows of columns) of (N, C, h, w) arrays covering the (N, C, H, W)
-    ``shape`` the block reads from the source. The join is the block's one copy, skipped when the
-    pieces already lie side by side in memory (strips of full rows of one in-memory array). Zero padding is left to the backend, which skips it without copying;
-    a constant ``fill``, or a block that reads nothing but padding (strides larger than the
-    kernel can do that), gets its padding written around the joined block instead.
+    ``shape`` the block reads from the source. The join is the block's one copy, made in the
+    compute ``dtype`` and skipped when the pieces already lie side by side in memory (strips of
+    full rows of one in-memory array). Zero padding is left to the backend, which skips it
+    without copying; a constant ``fill``, or a block that reads nothing but padding (strides
+    larger than the kernel can do that), gets its padding written around the joined block
+    instead. An integer ``out_dtype`` (scipy-style functions only) is computed exactly, as scipy
+    does, by :mod:`fastconv.signal`'s integer path.
     """
-    explicit = fill is not None or 0 in shape[2:]
+    integers = out_dtype.kind in "iu"
+    explicit = fill is not None or integers or 0 in shape[2:]
     joined = None if explicit else _joined_view(pieces)
     if joined is not None:
         block = joined
@@ -302,10 +306,16 @@ def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, fill, stride
             row += row_pieces[0].shape[2]
         if explicit:
             padding = ((0, 0), (0, 0))
+    if integers:  # float64 would round past 2**53 and saturate instead of wrapping
+        return fastconv_signal._correlate_padded(block[0, 0], weight[0, 0], backend)[None, None].astype(
+            out_dtype, copy=False)
     # use_backend lives in a context variable, which worker threads do not inherit: re-enter it
     with contextlib.nullcontext() if preferred is None else use_backend(preferred):
-        return _conv2d_in_memory(block, weight, bias, stride=stride, padding=padding, dilation=dilation,
-                                 groups=groups, backend=backend)
+        out = _conv2d_in_memory(block, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                                groups=groups, backend=backend)
+    # a block joined in the compute dtype (float32 for float16 inputs) returns it: give back the
+    # dtype every other block has
+    return out.astype(out_dtype, copy=False)
 
 
 def _check_backend(backend, spec):
@@ -338,8 +348,11 @@ def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
     col_edges = np.cumsum((0,) + cols.source_chunks).tolist()
     weight_key = dask.delayed(weight, pure=True)  # one graph key, shipped once per worker
     bias_key = None if bias is None else dask.delayed(bias, pure=True)
-    convolve = functools.partial(_convolve_block, dtype=source.dtype, fill=fill, stride=spec.stride, dilation=spec.dilation,
-                                 groups=spec.groups, backend=backend, preferred=preferred)
+    # integers are joined in their own dtype (their exact path widens them); the rest in the compute dtype
+    join_dtype = spec.out_dtype if spec.out_dtype.kind in "iu" else spec.dtype
+    convolve = functools.partial(_convolve_block, dtype=join_dtype, out_dtype=spec.out_dtype, fill=fill,
+                                 stride=spec.stride, dilation=spec.dilation, groups=spec.groups, backend=backend,
+                                 preferred=preferred)
     token = tokenize(source, padding, weight_key, bias_key, spec, backend, fill, preferred)
     name, halo_name = f"fastconv-conv2d-{token}", f"fastconv-conv2d-halo-{token}"
     graph = {}
@@ -476,35 +489,35 @@ def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
         raise ValueError(f"mode must be one of {_SCIPY_MODES}, got {mode!r}")
     if boundary not in _SCIPY_BOUNDARY:
         raise ValueError(f"boundary must be one of {tuple(_SCIPY_BOUNDARY)}, got {boundary!r}")
-    fill = np.asarray(fillvalue)
-    if fill.size != 1 or fill.dtype.kind not in "biufc":
-        raise ValueError(f"fillvalue must be a number (or an array with one element), got {fillvalue!r}")
     compute_dtype, block_dtype = resolve_dtypes(image.dtype, kernel.dtype)
-    out_dtype = np.result_type(image.dtype, kernel.dtype)
-    if out_dtype.kind not in "iu":  # scipy keeps integer dtypes; otherwise fastconv's rules
-        out_dtype = block_dtype
-    fill = fill.reshape(())[()]
-    if np.iscomplexobj(fill) and compute_dtype.kind != "c" and fill.imag != 0:
-        raise ValueError(f"fillvalue {fillvalue!r} is complex but the inputs are real ({compute_dtype})")
+    scipy_dtype = np.result_type(image.dtype, kernel.dtype)
+    # scipy keeps integer dtypes (computed exactly); otherwise fastconv's rules, which also take the
+    # float16 and bool inputs scipy refuses
+    out_dtype = scipy_dtype if scipy_dtype.kind in "iu" else block_dtype
+    pad_mode = _SCIPY_BOUNDARY[boundary]
+    # cast as scipy casts it: to the result dtype (300 stays 300 for int8 * int64, 0.5 is 0 for
+    # integers), not to the image's dtype
+    fill = fastconv_signal._fill_value(fillvalue, out_dtype) if pad_mode == "constant" else 0
 
     swap, padding, out_shape = signal_geometry(image.shape, kernel.shape, mode, flip=flip, op=name)
     if swap:
         # scipy's "valid" rule: the kernel is the larger operand, so the image is the smaller, in
         # memory already; the (small) result is one in-memory call
         in_memory = fastconv_signal.convolve2d if flip else fastconv_signal.correlate2d
+        if scipy_dtype.kind not in "iu" and scipy_dtype != compute_dtype:  # float16, bool: scipy refuses them
+            image, kernel = image.astype(compute_dtype), kernel.astype(compute_dtype)
         result = dask.delayed(in_memory, pure=True)(image, kernel, mode, boundary, fillvalue, backend)
-        return da.from_delayed(result, shape=out_shape, dtype=out_dtype)
+        return da.from_delayed(result, shape=out_shape, dtype=compute_dtype).astype(out_dtype)
     # convolution is correlation with the kernel reversed; scipy's correlation conjugates in2
     weight = (kernel[::-1, ::-1] if flip else np.conj(kernel))[None, None]
-    spec = make_spec((1, 1) + image.shape, weight.shape, padding=padding, dtype=compute_dtype, out_dtype=block_dtype)
-    pad_mode = _SCIPY_BOUNDARY[boundary]
+    spec = make_spec((1, 1) + image.shape, weight.shape, padding=padding, dtype=compute_dtype, out_dtype=out_dtype)
     if pad_mode == "constant":
         out = _blocked_conv2d(image[None, None], padding, weight, None, spec, backend,
                               fill=None if fill == 0 else fill)
     else:
         padded = _padded_once(image, padding, pad_mode)[None, None]
         out = _blocked_conv2d(padded, ((0, 0), (0, 0)), weight, None, spec.zero_padded(), backend)
-    return out[0, 0].astype(out_dtype)
+    return out[0, 0]
 
 
 def convolve2d(in1, in2, mode="full", boundary="fill", fillvalue=0, backend="auto"):
