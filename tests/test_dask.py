@@ -100,7 +100,7 @@ def test_conv2d_single_channel_image(image_shape, kernel_shape, stride, dilation
     mode=st.sampled_from(["full", "same", "valid"]),
     boundary=st.sampled_from(["fill", "wrap", "symm"]),
     fillvalue=st.sampled_from([0, 1.5, -2]),
-    dtype=st.sampled_from([np.float64, np.complex128]),
+    dtype=st.sampled_from([np.float64, np.complex128, np.int16]),
     data=st.data(),
 )
 def test_convolve2d_and_correlate2d_match_scipy(image_shape, kernel_shape, mode, boundary, fillvalue, dtype, data):
@@ -108,6 +108,8 @@ def test_convolve2d_and_correlate2d_match_scipy(image_shape, kernel_shape, mode,
 
     def sample(shape):
         values = rng.standard_normal(shape)
+        if dtype == np.int16:  # exact, wrapping like scipy's int16 arithmetic
+            return (values * 3000).astype(np.int16)
         return values + 1j * rng.standard_normal(shape) if dtype == np.complex128 else values
 
     image, kernel = sample(image_shape), sample(kernel_shape)
@@ -429,3 +431,31 @@ def test_graph_construction_reads_each_axis_plan_once(monkeypatch):
     np.testing.assert_array_equal(z.compute(), fastconv.conv2d(small, np.ones((1, 1, 3, 3)), padding=1,
                                                                backend="naive"))
     assert y.numblocks == (2, 1, 30, 30)
+
+
+@settings(max_examples=60)
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 7), st.integers(1, 7)),
+    layout=st.sampled_from(["C", "F", "transposed", "reversed", "every other", "broadcast rows", "broadcast all"]),
+    copied=st.sets(st.integers(0, 20), max_size=2),
+    data=st.data(),
+)
+def test_joined_view_is_the_pieces_for_every_memory_layout(shape, layout, copied, data):
+    base = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
+    x = {"C": base, "F": np.asfortranarray(base),
+         "transposed": np.ascontiguousarray(base.swapaxes(2, 3)).swapaxes(2, 3),
+         "reversed": base[:, ::-1, ::-1, ::-1],
+         "every other": np.repeat(np.repeat(base, 2, axis=2), 2, axis=3)[:, :, ::2, ::2],
+         "broadcast rows": np.broadcast_to(base[:, :, :1], shape),
+         "broadcast all": np.broadcast_to(base[:1, :1, :1, :1], shape)}[layout]
+    rows, cols = data.draw(chunkings(shape[2:]))
+    row_edges, col_edges = np.cumsum((0,) + rows), np.cumsum((0,) + cols)
+    grid = [[x[:, :, r0:r1, c0:c1] for c0, c1 in zip(col_edges, col_edges[1:])]
+            for r0, r1 in zip(row_edges, row_edges[1:])]
+    for index in copied:  # a piece from elsewhere in memory (as from another worker) breaks the view
+        if index < len(rows) * len(cols):
+            grid[index // len(cols)][index % len(cols)] = grid[index // len(cols)][index % len(cols)].copy()
+    joined = fastconv.dask._joined_view(grid)
+    if joined is not None:
+        np.testing.assert_array_equal(joined, x)
+        assert not joined.flags.writeable
