@@ -347,8 +347,10 @@ def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
     source = source.rechunk((source.chunks[0], (spec.in_channels,), rows.source_chunks, cols.source_chunks))
     row_edges = np.cumsum((0,) + rows.source_chunks).tolist()
     col_edges = np.cumsum((0,) + cols.source_chunks).tolist()
-    weight_key = dask.delayed(weight, pure=True)  # one graph key, shipped once per worker
-    bias_key = None if bias is None else dask.delayed(bias, pure=True)
+    # one graph key each, shipped once per worker; copies, because the keys name the values they
+    # hold now, and the caller's arrays may change before the graph runs
+    weight_key = dask.delayed(np.array(weight), pure=True)
+    bias_key = None if bias is None else dask.delayed(np.array(bias), pure=True)
     # integers are joined in their own dtype (their exact path widens them); the rest in the compute dtype
     join_dtype = spec.out_dtype if spec.out_dtype.kind in "iu" else spec.dtype
     convolve = functools.partial(_convolve_block, dtype=join_dtype, out_dtype=spec.out_dtype, fill=fill,
@@ -505,10 +507,11 @@ def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
         # scipy's "valid" rule: the kernel is the larger operand, so the image is the smaller, in
         # memory already; the (small) result is one in-memory call
         in_memory = fastconv_signal.convolve2d if flip else fastconv_signal.correlate2d
+        returned = scipy_dtype
         if scipy_dtype.kind not in "iu" and scipy_dtype != compute_dtype:  # float16, bool: scipy refuses them
-            image, kernel = image.astype(compute_dtype), kernel.astype(compute_dtype)
+            image, kernel, returned = image.astype(compute_dtype), kernel.astype(compute_dtype), compute_dtype
         result = dask.delayed(in_memory, pure=True)(image, kernel, mode, boundary, fillvalue, backend)
-        return da.from_delayed(result, shape=out_shape, dtype=compute_dtype).astype(out_dtype)
+        return da.from_delayed(result, shape=out_shape, dtype=returned).astype(out_dtype)
     # convolution is correlation with the kernel reversed; scipy's correlation conjugates in2
     weight = (kernel[::-1, ::-1] if flip else np.conj(kernel))[None, None]
     spec = make_spec((1, 1) + image.shape, weight.shape, padding=padding, dtype=compute_dtype, out_dtype=out_dtype)

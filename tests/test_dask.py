@@ -459,3 +459,17 @@ def test_joined_view_is_the_pieces_for_every_memory_layout(shape, layout, copied
     if joined is not None:
         np.testing.assert_array_equal(joined, x)
         assert not joined.flags.writeable
+
+
+def test_weights_are_read_when_the_graph_is_built():
+    # dask keys name the weights by their content at call time: a graph that kept the caller's
+    # array would compute with whatever it holds later, under the old key
+    x, w, b = _problem(10, shape=(1, 2, 12, 12), kernel=(2, 2, 3, 3))
+    expected = fastconv.conv2d(x, w, b, padding=1)
+    y = fastconv.dask.conv2d(da.from_array(x, chunks=6), w, b, padding=1)
+    image, kernel = x[0, 0], w[0, 0].copy()
+    expected_z = signal.convolve2d(image, kernel)
+    z = fastconv.dask.convolve2d(da.from_array(image, chunks=6), kernel)
+    w[...], b[...], kernel[...] = 0, 0, 0
+    assert relative_error(y.compute(), expected) <= 1e-12
+    assert relative_error(z.compute(), expected_z) <= 1e-12
