@@ -18,11 +18,11 @@ How :func:`conv2d` maps a global convolution onto blocks
    its neighbours (small separate tasks, so a distributed scheduler moves only the halo), joins
    them (one copy, or none when they already lie side by side in memory, as strips of full rows
    of an in-memory single-channel image of the compute dtype do: with several images or channels
-   per chunk the joined view is not contiguous, and :func:`fastconv.conv2d` copies it) and runs one valid, strided convolution that yields exactly the
-   block's outputs. Chunks too small to lend the halo are merged with a neighbour automatically.
+   per chunk the joined view is not contiguous, and :func:`fastconv.conv2d` copies it) and runs
+   one valid, strided convolution that yields exactly the block's outputs. Chunks too small to lend the halo are merged with a neighbour automatically.
 3. **Pad only at the edges, and only where it is needed.** Zero padding is left to the edge
-   blocks' backend, which skips the zeros without copying (``naive`` pads a copy); a constant fill is written around the
-   joined block. ``reflect``, ``replicate`` and ``circular`` padding need pixels from the image,
+   blocks' backend, which skips the zeros without copying (``naive`` pads a copy); a constant
+   fill is written around the joined block. ``reflect``, ``replicate`` and ``circular`` padding need pixels from the image,
    and are added once, lazily, at the array edges (:func:`dask.array.pad`), costing one extra
    pass over the edge chunks. Interior chunk boundaries never see padding.
 
@@ -510,7 +510,8 @@ def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
         returned = scipy_dtype
         if scipy_dtype.kind not in "iu" and scipy_dtype != compute_dtype:  # float16, bool: scipy refuses them
             image, kernel, returned = image.astype(compute_dtype), kernel.astype(compute_dtype), compute_dtype
-        result = dask.delayed(in_memory, pure=True)(image, kernel, mode, boundary, fillvalue, backend)
+        # a copy of the kernel, as in _blocked_conv2d: the caller's array may change before compute
+        result = dask.delayed(in_memory, pure=True)(image, np.array(kernel), mode, boundary, fillvalue, backend)
         return da.from_delayed(result, shape=out_shape, dtype=returned).astype(out_dtype)
     # convolution is correlation with the kernel reversed; scipy's correlation conjugates in2
     weight = (kernel[::-1, ::-1] if flip else np.conj(kernel))[None, None]

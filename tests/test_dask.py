@@ -470,6 +470,10 @@ def test_weights_are_read_when_the_graph_is_built():
     image, kernel = x[0, 0], w[0, 0].copy()
     expected_z = signal.convolve2d(image, kernel)
     z = fastconv.dask.convolve2d(da.from_array(image, chunks=6), kernel)
-    w[...], b[...], kernel[...] = 0, 0, 0
+    big = np.arange(16.0 * 15).reshape(16, 15)  # larger than the image: the 'valid' swap
+    expected_swapped = signal.convolve2d(image, big, mode="valid")
+    swapped = fastconv.dask.convolve2d(da.from_array(image, chunks=6), big, mode="valid")
+    w[...], b[...], kernel[...], big[...] = 0, 0, 0, 0
     assert relative_error(y.compute(), expected) <= 1e-12
     assert relative_error(z.compute(), expected_z) <= 1e-12
+    assert relative_error(swapped.compute(), expected_swapped) <= 1e-12
