@@ -17,11 +17,12 @@ How :func:`conv2d` maps a global convolution onto blocks
    rows into its neighbours (:func:`plan_axis`). Its task receives its own chunk and slices of
    its neighbours (small separate tasks, so a distributed scheduler moves only the halo), joins
    them (one copy, or none when they already lie side by side in memory, as strips of full rows
-   of an in-memory array do) and runs one valid, strided convolution that yields exactly the
-   block's outputs. Chunks too small to lend the halo are merged with a neighbour automatically.
+   of an in-memory single-channel image of the compute dtype do: with several images or channels
+   per chunk the joined view is not contiguous, and :func:`fastconv.conv2d` copies it) and runs
+   one valid, strided convolution that yields exactly the block's outputs. Chunks too small to lend the halo are merged with a neighbour automatically.
 3. **Pad only at the edges, and only where it is needed.** Zero padding is left to the edge
-   blocks' backend, which skips the zeros without copying; a constant fill is written around the
-   joined block. ``reflect``, ``replicate`` and ``circular`` padding need pixels from the image,
+   blocks' backend, which skips the zeros without copying (``naive`` pads a copy); a constant
+   fill is written around the joined block. ``reflect``, ``replicate`` and ``circular`` padding need pixels from the image,
    and are added once, lazily, at the array edges (:func:`dask.array.pad`), costing one extra
    pass over the edge chunks. Interior chunk boundaries never see padding.
 
@@ -53,6 +54,7 @@ True
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import operator
@@ -235,8 +237,13 @@ def _padded_once(x, padding, mode):
 def _pieces(chunk_edges, start, stop):
     """The (chunk index, slice within that chunk) pieces that cover source rows [start, stop)."""
     pieces = []
-    for index, (low, high) in enumerate(zip(chunk_edges, chunk_edges[1:])):
-        if low < stop and high > start and high > low:
+    # from the chunk holding `start` on, not from the first chunk: a scan per block made building
+    # the graph quadratic in the number of chunks per axis
+    for index in range(max(bisect.bisect_right(chunk_edges, start) - 1, 0), len(chunk_edges) - 1):
+        low, high = chunk_edges[index], chunk_edges[index + 1]
+        if low >= stop:
+            break
+        if high > start and high > low:
             pieces.append((index, slice(max(start, low) - low, min(stop, high) - low)))
     return pieces
 
@@ -251,30 +258,38 @@ def _joined_view(pieces):
     """
     first = pieces[0][0]
     start = first.__array_interface__["data"][0]
+    width = sum(piece.shape[3] for piece in pieces[0])
     row = 0
     for row_pieces in pieces:
         col = 0
         for piece in row_pieces:
             address = start + row * first.strides[2] + col * first.strides[3]
-            if piece.strides != first.strides or piece.__array_interface__["data"][0] != address:
+            if (piece.strides != first.strides or piece.__array_interface__["data"][0] != address
+                    or piece.shape[:3] != first.shape[:2] + (row_pieces[0].shape[2],)):
                 return None
             col += piece.shape[3]
+        if col != width:  # a ragged grid: the view's rectangle would reach past some pieces
+            return None
         row += row_pieces[0].shape[2]
-    return np.lib.stride_tricks.as_strided(first, shape=first.shape[:2] + (row, col), strides=first.strides,
+    return np.lib.stride_tricks.as_strided(first, shape=first.shape[:2] + (row, width), strides=first.strides,
                                            writeable=False)
 
 
-def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, fill, stride, dilation, groups, backend,
-                    preferred):
+def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, out_dtype, fill, stride, dilation, groups,
+                    backend, preferred):
     """Join one block's pieces (its chunk and its neighbours' halos) and convolve them.
 
     ``pieces`` is a grid (rows of columns) of (N, C, h, w) arrays covering the (N, C, H, W)
-    ``shape`` the block reads from the source. The join is the block's one copy, skipped when the
-    pieces already lie side by side in memory (strips of full rows of one in-memory array). Zero padding is left to the backend, which skips it without copying;
-    a constant ``fill``, or a block that reads nothing but padding (strides larger than the
-    kernel can do that), gets its padding written around the joined block instead.
+    ``shape`` the block reads from the source. The join is the block's one copy, made in the
+    compute ``dtype`` and skipped when the pieces already lie side by side in memory (strips of
+    full rows of one in-memory array). Zero padding is left to the backend, which skips it
+    without copying; a constant ``fill``, or a block that reads nothing but padding (strides
+    larger than the kernel can do that), gets its padding written around the joined block
+    instead. An integer ``out_dtype`` (scipy-style functions only) is computed exactly, as scipy
+    does, by :mod:`fastconv.signal`'s integer path.
     """
-    explicit = fill is not None or 0 in shape[2:]
+    integers = out_dtype.kind in "iu"
+    explicit = fill is not None or integers or 0 in shape[2:]
     joined = None if explicit else _joined_view(pieces)
     if joined is not None:
         block = joined
@@ -292,10 +307,16 @@ def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, fill, stride
             row += row_pieces[0].shape[2]
         if explicit:
             padding = ((0, 0), (0, 0))
+    if integers:  # float64 would round past 2**53 and saturate instead of wrapping
+        return fastconv_signal._correlate_padded(block[0, 0], weight[0, 0], backend)[None, None].astype(
+            out_dtype, copy=False)
     # use_backend lives in a context variable, which worker threads do not inherit: re-enter it
     with contextlib.nullcontext() if preferred is None else use_backend(preferred):
-        return _conv2d_in_memory(block, weight, bias, stride=stride, padding=padding, dilation=dilation,
-                                 groups=groups, backend=backend)
+        out = _conv2d_in_memory(block, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                                groups=groups, backend=backend)
+    # a block joined in the compute dtype (float32 for float16 inputs) returns it: give back the
+    # dtype every other block has
+    return out.astype(out_dtype, copy=False)
 
 
 def _check_backend(backend, spec):
@@ -326,10 +347,15 @@ def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
     source = source.rechunk((source.chunks[0], (spec.in_channels,), rows.source_chunks, cols.source_chunks))
     row_edges = np.cumsum((0,) + rows.source_chunks).tolist()
     col_edges = np.cumsum((0,) + cols.source_chunks).tolist()
-    weight_key = dask.delayed(weight, pure=True)  # one graph key, shipped once per worker
-    bias_key = None if bias is None else dask.delayed(bias, pure=True)
-    convolve = functools.partial(_convolve_block, dtype=source.dtype, fill=fill, stride=spec.stride, dilation=spec.dilation,
-                                 groups=spec.groups, backend=backend, preferred=preferred)
+    # one graph key each, shipped once per worker; copies, because the keys name the values they
+    # hold now, and the caller's arrays may change before the graph runs
+    weight_key = dask.delayed(np.array(weight), pure=True)
+    bias_key = None if bias is None else dask.delayed(np.array(bias), pure=True)
+    # integers are joined in their own dtype (their exact path widens them); the rest in the compute dtype
+    join_dtype = spec.out_dtype if spec.out_dtype.kind in "iu" else spec.dtype
+    convolve = functools.partial(_convolve_block, dtype=join_dtype, out_dtype=spec.out_dtype, fill=fill,
+                                 stride=spec.stride, dilation=spec.dilation, groups=spec.groups, backend=backend,
+                                 preferred=preferred)
     token = tokenize(source, padding, weight_key, bias_key, spec, backend, fill, preferred)
     name, halo_name = f"fastconv-conv2d-{token}", f"fastconv-conv2d-halo-{token}"
     graph = {}
@@ -344,11 +370,11 @@ def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
         graph[halo_key] = (operator.getitem, key, (slice(None), slice(None), row_slice, col_slice))
         return halo_key
 
+    row_pieces_of = [_pieces(row_edges, *read) for read in rows.reads]
+    col_pieces_of = [_pieces(col_edges, *read) for read in cols.reads]
     for n in range(source.numblocks[0]):
-        for i, (row_read, row_padding) in enumerate(zip(rows.reads, rows.padding)):
-            row_pieces = _pieces(row_edges, *row_read)
-            for j, (col_read, col_padding) in enumerate(zip(cols.reads, cols.padding)):
-                col_pieces = _pieces(col_edges, *col_read)
+        for i, (row_read, row_padding, row_pieces) in enumerate(zip(rows.reads, rows.padding, row_pieces_of)):
+            for j, (col_read, col_padding, col_pieces) in enumerate(zip(cols.reads, cols.padding, col_pieces_of)):
                 grid = [[piece_key(n, r, c) for c in col_pieces] for r in row_pieces]
                 shape = (source.chunks[0][n], spec.in_channels, row_read[1] - row_read[0], col_read[1] - col_read[0])
                 graph[(name, n, 0, i, j)] = (convolve, grid, weight_key.key, None if bias_key is None else bias_key.key,
@@ -466,35 +492,37 @@ def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
         raise ValueError(f"mode must be one of {_SCIPY_MODES}, got {mode!r}")
     if boundary not in _SCIPY_BOUNDARY:
         raise ValueError(f"boundary must be one of {tuple(_SCIPY_BOUNDARY)}, got {boundary!r}")
-    fill = np.asarray(fillvalue)
-    if fill.size != 1 or fill.dtype.kind not in "biufc":
-        raise ValueError(f"fillvalue must be a number (or an array with one element), got {fillvalue!r}")
     compute_dtype, block_dtype = resolve_dtypes(image.dtype, kernel.dtype)
-    out_dtype = np.result_type(image.dtype, kernel.dtype)
-    if out_dtype.kind not in "iu":  # scipy keeps integer dtypes; otherwise fastconv's rules
-        out_dtype = block_dtype
-    fill = fill.reshape(())[()]
-    if np.iscomplexobj(fill) and compute_dtype.kind != "c" and fill.imag != 0:
-        raise ValueError(f"fillvalue {fillvalue!r} is complex but the inputs are real ({compute_dtype})")
+    scipy_dtype = np.result_type(image.dtype, kernel.dtype)
+    # scipy keeps integer dtypes (computed exactly); otherwise fastconv's rules, which also take the
+    # float16 and bool inputs scipy refuses
+    out_dtype = scipy_dtype if scipy_dtype.kind in "iu" else block_dtype
+    pad_mode = _SCIPY_BOUNDARY[boundary]
+    # cast as scipy casts it: to the result dtype (300 stays 300 for int8 * int64, 0.5 is 0 for
+    # integers), not to the image's dtype
+    fill = fastconv_signal._fill_value(fillvalue, out_dtype) if pad_mode == "constant" else 0
 
     swap, padding, out_shape = signal_geometry(image.shape, kernel.shape, mode, flip=flip, op=name)
     if swap:
         # scipy's "valid" rule: the kernel is the larger operand, so the image is the smaller, in
         # memory already; the (small) result is one in-memory call
         in_memory = fastconv_signal.convolve2d if flip else fastconv_signal.correlate2d
-        result = dask.delayed(in_memory, pure=True)(image, kernel, mode, boundary, fillvalue, backend)
-        return da.from_delayed(result, shape=out_shape, dtype=out_dtype)
+        returned = scipy_dtype
+        if scipy_dtype.kind not in "iu" and scipy_dtype != compute_dtype:  # float16, bool: scipy refuses them
+            image, kernel, returned = image.astype(compute_dtype), kernel.astype(compute_dtype), compute_dtype
+        # a copy of the kernel, as in _blocked_conv2d: the caller's array may change before compute
+        result = dask.delayed(in_memory, pure=True)(image, np.array(kernel), mode, boundary, fillvalue, backend)
+        return da.from_delayed(result, shape=out_shape, dtype=returned).astype(out_dtype)
     # convolution is correlation with the kernel reversed; scipy's correlation conjugates in2
     weight = (kernel[::-1, ::-1] if flip else np.conj(kernel))[None, None]
-    spec = make_spec((1, 1) + image.shape, weight.shape, padding=padding, dtype=compute_dtype, out_dtype=block_dtype)
-    pad_mode = _SCIPY_BOUNDARY[boundary]
+    spec = make_spec((1, 1) + image.shape, weight.shape, padding=padding, dtype=compute_dtype, out_dtype=out_dtype)
     if pad_mode == "constant":
         out = _blocked_conv2d(image[None, None], padding, weight, None, spec, backend,
                               fill=None if fill == 0 else fill)
     else:
         padded = _padded_once(image, padding, pad_mode)[None, None]
         out = _blocked_conv2d(padded, ((0, 0), (0, 0)), weight, None, spec.zero_padded(), backend)
-    return out[0, 0].astype(out_dtype)
+    return out[0, 0]
 
 
 def convolve2d(in1, in2, mode="full", boundary="fill", fillvalue=0, backend="auto"):

@@ -100,7 +100,7 @@ def test_conv2d_single_channel_image(image_shape, kernel_shape, stride, dilation
     mode=st.sampled_from(["full", "same", "valid"]),
     boundary=st.sampled_from(["fill", "wrap", "symm"]),
     fillvalue=st.sampled_from([0, 1.5, -2]),
-    dtype=st.sampled_from([np.float64, np.complex128]),
+    dtype=st.sampled_from([np.float64, np.complex128, np.int16]),
     data=st.data(),
 )
 def test_convolve2d_and_correlate2d_match_scipy(image_shape, kernel_shape, mode, boundary, fillvalue, dtype, data):
@@ -108,6 +108,8 @@ def test_convolve2d_and_correlate2d_match_scipy(image_shape, kernel_shape, mode,
 
     def sample(shape):
         values = rng.standard_normal(shape)
+        if dtype == np.int16:  # exact, wrapping like scipy's int16 arithmetic
+            return (values * 3000).astype(np.int16)
         return values + 1j * rng.standard_normal(shape) if dtype == np.complex128 else values
 
     image, kernel = sample(image_shape), sample(kernel_shape)
@@ -357,3 +359,121 @@ def test_errors_at_call_time(call, error, pattern):
     x = da.zeros((2, 2, 10, 10), chunks=5)
     with pytest.raises(error, match=pattern):
         call(x)
+
+
+@pytest.mark.parametrize("image_dtype, kernel_dtype, fillvalue", [
+    (np.int8, np.int64, 300),  # the fill fits the result dtype, not the image's
+    (np.uint8, np.int64, -1),
+    (np.uint8, np.float64, -1.5),
+    (np.int16, np.float32, 0.5),
+    (np.float32, np.float64, 1e40),  # inf in float32, not in the float64 result
+    (np.int64, np.int64, 2.7),  # cast to the integer result: 2
+])
+def test_fillvalue_is_cast_to_the_result_dtype_as_scipy(image_dtype, kernel_dtype, fillvalue):
+    rng = np.random.default_rng(9)
+    image = (rng.standard_normal((7, 8)) * 5).astype(image_dtype)
+    kernel = (rng.standard_normal((3, 4)) * 3).astype(kernel_dtype)
+    for ours, theirs in ((fastconv.dask.convolve2d, signal.convolve2d),
+                         (fastconv.dask.correlate2d, signal.correlate2d)):
+        y = ours(da.from_array(image, chunks=3), kernel, mode="same", fillvalue=fillvalue)
+        expected = theirs(image, kernel, mode="same", fillvalue=fillvalue)
+        assert y.dtype == expected.dtype
+        assert relative_error(computed_blocks(y), expected) <= 1e-6
+
+
+def test_integer_signal_results_are_exact_as_scipy():
+    # float64 arithmetic loses integers past 2**53 (and overflows past 2**63 instead of wrapping)
+    image = np.full((6, 7), 2**60 + 1, dtype=np.int64)
+    image[2, 3] = -(2**62) - 3
+    kernel = np.array([[1, 3], [-2, 5]], dtype=np.int64)
+    for ours, theirs in ((fastconv.dask.convolve2d, signal.convolve2d),
+                         (fastconv.dask.correlate2d, signal.correlate2d)):
+        for mode in ("full", "same", "valid"):
+            y = ours(da.from_array(image, chunks=3), kernel, mode=mode, boundary="fill", fillvalue=7)
+            expected = theirs(image, kernel, mode=mode, fillvalue=7)
+            assert y.dtype == expected.dtype
+            np.testing.assert_array_equal(computed_blocks(y), expected)
+
+
+def test_valid_mode_swap_takes_the_dtypes_the_blocked_path_takes():
+    image = (np.arange(12).reshape(3, 4) % 5).astype(np.float16)
+    kernel = np.arange(30.0).reshape(5, 6).astype(np.float16)
+    for ours, theirs in ((fastconv.dask.convolve2d, signal.convolve2d),
+                         (fastconv.dask.correlate2d, signal.correlate2d)):
+        y = ours(da.from_array(image, chunks=2), kernel, mode="valid")
+        assert y.dtype == np.float16
+        expected = theirs(image.astype(np.float32), kernel.astype(np.float32), mode="valid")
+        assert relative_error(y.compute(), expected) <= 1e-3
+
+
+def test_joined_view_refuses_pieces_of_inconsistent_shapes():
+    # every element of the view must belong to a piece: pieces whose batch, channel, row or column
+    # extents disagree with the grid would let it read memory no piece owns
+    whole = np.arange(2 * 3 * 8 * 6.0).reshape(2, 3, 8, 6)
+    assert fastconv.dask._joined_view([[whole[:, :, :3]], [whole[:1, :, 3:]]]) is None
+    assert fastconv.dask._joined_view([[whole[:, :2, :3]], [whole[:, :2, 3:]], [whole[:, :1, 3:]]]) is None
+    assert fastconv.dask._joined_view([[whole[:, :, :3, :4], whole[:, :, 1:3, 4:]]]) is None
+    assert fastconv.dask._joined_view([[whole[:, :, :3, :4]], [whole[:, :, 3:, :6]]]) is None
+
+
+def test_graph_construction_reads_each_axis_plan_once(monkeypatch):
+    # finding a block's pieces scanned every chunk of the axis for every block: quadratic in the
+    # number of chunks per axis (seconds for 200x200 chunks)
+    calls = []
+    real = fastconv.dask._pieces
+    monkeypatch.setattr(fastconv.dask, "_pieces", lambda *args: calls.append(args) or real(*args))
+    x = da.zeros((2, 1, 120, 90), chunks=(1, 1, 4, 3))
+    y = fastconv.dask.conv2d(x, np.ones((1, 1, 3, 3)), padding=1)
+    assert len(calls) <= 30 + 30
+    small = np.random.default_rng(3).standard_normal((2, 1, 24, 18))
+    z = fastconv.dask.conv2d(da.from_array(small, chunks=(1, 1, 4, 3)), np.ones((1, 1, 3, 3)), padding=1,
+                             backend="naive")
+    np.testing.assert_array_equal(z.compute(), fastconv.conv2d(small, np.ones((1, 1, 3, 3)), padding=1,
+                                                               backend="naive"))
+    assert y.numblocks == (2, 1, 30, 30)
+
+
+@settings(max_examples=60)
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 7), st.integers(1, 7)),
+    layout=st.sampled_from(["C", "F", "transposed", "reversed", "every other", "broadcast rows", "broadcast all"]),
+    copied=st.sets(st.integers(0, 20), max_size=2),
+    data=st.data(),
+)
+def test_joined_view_is_the_pieces_for_every_memory_layout(shape, layout, copied, data):
+    base = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
+    x = {"C": base, "F": np.asfortranarray(base),
+         "transposed": np.ascontiguousarray(base.swapaxes(2, 3)).swapaxes(2, 3),
+         "reversed": base[:, ::-1, ::-1, ::-1],
+         "every other": np.repeat(np.repeat(base, 2, axis=2), 2, axis=3)[:, :, ::2, ::2],
+         "broadcast rows": np.broadcast_to(base[:, :, :1], shape),
+         "broadcast all": np.broadcast_to(base[:1, :1, :1, :1], shape)}[layout]
+    rows, cols = data.draw(chunkings(shape[2:]))
+    row_edges, col_edges = np.cumsum((0,) + rows), np.cumsum((0,) + cols)
+    grid = [[x[:, :, r0:r1, c0:c1] for c0, c1 in zip(col_edges, col_edges[1:])]
+            for r0, r1 in zip(row_edges, row_edges[1:])]
+    for index in copied:  # a piece from elsewhere in memory (as from another worker) breaks the view
+        if index < len(rows) * len(cols):
+            grid[index // len(cols)][index % len(cols)] = grid[index // len(cols)][index % len(cols)].copy()
+    joined = fastconv.dask._joined_view(grid)
+    if joined is not None:
+        np.testing.assert_array_equal(joined, x)
+        assert not joined.flags.writeable
+
+
+def test_weights_are_read_when_the_graph_is_built():
+    # dask keys name the weights by their content at call time: a graph that kept the caller's
+    # array would compute with whatever it holds later, under the old key
+    x, w, b = _problem(10, shape=(1, 2, 12, 12), kernel=(2, 2, 3, 3))
+    expected = fastconv.conv2d(x, w, b, padding=1)
+    y = fastconv.dask.conv2d(da.from_array(x, chunks=6), w, b, padding=1)
+    image, kernel = x[0, 0], w[0, 0].copy()
+    expected_z = signal.convolve2d(image, kernel)
+    z = fastconv.dask.convolve2d(da.from_array(image, chunks=6), kernel)
+    big = np.arange(16.0 * 15).reshape(16, 15)  # larger than the image: the 'valid' swap
+    expected_swapped = signal.convolve2d(image, big, mode="valid")
+    swapped = fastconv.dask.convolve2d(da.from_array(image, chunks=6), big, mode="valid")
+    w[...], b[...], kernel[...], big[...] = 0, 0, 0, 0
+    assert relative_error(y.compute(), expected) <= 1e-12
+    assert relative_error(z.compute(), expected_z) <= 1e-12
+    assert relative_error(swapped.compute(), expected_swapped) <= 1e-12
