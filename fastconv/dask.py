@@ -19,7 +19,8 @@ How :func:`conv2d` maps a global convolution onto blocks
    them (one copy, or none when they already lie side by side in memory, as strips of full rows
    of an in-memory single-channel image of the compute dtype do: with several images or channels
    per chunk the joined view is not contiguous, and :func:`fastconv.conv2d` copies it) and runs
-   one valid, strided convolution that yields exactly the block's outputs. Chunks too small to lend the halo are merged with a neighbour automatically.
+   one valid, strided convolution that yields exactly the block's outputs. Chunks too small to
+   lend the halo are merged with a neighbour automatically.
 3. **Pad only at the edges, and only where it is needed.** Zero padding is left to the edge
    blocks' backend, which skips the zeros without copying (``naive`` pads a copy); a constant
    fill is written around the joined block. ``reflect``, ``replicate`` and ``circular`` padding need pixels from the image,
