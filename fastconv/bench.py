@@ -6,7 +6,8 @@ times every requested fastconv backend on every case in this process and every p
 behind by one library keeps spinning and steals cores from the next, so libraries are never timed
 side by side in one process.
 
-Each measurement is one untimed warm-up call (numba compiles, FFTW plans, caches fill), then up to
+Each measurement is one untimed warm-up call (numba compiles, FFTW plans, caches fill), a short
+settle pause and, for short calls, 30 ms of untimed calls (see :func:`time_call`), then up to
 ``repeat`` timed calls, fewer when they exceed ``budget_s`` seconds together; the median is kept.
 A backend that declines a case (its ``supports(spec)`` says why) is recorded as skipped with that
 reason, never timed. The reference ``naive`` loops are skipped on cases above
@@ -388,9 +389,22 @@ def time_call(function, repeat: int = 5, budget_s: float = 1.0) -> tuple[float, 
     """Median seconds of up to ``repeat`` calls of ``function``, and the number of calls timed.
 
     Stops early once the timed calls add up to ``budget_s`` (at least one call is always timed).
-    Warm up first (:func:`prepare_call` does).
+    Warm up first (:func:`prepare_call` does). Timing starts after ``tuning._SETTLE_SECONDS`` of
+    sleep, so that the thread pools of the previous backend (OpenBLAS after ``im2col``, say) have
+    stopped spinning on the cores this one needs. Calls shorter than ``tuning._WARMUP_SECONDS``
+    are first repeated untimed for that long: after an idle moment (another backend's run, a
+    peer's subprocess) parallel calls on this 2-vCPU machine ran several times slower for ~20 ms
+    while the other core woke up — fft on a 512² image with a 9×9 kernel measured 3.55 ms
+    instead of 1.6–1.7 ms — and a loop over images runs in the awake state.
     """
-    times = []
+    from fastconv.tuning import _SETTLE_SECONDS, _WARMUP_SECONDS  # the tuner's rules: one for both
+
+    time.sleep(_SETTLE_SECONDS)  # let the previous backend's BLAS/OpenMP/FFTW threads stop spinning
+    times = [_timed(function)]
+    if times[0] < _WARMUP_SECONDS:
+        warming = times.pop()
+        while warming < _WARMUP_SECONDS:
+            warming += _timed(function)
     while len(times) < repeat and sum(times) < budget_s:
         times.append(_timed(function))
     return statistics.median(times), len(times)
