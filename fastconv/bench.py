@@ -395,9 +395,11 @@ def time_call(function, repeat: int = 5, budget_s: float = 1.0) -> tuple[float, 
     are first repeated untimed for that long: after an idle moment (another backend's run, a
     peer's subprocess) parallel calls on this 2-vCPU machine ran several times slower for ~20 ms
     while the other core woke up — fft on a 512² image with a 9×9 kernel measured 3.55 ms
-    instead of 1.6–1.7 ms — and a loop over images runs in the awake state.
+    instead of 1.6–1.7 ms — and a loop over images runs in the awake state. For the same reason
+    short calls are timed until they add up to ``tuning._MIN_TIMED_SECONDS`` (more than
+    ``repeat`` calls), so that a few slow calls cannot become the median.
     """
-    from fastconv.tuning import _SETTLE_SECONDS, _WARMUP_SECONDS  # the tuner's rules: one for both
+    from fastconv.tuning import _MIN_TIMED_SECONDS, _SETTLE_SECONDS, _WARMUP_SECONDS  # the tuner's rules
 
     time.sleep(_SETTLE_SECONDS)  # let the previous backend's BLAS/OpenMP/FFTW threads stop spinning
     times = [_timed(function)]
@@ -405,7 +407,7 @@ def time_call(function, repeat: int = 5, budget_s: float = 1.0) -> tuple[float, 
         warming = times.pop()
         while warming < _WARMUP_SECONDS:
             warming += _timed(function)
-    while len(times) < repeat and sum(times) < budget_s:
+    while (len(times) < repeat or sum(times) < _MIN_TIMED_SECONDS) and sum(times) < budget_s:
         times.append(_timed(function))
     return statistics.median(times), len(times)
 

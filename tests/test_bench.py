@@ -95,7 +95,9 @@ def test_a_backend_that_declines_the_weight_is_skipped_not_failed():
 def test_time_call_stops_at_the_budget():
     calls = []
     seconds, runs = bench.time_call(lambda: calls.append(1), repeat=3, budget_s=10)
-    assert runs == 3 and seconds >= 0
+    assert runs > 3 and seconds >= 0  # short calls: timed until they add up to 30 ms
+    _, runs = bench.time_call(lambda: __import__("time").sleep(0.02), repeat=3, budget_s=10)
+    assert runs == 3  # 60 ms of calls: the repeat count decides
     _, runs = bench.time_call(lambda: __import__("time").sleep(0.03), repeat=50, budget_s=0.05)
     assert 1 <= runs <= 3
 
