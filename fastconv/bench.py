@@ -8,7 +8,8 @@ side by side in one process.
 
 Each measurement is one untimed warm-up call (numba compiles, FFTW plans, caches fill), a short
 settle pause and, for short calls, 30 ms of untimed calls (see :func:`time_call`), then up to
-``repeat`` timed calls, fewer when they exceed ``budget_s`` seconds together; the median is kept.
+``repeat`` timed calls, fewer when they exceed ``budget_s`` seconds together, more when they add up
+to less than 30 ms; the median is kept.
 A backend that declines a case (its ``supports(spec)`` says why) is recorded as skipped with that
 reason, never timed. The reference ``naive`` loops are skipped on cases above
 :data:`NAIVE_MAX_FLOPS`, where one call would take seconds.
@@ -386,7 +387,7 @@ def _timed(function) -> float:
 
 
 def time_call(function, repeat: int = 5, budget_s: float = 1.0) -> tuple[float, int]:
-    """Median seconds of up to ``repeat`` calls of ``function``, and the number of calls timed.
+    """Median seconds of about ``repeat`` calls of ``function``, and the number of calls timed.
 
     Stops early once the timed calls add up to ``budget_s`` (at least one call is always timed).
     Warm up first (:func:`prepare_call` does). Timing starts after ``tuning._SETTLE_SECONDS`` of

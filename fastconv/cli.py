@@ -152,7 +152,8 @@ def _header(results: dict) -> str:
     versions = ", ".join(f"{package} {machine[package]}" for package in ("numpy", "scipy", "numba", "torch")
                          if machine.get(package))
     return (f"fastconv {machine['fastconv']} on {machine['cpu']} ({machine['cores']} cores, {machine['threads']} "
-            f"threads); {versions}\nmedian of up to {results['repeat']} timed calls after one warm-up call; "
+            f"threads); {versions}\nmedian of up to {results['repeat']} timed calls (short ones: 30 ms of calls) after "
+            f"warm-up; "
             f"peers each timed in their own process; 'vs X' = X's time / this row's time (> 1: faster than X)")
 
 

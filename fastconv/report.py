@@ -289,7 +289,7 @@ def _page(results: dict) -> str:
         f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores, {machine['threads']} threads) "
         f"with fastconv {machine['fastconv']}; {versions}. Backends: {', '.join(results['backends'])}; "
         f"peers (each timed in its own process): {peers}. Each point is the median of up to "
-        f"{results['repeat']} timed calls after one untimed warm-up call (JIT compilation, FFT planning), a 0.15 s "
+        f"{results['repeat']} timed calls (calls under 30 ms: as many as fill 30 ms) after one untimed warm-up call (JIT compilation, FFT planning), a 0.15 s "
         "pause and, for short calls, 30 ms of untimed calls (the previous backend's threads stop spinning, the "
         "machine wakes up). "
         "GFLOP/s counts the flops of direct convolution (2 per tap per output value) whatever the "
