@@ -150,7 +150,7 @@ def stride_aligned_chunks(chunks, pad_before, pad_after, extent, stride):
             tuple(b - a for a, b in zip(starts, starts[1:])), halo)
 
 
-def _pad(x, pad_width, mode, constant_value=0):
+def _pad(x, pad_width, mode):
     """Lazily pad ``x`` with numpy's ``mode``; ``wrap`` and ``symmetric`` may be wider than the axis.
 
     :func:`dask.array.pad` is right for widths up to the axis length (all that conv2d's padding
@@ -173,8 +173,6 @@ def _pad(x, pad_width, mode, constant_value=0):
             pad_width[axis] = (0, 0)
     if not any(any(sides) for sides in pad_width):
         return x
-    if mode == "constant":
-        return da.pad(x, pad_width, mode=mode, constant_values=constant_value)
     return da.pad(x, pad_width, mode=mode)
 
 
