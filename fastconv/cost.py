@@ -63,7 +63,7 @@ import warnings
 import numpy as np
 
 from fastconv import config
-from fastconv.geometry import ConvSpec
+from fastconv.geometry import ConvSpec, interior_range
 
 __all__ = ["DEFAULT_CONSTANTS", "work_terms", "estimate_seconds", "load_constants", "save_constants",
            "fit_constants", "machine_key"]
@@ -157,12 +157,9 @@ def _naive(spec, work, rank, module):
 
 def _interior_width(spec: ConvSpec) -> int:
     """Output columns whose every kernel tap lies inside the image (not in the zero padding)."""
-    left = spec.padding[1][0]
-    first = min(spec.out_width, -(-left // spec.stride[1]))
-    last_start = spec.in_width - spec.dilated_kernel[1] + left  # largest input column a window may start at
-    if last_start < 0:
-        return 0
-    return max(0, min(spec.out_width, last_start // spec.stride[1] + 1) - first)
+    lo, hi = interior_range(spec.out_width, spec.in_width, spec.kernel_width, spec.stride[1], spec.dilation[1],
+                            spec.padding[1][0])
+    return hi - lo
 
 
 def _numba_cpu(spec, work, rank, module):

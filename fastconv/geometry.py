@@ -497,6 +497,23 @@ def pad_input(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
     return np.pad(x, pad_width, mode=_NUMPY_PAD_MODE[spec.padding_mode])
 
 
+def interior_range(out_size, size, kernel, stride, dilation, pad_before):
+    """Outputs ``[lo, hi)`` along one axis whose every tap falls inside ``[0, size)``.
+
+    Direct kernels loop over these without bounds checks (``numba_cpu`` compiles this very
+    function) and run the rest, whose taps reach into the zero padding, in a checked loop; the
+    cost model counts the two kinds of work apart.
+
+    >>> interior_range(out_size=8, size=8, kernel=3, stride=1, dilation=1, pad_before=1)
+    (1, 7)
+    """
+    lo = min(out_size, (pad_before + stride - 1) // stride)
+    last_start = size - 1 - (kernel - 1) * dilation + pad_before  # largest allowed output * stride
+    if last_start < 0:
+        return lo, lo
+    return lo, max(lo, min(out_size, last_start // stride + 1))
+
+
 # --------------------------------------------------------------------------------------------
 # transposed convolution (conv_transpose2d)
 #

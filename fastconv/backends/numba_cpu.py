@@ -60,7 +60,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastconv import config
-from fastconv.geometry import ConvSpec
+from fastconv.geometry import ConvSpec, interior_range
 
 name = "numba_cpu"
 
@@ -83,17 +83,9 @@ def supports(spec: ConvSpec) -> str | None:
     return None
 
 
-@njit(cache=True)
-def _interior_columns(out_w, width, kernel_w, stride_w, dilation_w, pad_left):
-    """Output columns [lo, hi) whose every tap falls inside [0, width): no checks needed there.
-
-    Rows too: pass the heights, the kernel height, the vertical stride and dilation and pad_top.
-    """
-    lo = min(out_w, (pad_left + stride_w - 1) // stride_w)
-    last_start = width - 1 - (kernel_w - 1) * dilation_w + pad_left  # largest allowed j * stride_w
-    if last_start < 0:
-        return lo, lo
-    return lo, max(lo, min(out_w, last_start // stride_w + 1))
+# Output columns [lo, hi) whose every tap falls inside the row: no checks needed there (rows
+# too: pass the heights, the kernel height, the vertical stride and dilation and pad_top).
+_interior_columns = njit(cache=True)(interior_range)
 
 
 @njit(cache=True)
