@@ -41,6 +41,7 @@ import numpy as np
 
 from fastconv import backends, config
 from fastconv.geometry import make_spec, pad_input
+from fastconv.tuning import _MIN_TIMED_SECONDS, _SETTLE_SECONDS, _WARMUP_SECONDS  # the tuner's rules
 
 __all__ = [
     "Case",
@@ -400,8 +401,6 @@ def time_call(function, repeat: int = 5, budget_s: float = 1.0) -> tuple[float, 
     short calls are timed until they add up to ``tuning._MIN_TIMED_SECONDS`` (more than
     ``repeat`` calls), so that a few slow calls cannot become the median.
     """
-    from fastconv.tuning import _MIN_TIMED_SECONDS, _SETTLE_SECONDS, _WARMUP_SECONDS  # the tuner's rules
-
     time.sleep(_SETTLE_SECONDS)  # let the previous backend's BLAS/OpenMP/FFTW threads stop spinning
     times = [_timed(function)]
     if times[0] < _WARMUP_SECONDS:
