@@ -274,6 +274,12 @@ def _joined_view(pieces):
                                            writeable=False)
 
 
+def _computed_exactly(dtype):
+    """Integer and long-double results (scipy-style functions only): computed by shift-and-add as
+    :mod:`fastconv.signal` computes them, never by a backend."""
+    return dtype.kind in "iu" or dtype in fastconv_signal._SHIFT_AND_ADD_DTYPES
+
+
 def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, out_dtype, fill, stride, dilation, groups,
                     backend, preferred):
     """Join one block's pieces (its chunk and its neighbours' halos) and convolve them.
@@ -287,8 +293,8 @@ def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, out_dtype, f
     instead. An integer ``out_dtype`` (scipy-style functions only) is computed exactly, as scipy
     does, by :mod:`fastconv.signal`'s integer path.
     """
-    integers = out_dtype.kind in "iu"
-    explicit = fill is not None or integers or 0 in shape[2:]
+    exact = _computed_exactly(out_dtype)
+    explicit = fill is not None or exact or 0 in shape[2:]
     joined = None if explicit else _joined_view(pieces)
     if joined is not None:
         block = joined
@@ -306,7 +312,7 @@ def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, out_dtype, f
             row += row_pieces[0].shape[2]
         if explicit:
             padding = ((0, 0), (0, 0))
-    if integers:  # float64 would round past 2**53 and saturate instead of wrapping
+    if exact:  # float64 would round integers past 2**53 and saturate instead of wrapping
         return fastconv_signal._correlate_padded(block[0, 0], weight[0, 0], backend)[None, None].astype(
             out_dtype, copy=False)
     # use_backend lives in a context variable, which worker threads do not inherit: re-enter it
@@ -350,8 +356,9 @@ def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
     # hold now, and the caller's arrays may change before the graph runs
     weight_key = dask.delayed(np.array(weight), pure=True)
     bias_key = None if bias is None else dask.delayed(np.array(bias), pure=True)
-    # integers are joined in their own dtype (their exact path widens them); the rest in the compute dtype
-    join_dtype = spec.out_dtype if spec.out_dtype.kind in "iu" else spec.dtype
+    # integers and long doubles are joined in their own dtype (their exact path widens integers); the
+    # rest in the compute dtype
+    join_dtype = spec.out_dtype if _computed_exactly(spec.out_dtype) else spec.dtype
     convolve = functools.partial(_convolve_block, dtype=join_dtype, out_dtype=spec.out_dtype, fill=fill,
                                  stride=spec.stride, dilation=spec.dilation, groups=spec.groups, backend=backend,
                                  preferred=preferred)
@@ -387,11 +394,15 @@ def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
 def _as_dask_array(name, value):
     array = value if isinstance(value, da.Array) else da.asarray(_as_numeric_array(name, value))
     check_dtype(name, array.dtype)
+    _check_known_chunks(name, array)
+    return array
+
+
+def _check_known_chunks(name, array):
     if any(np.isnan(size) for sizes in array.chunks for size in sizes):
         raise ValueError(
             f"{name} has unknown chunk sizes {array.chunks}; call {name}.compute_chunk_sizes() first"
         )
-    return array
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,28 +486,18 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, p
 
 
 # scipy.signal's boundary names, and numpy.pad's mode for each
-_SCIPY_BOUNDARY = {"fill": "constant", "wrap": "wrap", "circular": "wrap", "symm": "symmetric",
-                   "symmetric": "symmetric"}
-_SCIPY_MODES = ("full", "same", "valid")
-
-
 def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
     """Shared body of :func:`convolve2d` (``flip=True``) and :func:`correlate2d`."""
-    image = _as_dask_array("in1", in1)
-    kernel = _as_numeric_array("in2", in2)
+    image = in1 if isinstance(in1, da.Array) else da.asarray(np.asarray(in1))
+    _check_known_chunks("in1", image)
+    kernel = np.asarray(in2)
     if image.ndim != 2 or kernel.ndim != 2:
         raise ValueError(f"{name} inputs must both be 2-D arrays, got in1 shape {image.shape} and in2 shape "
                          f"{kernel.shape}")
-    if mode not in _SCIPY_MODES:
-        raise ValueError(f"mode must be one of {_SCIPY_MODES}, got {mode!r}")
-    if boundary not in _SCIPY_BOUNDARY:
-        raise ValueError(f"boundary must be one of {tuple(_SCIPY_BOUNDARY)}, got {boundary!r}")
-    compute_dtype, block_dtype = resolve_dtypes(image.dtype, kernel.dtype)
-    scipy_dtype = np.result_type(image.dtype, kernel.dtype)
-    # scipy keeps integer dtypes (computed exactly); otherwise fastconv's rules, which also take the
-    # float16 and bool inputs scipy refuses
-    out_dtype = scipy_dtype if scipy_dtype.kind in "iu" else block_dtype
-    pad_mode = _SCIPY_BOUNDARY[boundary]
+    pad_mode = fastconv_signal._pad_mode(boundary, name)
+    # the in-memory function's dtype rules, which are scipy's: integers stay integers and, like long
+    # doubles, are computed exactly; float16 and bool are refused
+    out_dtype = fastconv_signal._result_dtype(image, kernel, name)
     # cast as scipy casts it: to the result dtype (300 stays 300 for int8 * int64, 0.5 is 0 for
     # integers), not to the image's dtype
     fill = fastconv_signal._fill_value(fillvalue, out_dtype) if pad_mode == "constant" else 0
@@ -506,14 +507,13 @@ def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
         # scipy's "valid" rule: the kernel is the larger operand, so the image is the smaller, in
         # memory already; the (small) result is one in-memory call
         in_memory = fastconv_signal.convolve2d if flip else fastconv_signal.correlate2d
-        returned = scipy_dtype
-        if scipy_dtype.kind not in "iu" and scipy_dtype != compute_dtype:  # float16, bool: scipy refuses them
-            image, kernel, returned = image.astype(compute_dtype), kernel.astype(compute_dtype), compute_dtype
         # a copy of the kernel, as in _blocked_conv2d: the caller's array may change before compute
         result = dask.delayed(in_memory, pure=True)(image, np.array(kernel), mode, boundary, fillvalue, backend)
-        return da.from_delayed(result, shape=out_shape, dtype=returned).astype(out_dtype)
+        return da.from_delayed(result, shape=out_shape, dtype=out_dtype)
     # convolution is correlation with the kernel reversed; scipy's correlation conjugates in2
     weight = (kernel[::-1, ::-1] if flip else np.conj(kernel))[None, None]
+    # exact dtypes (integers, long doubles) never reach a backend; float64 stands in for them in the spec
+    compute_dtype = np.dtype(np.float64) if _computed_exactly(out_dtype) else out_dtype
     spec = make_spec((1, 1) + image.shape, weight.shape, padding=padding, dtype=compute_dtype, out_dtype=out_dtype)
     if pad_mode == "constant":
         out = _blocked_conv2d(image[None, None], padding, weight, None, spec, backend,
@@ -548,7 +548,9 @@ def convolve2d(in1, in2, mode="full", boundary="fill", fillvalue=0, backend="aut
     Returns
     -------
     dask.array.Array
-        Lazy 2-D result; dtype as scipy's (integer inputs give integers), float16 as fastconv.
+        Lazy 2-D result in scipy's dtype: integers stay integers and, like long doubles, are
+        computed exactly; float16 and bool inputs are refused, as scipy and
+        :func:`fastconv.convolve2d` refuse them.
 
     Examples
     --------

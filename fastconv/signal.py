@@ -91,6 +91,14 @@ def _fill_value(fillvalue, dtype: np.dtype):
         raise refused from None
 
 
+def _pad_mode(boundary, op: str) -> str:
+    """numpy's pad mode for scipy's ``boundary`` name."""
+    if not isinstance(boundary, str) or boundary not in SIGNAL_BOUNDARIES:
+        raise ValueError(f"{op}: boundary must be one of 'fill', 'wrap' (or 'circular') and 'symm' "
+                         f"(or 'symmetric'), got {boundary!r}")
+    return SIGNAL_BOUNDARIES[boundary]
+
+
 def _correlate_padded(padded: np.ndarray, kernel: np.ndarray, backend) -> np.ndarray:
     """Valid correlation of two 2-D arrays of the result dtype."""
     if padded.dtype not in _CONV2D_DTYPES:
@@ -112,14 +120,11 @@ def _signal(in1, in2, mode, boundary, fillvalue, backend, *, flip: bool, op: str
     if not in1.ndim == in2.ndim == 2:
         raise ValueError(f"{op} inputs must both be 2-D arrays, got shapes {in1.shape} and {in2.shape}")
     swap, sides, _ = signal_geometry(in1.shape, in2.shape, mode, flip=flip, op=op)
-    if not isinstance(boundary, str) or boundary not in SIGNAL_BOUNDARIES:
-        raise ValueError(f"{op}: boundary must be one of 'fill', 'wrap' (or 'circular') and 'symm' "
-                         f"(or 'symmetric'), got {boundary!r}")
+    pad_mode = _pad_mode(boundary, op)
     dtype = _result_dtype(in1, in2, op)
     if swap:  # scipy's rule for "valid" mode when in2 is the larger
         in1, in2 = in2, in1
     kernel = in2[::-1, ::-1] if flip else in2.conj()
-    pad_mode = SIGNAL_BOUNDARIES[boundary]
     extra = {"constant_values": _fill_value(fillvalue, dtype)} if pad_mode == "constant" else {}
     padded = np.pad(in1.astype(dtype, copy=False), sides, mode=pad_mode, **extra)
     out = _correlate_padded(padded, np.ascontiguousarray(kernel, dtype=dtype), backend)

@@ -395,15 +395,40 @@ def test_integer_signal_results_are_exact_as_scipy():
             np.testing.assert_array_equal(computed_blocks(y), expected)
 
 
-def test_valid_mode_swap_takes_the_dtypes_the_blocked_path_takes():
-    image = (np.arange(12).reshape(3, 4) % 5).astype(np.float16)
-    kernel = np.arange(30.0).reshape(5, 6).astype(np.float16)
+@pytest.mark.parametrize("dtype", [np.float16, np.bool_])
+@pytest.mark.parametrize("mode", ["same", "valid"])  # valid: the kernel is larger, the swapped path
+def test_signal_functions_refuse_the_dtypes_scipy_and_in_memory_refuse(dtype, mode):
+    image = (np.arange(12).reshape(3, 4) % 5).astype(dtype)
+    kernel = (np.arange(30).reshape(5, 6) % 3).astype(dtype)
+    for ours, in_memory, theirs in ((fastconv.dask.convolve2d, fastconv.convolve2d, signal.convolve2d),
+                                    (fastconv.dask.correlate2d, fastconv.correlate2d, signal.correlate2d)):
+        for call in (theirs, in_memory):
+            with pytest.raises(ValueError, match="not available for this type"):
+                call(image, kernel, mode=mode)
+        with pytest.raises(ValueError, match=f"not available for this type: inputs of dtype {np.dtype(dtype)}"):
+            ours(da.from_array(image, chunks=2), kernel, mode=mode)
+
+
+@pytest.mark.parametrize("dtype", [np.longdouble, np.clongdouble])
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+def test_long_double_signal_results_as_scipy(dtype, mode):
+    rng = np.random.default_rng(4)
+    image = rng.standard_normal((7, 9)).astype(dtype)
+    kernel = rng.standard_normal((3, 4)).astype(dtype)
+    if dtype == np.clongdouble:
+        image, kernel = image + 1j * image[::-1], kernel - 2j * kernel[:, ::-1]
     for ours, theirs in ((fastconv.dask.convolve2d, signal.convolve2d),
                          (fastconv.dask.correlate2d, signal.correlate2d)):
-        y = ours(da.from_array(image, chunks=2), kernel, mode="valid")
-        assert y.dtype == np.float16
-        expected = theirs(image.astype(np.float32), kernel.astype(np.float32), mode="valid")
-        assert relative_error(y.compute(), expected) <= 1e-3
+        for boundary, operands in (("fill", (image, kernel)), ("symm", (image, kernel)),
+                                   ("fill", (kernel, image))):  # the last: "valid" swaps them
+            first, second = operands
+            y = ours(da.from_array(first, chunks=(3, 4)), second, mode=mode, boundary=boundary, fillvalue=2)
+            expected = theirs(first, second, mode=mode, boundary=boundary, fillvalue=2)
+            assert y.dtype == expected.dtype == dtype
+            # in long double, not via float64 (whose rounding alone is 1e-16 where long double has
+            # 64-bit mantissas)
+            error = np.max(np.abs(computed_blocks(y) - expected)) / np.max(np.abs(expected))
+            assert error <= 64 * np.finfo(dtype).eps
 
 
 def test_joined_view_refuses_pieces_of_inconsistent_shapes():
