@@ -394,11 +394,15 @@ def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
 def _as_dask_array(name, value):
     array = value if isinstance(value, da.Array) else da.asarray(_as_numeric_array(name, value))
     check_dtype(name, array.dtype)
-    _check_known_chunks(name, array)
+    _check_chunks(name, array)
     return array
 
 
-def _check_known_chunks(name, array):
+def _check_chunks(name, array):
+    """Blocks must be numpy arrays of known sizes: the blocks' backends and joins take numpy only."""
+    if not isinstance(array._meta, np.ndarray):
+        raise TypeError(f"{name} has chunks of type {type(array._meta).__module__}.{type(array._meta).__name__}; "
+                        f"fastconv.dask takes dask arrays of numpy chunks (map_blocks(numpy.asarray) converts them)")
     if any(np.isnan(size) for sizes in array.chunks for size in sizes):
         raise ValueError(
             f"{name} has unknown chunk sizes {array.chunks}; call {name}.compute_chunk_sizes() first"
@@ -489,7 +493,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, p
 def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
     """Shared body of :func:`convolve2d` (``flip=True``) and :func:`correlate2d`."""
     image = in1 if isinstance(in1, da.Array) else da.asarray(np.asarray(in1))
-    _check_known_chunks("in1", image)
+    _check_chunks("in1", image)
     kernel = np.asarray(in2)
     if image.ndim != 2 or kernel.ndim != 2:
         raise ValueError(f"{name} inputs must both be 2-D arrays, got in1 shape {image.shape} and in2 shape "

@@ -333,7 +333,32 @@ def test_import_fastconv_does_not_import_dask():
     assert result.stdout.split() == ["False", "False"]
 
 
+class ChunksNotNumpy(np.lib.mixins.NDArrayOperatorsMixin):
+    """Blocks of an array type other than numpy's, as cupy's or sparse's would be."""
+
+    def __init__(self, array):
+        self.array = np.asarray(array)
+
+    shape = property(lambda self: self.array.shape)
+    dtype = property(lambda self: self.array.dtype)
+    ndim = property(lambda self: self.array.ndim)
+
+    def __getitem__(self, index):
+        return ChunksNotNumpy(self.array[index])
+
+    def __array_function__(self, func, types, args, kwargs):
+        return ChunksNotNumpy(func(*[a.array if isinstance(a, ChunksNotNumpy) else a for a in args], **kwargs))
+
+
+def not_numpy_chunks(x):
+    return x.map_blocks(ChunksNotNumpy, meta=ChunksNotNumpy(np.empty((0,) * x.ndim)))
+
+
 @pytest.mark.parametrize("call, error, pattern", [
+    (lambda x: fastconv.dask.conv2d(not_numpy_chunks(x), np.ones((2, 2, 3, 3))), TypeError,
+     r"x has chunks of type .*ChunksNotNumpy; fastconv.dask takes dask arrays of numpy chunks"),
+    (lambda x: fastconv.dask.convolve2d(not_numpy_chunks(x[0, 0]), np.ones((3, 3))), TypeError,
+     r"in1 has chunks of type .*ChunksNotNumpy"),
     (lambda x: fastconv.dask.conv2d(x[0, 0, 0], np.ones((3,))), ValueError, r"x must have shape.*got shape \(10,\)"),
     (lambda x: fastconv.dask.conv2d(x[0, 0], np.ones((1, 1, 3, 3))), ValueError, r"2-D image x, weight must be a 2-D"),
     (lambda x: fastconv.dask.conv2d(x[0, 0], np.ones((3, 3)), np.ones(2)), ValueError, r"bias must be a scalar"),
