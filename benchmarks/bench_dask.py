@@ -16,7 +16,6 @@ import numpy as np
 import fastconv
 from fastconv import backends
 
-from .dask_scale import NpyBlocks
 
 try:
     import dask.array as da
@@ -89,7 +88,7 @@ class DaskStoreNpy:
         self.directory = tempfile.TemporaryDirectory()
         self.source = os.path.join(self.directory.name, "image.npy")
         self.target = os.path.join(self.directory.name, "result.npy")
-        image = NpyBlocks(self.source, shape=(8192, 8192), dtype=np.float32)
+        image = fastconv.dask.NpyBlocks.create(self.source, (8192, 8192), np.float32)
         for top in range(0, 8192, 1024):
             image[top:top + 1024] = _image((1024, 8192))
         fastconv.conv2d(np.ones((1, 1, 16, 16), np.float32), KERNEL[None, None], backend=backend)
@@ -99,7 +98,7 @@ class DaskStoreNpy:
 
     def peakmem_store(self, backend):
         # one short-lived memory map per block: whole-file maps would count every touched page
-        source = NpyBlocks(self.source)
-        target = NpyBlocks(self.target, shape=source.shape, dtype=np.float32)
+        source = fastconv.dask.NpyBlocks(self.source)
+        target = fastconv.dask.NpyBlocks.create(self.target, source.shape, np.float32)
         x = da.from_array(source, chunks=(256, -1), asarray=False, lock=False)
         da.store(fastconv.dask.conv2d(x, KERNEL, padding="same", backend=backend), target, lock=False)

@@ -18,10 +18,12 @@ and the scheduler needs only a few neighbouring strips at a time; square chunks 
 touch every row of their span (and, through the kernel's fault-around, more of each row than
 they need) and keep more blocks waiting for their neighbours.
 
-Reading and writing go through short-lived memory maps, one per block (:class:`NpyBlocks`):
-pages of a memory map count in the resident set of the process while mapped, so mapping the
-whole 4 GiB file once can show up to 8 GiB "resident" (reclaimable page cache, but resident).
-``--io mmap`` runs that plain ``np.load(mmap_mode="r")`` / ``open_memmap`` variant for comparison.
+Reading and writing go through short-lived memory maps, one per block
+(:class:`fastconv.dask.NpyBlocks`): pages of a memory map count in the resident set of the
+process while mapped, so mapping the two whole 4 GiB files once shows up to 8 GiB "resident"
+(reclaimable page cache, but resident), and ``da.from_array`` copies a whole ``np.memmap`` into
+memory before any task runs (dask 2026.8.0). ``--io mmap`` runs that plain
+``np.load(mmap_mode="r")`` / ``open_memmap`` variant for comparison.
 
 Usage (hold the exclusive CPU lock only while timing)::
 
@@ -44,34 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fastconv.dask import NpyBlocks
+
 KERNEL = np.random.default_rng(7).standard_normal((7, 7)).astype(np.float32)
-
-
-class NpyBlocks:
-    """A ``.npy`` file as an array whose every read or write maps the file only for that block.
-
-    Unmapping after each access drops the block's pages from this process's resident set (they
-    stay in the page cache), so resident memory is bounded by the blocks in flight.
-    """
-
-    def __init__(self, path, shape=None, dtype=None):
-        self.path = Path(path)
-        if shape is not None:  # create the file (sparse: no data written yet)
-            np.lib.format.open_memmap(self.path, mode="w+", dtype=dtype, shape=shape).flush()
-        mapped = np.load(self.path, mmap_mode="r")
-        self.shape, self.dtype, self.ndim = mapped.shape, mapped.dtype, mapped.ndim
-        del mapped
-
-    def __getitem__(self, index):
-        mapped = np.load(self.path, mmap_mode="r")
-        block = np.array(mapped[index])
-        del mapped
-        return block
-
-    def __setitem__(self, index, value):
-        mapped = np.load(self.path, mmap_mode="r+")
-        mapped[index] = value
-        del mapped
 
 
 def _peak_rss_bytes():
@@ -158,7 +135,7 @@ def step_out_of_core(args):
     source_path, target_path = args.workdir / "image.npy", args.workdir / "result.npy"
     if args.io == "blocks":
         source = NpyBlocks(source_path)
-        target = NpyBlocks(target_path, shape=source.shape, dtype=np.float32)
+        target = NpyBlocks.create(target_path, source.shape, np.float32)
     else:
         source = np.load(source_path, mmap_mode="r")
         target = np.lib.format.open_memmap(target_path, mode="w+", dtype=np.float32, shape=source.shape)
@@ -195,7 +172,7 @@ def _spot_check(source_path, target_path, size):
 def prepare(args):
     """Write the SIZE² float32 input in row strips (deterministic values, no big allocation)."""
     args.workdir.mkdir(parents=True, exist_ok=True)
-    image = NpyBlocks(args.workdir / "image.npy", shape=(args.size, args.size), dtype=np.float32)
+    image = NpyBlocks.create(args.workdir / "image.npy", (args.size, args.size), np.float32)
     rng = np.random.default_rng(1)
     strip = 1024
     for top in range(0, args.size, strip):

@@ -5,9 +5,11 @@ do not divide the chunk size. With the ``naive`` backend every block sums in the
 in-memory call, so the results must be identical, not merely close.
 """
 
+import os
 import pickle
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -277,17 +279,60 @@ def test_distributed_threads_cluster():
             assert relative_error(client.compute(z).result(), signal.correlate2d(image, w[0, 0], boundary="symm")) < 1e-12
 
 
-def test_distributed_process_cluster():
+def test_distributed_process_cluster(tmp_path):
     x, w, b = _problem(2, shape=(2, 2, 30, 30), kernel=(3, 2, 3, 3))
     expected = fastconv.conv2d(x, w, b, padding=1, padding_mode="circular", backend="naive")
+    np.save(tmp_path / "in.npy", x)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         with Client(cluster) as client:
             y = fastconv.dask.conv2d(da.from_array(x, chunks=(1, 2, 11, 16)), w, b, padding=1,
                                      padding_mode="circular", backend="naive")
             np.testing.assert_array_equal(client.compute(y).result(), expected)
+            # files read and written by the worker process, a block at a time
+            from_file = fastconv.dask.conv2d(da.from_array(fastconv.dask.NpyBlocks(tmp_path / "in.npy"),
+                                                           chunks=(1, 2, 11, 16)), w, b, padding=1,
+                                             padding_mode="circular", backend="naive")
+            da.store(from_file, fastconv.dask.NpyBlocks.create(tmp_path / "out.npy", y.shape, y.dtype))
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
 
 
-def test_store_into_memmap_without_materialising(tmp_path):
+def test_npy_blocks_source_and_target_are_read_and_written_block_by_block(tmp_path):
+    rng = np.random.default_rng(5)
+    image = rng.standard_normal((1024, 512)).astype(np.float32)  # 2 MiB
+    np.save(tmp_path / "in.npy", image)
+    source = fastconv.dask.NpyBlocks(tmp_path / "in.npy")
+    assert (source.shape, source.dtype, len(source)) == (image.shape, image.dtype, 1024)
+    tracemalloc.start()
+    try:
+        x = da.from_array(source, chunks=(256, -1))  # a whole np.memmap would be copied here
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < image.nbytes / 8
+    block = source[10:20, 5:9]
+    assert type(block) is np.ndarray and block.flags.writeable  # a copy, not a view of a closed map
+    np.testing.assert_array_equal(block, image[10:20, 5:9])
+    kernel = rng.standard_normal((5, 5)).astype(np.float32)
+    y = fastconv.dask.conv2d(x, kernel, stride=2, padding=3)
+    target = fastconv.dask.NpyBlocks.create(tmp_path / "out.npy", y.shape, y.dtype)
+    da.store(y, target, lock=False)
+    expected = fastconv.conv2d(image[None, None], kernel[None, None], stride=2, padding=3)[0, 0]
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+def test_npy_blocks_name_the_file_and_its_version(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((4, 4)))
+    np.save(tmp_path / "b.npy", np.zeros((4, 4)))
+    a = fastconv.dask.NpyBlocks(tmp_path / "a.npy")
+    assert dask.base.tokenize(a) == dask.base.tokenize(fastconv.dask.NpyBlocks(tmp_path / "a.npy"))
+    assert dask.base.tokenize(a) != dask.base.tokenize(fastconv.dask.NpyBlocks(tmp_path / "b.npy"))
+    before = dask.base.tokenize(a)
+    np.save(tmp_path / "a.npy", np.ones((4, 4)))
+    os.utime(tmp_path / "a.npy", ns=(1, 1))  # a rewritten file: its contents may have changed
+    assert dask.base.tokenize(a) != before  # so a graph built before does not reuse old results
+
+
+def test_store_into_an_open_memmap_target(tmp_path):
     x, w, b = _problem(3, shape=(1, 2, 64, 48), kernel=(3, 2, 5, 5))
     source = np.lib.format.open_memmap(tmp_path / "in.npy", mode="w+", dtype=np.float32, shape=x.shape)
     source[...] = x
