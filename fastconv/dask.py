@@ -629,7 +629,7 @@ class NpyBlocks:
     """
 
     def __init__(self, path):
-        self.path = os.fspath(path)
+        self.path = os.path.abspath(path)  # tasks may run where the working directory differs
         mapped = np.load(self.path, mmap_mode="r")  # reads the header only
         self.shape, self.dtype, self.ndim = mapped.shape, mapped.dtype, mapped.ndim
         del mapped
@@ -659,4 +659,4 @@ class NpyBlocks:
 
     def __dask_tokenize__(self):
         status = os.stat(self.path)
-        return "NpyBlocks", os.path.abspath(self.path), status.st_size, status.st_mtime_ns, self.shape, self.dtype.str
+        return "NpyBlocks", self.path, status.st_size, status.st_mtime_ns, self.shape, self.dtype.str

@@ -332,6 +332,17 @@ def test_npy_blocks_name_the_file_and_its_version(tmp_path):
     assert dask.base.tokenize(a) != before  # so a graph built before does not reuse old results
 
 
+def test_npy_blocks_keep_reading_the_same_file_after_a_change_of_directory(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    np.save(tmp_path / "a" / "image.npy", np.ones((2, 3)))
+    np.save(tmp_path / "b" / "image.npy", np.zeros((2, 3)))
+    monkeypatch.chdir(tmp_path / "a")
+    blocks = fastconv.dask.NpyBlocks("image.npy")
+    monkeypatch.chdir(tmp_path / "b")  # as a worker started elsewhere would see it
+    np.testing.assert_array_equal(blocks[:, :], np.ones((2, 3)))
+
+
 def test_store_into_an_open_memmap_target(tmp_path):
     x, w, b = _problem(3, shape=(1, 2, 64, 48), kernel=(3, 2, 5, 5))
     source = np.lib.format.open_memmap(tmp_path / "in.npy", mode="w+", dtype=np.float32, shape=x.shape)
