@@ -330,6 +330,8 @@ def _check_backend(backend, spec):
     if backend == "auto":
         return _preferred_backend.get()
     name = backends._check_name(backend)
+    if _computed_exactly(spec.out_dtype):  # integers and long doubles never reach a backend
+        return None
     # Blocks differ from the whole only in size; backends decline on dtype, kernel, stride,
     # dilation or groups, so asking now turns a compute-time failure into a call-time one.
     reason = backends.get(name).supports(spec)  # get() raises when the backend is unavailable
@@ -493,8 +495,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, p
 # scipy.signal's boundary names, and numpy.pad's mode for each
 def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
     """Shared body of :func:`convolve2d` (``flip=True``) and :func:`correlate2d`."""
-    image = in1 if isinstance(in1, da.Array) else da.asarray(np.asarray(in1))
-    _check_chunks("in1", image)
+    image = in1 if isinstance(in1, da.Array) else np.asarray(in1)
     kernel = np.asarray(in2)
     if image.ndim != 2 or kernel.ndim != 2:
         raise ValueError(f"{name} inputs must both be 2-D arrays, got in1 shape {image.shape} and in2 shape "
@@ -503,6 +504,8 @@ def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
     # the in-memory function's dtype rules, which are scipy's: integers stay integers and, like long
     # doubles, are computed exactly; float16 and bool are refused
     out_dtype = fastconv_signal._result_dtype(image, kernel, name)
+    image = image if isinstance(image, da.Array) else da.asarray(image)  # dask refuses object dtypes
+    _check_chunks("in1", image)
     # cast as scipy casts it: to the result dtype (300 stays 300 for int8 * int64, 0.5 is 0 for
     # integers), not to the image's dtype
     fill = fastconv_signal._fill_value(fillvalue, out_dtype) if pad_mode == "constant" else 0
@@ -637,7 +640,8 @@ class NpyBlocks:
     @classmethod
     def create(cls, path, shape, dtype):
         """A new ``.npy`` file of ``shape`` and ``dtype`` (sparse until written), ready to be a target."""
-        np.lib.format.open_memmap(os.fspath(path), mode="w+", dtype=dtype, shape=tuple(shape)).flush()
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)  # as numpy takes shapes
+        np.lib.format.open_memmap(os.fspath(path), mode="w+", dtype=dtype, shape=shape).flush()
         return cls(path)
 
     def __getitem__(self, index):
@@ -652,6 +656,8 @@ class NpyBlocks:
         del mapped
 
     def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d NpyBlocks")
         return self.shape[0]
 
     def __repr__(self):

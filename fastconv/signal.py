@@ -39,6 +39,7 @@ import warnings
 
 import numpy as np
 
+from fastconv import backends
 from fastconv.dispatch import conv2d
 from fastconv.geometry import SIGNAL_BOUNDARIES, signal_geometry
 
@@ -122,6 +123,8 @@ def _signal(in1, in2, mode, boundary, fillvalue, backend, *, flip: bool, op: str
     swap, sides, _ = signal_geometry(in1.shape, in2.shape, mode, flip=flip, op=op)
     pad_mode = _pad_mode(boundary, op)
     dtype = _result_dtype(in1, in2, op)
+    if backend != "auto":  # checked here too: integer and long double results never reach a backend
+        backends._check_name(backend)
     if swap:  # scipy's rule for "valid" mode when in2 is the larger
         in1, in2 = in2, in1
     kernel = in2[::-1, ::-1] if flip else in2.conj()

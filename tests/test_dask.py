@@ -320,6 +320,14 @@ def test_npy_blocks_source_and_target_are_read_and_written_block_by_block(tmp_pa
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
 
 
+def test_npy_blocks_shapes_as_numpy_takes_them(tmp_path):
+    vector = fastconv.dask.NpyBlocks.create(tmp_path / "v.npy", 5, np.float32)  # an int, as np.zeros takes
+    assert (vector.shape, len(vector)) == ((5,), 5)
+    scalar = fastconv.dask.NpyBlocks.create(tmp_path / "s.npy", (), np.float64)
+    with pytest.raises(TypeError, match="0-d"):
+        len(scalar)
+
+
 def test_npy_blocks_name_the_file_and_its_version(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((4, 4)))
     np.save(tmp_path / "b.npy", np.zeros((4, 4)))
@@ -488,6 +496,22 @@ def test_signal_functions_refuse_the_dtypes_scipy_and_in_memory_refuse(dtype, mo
                 call(image, kernel, mode=mode)
         with pytest.raises(ValueError, match=f"not available for this type: inputs of dtype {np.dtype(dtype)}"):
             ours(da.from_array(image, chunks=2), kernel, mode=mode)
+
+
+def test_signal_functions_take_backend_and_object_inputs_as_in_memory():
+    image, kernel = np.arange(20).reshape(4, 5), np.ones((2, 2), int)
+    # integers never reach a backend: one that could not run a 2x2 kernel is no error, in memory or here
+    np.testing.assert_array_equal(
+        fastconv.dask.convolve2d(da.from_array(image, chunks=2), kernel, backend="winograd").compute(),
+        fastconv.convolve2d(image, kernel, backend="winograd"))
+    for in1 in (image, da.from_array(image, chunks=2)):
+        with pytest.raises(ValueError, match="Unknown backend 'bogus'"):
+            fastconv.dask.correlate2d(in1, kernel, backend="bogus")
+    for in1 in (np.zeros((3, 3), dtype=object), [[1, None]]):  # dask itself would refuse object arrays first
+        with pytest.raises(ValueError, match="not available for this type: inputs of dtype object"):
+            fastconv.convolve2d(in1, np.ones((1, 1)))
+        with pytest.raises(ValueError, match="not available for this type: inputs of dtype object"):
+            fastconv.dask.convolve2d(in1, np.ones((1, 1)))
 
 
 @pytest.mark.parametrize("dtype", [np.longdouble, np.clongdouble])

@@ -139,6 +139,8 @@ def test_float16_with_float32_computes_in_float32_as_scipy():
     (dict(in1=np.ones((0, 3))), r"inputs must not be empty"),
     (dict(fillvalue=[1, 2]), r"`fillvalue` must be scalar or an array with one element"),
     (dict(backend="cudnn"), r"Unknown backend 'cudnn'"),
+    # integers never reach a backend, but a name that is no backend is still a mistake
+    (dict(in1=np.ones((4, 4), int), in2=np.ones((2, 2), int), backend="cudnn"), r"Unknown backend 'cudnn'"),
 ])
 def test_bad_input_raises_with_a_message_that_names_it(kwargs, pattern):
     args = dict(in1=np.ones((4, 4)), in2=np.ones((2, 2)))
