@@ -291,8 +291,8 @@ def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, out_dtype, f
     full rows of one in-memory array). Zero padding is left to the backend, which skips it
     without copying; a constant ``fill``, or a block that reads nothing but padding (strides
     larger than the kernel can do that), gets its padding written around the joined block
-    instead. An integer ``out_dtype`` (scipy-style functions only) is computed exactly, as scipy
-    does, by :mod:`fastconv.signal`'s integer path.
+    instead. An integer or long-double ``out_dtype`` (scipy-style functions only) is computed
+    exactly, as scipy does, by :mod:`fastconv.signal`'s shift-and-add path.
     """
     exact = _computed_exactly(out_dtype)
     explicit = fill is not None or exact or 0 in shape[2:]
@@ -492,7 +492,6 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, p
     return out[0, 0] if image else out[0] if unbatched else out
 
 
-# scipy.signal's boundary names, and numpy.pad's mode for each
 def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
     """Shared body of :func:`convolve2d` (``flip=True``) and :func:`correlate2d`."""
     image = in1 if isinstance(in1, da.Array) else np.asarray(in1)
