@@ -40,6 +40,10 @@ at 8192x8192 with a 7x7 kernel a copy of the image costs most of a convolution
    that every block depends on, so a distributed scheduler ships them once per worker, not once
    per task.
 
+Files larger than memory: read and write ``.npy`` files through :class:`NpyBlocks`, which maps
+the file only while one block is read or written (``da.from_array`` copies a whole
+``np.memmap`` into memory first).
+
 Examples
 --------
 >>> import numpy as np, dask.array as da, fastconv, fastconv.dask
