@@ -41,7 +41,7 @@ import numpy as np
 
 from fastconv import backends, config
 from fastconv.geometry import make_spec, pad_input
-from fastconv.tuning import _MIN_TIMED_SECONDS, _SETTLE_SECONDS, _WARMUP_SECONDS  # the tuner's rules
+from fastconv.tuning import _timed, steady_state_times  # the tuner's timing rules
 
 __all__ = [
     "Case",
@@ -381,18 +381,12 @@ def prepare_call(case: Case, backend: str, x, w):
     return call
 
 
-def _timed(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
 def time_call(function, repeat: int = 5, budget_s: float = 1.0) -> tuple[float, int]:
     """Median seconds of about ``repeat`` calls of ``function``, and the number of calls timed.
 
-    Stops early once the timed calls add up to ``budget_s`` (at least one call is always timed).
-    Warm up first (:func:`prepare_call` does). Timing starts after ``tuning._SETTLE_SECONDS`` of
-    sleep, so that the thread pools of the previous backend (OpenBLAS after ``im2col``, say) have
+    The tuner's rule (:func:`fastconv.tuning.steady_state_times`), stopping once ``budget_s``
+    seconds have passed since timing began (at least one call is always timed). Warm up first
+    (:func:`prepare_call` does). Timing starts after ``tuning._SETTLE_SECONDS`` of sleep, so that the thread pools of the previous backend (OpenBLAS after ``im2col``, say) have
     stopped spinning on the cores this one needs. Calls shorter than ``tuning._WARMUP_SECONDS``
     are first repeated untimed for that long: after an idle moment (another backend's run, a
     peer's subprocess) parallel calls on this 2-vCPU machine ran several times slower for ~20 ms
@@ -401,16 +395,7 @@ def time_call(function, repeat: int = 5, budget_s: float = 1.0) -> tuple[float, 
     short calls are timed until they add up to ``tuning._MIN_TIMED_SECONDS`` (more than
     ``repeat`` calls), so that a few slow calls cannot become the median.
     """
-    time.sleep(_SETTLE_SECONDS)  # let the previous backend's BLAS/OpenMP/FFTW threads stop spinning
-    times = [_timed(function)]
-    if times[0] < _WARMUP_SECONDS:
-        warming = times.pop()
-        while warming < _WARMUP_SECONDS:
-            warming += _timed(function)
-    total = times[0] if times else 0.0  # a running sum: re-summing the list made many short calls quadratic
-    while (len(times) < repeat or total < _MIN_TIMED_SECONDS) and total < budget_s:
-        times.append(_timed(function))
-        total += times[-1]
+    times = steady_state_times(function, repeats=repeat, budget=budget_s, first_is_warm=True)
     return statistics.median(times), len(times)
 
 

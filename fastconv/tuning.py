@@ -28,6 +28,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -273,11 +274,44 @@ def signature(spec: ConvSpec, layout: str = "C", threads: int | None = None) -> 
             f"{spec.dtype.name} {layout} t{threads or config.threads}")
 
 
-def _timed_call(name: str, operands, spec: ConvSpec) -> float:
-    x, weight, bias = operands
+def _timed(call) -> float:
     start = time.perf_counter()
-    backends.get(name).run(x, weight, bias, spec)
+    call()
     return time.perf_counter() - start
+
+
+def steady_state_times(call, *, repeats: int, budget: float, settle: float | None = None,
+                       warmup_seconds: float | None = None, min_seconds: float | None = None,
+                       first_is_warm: bool = False) -> list[float]:
+    """Seconds taken by calls of ``call`` in its steady state, as a loop over images runs it.
+
+    The one timing rule of the tuner and of ``fastconv bench``: sleep ``settle`` seconds (default
+    ``_SETTLE_SECONDS``) so the previous backend's thread pools stop spinning on the cores this
+    one needs; call untimed until ``warmup_seconds`` (default ``_WARMUP_SECONDS``) have passed
+    (the first call absorbs JIT compilation, FFT plans and weight caches, the rest wake the
+    machine after the pause) — unless ``first_is_warm`` (the caller has already run it) and that
+    first call alone lasts the warm-up, when it is the first timing; then time at least
+    ``repeats`` calls and, for short calls, more until they add up to ``min_seconds`` (default
+    ``_MIN_TIMED_SECONDS``), stopping once ``budget`` seconds have passed since the first timed
+    call began (one call is always timed).
+    """
+    settle = _SETTLE_SECONDS if settle is None else settle
+    warmup_seconds = _WARMUP_SECONDS if warmup_seconds is None else warmup_seconds
+    min_seconds = _MIN_TIMED_SECONDS if min_seconds is None else min_seconds
+    time.sleep(settle)
+    started = time.perf_counter()
+    first = _timed(call)
+    times = [first] if first_is_warm and first >= warmup_seconds else []
+    if not times:
+        while time.perf_counter() - started < warmup_seconds:
+            call()
+        started = time.perf_counter()
+        times.append(_timed(call))
+    total = times[0]  # a running sum: re-summing the list makes many short calls quadratic
+    while (len(times) < repeats or total < min_seconds) and time.perf_counter() - started < budget:
+        times.append(_timed(call))
+        total += times[-1]
+    return times
 
 
 def time_backends(names, operands, spec: ConvSpec, *, repeats: int = 5, budget: float = 1.0,
@@ -285,37 +319,18 @@ def time_backends(names, operands, spec: ConvSpec, *, repeats: int = 5, budget: 
                   warmup_seconds: float | None = None) -> dict[str, float]:
     """Best-of wall time of each backend in ``names`` on ``operands`` = (x, weight, bias).
 
-    Each backend is timed in its steady state, as a loop over images would run it: after a pause
-    (``settle`` seconds) and untimed calls (the first absorbs JIT compilation, FFT plans and
-    weight caches; more follow until ``warmup_seconds``, default ``_WARMUP_SECONDS``, have
-    passed, so that the machine is awake again after the pause), then
-    at least ``repeats`` calls and, for short calls, more until the timed calls add up to
-    ``min_seconds`` (default ``_MIN_TIMED_SECONDS``) — all within ``budget / len(names)``
-    seconds after the first timed call, which is always made. The pause matters on a machine
-    with few cores: the thread pools of BLAS, OpenMP (numba) and FFTW keep spinning for up to
-    ~0.1 s after a call, and a different backend's threads then wait for cores in whole
-    scheduler time slices (4 ms here), so backends timed back to back would be charged for each
-    other's pools.
+    Each backend is timed by :func:`steady_state_times` within ``budget / len(names)`` seconds.
+    The settle pause matters on a machine with few cores: the thread pools of BLAS, OpenMP
+    (numba) and FFTW keep spinning for up to ~0.1 s after a call, and a different backend's
+    threads then wait for cores in whole scheduler time slices (4 ms here), so backends timed
+    back to back would be charged for each other's pools.
     """
-    settle = _SETTLE_SECONDS if settle is None else settle
-    min_seconds = _MIN_TIMED_SECONDS if min_seconds is None else min_seconds
-    warmup_seconds = _WARMUP_SECONDS if warmup_seconds is None else warmup_seconds
+    x, weight, bias = operands
     share = budget / max(len(names), 1)
-    best = {}
-    for name in names:
-        time.sleep(settle)
-        warming = time.perf_counter()
-        _timed_call(name, operands, spec)
-        while time.perf_counter() - warming < warmup_seconds:
-            _timed_call(name, operands, spec)
-        started = time.perf_counter()
-        times = [_timed_call(name, operands, spec)]
-        total = times[0]
-        while (len(times) < repeats or total < min_seconds) and time.perf_counter() - started < share:
-            times.append(_timed_call(name, operands, spec))
-            total += times[-1]
-        best[name] = min(times)
-    return best
+    return {name: min(steady_state_times(functools.partial(backends.get(name).run, x, weight, bias, spec),
+                                         repeats=repeats, budget=share, settle=settle,
+                                         warmup_seconds=warmup_seconds, min_seconds=min_seconds))
+            for name in names}
 
 
 def _cpu_snapshot():
