@@ -279,12 +279,6 @@ def _joined_view(pieces):
                                            writeable=False)
 
 
-def _computed_exactly(dtype):
-    """Integer and long-double results (scipy-style functions only): computed by shift-and-add as
-    :mod:`fastconv.signal` computes them, never by a backend."""
-    return dtype.kind in "iu" or dtype in fastconv_signal._SHIFT_AND_ADD_DTYPES
-
-
 def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, out_dtype, fill, stride, dilation, groups,
                     backend, preferred):
     """Join one block's pieces (its chunk and its neighbours' halos) and convolve them.
@@ -298,7 +292,7 @@ def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, out_dtype, f
     instead. An integer or long-double ``out_dtype`` (scipy-style functions only) is computed
     exactly, as scipy does, by :mod:`fastconv.signal`'s shift-and-add path.
     """
-    exact = _computed_exactly(out_dtype)
+    exact = fastconv_signal._computed_exactly(out_dtype)
     explicit = fill is not None or exact or 0 in shape[2:]
     joined = None if explicit else _joined_view(pieces)
     if joined is not None:
@@ -334,7 +328,7 @@ def _check_backend(backend, spec):
     if backend == "auto":
         return _preferred_backend.get()
     name = backends._check_name(backend)
-    if _computed_exactly(spec.out_dtype):  # integers and long doubles never reach a backend
+    if fastconv_signal._computed_exactly(spec.out_dtype):  # integers and long doubles never reach a backend
         return None
     # Blocks differ from the whole only in size; backends decline on dtype, kernel, stride,
     # dilation or groups, so asking now turns a compute-time failure into a call-time one.
@@ -365,7 +359,7 @@ def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
     bias_key = None if bias is None else dask.delayed(np.array(bias), pure=True)
     # integers and long doubles are joined in their own dtype (their exact path widens integers); the
     # rest in the compute dtype
-    join_dtype = spec.out_dtype if _computed_exactly(spec.out_dtype) else spec.dtype
+    join_dtype = spec.out_dtype if fastconv_signal._computed_exactly(spec.out_dtype) else spec.dtype
     convolve = functools.partial(_convolve_block, dtype=join_dtype, out_dtype=spec.out_dtype, fill=fill,
                                  stride=spec.stride, dilation=spec.dilation, groups=spec.groups, backend=backend,
                                  preferred=preferred)
@@ -524,7 +518,7 @@ def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
     # convolution is correlation with the kernel reversed; scipy's correlation conjugates in2
     weight = (kernel[::-1, ::-1] if flip else np.conj(kernel))[None, None]
     # exact dtypes (integers, long doubles) never reach a backend; float64 stands in for them in the spec
-    compute_dtype = np.dtype(np.float64) if _computed_exactly(out_dtype) else out_dtype
+    compute_dtype = np.dtype(np.float64) if fastconv_signal._computed_exactly(out_dtype) else out_dtype
     spec = make_spec((1, 1) + image.shape, weight.shape, padding=padding, dtype=compute_dtype, out_dtype=out_dtype)
     if pad_mode == "constant":
         out = _blocked_conv2d(image[None, None], padding, weight, None, spec, backend,

@@ -100,9 +100,14 @@ def _pad_mode(boundary, op: str) -> str:
     return SIGNAL_BOUNDARIES[boundary]
 
 
+def _computed_exactly(dtype: np.dtype) -> bool:
+    """Integer and long-double results: computed by shift-and-add, never by a conv2d backend."""
+    return dtype.kind in "iu" or dtype in _SHIFT_AND_ADD_DTYPES
+
+
 def _correlate_padded(padded: np.ndarray, kernel: np.ndarray, backend) -> np.ndarray:
     """Valid correlation of two 2-D arrays of the result dtype."""
-    if padded.dtype not in _CONV2D_DTYPES:
+    if _computed_exactly(padded.dtype):
         # integers: exact arithmetic, wrapping modulo 2**64 (and so modulo the result's width);
         # longdouble: computed in longdouble
         wide = {"i": np.int64, "u": np.uint64}.get(padded.dtype.kind, padded.dtype)
