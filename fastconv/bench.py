@@ -386,8 +386,9 @@ def time_call(function, repeat: int = 5, budget_s: float = 1.0) -> tuple[float, 
 
     The tuner's rule (:func:`fastconv.tuning.steady_state_times`), stopping once ``budget_s``
     seconds have passed since timing began (at least one call is always timed). Warm up first
-    (:func:`prepare_call` does). Timing starts after ``tuning._SETTLE_SECONDS`` of sleep, so that the thread pools of the previous backend (OpenBLAS after ``im2col``, say) have
-    stopped spinning on the cores this one needs. Calls shorter than ``tuning._WARMUP_SECONDS``
+    (:func:`prepare_call` does). Timing starts after ``tuning._SETTLE_SECONDS`` of sleep, so
+    that the thread pools of the previous backend (OpenBLAS after ``im2col``, say) have stopped
+    spinning on the cores this one needs. Calls shorter than ``tuning._WARMUP_SECONDS``
     are first repeated untimed for that long: after an idle moment (another backend's run, a
     peer's subprocess) parallel calls on this 2-vCPU machine ran several times slower for ~20 ms
     while the other core woke up — fft on a 512² image with a 9×9 kernel measured 3.55 ms
