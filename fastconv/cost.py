@@ -458,8 +458,9 @@ def _constants_path() -> str:
 
 def _load() -> dict:
     global _loaded
-    if _loaded is not None and _loaded["dir"] == config.cache_dir:
-        return _loaded
+    current = _loaded  # one read: save_constants may reset it from another thread
+    if current is not None and current["dir"] == config.cache_dir:
+        return current
     loaded = {"constants": DEFAULT_CONSTANTS, "threads": DEFAULT_THREADS, "source": "shipped defaults",
               "dir": config.cache_dir}
     path = _constants_path()

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastconv import backends, config, cost
+from fastconv.backends._thread_pools import reinitialise_after_fork
 from fastconv.geometry import ConvSpec, make_spec, resolve_dtypes
 
 __all__ = ["autotune", "choose", "explain", "Explanation", "clear_cache", "kernel_rank", "main"]
@@ -69,7 +70,7 @@ _CONTENDER_FACTOR = 1.5
 # Other processes' CPU use, as a fraction of a timing's wall time, above which it is redone.
 _BUSY_FRACTION = 0.1
 
-_lock = threading.RLock()
+_lock = reinitialise_after_fork(threading.RLock())
 _decisions: dict = {}  # (spec, threads, constants source) -> ranked candidates
 _ranks: dict = {}  # weight fingerprint -> numerical rank
 _weight_verdicts: dict = {}  # (backend, spec, weight fingerprint) -> supports_weight's answer
@@ -157,6 +158,7 @@ def _weight_dependent(name: str) -> bool:
 
 
 _RANK_DEPENDENT = ("separable",)
+_UNKNOWN = object()  # a verdict not yet remembered (None is a verdict: "accepted")
 
 
 def weight_decline_reason(name: str, weight: np.ndarray | None, spec: ConvSpec) -> str | None:
@@ -169,9 +171,9 @@ def weight_decline_reason(name: str, weight: np.ndarray | None, spec: ConvSpec) 
     if hook is None or weight is None:
         return None
     key = (name, spec, _fingerprint(weight))
-    if key not in _weight_verdicts:
-        _remember(_weight_verdicts, key, hook(weight, spec))
-    return _weight_verdicts[key]
+    # one read: another thread's _remember may empty the table between a check and a second read
+    verdict = _weight_verdicts.get(key, _UNKNOWN)
+    return _remember(_weight_verdicts, key, hook(weight, spec)) if verdict is _UNKNOWN else verdict
 
 
 def _host_candidates(spec: ConvSpec) -> list[str]:
@@ -513,8 +515,10 @@ def _file_lock(path: str):
 
 
 def _warn_once(path: str, problem: str) -> None:
-    if (path, problem) not in _warned:
+    with _lock:
+        first = (path, problem) not in _warned
         _warned.add((path, problem))
+    if first:
         warnings.warn(f"fastconv: ignoring autotuning cache {path} ({problem}); it will be rewritten",
                       RuntimeWarning, stacklevel=4)
 
