@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -153,20 +154,19 @@ def test_a_malformed_entry_is_dropped_and_explain_still_works(cache_dir):
         fastconv.autotune(False)
 
 
-def _unwritable(tmp_path):
+def _unwritable(tmp_path, monkeypatch):
     directory = tmp_path / "read-only"
-    directory.mkdir()
-    directory.chmod(0o555)
-    if os.access(directory, os.W_OK):  # root ignores permissions
-        pytest.skip("permissions are not enforced for this user")
+    (directory / "cache").mkdir(parents=True)
+    (directory / "cache").chmod(0o555)
+    if os.access(directory / "cache", os.W_OK):  # root ignores permissions: refuse new files instead
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
     return directory / "cache"
 
 
-PLACES = {
-    "a directory where the file goes": lambda tmp_path: "directory",
-    "a file where the directory goes": lambda tmp_path: "parent file",
-    "a directory that cannot be written": _unwritable,
-}
+PLACES = ["a directory where the file goes", "a file where the directory goes", "a directory that cannot be written"]
 
 
 def _place(kind, tmp_path, monkeypatch):
@@ -175,14 +175,14 @@ def _place(kind, tmp_path, monkeypatch):
         (tmp_path / "a_file").write_text("")
         monkeypatch.setattr(config, "cache_dir", tmp_path / "a_file" / "cache")
     elif kind == "a directory that cannot be written":
-        monkeypatch.setattr(config, "cache_dir", _unwritable(tmp_path))
+        monkeypatch.setattr(config, "cache_dir", _unwritable(tmp_path, monkeypatch))
     else:
         monkeypatch.setattr(config, "cache_dir", tmp_path / "cache")
         for name in (tuning.CACHE_FILE, cost.CONSTANTS_FILE, "fftw_wisdom"):
             (tmp_path / "cache" / name).mkdir(parents=True)
 
 
-@pytest.mark.parametrize("kind", list(PLACES))
+@pytest.mark.parametrize("kind", PLACES)
 def test_every_reader_and_writer_in_a_hostile_place_warns_and_the_call_still_works(kind, tmp_path, monkeypatch,
                                                                                    capsys):
     from fastconv.cli import main
