@@ -97,7 +97,7 @@ def _blas_libraries():
 
 def _set_count(library, count: int) -> None:
     library.set_num_threads(count)
-    # threadpoolctl >= 3.6 lets only a "controlling" Python thread change OpenBLAS's count (others
+    # recent threadpoolctl (3.8) lets only a "controlling" Python thread change OpenBLAS's count (others
     # are silently ignored); let go of that role so the thread that restores later can.
     release = getattr(type(library), "clear_controlling_thread", None)
     if release is not None:
