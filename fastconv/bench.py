@@ -584,11 +584,11 @@ def sgemm_gflops(size: int = 1024, repeat: int = 5) -> float:
     Dense GEMM is about the fastest arithmetic a CPU sustains, so it serves as the ceiling that
     convolution backends are compared against.
     """
-    from threadpoolctl import threadpool_limits
+    from fastconv.backends._thread_pools import blas_threads
 
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
-    with threadpool_limits(config.threads, user_api="blas"):
+    with blas_threads(config.threads):
         a @ b
         best = min(_timed(lambda: a @ b) for _ in range(repeat))
     return 2 * size**3 / best / 1e9

@@ -34,9 +34,15 @@ libgomp default                0.161 ms        3.87 ms             4.13 ms
 
 So, unless the environment already sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, importing
 fastconv sets ``GOMP_SPINCOUNT=20000`` (workers spin briefly, then sleep) before numba's OpenMP
-layer starts. ``FASTCONV_LIMIT_OMP_SPIN=0`` leaves the environment alone. Benchmarks time peer
+layer starts. ``FASTCONV_LIMIT_OMP_SPIN=0`` (or ``false``/``no``/``off``) leaves the environment
+alone. Benchmarks time peer
 libraries in subprocesses with :func:`peer_environment`, so that torch's OpenMP pool keeps its own
 default.
+
+Settings are validated however they are made. A bad environment variable never stops
+``import fastconv``: it costs a :class:`RuntimeWarning` naming the variable, its value and what
+is accepted, and the default is used. Assigning an attribute (``fastconv.config.threads = 4``)
+goes through the same checks as the ``set_*`` function, so a bad value raises there and then.
 
 Examples
 --------
@@ -52,13 +58,35 @@ from __future__ import annotations
 
 import os
 import sys
+import types
+import warnings
 from pathlib import Path
+
+
+def _environment_flag(variable: str, default: bool) -> bool:
+    """A boolean environment variable; an unrecognised value warns and gives ``default``."""
+    text = os.environ.get(variable)
+    if text is None or text.strip() == "":
+        return default
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    _warn_environment(variable, text, "1/0, true/false, yes/no or on/off", "on" if default else "off")
+    return default
+
+
+def _warn_environment(variable: str, text: str, accepted: str, default) -> None:
+    warnings.warn(f"fastconv: ignoring environment variable {variable}={text!r}: accepted values are {accepted}; "
+                  f"using the default ({default})", RuntimeWarning, stacklevel=3)
+
 
 # Must happen before any OpenMP runtime starts (numba loads its OpenMP layer on the first parallel
 # call, after this import); settings the user made win, and FASTCONV_LIMIT_OMP_SPIN=0 opts out.
 _OPENMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 _OPENMP_BEFORE_IMPORT = {name: os.environ.get(name) for name in _OPENMP_VARIABLES}
-if os.environ.get("FASTCONV_LIMIT_OMP_SPIN", "1") != "0" and not any(_OPENMP_BEFORE_IMPORT.values()):
+if _environment_flag("FASTCONV_LIMIT_OMP_SPIN", True) and not any(_OPENMP_BEFORE_IMPORT.values()):
     os.environ["GOMP_SPINCOUNT"] = "20000"
 
 
@@ -82,22 +110,6 @@ __all__ = ["threads", "workspace_bytes", "autotune", "cache_dir", "fftw_planner"
            "set_workspace_bytes", "set_autotune", "set_cache_dir", "set_fftw_planner"]
 
 
-def _positive_int_from_env(variable: str, default: int) -> int:
-    text = os.environ.get(variable)
-    if text is None or text.strip() == "":
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(
-            f"environment variable {variable}={text!r} is not an integer; "
-            f"set it to a positive whole number or unset it"
-        ) from None
-    if value < 1:
-        raise ValueError(f"environment variable {variable}={text!r} must be >= 1")
-    return value
-
-
 def _check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{name} must be a positive int, got {value!r}")
@@ -107,23 +119,44 @@ def _check_positive_int(name: str, value) -> int:
     return value
 
 
-#: Number of threads fastconv's own parallel kernels and the BLAS/FFTW calls it makes may use.
-threads: int = _positive_int_from_env("FASTCONV_NUM_THREADS", os.cpu_count() or 1)
+def _check_autotune(value) -> bool:
+    if not isinstance(value, (bool, int)) or value not in (0, 1):
+        raise TypeError(f"autotune must be True or False, got {value!r}")
+    return bool(value)
 
-#: Upper bound, in bytes, of the scratch buffers that lowering backends (im2col) allocate.
-workspace_bytes: int = _positive_int_from_env("FASTCONV_WORKSPACE_MB", 64) << 20
+
+def _check_cache_dir(value) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or os.fspath(value) == "":
+        raise TypeError(f"cache_dir must be a non-empty path (str or os.PathLike), got {value!r}")
+    return Path(value)
 
 
-def _bool_from_env(variable: str, default: bool) -> bool:
+FFTW_PLANNER_EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
+
+
+def _check_planner(source: str, value) -> str:
+    text = str(value).strip().upper() if isinstance(value, str) else None
+    if text is not None and not text.startswith("FFTW_"):
+        text = "FFTW_" + text
+    if text not in FFTW_PLANNER_EFFORTS:
+        raise ValueError(
+            f"{source} must be one of {', '.join(FFTW_PLANNER_EFFORTS)} (case-insensitive, the "
+            f"FFTW_ prefix optional), got {value!r}"
+        )
+    return text
+
+
+def _from_environment(variable: str, parse, accepted: str, default):
+    """``parse(text)`` of environment variable ``variable``, or ``default`` when it is unset or
+    empty, or (with a RuntimeWarning) when ``parse`` rejects it."""
     text = os.environ.get(variable)
     if text is None or text.strip() == "":
         return default
-    word = text.strip().lower()
-    if word in ("1", "true", "yes", "on"):
-        return True
-    if word in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"environment variable {variable}={text!r} is not a boolean; use 1/0, true/false, yes/no or on/off")
+    try:
+        return parse(text.strip())
+    except (TypeError, ValueError):
+        _warn_environment(variable, text, accepted, default)
+        return default
 
 
 def _default_cache_dir() -> Path:
@@ -143,69 +176,80 @@ def _default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "fastconv"
 
 
-#: Whether ``backend="auto"`` times the candidate backends on the first call of each new problem
-#: signature (and remembers the winner) instead of trusting the cost model alone.
-autotune: bool = _bool_from_env("FASTCONV_AUTOTUNE", False)
+def _positive_whole_number(text: str) -> int:
+    return _check_positive_int("value", int(text))  # int() rejects "1.5" and "abc"
 
-#: Directory for what fastconv learns about this machine: autotuning results, fitted cost
-#: constants, FFTW wisdom (created on first write).
-cache_dir: Path = _default_cache_dir()
+
+# The values behind the module's attributes (see _ConfigModule below): reading
+# ``fastconv.config.threads`` returns _settings["threads"]; assigning it validates first.
+_settings = {
+    "threads": _from_environment("FASTCONV_NUM_THREADS", _positive_whole_number, "whole numbers >= 1",
+                                 os.cpu_count() or 1),
+    "workspace_bytes": _from_environment("FASTCONV_WORKSPACE_MB", _positive_whole_number,
+                                         "whole numbers of MiB >= 1", 64) << 20,
+    "autotune": _environment_flag("FASTCONV_AUTOTUNE", False),
+    "fftw_planner": _from_environment("FASTCONV_FFTW_PLANNER", lambda text: _check_planner("planner", text),
+                                      "estimate, measure, patient or exhaustive (case-insensitive, FFTW_ prefix "
+                                      "optional)", "FFTW_ESTIMATE"),
+    "cache_dir": _default_cache_dir(),
+}
+_CHECKS = {"threads": lambda value: _check_positive_int("threads", value),
+           "workspace_bytes": lambda value: _check_positive_int("workspace_bytes", value),
+           "autotune": _check_autotune, "fftw_planner": lambda value: _check_planner("fftw_planner", value),
+           "cache_dir": _check_cache_dir}
 
 
 def set_threads(count: int) -> None:
     """Set the number of threads fastconv may use (``FASTCONV_NUM_THREADS`` at start-up)."""
-    global threads
-    threads = _check_positive_int("threads", count)
+    _settings["threads"] = _CHECKS["threads"](count)
 
 
 def set_workspace_bytes(size: int) -> None:
     """Set the scratch-buffer limit in bytes (``FASTCONV_WORKSPACE_MB`` at start-up, in MiB)."""
-    global workspace_bytes
-    workspace_bytes = _check_positive_int("workspace_bytes", size)
+    _settings["workspace_bytes"] = _CHECKS["workspace_bytes"](size)
 
 
 def set_autotune(enabled: bool) -> None:
     """Turn autotuning of ``backend="auto"`` on or off (``FASTCONV_AUTOTUNE`` at start-up)."""
-    global autotune
-    if not isinstance(enabled, (bool, int)) or enabled not in (0, 1):
-        raise TypeError(f"autotune must be True or False, got {enabled!r}")
-    autotune = bool(enabled)
+    _settings["autotune"] = _check_autotune(enabled)
 
 
 def set_cache_dir(path) -> None:
     """Set the directory fastconv keeps its machine-specific caches in (``FASTCONV_CACHE_DIR``)."""
-    global cache_dir
-    if not isinstance(path, (str, os.PathLike)) or os.fspath(path) == "":
-        raise TypeError(f"cache_dir must be a non-empty path (str or os.PathLike), got {path!r}")
-    cache_dir = Path(path)
+    _settings["cache_dir"] = _check_cache_dir(path)
 
-
-# --------------------------------------------------------------------------------------------
-# FFT backend: planner effort and where wisdom is kept
-
-FFTW_PLANNER_EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
-
-
-def _check_planner(source: str, value) -> str:
-    text = str(value).strip().upper() if isinstance(value, str) else None
-    if text is not None and not text.startswith("FFTW_"):
-        text = "FFTW_" + text
-    if text not in FFTW_PLANNER_EFFORTS:
-        raise ValueError(
-            f"{source} must be one of {', '.join(FFTW_PLANNER_EFFORTS)} (case-insensitive, the "
-            f"FFTW_ prefix optional), got {value!r}"
-        )
-    return text
-
-
-#: How hard FFTW plans the transforms of the ``fft`` backend. ``FFTW_ESTIMATE`` plans instantly
-#: from heuristics; ``FFTW_MEASURE`` times candidate algorithms (seconds per new size, faster
-#: transforms after; keep the result with :func:`fastconv.fft.save_wisdom`).
-fftw_planner: str = _check_planner(
-    "environment variable FASTCONV_FFTW_PLANNER", os.environ.get("FASTCONV_FFTW_PLANNER") or "FFTW_ESTIMATE"
-)
 
 def set_fftw_planner(effort: str) -> None:
     """Set FFTW's planner effort (``FASTCONV_FFTW_PLANNER`` at start-up), e.g. ``"measure"``."""
-    global fftw_planner
-    fftw_planner = _check_planner("fftw_planner", effort)
+    _settings["fftw_planner"] = _CHECKS["fftw_planner"](effort)
+
+
+def _setting(name: str, doc: str) -> property:
+    def get(module):
+        return _settings[name]
+
+    def set_(module, value):
+        _settings[name] = _CHECKS[name](value)
+
+    return property(get, set_, doc=doc)
+
+
+class _ConfigModule(types.ModuleType):
+    """This module's type: its settings are properties, so assigning one is validated."""
+
+    threads = _setting("threads", "Number of threads fastconv's own parallel kernels and the BLAS/FFTW "
+                                  "calls it makes may use.")
+    workspace_bytes = _setting("workspace_bytes", "Upper bound, in bytes, of the scratch buffers that "
+                                                  "lowering backends (im2col) allocate.")
+    autotune = _setting("autotune", "Whether ``backend=\"auto\"`` times the candidate backends on the first "
+                                    "call of each new problem signature (and remembers the winner) instead of "
+                                    "trusting the cost model alone.")
+    fftw_planner = _setting("fftw_planner", "How hard FFTW plans the transforms of the ``fft`` backend. "
+                                            "``FFTW_ESTIMATE`` plans instantly from heuristics; ``FFTW_MEASURE`` "
+                                            "times candidate algorithms (seconds per new size, faster transforms "
+                                            "after; keep the result with :func:`fastconv.fft.save_wisdom`).")
+    cache_dir = _setting("cache_dir", "Directory for what fastconv learns about this machine: autotuning "
+                                      "results, fitted cost constants, FFTW wisdom (created on first write).")
+
+
+sys.modules[__name__].__class__ = _ConfigModule

@@ -55,7 +55,6 @@ True
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import warnings
@@ -456,28 +455,55 @@ def _constants_path() -> str:
     return os.path.join(config.cache_dir, CONSTANTS_FILE)
 
 
+def _constants_from(document) -> tuple[dict, int]:
+    """(constants, threads) of a cost-constants document; ValueError saying what is wrong with it."""
+    if not isinstance(document, dict) or document.get("format") != _FORMAT \
+            or document.get("version") != _FORMAT_VERSION:
+        raise ValueError("not a fastconv cost-constants file of this version")
+    if document.get("machine") != machine_key():
+        raise ValueError("fitted on another machine or other library versions")
+    threads, tables = document.get("threads"), document.get("constants")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"'threads' must be a positive integer, not {threads!r:.60}")
+    if not isinstance(tables, dict):
+        raise ValueError(f"'constants' must be an object, not {type(tables).__name__}")
+    constants = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"constants of {name!r:.40} must be an object, not {type(table).__name__}")
+        for term, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise ValueError(f"constant {name!r:.40}.{term!r:.40} must be a finite number >= 0, "
+                                 f"not {value!r:.60}")
+        constants[name] = {term: float(value) for term, value in table.items()}
+    return constants, threads
+
+
 def _load() -> dict:
     global _loaded
-    if _loaded is not None and _loaded["dir"] == config.cache_dir:
-        return _loaded
+    current = _loaded  # one read: save_constants may reset it from another thread
+    if current is not None and current["dir"] == config.cache_dir:
+        return current
     loaded = {"constants": DEFAULT_CONSTANTS, "threads": DEFAULT_THREADS, "source": "shipped defaults",
               "dir": config.cache_dir}
     path = _constants_path()
-    if os.path.exists(path):
+
+    def warn(problem):
+        warnings.warn(f"fastconv: ignoring cost constants in {path} ({problem}); using the shipped defaults. "
+                      f"Run `fastconv tune --calibrate` to refit them.", RuntimeWarning, stacklevel=4)
+
+    from fastconv.tuning import NO_DOCUMENT, read_json
+
+    document = read_json(path, warn)
+    if document is not NO_DOCUMENT:
         try:
-            with open(path) as handle:
-                document = json.load(handle)
-            if document.get("format") != _FORMAT or document.get("version") != _FORMAT_VERSION:
-                raise ValueError("not a fastconv cost-constants file of this version")
-            if document.get("machine") != machine_key():
-                raise ValueError("fitted on another machine or other library versions")
-            constants = {name: {term: float(value) for term, value in table.items()}
-                         for name, table in document["constants"].items()}
-            loaded = {"constants": {**DEFAULT_CONSTANTS, **constants}, "threads": int(document["threads"]),
-                      "source": path, "dir": config.cache_dir}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            warnings.warn(f"fastconv: ignoring cost constants in {path} ({error}); using the shipped defaults. "
-                          f"Run `fastconv tune --calibrate` to refit them.", RuntimeWarning, stacklevel=3)
+            constants, threads = _constants_from(document)
+        except ValueError as error:
+            warn(error)
+        else:
+            loaded = {"constants": {**DEFAULT_CONSTANTS, **constants}, "threads": threads, "source": path,
+                      "dir": config.cache_dir}
     _loaded = loaded
     return loaded
 
@@ -496,15 +522,24 @@ def constants_threads() -> int:
     return _load()["threads"]
 
 
-def save_constants(constants: dict, threads: int) -> str:
-    """Write fitted constants for this machine to the cache directory (atomically); return the path."""
+def save_constants(constants: dict, threads: int) -> str | None:
+    """Write fitted constants for this machine to the cache directory (atomically); return the path.
+
+    A place that cannot be written (read-only, a file where a directory should be) costs a
+    RuntimeWarning saying why, and None is returned; the constants in use do not change.
+    """
     global _loaded
-    from fastconv.tuning import atomic_write_json
+    from fastconv.tuning import atomic_write_json, describe_write_error
 
     document = {"format": _FORMAT, "version": _FORMAT_VERSION, "machine": machine_key(), "threads": threads,
                 "constants": constants}
     path = _constants_path()
-    atomic_write_json(path, document)
+    try:
+        atomic_write_json(path, document)
+    except OSError as error:
+        warnings.warn(f"fastconv: could not write the cost constants to {path}: {describe_write_error(path, error)}",
+                      RuntimeWarning, stacklevel=2)
+        return None
     _loaded = None
     return path
 

@@ -7,7 +7,8 @@ processes to plan instantly. Nothing is read or written unless you call these fu
 
 The file is ``fastconv.config.cache_dir / "fftw_wisdom"`` unless a path is given. A file that
 is corrupt, not fastconv's, or written by another FFTW version or build is ignored with a
-:class:`RuntimeWarning`, never an exception: wisdom only ever makes planning faster.
+:class:`RuntimeWarning`, and a place that cannot be written or read is reported the same way,
+never by an exception: wisdom only ever makes planning faster.
 
 Examples
 --------
@@ -40,24 +41,36 @@ def wisdom_path() -> Path:
     return Path(config.cache_dir) / "fftw_wisdom"
 
 
-def save_wisdom(path=None) -> Path:
+def save_wisdom(path=None) -> Path | None:
     """Write FFTW's accumulated wisdom to ``path`` (default :func:`wisdom_path`) and return it.
 
     The file is replaced atomically, so a concurrent reader sees the old or the new file whole.
+    A place that cannot be written (a read-only directory, a file where a directory should be,
+    a directory at ``path``) costs a :class:`RuntimeWarning` saying why, and None is returned.
     """
     import pyfftw
 
+    from fastconv.tuning import describe_write_error
+
     path = Path(path) if path is not None else wisdom_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     parts = pyfftw.export_wisdom()
     payload = _MAGIC + b"".join(struct.pack("<Q", len(part)) + part for part in parts)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
         with os.fdopen(handle, "wb") as file:
             file.write(payload)
         os.replace(temporary, path)
+    except OSError as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        warnings.warn(f"could not write FFTW wisdom to {path}: {describe_write_error(path, error)}; not saved",
+                      RuntimeWarning, stacklevel=2)
+        return None
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
         raise
     return path
 
@@ -92,8 +105,8 @@ def load_wisdom(path=None) -> bool:
     except FileNotFoundError:
         return False
     except OSError as error:
-        warnings.warn(f"could not read FFTW wisdom file {path}: {error}; planning from scratch",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(f"could not read FFTW wisdom file {path}: {type(error).__name__}: {error.strerror or error}; "
+                      f"planning from scratch", RuntimeWarning, stacklevel=2)
         return False
     parts = _parse(payload)
     if parts is None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from fastconv.backends._thread_pools import ParallelKernel
 from fastconv.dispatch import _as_numeric_array
 from fastconv.geometry import PoolSpec, _as_int, make_pool_spec, resolve_dtypes
 
@@ -62,6 +63,7 @@ def _column_outputs(v, out_w, stride_w, pad_w, dilation_w, used_w):
     return offset, first_ox, max(first_ox, last_ox)
 
 
+@ParallelKernel
 @njit(cache=True, parallel=True)
 def _max_pool2d(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w):
     batch, channels, in_h, in_w = x.shape
@@ -95,6 +97,7 @@ def _max_pool2d(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, di
                     result[ox] = value if (value > current or value != value) else current
 
 
+@ParallelKernel
 @njit(cache=True, parallel=True)
 def _avg_pool2d(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, count_include_pad, divisor_override):
     batch, channels, in_h, in_w = x.shape

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastconv import backends, config, cost
+from fastconv.backends._thread_pools import reinitialise_after_fork
 from fastconv.geometry import ConvSpec, make_spec, resolve_dtypes
 
 __all__ = ["autotune", "choose", "explain", "Explanation", "clear_cache", "kernel_rank", "main"]
@@ -69,7 +70,7 @@ _CONTENDER_FACTOR = 1.5
 # Other processes' CPU use, as a fraction of a timing's wall time, above which it is redone.
 _BUSY_FRACTION = 0.1
 
-_lock = threading.RLock()
+_lock = reinitialise_after_fork(threading.RLock())
 _decisions: dict = {}  # (spec, threads, constants source) -> ranked candidates
 _ranks: dict = {}  # weight fingerprint -> numerical rank
 _weight_verdicts: dict = {}  # (backend, spec, weight fingerprint) -> supports_weight's answer
@@ -157,6 +158,7 @@ def _weight_dependent(name: str) -> bool:
 
 
 _RANK_DEPENDENT = ("separable",)
+_UNKNOWN = object()  # a verdict not yet remembered (None is a verdict: "accepted")
 
 
 def weight_decline_reason(name: str, weight: np.ndarray | None, spec: ConvSpec) -> str | None:
@@ -169,9 +171,9 @@ def weight_decline_reason(name: str, weight: np.ndarray | None, spec: ConvSpec) 
     if hook is None or weight is None:
         return None
     key = (name, spec, _fingerprint(weight))
-    if key not in _weight_verdicts:
-        _remember(_weight_verdicts, key, hook(weight, spec))
-    return _weight_verdicts[key]
+    # one read: another thread's _remember may empty the table between a check and a second read
+    verdict = _weight_verdicts.get(key, _UNKNOWN)
+    return _remember(_weight_verdicts, key, hook(weight, spec)) if verdict is _UNKNOWN else verdict
 
 
 def _host_candidates(spec: ConvSpec) -> list[str]:
@@ -495,6 +497,19 @@ def atomic_write_json(path: str, document) -> None:
         raise
 
 
+def describe_write_error(path, error: OSError) -> str:
+    """What went wrong writing ``path``, in words: a parent that is a file is named as such (the
+    OSError itself says "File exists" or "Not a directory", naming neither the path nor why)."""
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while ancestor and not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+        ancestor = os.path.dirname(ancestor)
+    if os.path.exists(ancestor) and not os.path.isdir(ancestor):
+        return f"{ancestor} is a file, not a directory"
+    if os.path.isdir(path):
+        return f"{path} is a directory"
+    return f"{type(error).__name__}: {error.strerror or error}"
+
+
 @contextlib.contextmanager
 def _file_lock(path: str):
     """Serialise read-merge-write cycles between processes (best effort where fcntl is missing)."""
@@ -513,23 +528,55 @@ def _file_lock(path: str):
 
 
 def _warn_once(path: str, problem: str) -> None:
-    if (path, problem) not in _warned:
+    with _lock:
+        first = (path, problem) not in _warned
         _warned.add((path, problem))
-        warnings.warn(f"fastconv: ignoring autotuning cache {path} ({problem}); it will be rewritten",
+    if first:
+        warnings.warn(f"fastconv: autotuning cache {path}: {problem}; ignored (the next write replaces it)",
                       RuntimeWarning, stacklevel=4)
+
+
+NO_DOCUMENT = object()  # what read_json returns when there is no document to use
+
+
+def read_json(path: str, warn) -> object:
+    """The JSON document in ``path``; :data:`NO_DOCUMENT` when it is missing, or (after
+    ``warn(problem)``) when it cannot be read or parsed: a directory, no permission, binary garbage,
+    truncated, nested too deeply for the parser (a RecursionError)."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return json.load(stream)
+    except (FileNotFoundError, NotADirectoryError):
+        return NO_DOCUMENT
+    except (OSError, ValueError, RecursionError) as error:
+        warn(f"unreadable: {type(error).__name__}: {str(error)[:200]}")
+        return NO_DOCUMENT
+
+
+def is_seconds(value) -> bool:
+    """A measured time as files hold it: a finite, non-negative int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _clean_entry(entry) -> dict | None:
+    """A cache entry as the tuner writes it, numbers as floats; None when it is anything else."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("backend"), str):
+        return None
+    seconds = entry.get("seconds", {})
+    if not isinstance(seconds, dict) or not all(isinstance(value, str) or is_seconds(value)
+                                                for value in seconds.values()):
+        return None
+    return {"backend": entry["backend"],
+            "seconds": {name: value if isinstance(value, str) else float(value) for name, value in seconds.items()}}
 
 
 def read_cache(path: str | None = None) -> dict[str, dict]:
     """The tuning entries in the cache file; ``{}`` (with a warning) when it is missing, corrupt,
-    from another machine or from other library versions."""
+    from another machine or from other library versions. Malformed entries are dropped (with a
+    warning); the next write replaces the file with the entries that were valid."""
     path = path or cache_path()
-    try:
-        with open(path) as stream:
-            document = json.load(stream)
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-    except (OSError, ValueError) as error:
-        _warn_once(path, f"unreadable: {type(error).__name__}: {error}")
+    document = read_json(path, lambda problem: _warn_once(path, problem))
+    if document is NO_DOCUMENT:
         return {}
     if not isinstance(document, dict) or document.get("format") != _FORMAT \
             or document.get("version") != _FORMAT_VERSION or not isinstance(document.get("entries"), dict):
@@ -538,11 +585,11 @@ def read_cache(path: str | None = None) -> dict[str, dict]:
     if document.get("machine") != cost.machine_key():
         _warn_once(path, "written on another machine or with other library versions")
         return {}
-    entries = {}
-    for key, entry in document["entries"].items():
-        if isinstance(entry, dict) and isinstance(entry.get("backend"), str):
-            entries[key] = entry
-    return entries
+    entries = {key: _clean_entry(entry) for key, entry in document["entries"].items()}
+    malformed = [key for key, entry in entries.items() if entry is None]
+    if malformed:
+        _warn_once(path, f"{len(malformed)} malformed entries, e.g. {malformed[0][:80]!r}")
+    return {key: entry for key, entry in entries.items() if entry is not None}
 
 
 def _disk_entries() -> dict[str, dict]:
@@ -570,12 +617,15 @@ def store_entries(entries: dict[str, dict], path: str | None = None) -> None:
             atomic_write_json(path, {"format": _FORMAT, "version": _FORMAT_VERSION,
                                      "machine": cost.machine_key(), "entries": merged})
     except OSError as error:
-        warnings.warn(f"fastconv: could not write the autotuning cache {path}: {error}", RuntimeWarning,
-                      stacklevel=3)
+        warnings.warn(f"fastconv: could not write the autotuning cache {path}: {describe_write_error(path, error)}",
+                      RuntimeWarning, stacklevel=3)
 
 
-def clear_cache(*, disk: bool = False) -> None:
-    """Forget decisions and tuning results in memory (and the cache file too with ``disk=True``)."""
+def clear_cache(*, disk: bool = False) -> bool:
+    """Forget decisions and tuning results in memory (and the cache file too with ``disk=True``).
+
+    Returns False (with a warning) when the file exists but could not be removed, else True.
+    """
     global _disk_loaded_from
     with _lock:
         _decisions.clear()
@@ -584,8 +634,16 @@ def clear_cache(*, disk: bool = False) -> None:
         _tuned.clear()
         _disk_loaded_from = None
         if disk:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(cache_path())
+            path = cache_path()
+            try:
+                os.unlink(path)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            except OSError as error:
+                warnings.warn(f"fastconv: could not remove the autotuning cache {path}: "
+                              f"{describe_write_error(path, error)}", RuntimeWarning, stacklevel=2)
+                return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -905,9 +963,12 @@ def add_arguments(parser) -> None:
 
 
 def run_command(args) -> int:
+    status = 0
     if args.clear:
-        clear_cache(disk=True)
-        print(f"removed {cache_path()}")
+        if clear_cache(disk=True):
+            print(f"removed {cache_path()}")
+        else:
+            status = 1
     if args.calibrate:
         print(f"calibrating the cost model on this machine ({config.threads} threads)...")
         fitted, _ = calibrate(args.backends)
@@ -915,7 +976,10 @@ def run_command(args) -> int:
         clear_cache()
         for name, table in fitted.items():
             print(f"{name:<10} " + ", ".join(f"{term}={value:.3g}" for term, value in sorted(table.items())))
-        print(f"wrote {path}")
+        if path is None:
+            status = 1  # save_constants warned why
+        else:
+            print(f"wrote {path}")
     if args.show or not (args.calibrate or args.clear):
         constants, source = cost.load_constants()
         print(f"cost constants ({source}):")
@@ -925,4 +989,4 @@ def run_command(args) -> int:
         print(f"autotuning cache {cache_path()}: {len(entries)} entries")
         for key, entry in sorted(entries.items()):
             print(f"  {key}: {entry['backend']}")
-    return 0
+    return status

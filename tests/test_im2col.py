@@ -130,6 +130,6 @@ def test_blas_threads_follow_config():
                 if info["user_api"] == "blas" and "numpy" in info["filepath"]}
 
     before = numpy_blas_threads()
-    with im2col._blas_threads(1):
+    with im2col.blas_threads(1):
         assert numpy_blas_threads() == {1}
     assert numpy_blas_threads() == before

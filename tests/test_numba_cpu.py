@@ -100,13 +100,20 @@ def test_declines_complex_with_a_reason():
         fastconv.conv2d(np.ones((1, 1, 4, 4), complex), np.ones((1, 1, 3, 3)), backend="numba_cpu")
 
 
-def test_thread_count_follows_config(monkeypatch):
+def test_thread_count_follows_config_and_the_callers_count_is_restored(monkeypatch):
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    requested = []
+    set_num_threads = numba.set_num_threads
+    monkeypatch.setattr(numba, "set_num_threads", lambda count: (requested.append(count), set_num_threads(count)))
     monkeypatch.setattr(config, "threads", 1)
     _check((1, 1, 8, 8), (1, 1, 3, 3))
-    assert numba.get_num_threads() == 1
-    monkeypatch.setattr(config, "threads", 10**6)  # capped at numba's pool size
+    if numba.config.NUMBA_NUM_THREADS > 1:
+        assert requested[0] == 1  # the kernel ran on one thread ...
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # ... and the caller's count is back
+    requested.clear()
+    monkeypatch.setattr(config, "threads", 10**6)  # capped at numba's pool size: nothing to change
     _check((1, 1, 8, 8), (1, 1, 3, 3))
-    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    assert requested == [] and numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
 
 
 def test_importing_fastconv_compiles_nothing():

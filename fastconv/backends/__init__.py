@@ -34,6 +34,9 @@ import threading
 from types import ModuleType
 from typing import NamedTuple
 
+# registers its fork handlers now, so a child forked before any backend loads is covered too
+from fastconv.backends import _thread_pools  # noqa: F401
+
 __all__ = ["BackendStatus", "backend_names", "get", "list_backends", "unavailable_reason"]
 
 _MODULES = {
@@ -46,7 +49,7 @@ _MODULES = {
     "winograd": "fastconv.backends.winograd",
 }
 
-_lock = threading.Lock()
+_lock = _thread_pools.reinitialise_after_fork(threading.Lock())
 _loaded: dict[str, ModuleType] = {}
 _unavailable: dict[str, str | None] = {}
 

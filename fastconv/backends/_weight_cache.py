@@ -10,6 +10,8 @@ only when the weight passed now is *equal, element for element,* to that copy
 kernels, whose SVD takes 45 ms).
 
 >>> import numpy as np
+
+from fastconv.backends._thread_pools import reinitialise_after_fork
 >>> cache = WeightCache(max_entries=4, max_bytes=1 << 20)
 >>> w = np.ones((2, 2))
 >>> cache.get("sum", w, lambda: w.sum(keepdims=True))
@@ -25,6 +27,8 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
+
+from fastconv.backends._thread_pools import reinitialise_after_fork
 
 
 def _nbytes(value) -> int:
@@ -44,7 +48,7 @@ class WeightCache:
         self._entries: OrderedDict[int, tuple] = OrderedDict()
         self._next_id = 0
         self._max_entries, self._max_bytes = max_entries, max_bytes
-        self._lock = threading.Lock()
+        self._lock = reinitialise_after_fork(threading.Lock())
         self.hits = self.misses = 0
 
     def get(self, key, weight: np.ndarray, compute):

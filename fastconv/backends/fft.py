@@ -76,6 +76,7 @@ True
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -85,6 +86,7 @@ import numpy as np
 import pyfftw
 
 from fastconv import config
+from fastconv.backends._thread_pools import reinitialise_after_fork
 from fastconv.backends._weight_cache import WeightCache
 from fastconv.geometry import ConvSpec, check_array_fits
 
@@ -203,7 +205,7 @@ class _PlanPool:
         self._max_idle, self._max_bytes = max_idle, max_bytes
         self._idle: OrderedDict[tuple, list] = OrderedDict()
         self._count = self._bytes = 0
-        self._lock = threading.Lock()
+        self._lock = reinitialise_after_fork(threading.Lock())
         self.built = 0  # plans built so far (for tests and cache_info)
 
     @contextmanager
@@ -262,9 +264,31 @@ def _build_plan(batch: int, grid: tuple[int, int], dtype: np.dtype, inverse: boo
     return pyfftw.FFTW(source, target, axes=(-2, -1), direction=direction, flags=flags, threads=threads)
 
 
+# pyFFTW's FFTW runs multi-threaded plans on GNU OpenMP, whose thread pool does not survive fork:
+# in a child forked after a threaded plan ran, a threaded plan waits forever for threads that are
+# not there. Such a child gets single-threaded plans (see _after_fork_in_child).
+_threaded_plans_built = False
+_threads_allowed: int | None = None  # a cap on plan threads (1 in such a child), or None
+
+
+def _after_fork_in_child() -> None:
+    global _threads_allowed
+    if _threaded_plans_built:
+        _threads_allowed = 1
+        _plans.clear()  # the parent's threaded plans must never run here
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @contextmanager
 def _plan(batch: int, grid: tuple[int, int], dtype: np.dtype, inverse: bool):
+    global _threaded_plans_built
     threads, effort = config.threads, config.fftw_planner
+    if _threads_allowed is not None:
+        threads = min(threads, _threads_allowed)
+    if threads > 1:
+        _threaded_plans_built = True
     key = (batch, grid, dtype.str, inverse, threads, effort)
     with _plans.checkout(key, lambda: _build_plan(batch, grid, dtype, inverse, threads, effort)) as plan:
         yield plan

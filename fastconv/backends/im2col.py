@@ -29,7 +29,8 @@ Details that matter for speed:
 - a tile that stays inside one image multiplies straight into the output array (BLAS writes a
   strided destination), so the only copy is the unfold itself.
 
-BLAS threads follow :data:`fastconv.config.threads` through :mod:`threadpoolctl`. Every dtype
+BLAS threads follow :data:`fastconv.config.threads` (through threadpoolctl, restored afterwards even
+when calls overlap in several threads: :func:`fastconv.backends._thread_pools.blas_threads`). Every dtype
 fastconv computes in works, complex included.
 
 Examples
@@ -43,12 +44,11 @@ array([[45., 54.],
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 from numba import njit
 
 from fastconv import config
+from fastconv.backends._thread_pools import blas_threads
 from fastconv.geometry import ConvSpec
 
 name = "im2col"
@@ -194,22 +194,6 @@ def plan_tiles(spec: ConvSpec, workspace_bytes: int | None = None) -> list[tuple
             for n in range(spec.batch) for first in range(0, image, step)]
 
 
-_blas_controller = None
-
-
-def _blas_threads(count: int):
-    """Context limiting the BLAS pool to ``count`` threads (a ThreadpoolController made once)."""
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas_controller = ThreadpoolController()
-    blas = _blas_controller.select(user_api="blas")
-    if all(info.get("num_threads") == count for info in blas.info()):
-        return contextlib.nullcontext()  # already right: skip the limit/restore round trip
-    return blas.limit(limits=count)
-
-
 def _is_pointwise(spec: ConvSpec) -> bool:
     return (spec.kernel_height == spec.kernel_width == 1 and spec.stride == (1, 1)
             and spec.padding == ((0, 0), (0, 0)))
@@ -229,7 +213,7 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     if out.size == 0:  # an empty batch
         return out
     # inf and NaN inputs propagate as arithmetic says, without numpy's RuntimeWarnings from BLAS
-    with _blas_threads(config.threads), np.errstate(invalid="ignore", over="ignore"):
+    with blas_threads(config.threads), np.errstate(invalid="ignore", over="ignore"):
         if _is_pointwise(spec):  # already a GEMM on the reshaped input
             inputs = x.reshape(spec.batch, groups, spec.in_channels_per_group, image)
             np.matmul(filters, inputs, out=out_by_group)

@@ -37,7 +37,8 @@ Three kernels:
   When a group's output channels are not a multiple of four, zero filters pad the block and the
   extra planes are dropped at the end.
 
-Threads: :data:`fastconv.config.threads` through :func:`numba.set_num_threads`. Compiled code is
+Threads: :data:`fastconv.config.threads` (see :mod:`fastconv.backends._thread_pools`, which also
+keeps the kernels safe under threads and in forked children). Compiled code is
 cached on disk (``cache=True``); nothing compiles at import. Complex dtypes are declined (use
 ``im2col``).
 
@@ -55,11 +56,11 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from fastconv import config
+from fastconv.backends._thread_pools import ParallelKernel
 from fastconv.geometry import ConvSpec, interior_range
 
 name = "numba_cpu"
@@ -212,7 +213,7 @@ def _kernels(width: int, unit_step: bool):
                     _edge_columns4(o0, o1, o2, o3, x_row, w0, w1, w2, w3, hi, out_w, stride_w, dilation_w,
                                    pad_left)
 
-    return plane, direct
+    return ParallelKernel(plane), ParallelKernel(direct)
 
 
 @functools.lru_cache(maxsize=None)
@@ -292,7 +293,7 @@ def _depthwise3x3(stride: int):
                                         total += w[k, 0, u, v] * image[row, col]
                         out[n, k, i, j] = total
 
-    return depthwise3x3
+    return ParallelKernel(depthwise3x3)
 
 
 def uses_depthwise3x3(spec: ConvSpec) -> bool:
@@ -322,7 +323,6 @@ def uses_plane_kernel(spec: ConvSpec) -> bool:
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
     if spec.batch == 0:  # an empty batch: nothing to compute (and no tasks to divide the work into)
         return np.empty(spec.out_shape, dtype=spec.dtype)
-    numba.set_num_threads(min(config.threads, numba.config.NUMBA_NUM_THREADS))
     plane, direct = _kernels_for(spec)
     geometry = (*spec.stride, *spec.dilation, spec.padding[0][0], spec.padding[1][0])
     groups, per_group = spec.groups, spec.out_channels_per_group

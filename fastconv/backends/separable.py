@@ -42,6 +42,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from fastconv.backends._thread_pools import ParallelKernel
 from fastconv.backends._weight_cache import WeightCache
 from fastconv.geometry import ConvSpec, check_dtype
 
@@ -175,6 +176,7 @@ def supports_weight(weight: np.ndarray, spec: ConvSpec) -> str | None:
             f"rank·(kh+kw) < kh·kw, i.e. rank <= {most} for {kernel_h}×{kernel_w} kernels")
 
 
+@ParallelKernel
 @njit(cache=True, parallel=True, fastmath=True)
 def _separable_conv2d(x, cols, rows, ranks, out, top, left, stride_h, stride_w, dilation_h, dilation_w, groups):
     """out[n, k] += sum over c and rank terms r of rowpass(colpass(x[n, c], cols[k, c, r]), rows[k, c, r]).

@@ -90,6 +90,7 @@ import numpy as np
 from numba import njit
 
 from fastconv import config
+from fastconv.backends._thread_pools import blas_threads, reinitialise_after_fork
 from fastconv.geometry import ConvSpec
 
 name = "winograd"
@@ -485,7 +486,7 @@ def _output_transform(products, origins, dil_h, dil_w, bias, out_pad, first, las
 _FILTER_CACHE_ENTRIES = 16
 _FILTER_CACHE_BYTES = 256 << 20
 _filter_cache: OrderedDict = OrderedDict()  # key -> (copy of the weight, transformed filters)
-_filter_cache_lock = threading.Lock()
+_filter_cache_lock = reinitialise_after_fork(threading.Lock())
 
 
 @njit(cache=True, nogil=True)
@@ -548,20 +549,9 @@ def _cached_filter_transform(weight: np.ndarray, m: int, groups: int) -> np.ndar
 # --------------------------------------------------------------------------------------------
 # the GEMMs and the pipeline
 
-_threadpool_controller = None
 _pool = None
 _pool_pid = None
-_pool_lock = threading.Lock()
-
-
-def _single_threaded_blas():
-    """A context manager limiting BLAS to one thread (the controller is built once: microseconds)."""
-    global _threadpool_controller
-    if _threadpool_controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _threadpool_controller = ThreadpoolController()
-    return _threadpool_controller.limit(limits=1, user_api="blas")
+_pool_lock = reinitialise_after_fork(threading.Lock())
 
 
 def _thread_pool(threads: int):
@@ -756,7 +746,7 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else bias
     origins = _tile_origins(spec, m)
     per_tile = (m + 2) ** 2 * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
-    with _single_threaded_blas():
+    with blas_threads(1):
         if filters.nbytes <= _FUSED_FILTER_BYTES and _tiles_per_row(origins) * per_tile <= _fused_block_bytes():
             _run_fused(x, origins, filters, bias, out, spec, m)
         else:
