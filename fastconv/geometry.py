@@ -791,8 +791,9 @@ def make_local_spec(input_shape, weight_shape, *, stride=1, padding=0, dilation=
     """Validate ``local_conv2d`` (or, with ``tiled=True``, ``tiled_conv2d``); return the ConvSpec.
 
     ``weight_shape`` is (H_out, W_out, K, C, kh, kw) for local convolution, (t_h, t_w, K, C, kh, kw)
-    with ``t_h <= H_out`` and ``t_w <= W_out`` for tiled convolution. The returned spec is that
-    of the shared-weight convolution with the same geometry (weight (K, C, kh, kw)).
+    for tiled convolution (a tile larger than the output leaves its last filter banks unused).
+    The returned spec is that of the shared-weight convolution with the same geometry (weight
+    (K, C, kh, kw)).
 
     >>> make_local_spec((1, 2, 6, 6), (4, 4, 3, 2, 3, 3)).out_shape
     (1, 3, 4, 4)
@@ -806,11 +807,6 @@ def make_local_spec(input_shape, weight_shape, *, stride=1, padding=0, dilation=
     spec = make_spec(input_shape, weight_shape[2:], stride=stride, padding=padding, dilation=dilation,
                      padding_mode=padding_mode, dtype=dtype, out_dtype=out_dtype)
     rows, cols = weight_shape[:2]
-    if tiled and (rows > spec.out_height or cols > spec.out_width):
-        raise ValueError(
-            f"tiled_conv2d: the tile (t_h, t_w) = {(rows, cols)} from weight {weight_shape} must not exceed the "
-            f"output size {(spec.out_height, spec.out_width)} (larger tiles would leave filters unused)"
-        )
     if not tiled and (rows, cols) != (spec.out_height, spec.out_width):
         raise ValueError(
             f"local_conv2d: weight {weight_shape} holds filters for {(rows, cols)} output positions but the "

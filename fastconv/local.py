@@ -102,8 +102,8 @@ def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, paddi
     x : array_like, shape (N, C, H, W) or (C, H, W)
         Input; an unbatched input gives an unbatched result.
     weight : array_like, shape (t_h, t_w, K, C, kh, kw)
-        Output position (i, j) uses ``weight[i % t_h, j % t_w]``; ``t_h``, ``t_w`` at most the
-        output height and width.
+        Output position (i, j) uses ``weight[i % t_h, j % t_w]``; a tile larger than the output
+        leaves the banks past it unused.
     bias : array_like, shape (K,), optional
         Shared by all positions.
     stride, padding, dilation, padding_mode
@@ -130,8 +130,9 @@ def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, paddi
     tile_h, tile_w = weight.shape[:2]
     (sh, sw) = spec.stride
     out = np.empty(spec.out_shape, dtype=spec.dtype)
-    for a in range(tile_h):
-        for b in range(tile_w):
+    # banks a >= H_out (b >= W_out) serve no output: every output (i, j) has i % t_h = a < H_out
+    for a in range(min(tile_h, spec.out_height)):
+        for b in range(min(tile_w, spec.out_width)):
             # outputs a, a + t_h, ... read windows starting at rows a*sh, (a + t_h)*sh, ...
             out[:, :, a::tile_h, b::tile_w] = conv2d(
                 x_padded[:, :, a * sh:, b * sw:], weight[a, b], bias, stride=(sh * tile_h, sw * tile_w),
