@@ -76,7 +76,8 @@ from fastconv import backends
 from fastconv.dispatch import _as_numeric_array, _preferred_backend, use_backend
 from fastconv.dispatch import conv2d as _conv2d_in_memory
 from fastconv import signal as fastconv_signal
-from fastconv.geometry import _NUMPY_PAD_MODE, check_dtype, make_spec, resolve_dtypes, signal_geometry
+from fastconv.geometry import (_NUMPY_PAD_MODE, check_dtype, gathered_spec, make_spec, padded_source, read_positions,
+                               resolve_dtypes, signal_geometry)
 
 __all__ = ["conv2d", "convolve2d", "correlate2d", "NpyBlocks"]
 
@@ -480,14 +481,37 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, p
                              f"got shape {bias.shape}")
         operand_dtypes.append(bias.dtype)
     compute_dtype, out_dtype = resolve_dtypes(*operand_dtypes)
+    # block by block: only each block's call must fit in memory (it checks itself)
     spec = make_spec(x.shape, weight.shape, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                     padding_mode=padding_mode, dtype=compute_dtype, out_dtype=out_dtype)
+                     padding_mode=padding_mode, dtype=compute_dtype, out_dtype=out_dtype, in_memory=False)
+    if any(positions is not None for positions in read_positions(spec)):
+        x, spec = _gathered(x, spec)
     if spec.padding_mode == "zeros":
         out = _blocked_conv2d(x, spec.padding, weight, bias, spec, backend)
     else:  # the padding needs values from the image: add it once, lazily, at the array edges
         padded = _padded_once(x, spec.padding, _NUMPY_PAD_MODE[spec.padding_mode])
         out = _blocked_conv2d(padded, ((0, 0), (0, 0)), weight, bias, spec.zero_padded(), backend)
     return out[0, 0] if image else out[0] if unbatched else out
+
+
+def _gathered(x, spec):
+    """Lazily, the rows of each axis that :func:`fastconv.geometry.gathered_spec` gathers, and that spec.
+
+    As in memory: an axis whose padding dwarfs what its outputs read (huge padding with a larger
+    stride, or a huge dilation) is read as the few rows its outputs' taps touch, padding included,
+    instead of being planned over an enormous padded span.
+    """
+    for axis, positions in enumerate(read_positions(spec)):
+        if positions is None:
+            continue
+        rows, outside = padded_source(positions, x.shape[axis + 2], spec.padding_mode)
+        kernel = (spec.kernel_height, spec.kernel_width)[axis]
+        windows_per_chunk = max(1, max(x.chunks[axis + 2]) // kernel)  # about the caller's chunk size
+        x = da.take(x, rows, axis=axis + 2).rechunk({axis + 2: windows_per_chunk * kernel})
+        if outside is not None:
+            where = outside.reshape((1,) * (axis + 2) + (-1,) + (1,) * (x.ndim - axis - 3))
+            x = da.where(where, np.zeros((), dtype=x.dtype), x)  # selected, not multiplied: inf * 0 is NaN
+    return x, gathered_spec(spec)
 
 
 def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
@@ -519,7 +543,8 @@ def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
     weight = (kernel[::-1, ::-1] if flip else np.conj(kernel))[None, None]
     # exact dtypes (integers, long doubles) never reach a backend; float64 stands in for them in the spec
     compute_dtype = np.dtype(np.float64) if fastconv_signal._computed_exactly(out_dtype) else out_dtype
-    spec = make_spec((1, 1) + image.shape, weight.shape, padding=padding, dtype=compute_dtype, out_dtype=out_dtype)
+    spec = make_spec((1, 1) + image.shape, weight.shape, padding=padding, dtype=compute_dtype, out_dtype=out_dtype,
+                     in_memory=False)
     if pad_mode == "constant":
         out = _blocked_conv2d(image[None, None], padding, weight, None, spec, backend,
                               fill=None if fill == 0 else fill)
