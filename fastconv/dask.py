@@ -280,19 +280,52 @@ def _joined_view(pieces):
                                            writeable=False)
 
 
-def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, out_dtype, fill, stride, dilation, groups,
-                    backend, preferred):
+def _check_pieces(pieces, shape, spans):
+    """Raise ValueError unless every piece has the shape the graph declared for it.
+
+    A source whose blocks differ from its declared chunks (a ``map_blocks`` function returning
+    fewer rows than it promised, a custom array source) would otherwise leave part of the joined
+    block unwritten, or the block reading past its neighbour: results from uninitialised memory.
+    """
+    row_spans, col_spans = spans
+    for piece_row, (row_start, row_stop) in zip(pieces, row_spans):
+        for piece, (col_start, col_stop) in zip(piece_row, col_spans):
+            expected = shape[:2] + (row_stop - row_start, col_stop - col_start)
+            if getattr(piece, "shape", None) != expected:
+                raise ValueError(
+                    f"fastconv.dask: the input's block holding rows {row_start}:{row_stop} and columns "
+                    f"{col_start}:{col_stop} (of its last two axes) has shape {getattr(piece, 'shape', None)} "
+                    f"where its chunks {expected} were declared; the dask array's chunks do not match the blocks "
+                    f"its tasks return (check the map_blocks function or array source that made it)")
+
+
+def _convolve_block(pieces, weight, bias, padding, shape, spans, out_shape, *, dtype, out_dtype, fill, stride,
+                    dilation, groups, backend, preferred):
     """Join one block's pieces (its chunk and its neighbours' halos) and convolve them.
 
     ``pieces`` is a grid (rows of columns) of (N, C, h, w) arrays covering the (N, C, H, W)
-    ``shape`` the block reads from the source. The join is the block's one copy, made in the
-    compute ``dtype`` and skipped when the pieces already lie side by side in memory (strips of
-    full rows of one in-memory array). Zero padding is left to the backend, which skips it
+    ``shape`` the block reads from the source; ``spans`` holds the source rows and columns
+    ``(start, stop)`` of each piece row and column, and ``out_shape`` the shape of the block's
+    result, both as the graph declared them: a piece or result of another shape is an error.
+    The join is the block's one copy, made in the compute ``dtype`` and skipped when the pieces
+    already lie side by side in memory (strips of full rows of one in-memory array). Zero padding is left to the backend, which skips it
     without copying; a constant ``fill``, or a block that reads nothing but padding (strides
     larger than the kernel can do that), gets its padding written around the joined block
     instead. An integer or long-double ``out_dtype`` (scipy-style functions only) is computed
     exactly, as scipy does, by :mod:`fastconv.signal`'s shift-and-add path.
     """
+    _check_pieces(pieces, shape, spans)
+    out = _convolve_joined(pieces, weight, bias, padding, shape, dtype=dtype, out_dtype=out_dtype, fill=fill,
+                           stride=stride, dilation=dilation, groups=groups, backend=backend, preferred=preferred)
+    if out.shape != tuple(out_shape):
+        raise ValueError(f"fastconv.dask: a block's convolution returned shape {out.shape} where the graph declared "
+                         f"{tuple(out_shape)} (backend {backend!r}); the result would not fit its chunks")
+    return out
+
+
+def _convolve_joined(pieces, weight, bias, padding, shape, *, dtype, out_dtype, fill, stride, dilation, groups,
+                     backend, preferred):
+    """The body of :func:`_convolve_block`: the join, then one in-memory convolution."""
     exact = fastconv_signal._computed_exactly(out_dtype)
     explicit = fill is not None or exact or 0 in shape[2:]
     joined = None if explicit else _joined_view(pieces)
@@ -378,6 +411,9 @@ def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
         graph[halo_key] = (operator.getitem, key, (slice(None), slice(None), row_slice, col_slice))
         return halo_key
 
+    def spans(edges, pieces):  # the source rows (start, stop) of each piece
+        return tuple((edges[index] + part.start, edges[index] + part.stop) for index, part in pieces)
+
     row_pieces_of = [_pieces(row_edges, *read) for read in rows.reads]
     col_pieces_of = [_pieces(col_edges, *read) for read in cols.reads]
     for n in range(source.numblocks[0]):
@@ -385,8 +421,10 @@ def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
             for j, (col_read, col_padding, col_pieces) in enumerate(zip(cols.reads, cols.padding, col_pieces_of)):
                 grid = [[piece_key(n, r, c) for c in col_pieces] for r in row_pieces]
                 shape = (source.chunks[0][n], spec.in_channels, row_read[1] - row_read[0], col_read[1] - col_read[0])
+                out_shape = (source.chunks[0][n], spec.out_channels, rows.out_chunks[i], cols.out_chunks[j])
                 graph[(name, n, 0, i, j)] = (convolve, grid, weight_key.key, None if bias_key is None else bias_key.key,
-                                             (row_padding, col_padding), shape)
+                                             (row_padding, col_padding), shape,
+                                             (spans(row_edges, row_pieces), spans(col_edges, col_pieces)), out_shape)
     dependencies = [source, weight_key] + ([] if bias_key is None else [bias_key])
     return da.Array(HighLevelGraph.from_collections(name, graph, dependencies=dependencies), name,
                     chunks=(source.chunks[0], (spec.out_channels,), rows.out_chunks, cols.out_chunks),
