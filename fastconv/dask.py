@@ -62,6 +62,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
+import math
 import operator
 import os
 from typing import NamedTuple
@@ -656,6 +657,56 @@ def correlate2d(in1, in2, mode="full", boundary="fill", fillvalue=0, backend="au
 # .npy files, one block at a time
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"  # .npz archives are zip files
+
+
+def _npy_header(path: str) -> tuple[tuple, np.dtype]:
+    """Shape and dtype of the ``.npy`` file at ``path``; ValueError, naming it and why, unless it is valid.
+
+    Read from the header alone, then checked against the file's size, so that a damaged file
+    fails here with a message rather than in a worker ("mmap length is greater than file size",
+    "contains pickled (object) data", an ``AttributeError`` for an ``.npz``, an ``EOFError``).
+    """
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"NpyBlocks: {path!r} is a directory, not a .npy file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"NpyBlocks: no file at {path!r}")
+
+    def invalid(why):
+        return ValueError(f"NpyBlocks: {path!r} is not a valid .npy file: {why}")
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        start = file.read(len(_NPY_MAGIC))
+        if not start:
+            raise invalid("the file is empty")
+        if start.startswith(_ZIP_MAGIC):
+            raise invalid("it is a zip archive (an .npz holding several arrays: load it with numpy.load and "
+                          "pass one of its arrays, or save that array with numpy.save)")
+        if start != _NPY_MAGIC:
+            raise invalid(f"it does not start with the .npy format's magic bytes (it begins with {start!r}: a "
+                          f"text file, a pickle or another format)")
+        file.seek(0)
+        try:
+            version = np.lib.format.read_magic(file)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+        except (ValueError, OSError, EOFError, SyntaxError) as error:  # what numpy raises for a damaged header
+            raise invalid(f"its header cannot be read ({error})") from None
+        data_start = file.tell()
+    if dtype.hasobject:
+        raise invalid(f"it holds Python objects (dtype {dtype}), which are pickled and cannot be read block "
+                      f"by block")
+    needed = data_start + math.prod(shape) * dtype.itemsize
+    if size < needed:
+        raise invalid(f"it is truncated: its header declares shape {shape} of {dtype}, {needed} bytes with the "
+                      f"header, but the file has {size}")
+    return tuple(shape), dtype
+
+
 class NpyBlocks:
     """A ``.npy`` file as an array that memory-maps the file only for the block being read or written.
 
@@ -678,6 +729,15 @@ class NpyBlocks:
     path : str or os.PathLike
         An existing ``.npy`` file (use :meth:`create` for a new one).
 
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError
+        When ``path`` names no file, or a directory.
+    ValueError
+        When the file is not a valid ``.npy`` file: empty, not in the ``.npy`` format (a text
+        file, a pickle), an ``.npz`` archive, truncated (shorter than its header declares), or
+        holding Python objects (which cannot be read block by block). The message names the file.
+
     Examples
     --------
     >>> import os, tempfile, numpy as np, dask.array as da, fastconv, fastconv.dask
@@ -693,9 +753,8 @@ class NpyBlocks:
 
     def __init__(self, path):
         self.path = os.path.abspath(path)  # tasks may run where the working directory differs
-        mapped = np.load(self.path, mmap_mode="r")  # reads the header only
-        self.shape, self.dtype, self.ndim = mapped.shape, mapped.dtype, mapped.ndim
-        del mapped
+        self.shape, self.dtype = _npy_header(self.path)
+        self.ndim = len(self.shape)
 
     @classmethod
     def create(cls, path, shape, dtype):

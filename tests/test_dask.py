@@ -682,6 +682,50 @@ def test_joins_never_leave_memory_unwritten(monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------
+# NpyBlocks on files that are not valid .npy files
+
+
+def _broken_npy_files(folder):
+    np.save(folder / "good.npy", np.arange(12.0).reshape(3, 4))
+    data = (folder / "good.npy").read_bytes()
+    (folder / "truncated.npy").write_bytes(data[:-8])
+    (folder / "text.npy").write_text("1 2 3\n4 5 6\n")
+    np.savez(folder / "archive.npz", a=np.ones(3))
+    (folder / "archive.npy").write_bytes((folder / "archive.npz").read_bytes())
+    (folder / "empty.npy").write_bytes(b"")
+    np.save(folder / "objects.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
+    (folder / "header.npy").write_bytes(data[:20])
+    (folder / "directory.npy").mkdir()
+    return {"truncated.npy": "truncated", "text.npy": "does not start with the .npy format's magic bytes",
+            "archive.npy": "zip archive", "archive.npz": "zip archive", "empty.npy": "empty",
+            "objects.npy": "Python objects", "header.npy": "header cannot be read"}
+
+
+def test_npy_blocks_refuse_files_that_are_not_valid_npy_naming_the_file_and_why(tmp_path):
+    for name, why in _broken_npy_files(tmp_path).items():
+        with pytest.raises(ValueError) as error:
+            fastconv.dask.NpyBlocks(tmp_path / name)
+        message = str(error.value)
+        assert str(tmp_path / name) in message and "is not a valid .npy file" in message and why in message, message
+    with pytest.raises(IsADirectoryError, match="directory.npy.*is a directory"):
+        fastconv.dask.NpyBlocks(tmp_path / "directory.npy")
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        fastconv.dask.NpyBlocks(tmp_path / "missing.npy")
+    good = fastconv.dask.NpyBlocks(tmp_path / "good.npy")  # the valid one still reads
+    np.testing.assert_array_equal(da.from_array(good, chunks=2).compute(), np.arange(12.0).reshape(3, 4))
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_npy_blocks_read_every_npy_format_version(tmp_path, version):
+    array = np.arange(20.0).reshape(4, 5).astype(">f4")
+    with open(tmp_path / "v.npy", "wb") as file:
+        np.lib.format.write_array(file, array, version=version)
+    blocks = fastconv.dask.NpyBlocks(tmp_path / "v.npy")
+    assert (blocks.shape, blocks.dtype) == ((4, 5), np.dtype(">f4"))
+    np.testing.assert_array_equal(blocks[1:3], array[1:3])
+
+
+# --------------------------------------------------------------------------------------------
 # the class: chunks down to a pixel or a few KiB, any geometry, the in-memory result
 
 
