@@ -372,31 +372,44 @@ def _format_bytes(count: int) -> str:
     raise AssertionError("unreachable")
 
 
-def check_extent(what: str, extent: int, cause: str, hint: str = "use less padding") -> None:
-    """Raise ValueError naming ``cause`` (the arguments, as passed) when an extent reaches 2**62."""
+def _text(cause) -> str:
+    return cause() if callable(cause) else cause
+
+
+def check_extent(what: str, extent: int, cause, hint: str = "use less padding") -> None:
+    """Raise ValueError naming ``cause`` (the arguments, as passed) when an extent reaches 2**62.
+
+    ``cause`` is a string or a function returning one (built only for the message).
+    """
     if extent >= _GEOMETRY_LIMIT:
-        raise ValueError(f"{cause}: {what} would be {extent} pixels long, beyond 2**62 (the longest extent "
+        raise ValueError(f"{_text(cause)}: {what} would be {extent} pixels long, beyond 2**62 (the longest extent "
                          f"fastconv indexes); {hint}")
 
 
-def check_fits(what: str, shape, dtype, cause: str, hint: str = "use less padding or dilation, or a larger stride"
-               ) -> None:
+# Arrays this small are never refused: their check then costs no system calls (every call checks).
+_ALWAYS_FITS = 64 << 20
+
+
+def check_fits(what: str, shape, dtype, cause, hint: str = "use less padding or dilation, or a larger stride") -> None:
     """Raise ValueError when an array of ``shape`` and ``dtype`` is larger than :func:`memory_limit_bytes`.
 
     ``what`` names the array ("the output"), ``cause`` the arguments that made it so large, as
-    the caller passed them, and ``hint`` what would help.
+    the caller passed them (a string, or a function returning one), and ``hint`` what would help.
+    Arrays up to 64 MiB always pass.
 
     >>> check_fits("the output", (1, 1, 2**40, 2**40), np.float64, "padding=2**39 on input (1, 1, 4, 4)")
     Traceback (most recent call last):
     ...
     ValueError: padding=2**39 on input (1, 1, 4, 4): the output would have shape (1, 1, 1099511627776, ...
     """
-    shape = tuple(int(size) for size in shape)
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    nbytes = math.prod([int(size) for size in shape]) * np.dtype(dtype).itemsize
+    if nbytes <= _ALWAYS_FITS:
+        return
     limit = memory_limit_bytes()
     if nbytes > limit:
+        shape = tuple(int(size) for size in shape)
         raise ValueError(
-            f"{cause}: {what} would have shape {shape} ({_format_bytes(nbytes)} of {np.dtype(dtype)}), more than "
+            f"{_text(cause)}: {what} would have shape {shape} ({_format_bytes(nbytes)} of {np.dtype(dtype)}), more than "
             f"the {_format_bytes(limit)} this machine can hold (RAM and swap, or the process's memory limit); "
             f"{hint}")
 
@@ -488,22 +501,32 @@ def make_spec(
         dtype=np.dtype(dtype),
         out_dtype=np.dtype(out_dtype if out_dtype is not None else dtype),
     )
-    cause = (f"padding={padding!r}, stride={spec.stride}, dilation={spec.dilation} on input "
-             f"{tuple(input_shape)} and weight {tuple(weight_shape)}")
-    check_extent("the padded input's height", spec.padded_height, cause)
-    check_extent("the padded input's width", spec.padded_width, cause)
-    if spec.out_height < 1 or spec.out_width < 1:
+    def cause():
+        return (f"padding={padding!r}, stride={spec.stride}, dilation={spec.dilation} on input "
+                f"{tuple(input_shape)} and weight {tuple(weight_shape)}")
+
+    padded_height, padded_width = in_height + sum(sides[0]), in_width + sum(sides[1])
+    check_extent("the padded input's height", padded_height, cause)
+    check_extent("the padded input's width", padded_width, cause)
+    out_height = (padded_height - dilation[0] * (kernel_height - 1) - 1) // stride[0] + 1
+    out_width = (padded_width - dilation[1] * (kernel_width - 1) - 1) // stride[1] + 1
+    if out_height < 1 or out_width < 1:
         raise ValueError(
             f"kernel of extent {spec.dilated_kernel} (weight {kernel} with dilation {dilation}) is larger "
             f"than the padded input {(spec.padded_height, spec.padded_width)} (input {(in_height, in_width)} "
             f"with padding {sides}); use a smaller kernel or dilation, or more padding"
         )
     if in_memory:
-        widest = max(spec.dtype, spec.out_dtype, key=lambda dtype: dtype.itemsize)
-        check_fits("the output", spec.out_shape, widest, cause)
-        read = backend_spec(spec)
-        check_fits("the input as the backends read it (padded)", (spec.batch, spec.in_channels, read.padded_height,
-                                                                  read.padded_width), spec.dtype, cause)
+        if (padded_height > _GATHER_RATIO * out_height * kernel_height
+                or padded_width > _GATHER_RATIO * out_width * kernel_width):  # as _gathered_axes, from the locals
+            read = gathered_spec(spec)
+            padded_height, padded_width = read.padded_height, read.padded_width
+        widest = spec.dtype if spec.dtype.itemsize >= spec.out_dtype.itemsize else spec.out_dtype
+        if max(out_height * out_width * out_channels * widest.itemsize,
+               padded_height * padded_width * in_channels * spec.dtype.itemsize) * batch > _ALWAYS_FITS:
+            check_fits("the output", (batch, out_channels, out_height, out_width), widest, cause)
+            check_fits("the input as the backends read it (padded)",
+                       (batch, in_channels, padded_height, padded_width), spec.dtype, cause)
     return spec
 
 
@@ -514,9 +537,15 @@ _GATHER_RATIO = 8
 
 
 def _gathered_axes(spec: ConvSpec) -> tuple[bool, bool]:
-    return tuple(padded > _GATHER_RATIO * out * kernel for padded, out, kernel in (
-        (spec.padded_height, spec.out_height, spec.kernel_height),
-        (spec.padded_width, spec.out_width, spec.kernel_width)))
+    # (from the fields, not the properties: every call asks this)
+    gathered = []
+    for size, (before, after), kernel, stride, dilation in (
+            (spec.in_height, spec.padding[0], spec.kernel_height, spec.stride[0], spec.dilation[0]),
+            (spec.in_width, spec.padding[1], spec.kernel_width, spec.stride[1], spec.dilation[1])):
+        padded = size + before + after
+        out = (padded - dilation * (kernel - 1) - 1) // stride + 1
+        gathered.append(padded > _GATHER_RATIO * out * kernel)
+    return tuple(gathered)
 
 
 def read_positions(spec: ConvSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -608,6 +637,8 @@ def backend_input(x: np.ndarray, spec: ConvSpec) -> tuple[np.ndarray, ConvSpec]:
     >>> read[0, 0, :, 0], read_spec.stride
     (array([0., 0., 1., 0., 0.]), (1, 1))
     """
+    if not any(_gathered_axes(spec)):
+        return (pad_input(x, spec), spec.zero_padded()) if spec.padding_mode != "zeros" else (x, spec)
     for axis, positions in enumerate(read_positions(spec)):
         if positions is None:
             continue
@@ -728,7 +759,7 @@ def pad_input(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
     if pad_width == ((0, 0),) * 4:
         return np.ascontiguousarray(x)
     check_fits("the padded input", x.shape[:2] + (spec.padded_height, spec.padded_width), x.dtype,
-               f"padding {spec.padding} on input {x.shape}")
+               lambda: f"padding {spec.padding} on input {x.shape}")
     return np.pad(x, pad_width, mode=_NUMPY_PAD_MODE[spec.padding_mode])
 
 
@@ -873,14 +904,17 @@ def make_transpose_spec(input_shape, weight_shape, *, stride=1, padding=0, outpu
             f"{(in_height, in_width)} with kernel {(kh, kw)}, stride {stride} and dilation {dilation} would have "
             f"size {(spec.out_height, spec.out_width)}; use less padding"
         )
-    cause = (f"stride={stride}, dilation={dilation}, output_padding={output_padding}, padding={padding} on "
-             f"input {tuple(input_shape)} and weight {tuple(weight_shape)}")
+
+    def cause():
+        return (f"stride={stride}, dilation={dilation}, output_padding={output_padding}, padding={padding} on "
+                f"input {tuple(input_shape)} and weight {tuple(weight_shape)}")
+
     hint = "use a smaller stride, dilation or output_padding"
     check_extent("the output's height", spec.out_height, cause, hint)
     check_extent("the output's width", spec.out_width, cause, hint)
     if in_memory:
-        check_fits("the output", spec.out_shape, max(spec.dtype, spec.out_dtype, key=lambda dtype: dtype.itemsize),
-                   cause, hint)
+        widest = spec.dtype if spec.dtype.itemsize >= spec.out_dtype.itemsize else spec.out_dtype
+        check_fits("the output", spec.out_shape, widest, cause, hint)
     return spec
 
 
@@ -958,8 +992,11 @@ def make_pool_spec(input_shape, kernel_size, *, stride=None, padding=0, dilation
                 f"{op}: padding must be at most half the kernel size, got padding {p} for kernel size {k} "
                 f"on the {axis} axis (torch's rule: every window must overlap the input)"
             )
-    cause = (f"{op}: kernel_size={kernel_size!r}, stride={stride}, padding={padding}, dilation={dilation} on "
-             f"input {tuple(input_shape)}")
+
+    def cause():
+        return (f"{op}: kernel_size={kernel_size!r}, stride={stride}, padding={padding}, dilation={dilation} on "
+                f"input {tuple(input_shape)}")
+
     for axis, size, p in zip(("height", "width"), (in_height, in_width), padding):
         check_extent(f"the padded input's {axis}", size + 2 * p, cause)
     out = tuple(_pool_output_size(size, k, s, p, d, bool(ceil_mode))
@@ -1030,7 +1067,9 @@ def signal_geometry(in1_shape, in2_shape, mode="full", *, flip=True, op="convolv
             sides.append((0, 0))
     out = tuple(n + before + after - k + 1 for n, k, (before, after) in zip(in1_shape, in2_shape, sides))
     if dtype is not None:
-        cause = f"{op}: mode={mode!r} on inputs of shapes {tuple(in1_shape)} and {tuple(in2_shape)}"
+        def cause():
+            return f"{op}: mode={mode!r} on inputs of shapes {tuple(in1_shape)} and {tuple(in2_shape)}"
+
         padded = tuple(n + before + after for n, (before, after) in zip(in1_shape, sides))
         check_fits("the result", out, dtype, cause, "use mode='valid' or 'same', or fastconv.dask")
         check_fits("the padded input", padded, dtype, cause, "use mode='valid' or 'same', or fastconv.dask")

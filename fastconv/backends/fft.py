@@ -403,7 +403,7 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     complex_data = spec.dtype.kind == "c"
     grid = _choose_tiles(spec, complex_data)
     check_fits("the fft backend's transform grid", (spec.in_channels,) + grid, spec.dtype,
-               f"padding {spec.padding} and dilation {spec.dilation} on input {spec.input_shape}",
+               lambda: f"padding {spec.padding} and dilation {spec.dilation} on input {spec.input_shape}",
                hint="use another backend")
     key = (weight.shape, spec.dtype.str, spec.dilation, spec.groups, grid)
     spectrum = _spectra.get(key, weight, lambda: _filter_spectrum(weight, spec, grid))
