@@ -62,6 +62,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
+import math
 import operator
 import os
 from typing import NamedTuple
@@ -76,7 +77,8 @@ from fastconv import backends
 from fastconv.dispatch import _as_numeric_array, _preferred_backend, use_backend
 from fastconv.dispatch import conv2d as _conv2d_in_memory
 from fastconv import signal as fastconv_signal
-from fastconv.geometry import _NUMPY_PAD_MODE, check_dtype, make_spec, resolve_dtypes, signal_geometry
+from fastconv.geometry import (_NUMPY_PAD_MODE, check_dtype, gathered_spec, make_spec, padded_source, read_positions,
+                               resolve_dtypes, signal_geometry)
 
 __all__ = ["conv2d", "convolve2d", "correlate2d", "NpyBlocks"]
 
@@ -279,19 +281,52 @@ def _joined_view(pieces):
                                            writeable=False)
 
 
-def _convolve_block(pieces, weight, bias, padding, shape, *, dtype, out_dtype, fill, stride, dilation, groups,
-                    backend, preferred):
+def _check_pieces(pieces, shape, spans):
+    """Raise ValueError unless every piece has the shape the graph declared for it.
+
+    A source whose blocks differ from its declared chunks (a ``map_blocks`` function returning
+    fewer rows than it promised, a custom array source) would otherwise leave part of the joined
+    block unwritten, or the block reading past its neighbour: results from uninitialised memory.
+    """
+    row_spans, col_spans = spans
+    for piece_row, (row_start, row_stop) in zip(pieces, row_spans):
+        for piece, (col_start, col_stop) in zip(piece_row, col_spans):
+            expected = shape[:2] + (row_stop - row_start, col_stop - col_start)
+            if getattr(piece, "shape", None) != expected:
+                raise ValueError(
+                    f"fastconv.dask: the input's block holding rows {row_start}:{row_stop} and columns "
+                    f"{col_start}:{col_stop} (of its last two axes) has shape {getattr(piece, 'shape', None)} "
+                    f"where its chunks {expected} were declared; the dask array's chunks do not match the blocks "
+                    f"its tasks return (check the map_blocks function or array source that made it)")
+
+
+def _convolve_block(pieces, weight, bias, padding, shape, spans, out_shape, *, dtype, out_dtype, fill, stride,
+                    dilation, groups, backend, preferred):
     """Join one block's pieces (its chunk and its neighbours' halos) and convolve them.
 
     ``pieces`` is a grid (rows of columns) of (N, C, h, w) arrays covering the (N, C, H, W)
-    ``shape`` the block reads from the source. The join is the block's one copy, made in the
-    compute ``dtype`` and skipped when the pieces already lie side by side in memory (strips of
-    full rows of one in-memory array). Zero padding is left to the backend, which skips it
+    ``shape`` the block reads from the source; ``spans`` holds the source rows and columns
+    ``(start, stop)`` of each piece row and column, and ``out_shape`` the shape of the block's
+    result, both as the graph declared them: a piece or result of another shape is an error.
+    The join is the block's one copy, made in the compute ``dtype`` and skipped when the pieces
+    already lie side by side in memory (strips of full rows of one in-memory array). Zero padding is left to the backend, which skips it
     without copying; a constant ``fill``, or a block that reads nothing but padding (strides
     larger than the kernel can do that), gets its padding written around the joined block
     instead. An integer or long-double ``out_dtype`` (scipy-style functions only) is computed
     exactly, as scipy does, by :mod:`fastconv.signal`'s shift-and-add path.
     """
+    _check_pieces(pieces, shape, spans)
+    out = _convolve_joined(pieces, weight, bias, padding, shape, dtype=dtype, out_dtype=out_dtype, fill=fill,
+                           stride=stride, dilation=dilation, groups=groups, backend=backend, preferred=preferred)
+    if out.shape != tuple(out_shape):
+        raise ValueError(f"fastconv.dask: a block's convolution returned shape {out.shape} where the graph declared "
+                         f"{tuple(out_shape)} (backend {backend!r}); the result would not fit its chunks")
+    return out
+
+
+def _convolve_joined(pieces, weight, bias, padding, shape, *, dtype, out_dtype, fill, stride, dilation, groups,
+                     backend, preferred):
+    """The body of :func:`_convolve_block`: the join, then one in-memory convolution."""
     exact = fastconv_signal._computed_exactly(out_dtype)
     explicit = fill is not None or exact or 0 in shape[2:]
     joined = None if explicit else _joined_view(pieces)
@@ -377,6 +412,9 @@ def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
         graph[halo_key] = (operator.getitem, key, (slice(None), slice(None), row_slice, col_slice))
         return halo_key
 
+    def spans(edges, pieces):  # the source rows (start, stop) of each piece
+        return tuple((edges[index] + part.start, edges[index] + part.stop) for index, part in pieces)
+
     row_pieces_of = [_pieces(row_edges, *read) for read in rows.reads]
     col_pieces_of = [_pieces(col_edges, *read) for read in cols.reads]
     for n in range(source.numblocks[0]):
@@ -384,8 +422,10 @@ def _blocked_conv2d(source, padding, weight, bias, spec, backend, fill=None):
             for j, (col_read, col_padding, col_pieces) in enumerate(zip(cols.reads, cols.padding, col_pieces_of)):
                 grid = [[piece_key(n, r, c) for c in col_pieces] for r in row_pieces]
                 shape = (source.chunks[0][n], spec.in_channels, row_read[1] - row_read[0], col_read[1] - col_read[0])
+                out_shape = (source.chunks[0][n], spec.out_channels, rows.out_chunks[i], cols.out_chunks[j])
                 graph[(name, n, 0, i, j)] = (convolve, grid, weight_key.key, None if bias_key is None else bias_key.key,
-                                             (row_padding, col_padding), shape)
+                                             (row_padding, col_padding), shape,
+                                             (spans(row_edges, row_pieces), spans(col_edges, col_pieces)), out_shape)
     dependencies = [source, weight_key] + ([] if bias_key is None else [bias_key])
     return da.Array(HighLevelGraph.from_collections(name, graph, dependencies=dependencies), name,
                     chunks=(source.chunks[0], (spec.out_channels,), rows.out_chunks, cols.out_chunks),
@@ -480,14 +520,37 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, p
                              f"got shape {bias.shape}")
         operand_dtypes.append(bias.dtype)
     compute_dtype, out_dtype = resolve_dtypes(*operand_dtypes)
+    # block by block: only each block's call must fit in memory (it checks itself)
     spec = make_spec(x.shape, weight.shape, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                     padding_mode=padding_mode, dtype=compute_dtype, out_dtype=out_dtype)
+                     padding_mode=padding_mode, dtype=compute_dtype, out_dtype=out_dtype, in_memory=False)
+    if any(positions is not None for positions in read_positions(spec)):
+        x, spec = _gathered(x, spec)
     if spec.padding_mode == "zeros":
         out = _blocked_conv2d(x, spec.padding, weight, bias, spec, backend)
     else:  # the padding needs values from the image: add it once, lazily, at the array edges
         padded = _padded_once(x, spec.padding, _NUMPY_PAD_MODE[spec.padding_mode])
         out = _blocked_conv2d(padded, ((0, 0), (0, 0)), weight, bias, spec.zero_padded(), backend)
     return out[0, 0] if image else out[0] if unbatched else out
+
+
+def _gathered(x, spec):
+    """Lazily, the rows of each axis that :func:`fastconv.geometry.gathered_spec` gathers, and that spec.
+
+    As in memory: an axis whose padding dwarfs what its outputs read (huge padding with a larger
+    stride, or a huge dilation) is read as the few rows its outputs' taps touch, padding included,
+    instead of being planned over an enormous padded span.
+    """
+    for axis, positions in enumerate(read_positions(spec)):
+        if positions is None:
+            continue
+        rows, outside = padded_source(positions, x.shape[axis + 2], spec.padding_mode)
+        kernel = (spec.kernel_height, spec.kernel_width)[axis]
+        windows_per_chunk = max(1, max(x.chunks[axis + 2]) // kernel)  # about the caller's chunk size
+        x = da.take(x, rows, axis=axis + 2).rechunk({axis + 2: windows_per_chunk * kernel})
+        if outside is not None:
+            where = outside.reshape((1,) * (axis + 2) + (-1,) + (1,) * (x.ndim - axis - 3))
+            x = da.where(where, np.zeros((), dtype=x.dtype), x)  # selected, not multiplied: inf * 0 is NaN
+    return x, gathered_spec(spec)
 
 
 def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
@@ -519,7 +582,8 @@ def _scipy_style(name, in1, in2, mode, boundary, fillvalue, backend, flip):
     weight = (kernel[::-1, ::-1] if flip else np.conj(kernel))[None, None]
     # exact dtypes (integers, long doubles) never reach a backend; float64 stands in for them in the spec
     compute_dtype = np.dtype(np.float64) if fastconv_signal._computed_exactly(out_dtype) else out_dtype
-    spec = make_spec((1, 1) + image.shape, weight.shape, padding=padding, dtype=compute_dtype, out_dtype=out_dtype)
+    spec = make_spec((1, 1) + image.shape, weight.shape, padding=padding, dtype=compute_dtype, out_dtype=out_dtype,
+                     in_memory=False)
     if pad_mode == "constant":
         out = _blocked_conv2d(image[None, None], padding, weight, None, spec, backend,
                               fill=None if fill == 0 else fill)
@@ -593,6 +657,56 @@ def correlate2d(in1, in2, mode="full", boundary="fill", fillvalue=0, backend="au
 # .npy files, one block at a time
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"  # .npz archives are zip files
+
+
+def _npy_header(path: str) -> tuple[tuple, np.dtype]:
+    """Shape and dtype of the ``.npy`` file at ``path``; ValueError, naming it and why, unless it is valid.
+
+    Read from the header alone, then checked against the file's size, so that a damaged file
+    fails here with a message rather than in a worker ("mmap length is greater than file size",
+    "contains pickled (object) data", an ``AttributeError`` for an ``.npz``, an ``EOFError``).
+    """
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"NpyBlocks: {path!r} is a directory, not a .npy file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"NpyBlocks: no file at {path!r}")
+
+    def invalid(why):
+        return ValueError(f"NpyBlocks: {path!r} is not a valid .npy file: {why}")
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        start = file.read(len(_NPY_MAGIC))
+        if not start:
+            raise invalid("the file is empty")
+        if start.startswith(_ZIP_MAGIC):
+            raise invalid("it is a zip archive (an .npz holding several arrays: load it with numpy.load and "
+                          "pass one of its arrays, or save that array with numpy.save)")
+        if start != _NPY_MAGIC:
+            raise invalid(f"it does not start with the .npy format's magic bytes (it begins with {start!r}: a "
+                          f"text file, a pickle or another format)")
+        file.seek(0)
+        try:
+            version = np.lib.format.read_magic(file)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+        except (ValueError, OSError, EOFError, SyntaxError) as error:  # what numpy raises for a damaged header
+            raise invalid(f"its header cannot be read ({error})") from None
+        data_start = file.tell()
+    if dtype.hasobject:
+        raise invalid(f"it holds Python objects (dtype {dtype}), which are pickled and cannot be read block "
+                      f"by block")
+    needed = data_start + math.prod(shape) * dtype.itemsize
+    if size < needed:
+        raise invalid(f"it is truncated: its header declares shape {shape} of {dtype}, {needed} bytes with the "
+                      f"header, but the file has {size}")
+    return tuple(shape), dtype
+
+
 class NpyBlocks:
     """A ``.npy`` file as an array that memory-maps the file only for the block being read or written.
 
@@ -615,6 +729,15 @@ class NpyBlocks:
     path : str or os.PathLike
         An existing ``.npy`` file (use :meth:`create` for a new one).
 
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError
+        When ``path`` names no file, or a directory.
+    ValueError
+        When the file is not a valid ``.npy`` file: empty, not in the ``.npy`` format (a text
+        file, a pickle), an ``.npz`` archive, truncated (shorter than its header declares), or
+        holding Python objects (which cannot be read block by block). The message names the file.
+
     Examples
     --------
     >>> import os, tempfile, numpy as np, dask.array as da, fastconv, fastconv.dask
@@ -630,9 +753,8 @@ class NpyBlocks:
 
     def __init__(self, path):
         self.path = os.path.abspath(path)  # tasks may run where the working directory differs
-        mapped = np.load(self.path, mmap_mode="r")  # reads the header only
-        self.shape, self.dtype, self.ndim = mapped.shape, mapped.dtype, mapped.ndim
-        del mapped
+        self.shape, self.dtype = _npy_header(self.path)
+        self.ndim = len(self.shape)
 
     @classmethod
     def create(cls, path, shape, dtype):

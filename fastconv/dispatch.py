@@ -13,7 +13,7 @@ import contextvars
 import numpy as np
 
 from fastconv import backends, tuning
-from fastconv.geometry import ConvSpec, check_dtype, make_spec, pad_input, resolve_dtypes
+from fastconv.geometry import ConvSpec, backend_input, check_dtype, make_spec, resolve_dtypes
 
 __all__ = ["conv2d", "use_backend", "choose_backend"]
 
@@ -82,8 +82,8 @@ def choose_backend(spec: ConvSpec, weight: np.ndarray | None = None) -> str:
     """The name of the backend ``backend="auto"`` runs for ``spec`` (honours :func:`use_backend`).
 
     ``spec`` is the spec a backend sees: build it with :func:`fastconv.geometry.make_spec` and
-    call ``.zero_padded()`` on it when its padding mode is not ``"zeros"``. ``weight`` lets the
-    choice see the kernels' rank. The rules live in :mod:`fastconv.tuning`.
+    pass it through :func:`fastconv.geometry.backend_spec`. ``weight`` lets the choice see the
+    kernels' rank. The rules live in :mod:`fastconv.tuning`.
     """
     return tuning.choose(spec, weight, preferred=_preferred_backend.get())
 
@@ -204,10 +204,9 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     if unbatched:
         x = x[None]
 
-    x = np.ascontiguousarray(x, dtype=compute_dtype)
-    if spec.padding_mode != "zeros":
-        x = pad_input(x, spec)
-        spec = spec.zero_padded()
+    # padding other than zeros applied, and axes whose padding dwarfs what the outputs read gathered
+    called_spec = spec
+    x, spec = backend_input(np.ascontiguousarray(x, dtype=compute_dtype), spec)
 
     weight = np.ascontiguousarray(weight, dtype=compute_dtype)
     if bias is not None:
@@ -224,6 +223,10 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         if reason is None:
             reason = tuning.weight_decline_reason(name, weight, spec)
         if reason is not None:
+            if (spec.stride, spec.dilation) != (called_spec.stride, called_spec.dilation):
+                reason += (f" (the outputs read only {spec.in_height}x{spec.in_width} pixels of the input padded to "
+                           f"{called_spec.padded_height}x{called_spec.padded_width}, which are gathered first and "
+                           f"read with stride {spec.stride}, dilation {spec.dilation})")
             raise ValueError(f"backend {name!r} cannot run this convolution: {reason}")
 
     out = backends.get(name).run(x, weight, bias, spec)

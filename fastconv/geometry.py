@@ -19,7 +19,10 @@ Examples
 
 from __future__ import annotations
 
+import functools
+import math
 import operator
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -29,6 +32,11 @@ __all__ = [
     "OUTPUT_SHAPE_OPS",
     "PoolSpec",
     "TransposeSpec",
+    "backend_input",
+    "backend_spec",
+    "gathered_spec",
+    "padded_source",
+    "read_positions",
     "make_local_spec",
     "make_pool_spec",
     "make_separable_specs",
@@ -36,9 +44,11 @@ __all__ = [
     "signal_geometry",
     "PADDING_MODES",
     "check_dtype",
-    "check_array_fits",
+    "check_extent",
+    "check_fits",
     "PADDING_STRINGS",
     "make_spec",
+    "memory_limit_bytes",
     "output_shape",
     "pad_input",
     "resolve_dtypes",
@@ -269,6 +279,141 @@ def check_dtype(name: str, dtype: np.dtype) -> None:
         )
 
 
+# --------------------------------------------------------------------------------------------
+# size limits
+#
+# Geometry is judged from the shapes alone, before anything is allocated, so every backend gives
+# the same answer. Two rules:
+#
+# - Every extent is representable: each argument, and each padded extent (input plus padding),
+#   is below 2**62, so that the int64 index arithmetic of the kernels (``i * stride + u *
+#   dilation``, never past the padded extent) cannot overflow.
+# - A call computed in memory fits this machine: its result, and its input as the backends read it
+#   (padded, or gathered: see :func:`backend_spec`), each take at most
+#   :func:`memory_limit_bytes`. A larger array could only fail later, in numpy ("Unable to
+#   allocate"), or get the process killed once its pages are written.
+
+
+def _cgroup_memory() -> int | None:
+    """The memory (plus swap) a Linux control group (a container) allows, or None where it sets no limit."""
+    values = []
+    for name in ("memory.max", "memory.swap.max"):
+        try:
+            with open(os.path.join("/sys/fs/cgroup", name)) as file:
+                values.append(file.read().strip())
+        except OSError:
+            values.append("")
+    memory, swap = values
+    if not memory.isdigit():
+        return None
+    return int(memory) + (int(swap) if swap.isdigit() else 0)  # (unlimited swap counted as none)
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_memory() -> int | None:
+    """RAM plus swap in bytes (capped by a container's limit), or None where the platform does not say."""
+    memory = None
+    try:
+        with open("/proc/meminfo") as file:
+            fields = dict(line.split(":", 1) for line in file if ":" in line)
+        memory = (int(fields["MemTotal"].split()[0]) + int(fields.get("SwapTotal", "0").split()[0])) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            pass
+    container = _cgroup_memory()
+    if container is not None:
+        memory = container if memory is None else min(memory, container)
+    return memory if memory is not None and memory > 0 else None
+
+
+def _process_usage() -> tuple[int, int] | None:
+    """(address space, data segment) this process uses now, in bytes (Linux), or None."""
+    try:
+        with open("/proc/self/statm") as file:
+            fields = file.read().split()
+        page = os.sysconf("SC_PAGE_SIZE")
+        return int(fields[0]) * page, int(fields[5]) * page
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def memory_limit_bytes() -> int:
+    """The most memory one array of a call may take: RAM plus swap, or less where the process is limited.
+
+    The smallest of this machine's RAM plus swap, a container's (cgroup's) memory limit and what
+    the process's ``RLIMIT_AS`` and ``RLIMIT_DATA`` leave it; 2**47 bytes (a 64-bit address
+    space) where the platform reports none of them. Calls whose result, or whose input as the
+    backends read it, would be larger are refused with a ``ValueError`` before anything is
+    allocated.
+
+    >>> memory_limit_bytes() > 2**20
+    True
+    """
+    limit = _machine_memory() or 2**47
+    try:
+        import resource
+    except ImportError:  # Windows
+        return limit
+    for which, used in ((resource.RLIMIT_AS, 0), (resource.RLIMIT_DATA, 1)):
+        soft = resource.getrlimit(which)[0]
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            usage = _process_usage()  # read only when limited, which is rare
+            limit = min(limit, max(soft - (usage[used] if usage else 0), 0))
+    return limit
+
+
+def _format_bytes(count: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024 or unit == "PiB":
+            return f"{count} bytes" if unit == "bytes" else f"{count:.3g} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def _text(cause) -> str:
+    return cause() if callable(cause) else cause
+
+
+def check_extent(what: str, extent: int, cause, hint: str = "use less padding") -> None:
+    """Raise ValueError naming ``cause`` (the arguments, as passed) when an extent reaches 2**62.
+
+    ``cause`` is a string or a function returning one (built only for the message).
+    """
+    if extent >= _GEOMETRY_LIMIT:
+        raise ValueError(f"{_text(cause)}: {what} would be {extent} pixels long, beyond 2**62 (the longest extent "
+                         f"fastconv indexes); {hint}")
+
+
+# Arrays this small are never refused: their check then costs no system calls (every call checks).
+_ALWAYS_FITS = 64 << 20
+
+
+def check_fits(what: str, shape, dtype, cause, hint: str = "use less padding or dilation, or a larger stride") -> None:
+    """Raise ValueError when an array of ``shape`` and ``dtype`` is larger than :func:`memory_limit_bytes`.
+
+    ``what`` names the array ("the output"), ``cause`` the arguments that made it so large, as
+    the caller passed them (a string, or a function returning one), and ``hint`` what would help.
+    Arrays up to 64 MiB always pass.
+
+    >>> check_fits("the output", (1, 1, 2**40, 2**40), np.float64, "padding=2**39 on input (1, 1, 4, 4)")
+    Traceback (most recent call last):
+    ...
+    ValueError: padding=2**39 on input (1, 1, 4, 4): the output would have shape (1, 1, 1099511627776, ...
+    """
+    nbytes = math.prod([int(size) for size in shape]) * np.dtype(dtype).itemsize
+    if nbytes <= _ALWAYS_FITS:
+        return
+    limit = memory_limit_bytes()
+    if nbytes > limit:
+        shape = tuple(int(size) for size in shape)
+        raise ValueError(
+            f"{_text(cause)}: {what} would have shape {shape} ({_format_bytes(nbytes)} of {np.dtype(dtype)}), more than "
+            f"the {_format_bytes(limit)} this machine can hold (RAM and swap, or the process's memory limit); "
+            f"{hint}")
+
+
 def make_spec(
     input_shape,
     weight_shape,
@@ -280,11 +425,14 @@ def make_spec(
     padding_mode="zeros",
     dtype=np.float64,
     out_dtype=None,
+    in_memory=True,
 ) -> ConvSpec:
     """Validate shapes and geometry arguments and return the :class:`ConvSpec`.
 
     ``input_shape`` is (N, C, H, W); ``weight_shape`` is (K, C // groups, kh, kw). Every error
-    names the offending argument, the value received and what is accepted.
+    names the offending argument, the value received and what is accepted. With ``in_memory``
+    (a call computed at once, not block by block) the result and the input as the backends read
+    it (:func:`backend_spec`) must each fit in :func:`memory_limit_bytes`.
 
     >>> make_spec((2, 4, 9, 9), (6, 2, 3, 3), groups=2, padding="same").out_shape
     (2, 6, 9, 9)
@@ -353,13 +501,155 @@ def make_spec(
         dtype=np.dtype(dtype),
         out_dtype=np.dtype(out_dtype if out_dtype is not None else dtype),
     )
-    if spec.out_height < 1 or spec.out_width < 1:
+    def cause():
+        return (f"padding={padding!r}, stride={spec.stride}, dilation={spec.dilation} on input "
+                f"{tuple(input_shape)} and weight {tuple(weight_shape)}")
+
+    padded_height, padded_width = in_height + sum(sides[0]), in_width + sum(sides[1])
+    check_extent("the padded input's height", padded_height, cause)
+    check_extent("the padded input's width", padded_width, cause)
+    out_height = (padded_height - dilation[0] * (kernel_height - 1) - 1) // stride[0] + 1
+    out_width = (padded_width - dilation[1] * (kernel_width - 1) - 1) // stride[1] + 1
+    if out_height < 1 or out_width < 1:
         raise ValueError(
             f"kernel of extent {spec.dilated_kernel} (weight {kernel} with dilation {dilation}) is larger "
             f"than the padded input {(spec.padded_height, spec.padded_width)} (input {(in_height, in_width)} "
             f"with padding {sides}); use a smaller kernel or dilation, or more padding"
         )
+    if in_memory:
+        if (padded_height > _GATHER_RATIO * out_height * kernel_height
+                or padded_width > _GATHER_RATIO * out_width * kernel_width):  # as _gathered_axes, from the locals
+            read = gathered_spec(spec)
+            padded_height, padded_width = read.padded_height, read.padded_width
+        widest = spec.dtype if spec.dtype.itemsize >= spec.out_dtype.itemsize else spec.out_dtype
+        if max(out_height * out_width * out_channels * widest.itemsize,
+               padded_height * padded_width * in_channels * spec.dtype.itemsize) * batch > _ALWAYS_FITS:
+            check_fits("the output", (batch, out_channels, out_height, out_width), widest, cause)
+            check_fits("the input as the backends read it (padded)",
+                       (batch, in_channels, padded_height, padded_width), spec.dtype, cause)
     return spec
+
+
+# The backends read a padded axis whole unless it is this many times longer than the rows the
+# outputs' taps touch; then they read those rows, gathered (see gathered_spec). Ordinary layers
+# (stride at most the kernel size) never come near it.
+_GATHER_RATIO = 8
+
+
+def _gathered_axes(spec: ConvSpec) -> tuple[bool, bool]:
+    # (from the fields, not the properties: every call asks this)
+    gathered = []
+    for size, (before, after), kernel, stride, dilation in (
+            (spec.in_height, spec.padding[0], spec.kernel_height, spec.stride[0], spec.dilation[0]),
+            (spec.in_width, spec.padding[1], spec.kernel_width, spec.stride[1], spec.dilation[1])):
+        padded = size + before + after
+        out = (padded - dilation * (kernel - 1) - 1) // stride + 1
+        gathered.append(padded > _GATHER_RATIO * out * kernel)
+    return tuple(gathered)
+
+
+def read_positions(spec: ConvSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per spatial axis, the rows a gathered axis holds (see :func:`gathered_spec`), or None.
+
+    Positions count from the input's first row (the padding before it is negative): output i's
+    taps, ``i * stride + u * dilation - pad_before`` for u = 0 .. k - 1, output after output.
+
+    >>> read_positions(make_spec((1, 1, 4, 4), (1, 1, 2, 1), padding=((100, 100), (0, 0)), stride=(100, 1)))
+    (array([-100,  -99,    0,    1,  100,  101]), None)
+    """
+    positions = []
+    for gather, out, kernel, stride, dilation, (before, _) in zip(
+            _gathered_axes(spec), (spec.out_height, spec.out_width), (spec.kernel_height, spec.kernel_width),
+            spec.stride, spec.dilation, spec.padding):
+        positions.append((np.arange(out)[:, None] * stride + np.arange(kernel)[None, :] * dilation).ravel() - before
+                         if gather else None)
+    return tuple(positions)
+
+
+def gathered_spec(spec: ConvSpec) -> ConvSpec:
+    """``spec`` with each axis whose padded extent dwarfs what its outputs read replaced by those rows.
+
+    Huge padding with a stride larger than the kernel, or a dilation that spreads the taps far
+    into the padding, leaves the outputs reading a few rows of an enormous padded axis. Such an
+    axis is *gathered*: the rows that output i's taps read (:func:`read_positions`) are copied one
+    after another, so the axis becomes ``out * k`` rows read with stride k and dilation 1, without
+    padding. The result is the same, padding taps included (they read the padding's values
+    explicitly), and no backend pads or transforms the whole span. Other axes, and the padding
+    mode, are unchanged.
+
+    >>> gathered_spec(make_spec((1, 1, 4, 4), (1, 1, 3, 3), padding=10**6, stride=10**6)).input_shape
+    (1, 1, 9, 9)
+    >>> gathered_spec(make_spec((1, 1, 8, 8), (1, 1, 3, 3), padding=1)).input_shape
+    (1, 1, 8, 8)
+    """
+    gathered = _gathered_axes(spec)
+    if not any(gathered):
+        return spec
+    sizes, strides, dilations, sides = [], [], [], []
+    for gather, size, out, kernel, stride, dilation, pads in zip(
+            gathered, (spec.in_height, spec.in_width), (spec.out_height, spec.out_width),
+            (spec.kernel_height, spec.kernel_width), spec.stride, spec.dilation, spec.padding):
+        sizes.append(out * kernel if gather else size)
+        strides.append(kernel if gather else stride)
+        dilations.append(1 if gather else dilation)
+        sides.append((0, 0) if gather else pads)
+    return replace(spec, in_height=sizes[0], in_width=sizes[1], stride=tuple(strides), dilation=tuple(dilations),
+                   padding=tuple(sides))
+
+
+def backend_spec(spec: ConvSpec) -> ConvSpec:
+    """The spec the backends receive for ``spec``, the problem as :func:`backend_input` rewrites it.
+
+    Axes are gathered (:func:`gathered_spec`), and padding other than zeros is applied explicitly
+    (:meth:`ConvSpec.zero_padded`).
+    """
+    spec = gathered_spec(spec)
+    return spec.zero_padded() if spec.padding_mode != "zeros" else spec
+
+
+def padded_source(positions: np.ndarray, size: int, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """For positions on an axis of ``size`` padded by ``mode``: the input row each one holds.
+
+    Returns ``(rows, outside)``; for zero padding ``outside`` marks the positions that hold zeros
+    (their ``rows`` entry is any valid row), for the other modes it is None.
+
+    >>> padded_source(np.array([-2, -1, 0, 3, 4]), 4, "reflect")
+    (array([2, 1, 0, 3, 2]), None)
+    """
+    if mode == "reflect":  # torch's rule leaves at most size - 1 rows of padding: one reflection suffices
+        rows = np.abs(positions)
+        return np.where(rows >= size, 2 * (size - 1) - rows, rows), None
+    if mode == "circular":  # at most size rows of padding
+        return positions % size, None
+    rows = np.clip(positions, 0, size - 1)
+    return rows, ((positions < 0) | (positions >= size) if mode == "zeros" else None)
+
+
+def backend_input(x: np.ndarray, spec: ConvSpec) -> tuple[np.ndarray, ConvSpec]:
+    """``x`` (N, C, H, W) as the backends read it, and its spec (:func:`backend_spec`).
+
+    A new array when padding is applied or axes are gathered, else ``x`` itself; ``x`` is never
+    modified.
+
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> spec = make_spec(x.shape, (1, 1, 1, 1), stride=(50, 1), padding=((100, 100), (0, 0)))
+    >>> read, read_spec = backend_input(x + 1, spec)
+    >>> read[0, 0, :, 0], read_spec.stride
+    (array([0., 0., 1., 0., 0.]), (1, 1))
+    """
+    if not any(_gathered_axes(spec)):
+        return (pad_input(x, spec), spec.zero_padded()) if spec.padding_mode != "zeros" else (x, spec)
+    for axis, positions in enumerate(read_positions(spec)):
+        if positions is None:
+            continue
+        rows, outside = padded_source(positions, x.shape[axis + 2], spec.padding_mode)
+        x = np.take(x, rows, axis=axis + 2)
+        if outside is not None:
+            x[(slice(None),) * (axis + 2) + (outside,)] = 0  # assigned, not multiplied: inf * 0 would be NaN
+    spec = gathered_spec(spec)
+    if spec.padding_mode != "zeros":
+        return pad_input(x, spec), spec.zero_padded()
+    return np.ascontiguousarray(x), spec
 
 
 def output_shape(input_shape, weight_shape=None, stride=None, padding=0, dilation=1, groups=1, *, op="conv2d",
@@ -431,51 +721,26 @@ def output_shape(input_shape, weight_shape=None, stride=None, padding=0, dilatio
         stride = 1  # (pooling's default stride is its kernel size)
     if op == "conv2d":
         shape = make_spec(batched, tuple(weight_shape), stride=stride, padding=padding, dilation=dilation,
-                          groups=groups).out_shape
+                          groups=groups, in_memory=False).out_shape
     elif op == "conv_transpose2d":
         shape = make_transpose_spec(batched, tuple(weight_shape), stride=stride, padding=padding,
-                                    dilation=dilation, groups=groups,
+                                    dilation=dilation, groups=groups, in_memory=False,
                                     output_padding=options.get("output_padding", 0)).out_shape
     elif op == "depthwise_separable_conv2d":
         depthwise_shape, pointwise_shape = weight_shape
         shape = make_separable_specs(batched, tuple(depthwise_shape), tuple(pointwise_shape), stride=stride,
-                                     padding=padding, dilation=dilation)[1].out_shape
+                                     padding=padding, dilation=dilation, in_memory=False)[1].out_shape
     elif op in ("local_conv2d", "tiled_conv2d"):
         shape = make_local_spec(batched, tuple(weight_shape), stride=stride, padding=padding, dilation=dilation,
-                                tiled=op == "tiled_conv2d").out_shape
+                                tiled=op == "tiled_conv2d", in_memory=False).out_shape
     else:  # pooling: stride defaults to the kernel size, as in torch
         if "kernel_size" not in options:
             raise TypeError(f"output_shape(op={op!r}) needs kernel_size=")
         if op == "avg_pool2d" and dilation != 1:
             raise TypeError(f"output_shape(op='avg_pool2d') takes no dilation (avg_pool2d has none), got {dilation!r}")
         shape = make_pool_spec(batched, options["kernel_size"], stride=stride, padding=padding, dilation=dilation,
-                               ceil_mode=options.get("ceil_mode", False), op=op).out_shape
+                               ceil_mode=options.get("ceil_mode", False), op=op, in_memory=False).out_shape
     return shape[1:] if unbatched else shape
-
-
-def check_array_fits(shape, dtype, spec: ConvSpec, what: str) -> None:
-    """Raise a MemoryError naming the geometry when an array of ``shape`` could not exist at all.
-
-    Huge padding with a huge dilation gives a small output whose padded input (or transform grid)
-    is beyond any array (numpy's limit: 2**63 bytes, where it raises a ValueError that names no
-    argument). Merely too large for this machine is numpy's own, clear, MemoryError.
-
-    >>> spec = make_spec((1, 1, 4, 4), (1, 1, 2, 2), padding=2**39, dilation=2**40)
-    >>> check_array_fits((1, 1, 2**40, 2**40), np.float64, spec, "the padded input")
-    Traceback (most recent call last):
-    ...
-    MemoryError: the padded input would need an array of shape (1, 1, 1099511627776, 1099511627776) ...
-    """
-    nbytes = np.dtype(dtype).itemsize
-    for size in shape:
-        nbytes *= int(size)
-    if nbytes >= 2**63:
-        raise MemoryError(
-            f"{what} would need an array of shape {tuple(int(size) for size in shape)} ({nbytes:.3g} bytes), "
-            f"beyond any array: from padding {spec.padding} and dilation {spec.dilation} on an input of "
-            f"{spec.in_height}x{spec.in_width}; use less padding or dilation (backends that skip padding "
-            f"taps, such as 'im2col' and 'numba_cpu', compute this)"
-        )
 
 
 def pad_input(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
@@ -493,7 +758,8 @@ def pad_input(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
     pad_width = ((0, 0), (0, 0)) + tuple(spec.padding)
     if pad_width == ((0, 0),) * 4:
         return np.ascontiguousarray(x)
-    check_array_fits(x.shape[:2] + (spec.padded_height, spec.padded_width), x.dtype, spec, "the padded input")
+    check_fits("the padded input", x.shape[:2] + (spec.padded_height, spec.padded_width), x.dtype,
+               lambda: f"padding {spec.padding} on input {x.shape}")
     return np.pad(x, pad_width, mode=_NUMPY_PAD_MODE[spec.padding_mode])
 
 
@@ -592,11 +858,12 @@ def _check_shapes(input_shape, weight_shape, weight_layout: str):
 
 
 def make_transpose_spec(input_shape, weight_shape, *, stride=1, padding=0, output_padding=0, dilation=1,
-                        groups=1, dtype=np.float64, out_dtype=None) -> TransposeSpec:
+                        groups=1, dtype=np.float64, out_dtype=None, in_memory=True) -> TransposeSpec:
     """Validate a ``conv_transpose2d`` call (torch's rules) and return its :class:`TransposeSpec`.
 
     ``padding`` and ``output_padding`` are an int or an (h, w) pair, as in torch;
-    ``output_padding`` must be smaller than ``max(stride, dilation)`` on each axis.
+    ``output_padding`` must be smaller than ``max(stride, dilation)`` on each axis. With
+    ``in_memory`` the result must fit in :func:`memory_limit_bytes`.
 
     >>> make_transpose_spec((1, 4, 5, 5), (4, 3, 3, 3), stride=2, padding=1, output_padding=1).out_shape
     (1, 3, 10, 10)
@@ -637,6 +904,17 @@ def make_transpose_spec(input_shape, weight_shape, *, stride=1, padding=0, outpu
             f"{(in_height, in_width)} with kernel {(kh, kw)}, stride {stride} and dilation {dilation} would have "
             f"size {(spec.out_height, spec.out_width)}; use less padding"
         )
+
+    def cause():
+        return (f"stride={stride}, dilation={dilation}, output_padding={output_padding}, padding={padding} on "
+                f"input {tuple(input_shape)} and weight {tuple(weight_shape)}")
+
+    hint = "use a smaller stride, dilation or output_padding"
+    check_extent("the output's height", spec.out_height, cause, hint)
+    check_extent("the output's width", spec.out_width, cause, hint)
+    if in_memory:
+        widest = spec.dtype if spec.dtype.itemsize >= spec.out_dtype.itemsize else spec.out_dtype
+        check_fits("the output", spec.out_shape, widest, cause, hint)
     return spec
 
 
@@ -687,11 +965,12 @@ def _pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
 
 
 def make_pool_spec(input_shape, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False,
-                   op="max_pool2d") -> PoolSpec:
+                   op="max_pool2d", dtype=np.float64, in_memory=True) -> PoolSpec:
     """Validate a pooling call (torch's rules) and return its :class:`PoolSpec`.
 
     ``stride=None`` means ``stride = kernel_size``. Padding may be at most half the kernel size
-    (torch's rule, so that every window touches the input).
+    (torch's rule, so that every window touches the input). With ``in_memory`` the result (of
+    ``dtype``) must fit in :func:`memory_limit_bytes`.
 
     >>> make_pool_spec((1, 1, 5, 5), 2, ceil_mode=True).out_shape
     (1, 1, 3, 3)
@@ -713,6 +992,13 @@ def make_pool_spec(input_shape, kernel_size, *, stride=None, padding=0, dilation
                 f"{op}: padding must be at most half the kernel size, got padding {p} for kernel size {k} "
                 f"on the {axis} axis (torch's rule: every window must overlap the input)"
             )
+
+    def cause():
+        return (f"{op}: kernel_size={kernel_size!r}, stride={stride}, padding={padding}, dilation={dilation} on "
+                f"input {tuple(input_shape)}")
+
+    for axis, size, p in zip(("height", "width"), (in_height, in_width), padding):
+        check_extent(f"the padded input's {axis}", size + 2 * p, cause)
     out = tuple(_pool_output_size(size, k, s, p, d, bool(ceil_mode))
                 for size, k, s, p, d in zip((in_height, in_width), kernel, stride, padding, dilation))
     if min(out) < 1:
@@ -720,8 +1006,10 @@ def make_pool_spec(input_shape, kernel_size, *, stride=None, padding=0, dilation
             f"{op}: window of kernel_size {kernel} with dilation {dilation} does not fit the input "
             f"{(in_height, in_width)} padded by {padding}: the output would be {out}"
         )
-    return PoolSpec(batch, channels, in_height, in_width, kernel, stride, padding, dilation, bool(ceil_mode),
-                    *out)
+    spec = PoolSpec(batch, channels, in_height, in_width, kernel, stride, padding, dilation, bool(ceil_mode), *out)
+    if in_memory:
+        check_fits("the output", spec.out_shape, dtype, cause, "use a larger stride")
+    return spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -737,14 +1025,16 @@ SIGNAL_BOUNDARIES = {"fill": "constant", "pad": "constant", "wrap": "wrap", "cir
                      "symm": "symmetric", "symmetric": "symmetric"}
 
 
-def signal_geometry(in1_shape, in2_shape, mode="full", *, flip=True, op="convolve2d"):
+def signal_geometry(in1_shape, in2_shape, mode="full", *, flip=True, op="convolve2d", dtype=None):
     """Padding of ``in1`` and whether scipy swaps the operands, for ``convolve2d``/``correlate2d``.
 
     Returns ``(swap, ((top, bottom), (left, right)), out_shape)``: with ``swap`` the roles of the
     two inputs are exchanged first (``"valid"`` mode with ``in2`` the larger, as scipy does), the
     padding is in pixels of the (possibly swapped) first input, and the result is a valid
     correlation of the padded input. ``flip`` is True for convolution: "same" centres differ by
-    one pixel between convolution and correlation for even kernels, as in scipy.
+    one pixel between convolution and correlation for even kernels, as in scipy. With a ``dtype``
+    (a call computed in memory, in that dtype) the padded input and the result must each fit in
+    :func:`memory_limit_bytes`.
 
     >>> signal_geometry((5, 6), (3, 4), "same")
     (False, ((1, 1), (2, 1)), (5, 6))
@@ -776,6 +1066,13 @@ def signal_geometry(in1_shape, in2_shape, mode="full", *, flip=True, op="convolv
         else:
             sides.append((0, 0))
     out = tuple(n + before + after - k + 1 for n, k, (before, after) in zip(in1_shape, in2_shape, sides))
+    if dtype is not None:
+        def cause():
+            return f"{op}: mode={mode!r} on inputs of shapes {tuple(in1_shape)} and {tuple(in2_shape)}"
+
+        padded = tuple(n + before + after for n, (before, after) in zip(in1_shape, sides))
+        check_fits("the result", out, dtype, cause, "use mode='valid' or 'same', or fastconv.dask")
+        check_fits("the padded input", padded, dtype, cause, "use mode='valid' or 'same', or fastconv.dask")
     return swap, tuple(sides), out
 
 
@@ -787,12 +1084,13 @@ def signal_geometry(in1_shape, in2_shape, mode="full", *, flip=True, op="convolv
 
 
 def make_local_spec(input_shape, weight_shape, *, stride=1, padding=0, dilation=1, padding_mode="zeros",
-                    tiled=False, dtype=np.float64, out_dtype=None) -> ConvSpec:
+                    tiled=False, dtype=np.float64, out_dtype=None, in_memory=True) -> ConvSpec:
     """Validate ``local_conv2d`` (or, with ``tiled=True``, ``tiled_conv2d``); return the ConvSpec.
 
     ``weight_shape`` is (H_out, W_out, K, C, kh, kw) for local convolution, (t_h, t_w, K, C, kh, kw)
-    with ``t_h <= H_out`` and ``t_w <= W_out`` for tiled convolution. The returned spec is that
-    of the shared-weight convolution with the same geometry (weight (K, C, kh, kw)).
+    for tiled convolution (a tile larger than the output leaves its last filter banks unused).
+    The returned spec is that of the shared-weight convolution with the same geometry (weight
+    (K, C, kh, kw)).
 
     >>> make_local_spec((1, 2, 6, 6), (4, 4, 3, 2, 3, 3)).out_shape
     (1, 3, 4, 4)
@@ -804,13 +1102,8 @@ def make_local_spec(input_shape, weight_shape, *, stride=1, padding=0, dilation=
     if min(weight_shape) < 1:
         raise ValueError(f"{op}: weight must have no empty dimension, got shape {weight_shape}")
     spec = make_spec(input_shape, weight_shape[2:], stride=stride, padding=padding, dilation=dilation,
-                     padding_mode=padding_mode, dtype=dtype, out_dtype=out_dtype)
+                     padding_mode=padding_mode, dtype=dtype, out_dtype=out_dtype, in_memory=in_memory)
     rows, cols = weight_shape[:2]
-    if tiled and (rows > spec.out_height or cols > spec.out_width):
-        raise ValueError(
-            f"tiled_conv2d: the tile (t_h, t_w) = {(rows, cols)} from weight {weight_shape} must not exceed the "
-            f"output size {(spec.out_height, spec.out_width)} (larger tiles would leave filters unused)"
-        )
     if not tiled and (rows, cols) != (spec.out_height, spec.out_width):
         raise ValueError(
             f"local_conv2d: weight {weight_shape} holds filters for {(rows, cols)} output positions but the "
@@ -822,7 +1115,8 @@ def make_local_spec(input_shape, weight_shape, *, stride=1, padding=0, dilation=
 
 
 def make_separable_specs(input_shape, depthwise_shape, pointwise_shape, *, stride=1, padding=0, dilation=1,
-                         padding_mode="zeros", dtype=np.float64, out_dtype=None) -> tuple[ConvSpec, ConvSpec]:
+                         padding_mode="zeros", dtype=np.float64, out_dtype=None, in_memory=True
+                         ) -> tuple[ConvSpec, ConvSpec]:
     """Validate a depthwise-separable convolution; return (depthwise spec, pointwise spec).
 
     ``depthwise_shape`` is (C·m, 1, kh, kw) for a depth multiplier m; ``pointwise_shape`` is
@@ -841,11 +1135,13 @@ def make_separable_specs(input_shape, depthwise_shape, pointwise_shape, *, strid
             f"depth multiplier m >= 1, got shape {tuple(depthwise_shape)}"
         )
     depthwise = make_spec(input_shape, depthwise_shape, stride=stride, padding=padding, dilation=dilation,
-                          groups=channels, padding_mode=padding_mode, dtype=dtype, out_dtype=out_dtype)
+                          groups=channels, padding_mode=padding_mode, dtype=dtype, out_dtype=out_dtype,
+                          in_memory=in_memory)
     if len(pointwise_shape) != 4 or tuple(pointwise_shape[1:]) != (depthwise.out_channels, 1, 1):
         raise ValueError(
             f"pointwise_weight must have shape (K, C·m, 1, 1) = (K, {depthwise.out_channels}, 1, 1) to follow "
             f"depthwise_weight {tuple(depthwise_shape)}, got shape {tuple(pointwise_shape)}"
         )
-    pointwise = make_spec(depthwise.out_shape, pointwise_shape, dtype=dtype, out_dtype=out_dtype)
+    pointwise = make_spec(depthwise.out_shape, pointwise_shape, dtype=dtype, out_dtype=out_dtype,
+                          in_memory=in_memory)
     return depthwise, pointwise

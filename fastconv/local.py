@@ -34,18 +34,20 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from fastconv.dispatch import _batched_operands, _check_bias, conv2d
-from fastconv.geometry import make_local_spec, pad_input
+from fastconv.geometry import backend_input, make_local_spec, pad_input
 
 __all__ = ["local_conv2d", "tiled_conv2d"]
 
 
 def _prepare(x, weight, bias, stride, padding, dilation, padding_mode, tiled):
-    """Validated, padded input and contiguous operands of the compute dtype, and the spec."""
+    """The padded input (gathered where :func:`fastconv.geometry.backend_input` gathers), contiguous
+    operands of the compute dtype, and the spec of that input (no padding left)."""
     x, (weight,), bias, unbatched, compute_dtype, out_dtype = _batched_operands(x, {"weight": weight}, bias)
     spec = make_local_spec(x.shape, weight.shape, stride=stride, padding=padding, dilation=dilation,
                            padding_mode=padding_mode, tiled=tiled, dtype=compute_dtype, out_dtype=out_dtype)
     _check_bias(bias, spec.out_channels, f"weight {weight.shape}")
-    x_padded = pad_input(np.ascontiguousarray(x, dtype=compute_dtype), spec)
+    x_read, spec = backend_input(np.ascontiguousarray(x, dtype=compute_dtype), spec)
+    x_padded, spec = pad_input(x_read, spec), spec.zero_padded()  # the window views need explicit zeros
     weight = np.ascontiguousarray(weight, dtype=compute_dtype)
     bias = None if bias is None else np.asarray(bias, dtype=compute_dtype)
     return x_padded, weight, bias, spec, unbatched
@@ -102,8 +104,8 @@ def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, paddi
     x : array_like, shape (N, C, H, W) or (C, H, W)
         Input; an unbatched input gives an unbatched result.
     weight : array_like, shape (t_h, t_w, K, C, kh, kw)
-        Output position (i, j) uses ``weight[i % t_h, j % t_w]``; ``t_h``, ``t_w`` at most the
-        output height and width.
+        Output position (i, j) uses ``weight[i % t_h, j % t_w]``; a tile larger than the output
+        leaves the banks past it unused.
     bias : array_like, shape (K,), optional
         Shared by all positions.
     stride, padding, dilation, padding_mode
@@ -128,13 +130,22 @@ def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, paddi
     x_padded, weight, bias, spec, unbatched = _prepare(x, weight, bias, stride, padding, dilation, padding_mode,
                                                        tiled=True)
     tile_h, tile_w = weight.shape[:2]
-    (sh, sw) = spec.stride
     out = np.empty(spec.out_shape, dtype=spec.dtype)
-    for a in range(tile_h):
-        for b in range(tile_w):
-            # outputs a, a + t_h, ... read windows starting at rows a*sh, (a + t_h)*sh, ...
-            out[:, :, a::tile_h, b::tile_w] = conv2d(
-                x_padded[:, :, a * sh:, b * sw:], weight[a, b], bias, stride=(sh * tile_h, sw * tile_w),
-                dilation=spec.dilation, padding="valid", backend=backend)
+
+    def sub_grid(first, tile, out_size, stride, extent):
+        """The padded rows that outputs first, first + tile, ... read, and the stride between them."""
+        count = len(range(first, out_size, tile))
+        # one output: any stride will do, and stride * tile may be past what conv2d accepts
+        step = stride * tile if count > 1 else 1
+        return slice(first * stride, first * stride + (count - 1) * step + extent), step
+
+    # banks a >= H_out (b >= W_out) serve no output: every output (i, j) has i % t_h = a < H_out
+    for a in range(min(tile_h, spec.out_height)):
+        rows, step_h = sub_grid(a, tile_h, spec.out_height, spec.stride[0], spec.dilated_kernel[0])
+        for b in range(min(tile_w, spec.out_width)):
+            cols, step_w = sub_grid(b, tile_w, spec.out_width, spec.stride[1], spec.dilated_kernel[1])
+            out[:, :, a::tile_h, b::tile_w] = conv2d(x_padded[:, :, rows, cols], weight[a, b], bias,
+                                                     stride=(step_h, step_w), dilation=spec.dilation,
+                                                     padding="valid", backend=backend)
     out = out.astype(spec.out_dtype, copy=False)
     return out[0] if unbatched else out

@@ -195,7 +195,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     """
     x, out_dtype, unbatched = _prepare(x, "max_pool2d")
     spec: PoolSpec = make_pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                                    ceil_mode=ceil_mode, op="max_pool2d")
+                                    ceil_mode=ceil_mode, op="max_pool2d", dtype=x.dtype)
     out = np.empty(spec.out_shape, dtype=x.dtype)
     _max_pool2d(x, out, *spec.kernel_size, *spec.stride, *spec.padding, *spec.dilation)
     return _finish(out, out_dtype, unbatched)
@@ -238,7 +238,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     """
     x, out_dtype, unbatched = _prepare(x, "avg_pool2d")
     spec: PoolSpec = make_pool_spec(x.shape, kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                                    op="avg_pool2d")
+                                    op="avg_pool2d", dtype=x.dtype)
     if not isinstance(count_include_pad, (bool, np.bool_)):
         raise TypeError(f"avg_pool2d: count_include_pad must be True or False, got {count_include_pad!r}")
     override = 0

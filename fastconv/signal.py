@@ -125,9 +125,9 @@ def _signal(in1, in2, mode, boundary, fillvalue, backend, *, flip: bool, op: str
     in1, in2 = np.asarray(in1), np.asarray(in2)
     if not in1.ndim == in2.ndim == 2:
         raise ValueError(f"{op} inputs must both be 2-D arrays, got shapes {in1.shape} and {in2.shape}")
-    swap, sides, _ = signal_geometry(in1.shape, in2.shape, mode, flip=flip, op=op)
     pad_mode = _pad_mode(boundary, op)
     dtype = _result_dtype(in1, in2, op)
+    swap, sides, _ = signal_geometry(in1.shape, in2.shape, mode, flip=flip, op=op, dtype=dtype)
     if backend != "auto":  # checked here too: integer and long double results never reach a backend
         backends._check_name(backend)
     if swap:  # scipy's rule for "valid" mode when in2 is the larger

@@ -42,7 +42,7 @@ import numpy as np
 
 from fastconv import backends, config, cost
 from fastconv.backends._thread_pools import reinitialise_after_fork
-from fastconv.geometry import ConvSpec, make_spec, resolve_dtypes
+from fastconv.geometry import ConvSpec, backend_input, backend_spec, make_spec, resolve_dtypes
 
 __all__ = ["autotune", "choose", "explain", "Explanation", "clear_cache", "kernel_rank", "main"]
 
@@ -757,24 +757,19 @@ def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dila
         compute_dtype = resolve_dtypes(compute_dtype)[0]
     spec = make_spec(x_shape, w_shape, stride=stride, padding=padding, dilation=dilation, groups=groups,
                      padding_mode=padding_mode, dtype=compute_dtype)
-    if spec.padding_mode != "zeros":
-        spec = spec.zero_padded()
+    spec = backend_spec(spec)
     if weight is not None:
         weight = np.ascontiguousarray(weight, dtype=compute_dtype)
     rank = _weight_rank(weight)
 
     measured: dict = {}
     if tune:
-        from fastconv.geometry import pad_input
-
         rng = np.random.default_rng(0)
         x_run = x if x is not None else rng.standard_normal(x_shape)
         w_run = weight if weight is not None else rng.standard_normal(w_shape).astype(compute_dtype)
         full_spec = make_spec(x_shape, w_shape, stride=stride, padding=padding, dilation=dilation,
                               groups=groups, padding_mode=padding_mode, dtype=compute_dtype)
-        x_run = np.ascontiguousarray(x_run, dtype=compute_dtype)
-        if full_spec.padding_mode != "zeros":
-            x_run = pad_input(x_run, full_spec)
+        x_run, _ = backend_input(np.ascontiguousarray(x_run, dtype=compute_dtype), full_spec)
         operands = (x_run, np.ascontiguousarray(w_run, dtype=compute_dtype),
                     None if bias is None else np.ascontiguousarray(bias, dtype=compute_dtype))
         measured = measure(spec, operands)

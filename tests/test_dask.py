@@ -13,7 +13,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from scipy import signal
 from hypothesis import strategies as st
 
@@ -607,3 +607,156 @@ def test_weights_are_read_when_the_graph_is_built():
     assert relative_error(y.compute(), expected) <= 1e-12
     assert relative_error(z.compute(), expected_z) <= 1e-12
     assert relative_error(swapped.compute(), expected_swapped) <= 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# blocks of the wrong shape: an error, never uninitialised memory
+
+
+def short_block(chunk_location, rows_missing=1):
+    """A map_blocks function that returns the block at ``chunk_location`` with rows missing (a fault)."""
+    def function(block, block_info=None):
+        if tuple(block_info[0]["chunk-location"][-2:]) == chunk_location:
+            return block[..., :block.shape[-2] - rows_missing, :] if rows_missing > 0 else np.concatenate(
+                [block, block[..., :1, :]], axis=-2)
+        return block
+    return function
+
+
+@pytest.mark.parametrize("location, rows_missing", [((1, 1), 1), ((0, 2), 3), ((2, 0), -1)])
+@pytest.mark.parametrize("kwargs", [{}, {"padding": 1}, {"padding": 2, "stride": 2},
+                                    {"padding": 1, "padding_mode": "circular"}])
+def test_source_blocks_of_another_shape_than_declared_are_an_error(location, rows_missing, kwargs):
+    # A source whose tasks return fewer (or more) rows than its chunks declare left part of the
+    # joined block unwritten (np.empty): -5e288 in the result, with no error.
+    image = np.ones((12, 12))
+    faulty = da.from_array(image, chunks=4).map_blocks(short_block(location, rows_missing), dtype=image.dtype)
+    for call, expected in ((lambda x: fastconv.dask.conv2d(x, np.ones((3, 3)), **kwargs),
+                            fastconv.conv2d(image[None], np.ones((1, 1, 3, 3)), **kwargs)[0]),
+                           (lambda x: fastconv.dask.convolve2d(x, np.ones((3, 3)), mode="same"),
+                            fastconv.convolve2d(image, np.ones((3, 3)), mode="same"))):
+        try:
+            out = call(faulty).compute(scheduler="sync")
+        except ValueError as error:  # ours, naming the block, or dask's own (its rechunk copies blocks)
+            assert "declared" in str(error) or "broadcast" in str(error), error
+        else:  # a rechunk that cut the surplus row off, as dask does: the declared array's result
+            assert rows_missing < 0
+            np.testing.assert_array_equal(out, expected)
+
+
+def test_a_block_result_of_another_shape_than_declared_is_an_error(monkeypatch):
+    # fault injection in the per-block computation: a backend returning one row short
+    calls = []
+
+    def short_result(*args, **kwargs):
+        out = fastconv.conv2d(*args, **kwargs)
+        calls.append(out.shape)
+        return out[:, :, :-1] if len(calls) == 2 else out
+
+    monkeypatch.setattr(fastconv.dask, "_conv2d_in_memory", short_result)
+    y = fastconv.dask.conv2d(da.ones((12, 12), chunks=4), np.ones((3, 3)), padding=1)
+    for reduce in (lambda y: y.compute(scheduler="sync"), lambda y: y.sum().compute(scheduler="sync")):
+        calls.clear()
+        with pytest.raises(ValueError, match=r"a block's convolution returned shape \(1, 1, 3, 4\) where the graph "
+                                             r"declared \(1, 1, 4, 4\)"):
+            reduce(y)
+
+
+def test_joins_never_leave_memory_unwritten(monkeypatch):
+    # whatever the pieces, every joined block is either fully written or refused
+    real_empty = np.empty
+
+    def poisoned_empty(shape, dtype=float, **kwargs):
+        block = real_empty(shape, dtype=dtype, **kwargs)
+        if np.dtype(dtype).kind == "f":
+            block.fill(np.nan)
+        return block
+
+    monkeypatch.setattr(fastconv.dask.np, "empty", poisoned_empty)
+    rng = np.random.default_rng(0)
+    image, weight = rng.standard_normal((3, 13, 11)), rng.standard_normal((2, 3, 3, 3))
+    x = da.from_array(image, chunks=(2, 3, 4)).map_blocks(lambda b: b + 0, dtype=image.dtype)  # not views: joined
+    for kwargs in ({"padding": 1, "stride": (2, 1)}, {"padding": 2, "padding_mode": "replicate"}, {"dilation": 2}):
+        y = fastconv.dask.conv2d(x, weight, backend="naive", **kwargs).compute()
+        np.testing.assert_array_equal(y, fastconv.conv2d(image, weight, backend="naive", **kwargs))
+
+
+# --------------------------------------------------------------------------------------------
+# NpyBlocks on files that are not valid .npy files
+
+
+def _broken_npy_files(folder):
+    np.save(folder / "good.npy", np.arange(12.0).reshape(3, 4))
+    data = (folder / "good.npy").read_bytes()
+    (folder / "truncated.npy").write_bytes(data[:-8])
+    (folder / "text.npy").write_text("1 2 3\n4 5 6\n")
+    np.savez(folder / "archive.npz", a=np.ones(3))
+    (folder / "archive.npy").write_bytes((folder / "archive.npz").read_bytes())
+    (folder / "empty.npy").write_bytes(b"")
+    np.save(folder / "objects.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
+    (folder / "header.npy").write_bytes(data[:20])
+    (folder / "directory.npy").mkdir()
+    return {"truncated.npy": "truncated", "text.npy": "does not start with the .npy format's magic bytes",
+            "archive.npy": "zip archive", "archive.npz": "zip archive", "empty.npy": "empty",
+            "objects.npy": "Python objects", "header.npy": "header cannot be read"}
+
+
+def test_npy_blocks_refuse_files_that_are_not_valid_npy_naming_the_file_and_why(tmp_path):
+    for name, why in _broken_npy_files(tmp_path).items():
+        with pytest.raises(ValueError) as error:
+            fastconv.dask.NpyBlocks(tmp_path / name)
+        message = str(error.value)
+        assert str(tmp_path / name) in message and "is not a valid .npy file" in message and why in message, message
+    with pytest.raises(IsADirectoryError, match="directory.npy.*is a directory"):
+        fastconv.dask.NpyBlocks(tmp_path / "directory.npy")
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        fastconv.dask.NpyBlocks(tmp_path / "missing.npy")
+    good = fastconv.dask.NpyBlocks(tmp_path / "good.npy")  # the valid one still reads
+    np.testing.assert_array_equal(da.from_array(good, chunks=2).compute(), np.arange(12.0).reshape(3, 4))
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_npy_blocks_read_every_npy_format_version(tmp_path, version):
+    array = np.arange(20.0).reshape(4, 5).astype(">f4")
+    with open(tmp_path / "v.npy", "wb") as file:
+        np.lib.format.write_array(file, array, version=version)
+    blocks = fastconv.dask.NpyBlocks(tmp_path / "v.npy")
+    assert (blocks.shape, blocks.dtype) == ((4, 5), np.dtype(">f4"))
+    np.testing.assert_array_equal(blocks[1:3], array[1:3])
+
+
+# --------------------------------------------------------------------------------------------
+# the class: chunks down to a pixel or a few KiB, any geometry, the in-memory result
+
+
+WIDE_GEOMETRY = [  # (stride, padding, dilation) beyond what conv_problems draws, huge ones gathered
+    ((1, 7), ((0, 9), (2, 1)), (1, 1)),
+    ((10**6, 1), ((10**6, 10**6), (1, 1)), (1, 1)),
+    ((1, 10**6), ((0, 0), (10**6, 3)), (1, 2)),
+    ((1, 1), "same", (2**31, 1)),
+    ((2, 1), ((2**40, 2**40), (1, 0)), (2**40, 1)),
+    ((30, 30), ((40, 40), (40, 40)), (1, 1)),
+]
+
+
+@settings(max_examples=60)
+@given(problem=conv_problems(max_size=24), data=st.data())
+def test_conv2d_equals_in_memory_for_any_chunk_size_and_geometry(problem, data):
+    kwargs = dict(problem.kwargs)
+    if data.draw(st.booleans()):
+        stride, padding, dilation = data.draw(st.sampled_from(WIDE_GEOMETRY))
+        kwargs.update(stride=stride, padding=padding, dilation=dilation, padding_mode=data.draw(
+            st.sampled_from(["zeros", "replicate"])))
+        extent = [d * (k - 1) + 1 for d, k in zip(dilation, problem.weight.shape[2:])]
+        assume(isinstance(padding, str) or all(n + sum(p) >= e for n, p, e in
+                                               zip(problem.x.shape[2:], padding, extent)))
+        geometry = {key: value for key, value in kwargs.items() if key != "padding_mode"}
+        assume(np.prod(fastconv.output_shape(problem.x.shape, problem.weight.shape, **geometry)) <= 10**5)
+    chunks = data.draw(st.one_of(
+        st.sampled_from(["1KiB", "2KiB", "4KiB", "8KiB"]),  # dask's automatic chunks of that many bytes
+        chunkings(problem.x.shape)))
+    x = da.from_array(problem.x, chunks=chunks)
+    expected = fastconv.conv2d(problem.x, problem.weight, problem.bias, backend="naive", **kwargs)
+    y = fastconv.dask.conv2d(x, problem.weight, problem.bias, backend="naive", **kwargs)
+    assert y.shape == expected.shape and y.dtype == expected.dtype
+    np.testing.assert_allclose(computed_blocks(y), expected, rtol=1e-12, atol=1e-12)

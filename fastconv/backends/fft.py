@@ -88,7 +88,7 @@ import pyfftw
 from fastconv import config
 from fastconv.backends._thread_pools import reinitialise_after_fork
 from fastconv.backends._weight_cache import WeightCache
-from fastconv.geometry import ConvSpec, check_array_fits
+from fastconv.geometry import ConvSpec, check_fits
 
 name = "fft"
 
@@ -426,7 +426,9 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     out = np.empty(spec.out_shape, dtype=spec.dtype)
     complex_data = spec.dtype.kind == "c"
     grid = _choose_tiles(spec, complex_data)
-    check_array_fits((spec.in_channels,) + grid, spec.dtype, spec, "the fft backend's transform grid")
+    check_fits("the fft backend's transform grid", (spec.in_channels,) + grid, spec.dtype,
+               lambda: f"padding {spec.padding} and dilation {spec.dilation} on input {spec.input_shape}",
+               hint="use another backend")
     key = (weight.shape, spec.dtype.str, spec.dilation, spec.groups, grid)
     spectrum = _spectra.get(key, weight, lambda: _filter_spectrum(weight, spec, grid))
 
