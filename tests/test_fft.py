@@ -136,6 +136,19 @@ def test_huge_finite_values_that_would_overflow_the_spectrum_are_summed_directly
     np.testing.assert_allclose(out, 1.2e36, rtol=1e-5)
 
 
+@pytest.mark.parametrize("groups, per_group", [(2, 5), (3, 7), (2, 1)])
+def test_filter_spectra_of_every_group_are_computed_when_the_chunk_does_not_divide_a_group(
+        monkeypatch, groups, per_group):
+    """The workspace allows a chunk of filters that does not divide the filters per group: every
+    group's first filters must still be transformed (they were left as ``np.empty``)."""
+    monkeypatch.setattr(config, "workspace_bytes", 16 << 10)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, groups, 12, 12))
+    w = rng.standard_normal((groups * per_group, 1, 3, 3))
+    out = fastconv.conv2d(x, w, groups=groups, padding=1, backend="fft")
+    assert relative_error(out, reference_conv2d(x, w, padding=((1, 1), (1, 1)), groups=groups)) <= 1e-12
+
+
 def test_concurrent_calls_from_many_threads_are_all_correct():
     rng = np.random.default_rng(6)
     problems = []

@@ -335,7 +335,10 @@ def _filter_spectrum(weight: np.ndarray, spec: ConvSpec, grid: tuple[int, int]) 
     per_group = count // groups
     per_filter_bytes = 3 * grid[0] * grid[1] * spec.dtype.itemsize
     chunk = _equal_chunk(per_group, config.workspace_bytes // per_filter_bytes)
-    for start in range(0, count, chunk):  # chunks never straddle two groups
+    # Chunks step through each group on their own: a chunk never straddles two groups, and when
+    # the chunk does not divide the filters per group, the next group still starts a chunk.
+    starts = [group * per_group + offset for group in range(groups) for offset in range(0, per_group, chunk)]
+    for start in starts:
         stop = min(start + chunk, (start // per_group + 1) * per_group)
         with _plan(stop - start, grid, spec.dtype, inverse=False) as forward:
             source = forward.input_array
