@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pyfftw
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import signal
 
@@ -227,6 +227,63 @@ def test_plan_pool_is_bounded_in_count_and_bytes(monkeypatch):
     assert pool._count <= 3 and pool._bytes <= 1 << 20
     assert pool._count == sum(len(plans) for plans in pool._idle.values())
     assert pool._bytes == sum(fft._plan_bytes(p) for plans in pool._idle.values() for p in plans)
+
+
+def _pool_invariants_hold(pool):
+    assert pool._count <= pool._max_idle and pool._bytes <= pool._max_bytes
+    assert all(pool._idle.values()), "an empty list of idle plans"
+    assert pool._count == sum(len(plans) for plans in pool._idle.values())
+    assert pool._bytes == sum(fft._plan_bytes(p) for plans in pool._idle.values() for p in plans)
+
+
+def test_plan_larger_than_the_pool_evicts_nothing_and_second_call_works(monkeypatch):
+    """A plan larger than the pool's byte limit, given back while another key's only plan is
+    checked out, used to evict from that key's empty list: ``IndexError: pop from empty list``
+    on the second call (x (1, 1, 400, 400), w (128, 1, 101, 101) at the real 256 MiB limit)."""
+    rng = np.random.default_rng(9)
+    x, w = rng.standard_normal((1, 1, 20, 20)), rng.standard_normal((8, 1, 3, 3))
+    grid = fft._choose_tiles(make_spec(x.shape, w.shape), complex_data=False)
+    forward_bytes = fft._plan_bytes(fft._build_plan(1, grid, np.dtype(np.float64), False, 1, "FFTW_ESTIMATE"))
+    pool = fft._PlanPool(max_idle=16, max_bytes=2 * forward_bytes)  # keeps the forward plan, not the inverse
+    monkeypatch.setattr(fft, "_plans", pool)
+    expected = reference_conv2d(x, w)
+    for _ in range(3):
+        assert relative_error(fastconv.conv2d(x, w, backend="fft"), expected) <= 1e-12
+        _pool_invariants_hold(pool)
+    assert pool._count == 1
+
+
+class _FakePlan:
+    def __init__(self, size):
+        self.input_array, self.output_array = np.empty(size, np.uint8), np.empty(0, np.uint8)
+
+
+@settings(max_examples=150)  # no FFTW here: fake plans, microseconds per example
+@given(max_idle=st.integers(1, 4), max_bytes=st.sampled_from([50, 150, 500]),
+       calls=st.lists(st.lists(st.tuples(st.integers(0, 2), st.sampled_from([8, 40, 120, 400])),
+                               min_size=1, max_size=3), max_size=12))
+def test_plan_pool_survives_any_sequence_of_nested_checkouts(max_idle, max_bytes, calls):
+    """Any nesting of checkouts (a call holds up to three plans at once, as the fft backend holds
+    its forward and inverse plans) keeps the pool's books straight, within its limits, and never
+    lends one plan twice at the same time."""
+    pool = fft._PlanPool(max_idle=max_idle, max_bytes=max_bytes)
+    sizes = {}  # a key's plans all have one size, as real plans of one key do
+    lent = set()
+
+    def nested(keys):
+        if not keys:
+            return
+        key, size = keys[0]
+        size = sizes.setdefault(key, size)
+        with pool.checkout(key, lambda: _FakePlan(size)) as plan:
+            assert id(plan) not in lent and fft._plan_bytes(plan) == size
+            lent.add(id(plan))
+            nested(keys[1:])
+            lent.discard(id(plan))
+
+    for keys in calls:
+        nested(keys)
+        _pool_invariants_hold(pool)
 
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):

@@ -198,12 +198,13 @@ def _plan_bytes(plan) -> int:
 class _PlanPool:
     """Idle FFTW plans by key. ``checkout`` lends one to the calling thread (building a new one
     when all are busy) and takes it back afterwards; at most ``max_idle`` plans holding at most
-    ``max_bytes`` of buffers are kept, least recently used first out. (Building plans from several
-    threads at once is safe: pyFFTW serialises FFTW's planner under its own lock.)"""
+    ``max_bytes`` of buffers are kept, least recently used first out, and a plan larger than
+    ``max_bytes`` on its own is not kept at all. (Building plans from several threads at once is
+    safe: pyFFTW serialises FFTW's planner under its own lock.)"""
 
     def __init__(self, max_idle: int, max_bytes: int):
         self._max_idle, self._max_bytes = max_idle, max_bytes
-        self._idle: OrderedDict[tuple, list] = OrderedDict()
+        self._idle: OrderedDict[tuple, list] = OrderedDict()  # never holds an empty list
         self._count = self._bytes = 0
         self._lock = reinitialise_after_fork(threading.Lock())
         self.built = 0  # plans built so far (for tests and cache_info)
@@ -214,9 +215,10 @@ class _PlanPool:
             plans = self._idle.get(key)
             plan = plans.pop() if plans else None
             if plan is not None:
+                if not plans:  # an empty list would be "the oldest" to evict from, with nothing in it
+                    del self._idle[key]
                 self._count -= 1
                 self._bytes -= _plan_bytes(plan)
-                self._idle.move_to_end(key)
         if plan is None:
             plan = build()
             with self._lock:
@@ -224,17 +226,23 @@ class _PlanPool:
         try:
             yield plan
         finally:
-            with self._lock:
-                self._idle.setdefault(key, []).append(plan)
-                self._idle.move_to_end(key)
-                self._count += 1
-                self._bytes += _plan_bytes(plan)
-                while self._count > self._max_idle or self._bytes > self._max_bytes:  # drop the LRU
-                    oldest = next(iter(self._idle))
-                    self._bytes -= _plan_bytes(self._idle[oldest].pop())
-                    self._count -= 1
-                    if not self._idle[oldest]:
-                        del self._idle[oldest]
+            self._give_back(key, plan)
+
+    def _give_back(self, key, plan) -> None:
+        size = _plan_bytes(plan)
+        with self._lock:
+            if size > self._max_bytes:  # keeping it would evict every other plan, then itself
+                return
+            self._idle.setdefault(key, []).append(plan)
+            self._idle.move_to_end(key)
+            self._count += 1
+            self._bytes += size
+            while self._count > self._max_idle or self._bytes > self._max_bytes:  # drop the LRU
+                oldest, plans = next(iter(self._idle.items()))
+                self._bytes -= _plan_bytes(plans.pop())
+                self._count -= 1
+                if not plans:
+                    del self._idle[oldest]
 
     def clear(self):
         with self._lock:
