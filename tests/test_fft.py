@@ -149,6 +149,42 @@ def test_filter_spectra_of_every_group_are_computed_when_the_chunk_does_not_divi
     assert relative_error(out, reference_conv2d(x, w, padding=((1, 1), (1, 1)), groups=groups)) <= 1e-12
 
 
+@pytest.mark.parametrize("dtype, huge", [(np.float64, 1e308), (np.float32, 3e38), (np.complex128, 1e308)])
+def test_values_near_the_dtypes_limit_are_summed_directly(dtype, huge):
+    """One value near the limit leaves no overflow in the transforms, but rounding errors of
+    about eps · 1e308 in every output: far from it, an image of ones gave ~1.2e291 instead of 2."""
+    x = np.ones((1, 1, 12, 12), dtype=dtype)
+    x[0, 0, 0, 0] = huge
+    w = np.full((1, 1, 2, 2), 0.5, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = fastconv.conv2d(x, w, backend="fft")
+    np.testing.assert_array_equal(out[0, 0, 1:, 1:], 2.0)
+    np.testing.assert_allclose(out[0, 0, 0, 0], (huge + 3) / 2, rtol=1e-6)
+
+
+@given(scale=st.floats(1e-6, 0.99), dtype=st.sampled_from([np.float32, np.float64]),
+       kernel=st.integers(1, 6), size=st.integers(6, 40), seed=st.integers(0, 2**16))
+def test_transforms_are_trusted_only_where_they_cannot_overflow(scale, dtype, kernel, size, seed):
+    """Values whose transform bound is below the dtype's limit (down to a millionth of it) never
+    overflow: the transforms run and agree with the reference; just above it, direct summation."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (1, 2, size, size)).astype(dtype)
+    w = rng.uniform(-1, 1, (3, 2, kernel, kernel)).astype(dtype)
+    spec = make_spec(x.shape, w.shape, dtype=dtype)
+    grid = fft._choose_tiles(spec, complex_data=False)
+    per_filter = np.abs(w).reshape(3, -1).sum(axis=1, dtype=np.float64).max()
+    x *= scale * float(np.finfo(dtype).max) / (grid[0] * grid[1] * max(1.0, per_filter) * np.abs(x).max())
+    assert fft._transforms_are_safe(x, w, spec)
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
+        patch.setattr(fft, "_direct", lambda *args: pytest.fail("summed directly although safe"))
+        warnings.simplefilter("error")
+        out = fastconv.conv2d(x, w, backend="fft")
+    expected = reference_conv2d(x, w)
+    assert np.isfinite(out).all() and relative_error(out, expected) <= (1e-5 if dtype == np.float32 else 1e-12)
+    assert not fft._transforms_are_safe(x * np.array(4 / scale, dtype), w, spec)
+
+
 def test_concurrent_calls_from_many_threads_are_all_correct():
     rng = np.random.default_rng(6)
     problems = []
