@@ -62,10 +62,13 @@ all bounds checks from the transform) and the output is written channels-last an
 In the fused schedule each thread does these copies for its own block of tile rows, while the
 data is in its cache.
 
-Non-finite values: the transforms add and subtract the values of a tile, so an inf turns into
-NaN (inf - inf) where direct convolution gives ±inf, and with F(4×4) it can spread to outputs of
-the same tiles that do not read it (one inf in a 10×10 output: 25 non-finite outputs instead of
-9). Every output that reads a non-finite value is non-finite, as it must be.
+Non-finite values: the transforms add and subtract the values of a tile, so an inf would turn into
+NaN (inf - inf) where direct convolution gives ±inf, and with F(4×4) it could spread to outputs of
+the same tiles that do not read it; values near the dtype's limit can overflow in the transforms
+(F(4×4) scales by up to ~100) where direct sums do not. Any of these leaves a non-finite output,
+so each thread sums the output rows it has just written (a vectorised read of data still in its
+cache) and, when a sum is not finite, the call is redone by direct summation (the ``im2col``
+backend), which puts NaN and inf where torch does.
 
 Declines: kernels other than 3×3 and strides other than 1 (the algorithm is specific to them),
 complex dtypes, and depthwise convolution (one input channel per group turns each GEMM into an
@@ -625,6 +628,12 @@ def _tiles_per_row(origins: np.ndarray) -> int:
     return int(np.count_nonzero((origins[:, 0] == origins[0, 0]) & (origins[:, 1] == origins[0, 1])))
 
 
+@np.errstate(invalid="ignore", over="ignore")  # NaN/inf outputs are expected (see Non-finite values above)
+def _sum(values: np.ndarray):
+    """The sum of ``values``: not finite when one of them is not (or when the sum overflows)."""
+    return values.sum()
+
+
 def _run_fused(x, origins, filters, bias, out, spec, m):
     """Each thread runs all stages on its own blocks of whole rows of tiles of one image.
 
@@ -675,8 +684,16 @@ def _run_fused(x, origins, filters, bias, out, spec, m):
             _matmul(inputs, filters, out=products)
             _output_transform(products, tiles, dh, dw, bias, out_band, 0, count)
             _unpack_band(out_band[0], low, row_origins[start:stop, 1], dh, m, n, out)
+            if dh == 1:  # the rows just written, still in this thread's cache
+                written = out[n, :, row_origins[start, 1]:row_origins[stop - 1, 1] + m]
+            else:
+                rows = (row_origins[start:stop, 1, None] + dh * np.arange(m)).ravel()
+                written = out[n][:, rows[rows < out.shape[2]]]
+            sums.append(_sum(written))
 
+    sums = []  # one per block (list.append is atomic)
     _in_parallel(config.threads, len(blocks), share)
+    return np.isfinite(sums).all()
 
 
 def _fused_block_bytes() -> int:
@@ -730,8 +747,16 @@ def _run_staged(x, origins, filters, bias, out, spec, m):
         _batched_gemm(inputs, filters, products, config.threads)
         _in_parallel(config.threads, tiles, lambda first, last: _output_transform(
             products, chunk, *spec.dilation, bias, out_pad, first, last))
-    _in_parallel(config.threads, spec.batch * spec.out_height, lambda first, last: _unpack_channels_first(
-        out_pad, out, first, last))
+    sums = []  # one per share of the copy (list.append is atomic)
+
+    def unpack(first, last):  # output rows n·Ho + row for first <= index < last
+        _unpack_channels_first(out_pad, out, first, last)
+        height = spec.out_height
+        for n in range(first // height, (last - 1) // height + 1):  # the rows just written, in cache
+            sums.append(_sum(out[n, :, max(first - n * height, 0):min(last - n * height, height)]))
+
+    _in_parallel(config.threads, spec.batch * spec.out_height, unpack)
+    return np.isfinite(sums).all()
 
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
@@ -748,7 +773,14 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     per_tile = (m + 2) ** 2 * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
     with blas_threads(1):
         if filters.nbytes <= _FUSED_FILTER_BYTES and _tiles_per_row(origins) * per_tile <= _fused_block_bytes():
-            _run_fused(x, origins, filters, bias, out, spec, m)
+            finite = _run_fused(x, origins, filters, bias, out, spec, m)
         else:
-            _run_staged(x, origins, filters, bias, out, spec, m)
+            finite = _run_staged(x, origins, filters, bias, out, spec, m)
+    if not finite:
+        # A NaN or inf in x, the weight or the bias (or a transform that overflowed) reached the
+        # output, where the transforms may have put NaN for inf or spread it over a tile: direct
+        # summation puts them where torch does.
+        from fastconv.backends import im2col
+
+        return im2col.run(x, weight, bias, spec)
     return out
