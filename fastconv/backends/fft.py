@@ -105,6 +105,9 @@ _MAX_IDLE_PLANS = 16
 _MAX_IDLE_PLAN_BYTES = 256 << 20
 _MAX_SPECTRA = 8
 _MAX_SPECTRUM_BYTES = 256 << 20
+# Overlap-save tiles start at this size per axis (smaller ones cost more per output in per-tile
+# work than they save; tests lower it to tile small images).
+_SMALLEST_TILE = 64
 # Grids above this many points run measurably slower per point (they leave L2); see _choose_tiles.
 _CACHE_FRIENDLY_POINTS = 1 << 19
 # Elements per slab when spectra are reordered between the transforms' and the GEMMs' layouts.
@@ -163,7 +166,7 @@ def _choose_tiles(spec: ConvSpec, complex_data: bool) -> tuple[int, int]:
 
     def candidates(whole, extent, stride):
         sizes = {whole}
-        size = 64
+        size = _SMALLEST_TILE
         while size < whole:
             if size >= 4 * extent + stride:
                 sizes.add(size)
