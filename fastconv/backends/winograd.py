@@ -66,8 +66,8 @@ Non-finite values: the transforms add and subtract the values of a tile, so an i
 NaN (inf - inf) where direct convolution gives ±inf, and with F(4×4) it could spread to outputs of
 the same tiles that do not read it; values near the dtype's limit can overflow in the transforms
 (F(4×4) scales by up to ~100) where direct sums do not. Any of these leaves a non-finite output,
-so each thread sums the output rows it has just written (a vectorised read of data still in its
-cache) and, when a sum is not finite, the call is redone by direct summation (the ``im2col``
+so each thread checks the outputs it has just written (``np.isfinite`` on data still in its
+cache) and, when one is not finite, the call is redone by direct summation (the ``im2col``
 backend), which puts NaN and inf where torch does.
 
 Declines: kernels other than 3×3 and strides other than 1 (the algorithm is specific to them),
@@ -628,10 +628,9 @@ def _tiles_per_row(origins: np.ndarray) -> int:
     return int(np.count_nonzero((origins[:, 0] == origins[0, 0]) & (origins[:, 1] == origins[0, 1])))
 
 
-@np.errstate(invalid="ignore", over="ignore")  # NaN/inf outputs are expected (see Non-finite values above)
-def _sum(values: np.ndarray):
-    """The sum of ``values``: not finite when one of them is not (or when the sum overflows)."""
-    return values.sum()
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite: the check of Non-finite values above, on data in cache."""
+    return bool(np.isfinite(values).all())
 
 
 def _run_fused(x, origins, filters, bias, out, spec, m):
@@ -683,17 +682,16 @@ def _run_fused(x, origins, filters, bias, out, spec, m):
             _input_transform(band.reshape(1, *band.shape), tiles, dh, dw, inputs, 0, count)
             _matmul(inputs, filters, out=products)
             _output_transform(products, tiles, dh, dw, bias, out_band, 0, count)
+            if dh == dw == 1:  # the block's tiles wrote all of the band, which is in this thread's cache
+                finite.append(_all_finite(out_band))
             _unpack_band(out_band[0], low, row_origins[start:stop, 1], dh, m, n, out)
-            if dh == 1:  # the rows just written, still in this thread's cache
-                written = out[n, :, row_origins[start, 1]:row_origins[stop - 1, 1] + m]
-            else:
+            if dh > 1 or dw > 1:  # parts of the band belong to no tile here (stale): check what was copied
                 rows = (row_origins[start:stop, 1, None] + dh * np.arange(m)).ravel()
-                written = out[n][:, rows[rows < out.shape[2]]]
-            sums.append(_sum(written))
+                finite.append(_all_finite(out[n][:, rows[rows < out.shape[2]]]))
 
-    sums = []  # one per block (list.append is atomic)
+    finite = []  # one per block (list.append is atomic)
     _in_parallel(config.threads, len(blocks), share)
-    return np.isfinite(sums).all()
+    return all(finite)
 
 
 def _fused_block_bytes() -> int:
@@ -747,16 +745,16 @@ def _run_staged(x, origins, filters, bias, out, spec, m):
         _batched_gemm(inputs, filters, products, config.threads)
         _in_parallel(config.threads, tiles, lambda first, last: _output_transform(
             products, chunk, *spec.dilation, bias, out_pad, first, last))
-    sums = []  # one per share of the copy (list.append is atomic)
+    finite = []  # one per share of the copy (list.append is atomic)
 
     def unpack(first, last):  # output rows n·Ho + row for first <= index < last
         _unpack_channels_first(out_pad, out, first, last)
-        height = spec.out_height
-        for n in range(first // height, (last - 1) // height + 1):  # the rows just written, in cache
-            sums.append(_sum(out[n, :, max(first - n * height, 0):min(last - n * height, height)]))
+        height, width = spec.out_height, spec.out_width
+        for n in range(first // height, (last - 1) // height + 1):  # the rows just copied, in cache
+            finite.append(_all_finite(out_pad[n, max(first - n * height, 0):min(last - n * height, height), :width]))
 
     _in_parallel(config.threads, spec.batch * spec.out_height, unpack)
-    return np.isfinite(sums).all()
+    return all(finite)
 
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
