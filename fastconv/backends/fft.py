@@ -55,7 +55,7 @@ direct sum would not. So before transforming, the backend bounds what the transf
 from ``max|x|`` (one read of the input, at memory speed) and the largest ``sum|w|`` of a filter:
 every value in the forward transform, the per-bin products and the inverse transform is at most
 ``T_h·T_w · max|x| · max(1, max_k sum|w_k|)`` (complex inputs: twice that). When that bound is
-not finite and below the dtype's largest value (a NaN or inf in the input or weight, or values
+NaN, infinite or above the dtype's largest value (a NaN or inf in the input or weight, or values
 within a factor of about the grid size of the dtype's limit), the whole call is handed to direct
 summation (the ``im2col`` backend's GEMMs), which puts NaN and inf exactly where direct
 convolution does. As a second line, every tile's inverse transform is checked at its first sample
@@ -446,7 +446,7 @@ def _transforms_are_safe(x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> b
     """
     if x.size == 0 or weight.size == 0:
         return True
-    real_x = x.view(x.real.dtype) if spec.dtype.kind == "c" else x  # the components bound |z| / sqrt 2
+    real_x = x.view(x.real.dtype) if spec.dtype.kind == "c" else x  # |z| <= sqrt(2) · largest component
     with np.errstate(invalid="ignore", over="ignore"):
         largest_x = max(abs(float(real_x.max())), abs(float(real_x.min())))
         largest_filter = float(np.abs(weight).reshape(len(weight), -1).sum(axis=1, dtype=np.float64).max())
