@@ -53,16 +53,18 @@ def _rank_one(rng, shape, dtype):
     """A weight whose every (k, c) kernel is an outer product of factors bounded away from zero,
     so that separable accepts it and ``0 · inf`` never hides in a factor."""
     out_channels, channels, kernel_h, kernel_w = shape
-    magnitude = lambda size: rng.uniform(0.5, 1.5, size) * rng.choice([-1.0, 1.0], size)  # noqa: E731
-    cols = magnitude((out_channels, channels, kernel_h))
-    rows = magnitude((out_channels, channels, kernel_w))
+
+    def factors(size):
+        return rng.uniform(0.5, 1.5, size) * rng.choice([-1.0, 1.0], size)
+
+    cols, rows = factors((out_channels, channels, kernel_h)), factors((out_channels, channels, kernel_w))
     return (cols[..., :, None] * rows[..., None, :]).astype(dtype)
 
 
 @st.composite
 def problems_with_specials(draw, backend):
     """A drawn problem that ``backend`` supports, with 1-4 NaN/±inf values placed in x, the weight
-    or the bias (writable copies, the drawn memory layouts kept)."""
+    or the bias (writable copies)."""
     kwargs = dict(kernels=[(3, 3)], strides=[(1, 1)]) if backend == "winograd" else {}
     problem = draw(conv_problems(max_size=9, **kwargs))
     compute, _ = resolve_dtypes(problem.x.dtype, problem.weight.dtype)
