@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pyfftw
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import signal
 
@@ -136,6 +136,55 @@ def test_huge_finite_values_that_would_overflow_the_spectrum_are_summed_directly
     np.testing.assert_allclose(out, 1.2e36, rtol=1e-5)
 
 
+@pytest.mark.parametrize("groups, per_group", [(2, 5), (3, 7), (2, 1)])
+def test_filter_spectra_of_every_group_are_computed_when_the_chunk_does_not_divide_a_group(
+        monkeypatch, groups, per_group):
+    """The workspace allows a chunk of filters that does not divide the filters per group: every
+    group's first filters must still be transformed (they were left as ``np.empty``)."""
+    monkeypatch.setattr(config, "workspace_bytes", 16 << 10)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, groups, 12, 12))
+    w = rng.standard_normal((groups * per_group, 1, 3, 3))
+    out = fastconv.conv2d(x, w, groups=groups, padding=1, backend="fft")
+    assert relative_error(out, reference_conv2d(x, w, padding=((1, 1), (1, 1)), groups=groups)) <= 1e-12
+
+
+@pytest.mark.parametrize("dtype, huge", [(np.float64, 1e308), (np.float32, 3e38), (np.complex128, 1e308)])
+def test_values_near_the_dtypes_limit_are_summed_directly(dtype, huge):
+    """One value near the limit leaves no overflow in the transforms, but rounding errors of
+    about eps · 1e308 in every output: far from it, an image of ones gave ~1.2e291 instead of 2."""
+    x = np.ones((1, 1, 12, 12), dtype=dtype)
+    x[0, 0, 0, 0] = huge
+    w = np.full((1, 1, 2, 2), 0.5, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = fastconv.conv2d(x, w, backend="fft")
+    np.testing.assert_array_equal(out[0, 0, 1:, 1:], 2.0)
+    np.testing.assert_allclose(out[0, 0, 0, 0], (huge + 3) / 2, rtol=1e-6)
+
+
+@given(scale=st.floats(1e-6, 0.99), dtype=st.sampled_from([np.float32, np.float64]),
+       kernel=st.integers(1, 6), size=st.integers(6, 40), seed=st.integers(0, 2**16))
+def test_transforms_are_trusted_only_where_they_cannot_overflow(scale, dtype, kernel, size, seed):
+    """Values whose transform bound is below the dtype's limit (down to a millionth of it) never
+    overflow: the transforms run and agree with the reference; just above it, direct summation."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (1, 2, size, size)).astype(dtype)
+    w = rng.uniform(-1, 1, (3, 2, kernel, kernel)).astype(dtype)
+    spec = make_spec(x.shape, w.shape, dtype=dtype)
+    grid = fft._choose_tiles(spec, complex_data=False)
+    per_filter = np.abs(w).reshape(3, -1).sum(axis=1, dtype=np.float64).max()
+    x *= scale * float(np.finfo(dtype).max) / (grid[0] * grid[1] * max(1.0, per_filter) * np.abs(x).max())
+    assert fft._transforms_are_safe(x, w, spec)
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
+        patch.setattr(fft, "_direct", lambda *args: pytest.fail("summed directly although safe"))
+        warnings.simplefilter("error")
+        out = fastconv.conv2d(x, w, backend="fft")
+    expected = reference_conv2d(x, w)
+    assert np.isfinite(out).all() and relative_error(out, expected) <= (1e-5 if dtype == np.float32 else 1e-12)
+    assert not fft._transforms_are_safe(x * np.array(4 / scale, dtype), w, spec)
+
+
 def test_concurrent_calls_from_many_threads_are_all_correct():
     rng = np.random.default_rng(6)
     problems = []
@@ -214,6 +263,63 @@ def test_plan_pool_is_bounded_in_count_and_bytes(monkeypatch):
     assert pool._count <= 3 and pool._bytes <= 1 << 20
     assert pool._count == sum(len(plans) for plans in pool._idle.values())
     assert pool._bytes == sum(fft._plan_bytes(p) for plans in pool._idle.values() for p in plans)
+
+
+def _pool_invariants_hold(pool):
+    assert pool._count <= pool._max_idle and pool._bytes <= pool._max_bytes
+    assert all(pool._idle.values()), "an empty list of idle plans"
+    assert pool._count == sum(len(plans) for plans in pool._idle.values())
+    assert pool._bytes == sum(fft._plan_bytes(p) for plans in pool._idle.values() for p in plans)
+
+
+def test_plan_larger_than_the_pool_evicts_nothing_and_second_call_works(monkeypatch):
+    """A plan larger than the pool's byte limit, given back while another key's only plan is
+    checked out, used to evict from that key's empty list: ``IndexError: pop from empty list``
+    on the second call (x (1, 1, 400, 400), w (128, 1, 101, 101) at the real 256 MiB limit)."""
+    rng = np.random.default_rng(9)
+    x, w = rng.standard_normal((1, 1, 20, 20)), rng.standard_normal((8, 1, 3, 3))
+    grid = fft._choose_tiles(make_spec(x.shape, w.shape), complex_data=False)
+    forward_bytes = fft._plan_bytes(fft._build_plan(1, grid, np.dtype(np.float64), False, 1, "FFTW_ESTIMATE"))
+    pool = fft._PlanPool(max_idle=16, max_bytes=2 * forward_bytes)  # keeps the forward plan, not the inverse
+    monkeypatch.setattr(fft, "_plans", pool)
+    expected = reference_conv2d(x, w)
+    for _ in range(3):
+        assert relative_error(fastconv.conv2d(x, w, backend="fft"), expected) <= 1e-12
+        _pool_invariants_hold(pool)
+    assert pool._count == 1
+
+
+class _FakePlan:
+    def __init__(self, size):
+        self.input_array, self.output_array = np.empty(size, np.uint8), np.empty(0, np.uint8)
+
+
+@settings(max_examples=150)  # no FFTW here: fake plans, microseconds per example
+@given(max_idle=st.integers(1, 4), max_bytes=st.sampled_from([50, 150, 500]),
+       calls=st.lists(st.lists(st.tuples(st.integers(0, 2), st.sampled_from([8, 40, 120, 400])),
+                               min_size=1, max_size=3), max_size=12))
+def test_plan_pool_survives_any_sequence_of_nested_checkouts(max_idle, max_bytes, calls):
+    """Any nesting of checkouts (a call holds up to three plans at once, as the fft backend holds
+    its forward and inverse plans) keeps the pool's books straight, within its limits, and never
+    lends one plan twice at the same time."""
+    pool = fft._PlanPool(max_idle=max_idle, max_bytes=max_bytes)
+    sizes = {}  # a key's plans all have one size, as real plans of one key do
+    lent = set()
+
+    def nested(keys):
+        if not keys:
+            return
+        key, size = keys[0]
+        size = sizes.setdefault(key, size)
+        with pool.checkout(key, lambda: _FakePlan(size)) as plan:
+            assert id(plan) not in lent and fft._plan_bytes(plan) == size
+            lent.add(id(plan))
+            nested(keys[1:])
+            lent.discard(id(plan))
+
+    for keys in calls:
+        nested(keys)
+        _pool_invariants_hold(pool)
 
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):

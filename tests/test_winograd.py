@@ -2,6 +2,7 @@
 reference at both tile sizes, the dilation identity, declines, the filter cache and workspace."""
 
 import threading
+import warnings
 from fractions import Fraction
 from unittest import mock
 
@@ -273,12 +274,49 @@ def test_works_in_a_forked_child():
 
 
 @pytest.mark.parametrize("tile", [2, 4])
-def test_non_finite_inputs_reach_every_output_that_reads_them(tile):
+def test_non_finite_inputs_land_where_direct_convolution_puts_them(tile):
     x = np.ones((1, 1, 12, 12))
     x[0, 0, 5, 5] = np.inf
     x[0, 0, 9, 1] = np.nan
     w = np.ones((1, 1, 3, 3))
     out = winograd.run(x, w, None, make_spec(x.shape, w.shape), tile=tile)
-    direct = ~np.isfinite(reference_conv2d(x, w))
-    assert (~np.isfinite(out))[direct].all()
-    assert np.isfinite(out).sum() >= out.size - 2 * (tile + 2) ** 2  # only the tiles that read them
+    expected = reference_conv2d(x, w)
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(out), test(expected))
+    np.testing.assert_allclose(out[np.isfinite(expected)], 9.0)
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_values_that_overflow_the_transforms_are_summed_directly(tile):
+    """F(4x4)'s transforms scale values by up to ~100 before they cancel: near the dtype's limit
+    they overflow where the direct sum does not."""
+    x = np.full((1, 2, 8, 8), 1e36, dtype=np.float32)
+    w = np.full((2, 2, 3, 3), 1e-2, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = winograd.run(x, w, None, make_spec(x.shape, w.shape, dtype=np.float32), tile=tile)
+    np.testing.assert_allclose(out, 1.8e35, rtol=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["fused", "staged"])
+@pytest.mark.parametrize("dilation", [(1, 1), (1, 2), (2, 1), (3, 2)])
+@pytest.mark.parametrize("tile", [2, 4])
+def test_finite_calls_after_a_nan_call_are_not_summed_directly(monkeypatch, schedule, dilation, tile):
+    """The output check reads only outputs this call wrote: NaN left in a reused workspace by an
+    earlier call must not send later finite calls to direct summation. (With dilation, the band
+    of a block has places no tile writes: 9 output columns at dilation 2 are sub-images of 5 and
+    4 columns, which F(4x4) tiles as 8 and 4.)"""
+    from fastconv.backends import im2col
+
+    if schedule == "staged":
+        monkeypatch.setattr(winograd, "_FUSED_FILTER_BYTES", 0)
+    monkeypatch.setattr(config, "threads", 1)  # one thread: its workspaces are the ones reused
+    rng = np.random.default_rng(13)
+    x, w = rng.standard_normal((1, 3, 11, 9)), rng.standard_normal((4, 3, 3, 3))
+    padding = ((dilation[0],) * 2, (dilation[1],) * 2)  # "same": 9 output columns
+    undilated = make_spec(x.shape, w.shape, padding=padding)  # writes all of its (larger) workspaces
+    assert np.isnan(winograd.run(np.full_like(x, np.nan), w, None, undilated, tile=tile)).any()
+    monkeypatch.setattr(im2col, "run", lambda *args: pytest.fail("a finite call was summed directly"))
+    out = winograd.run(x, w, None, make_spec(x.shape, w.shape, padding=padding, dilation=dilation), tile=tile)
+    expected = reference_conv2d(x, w, padding=padding, dilation=dilation)
+    assert relative_error(out, expected) <= 1e-10

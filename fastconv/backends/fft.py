@@ -49,18 +49,23 @@ copy of every weight it has transformed and serves a spectrum only when the weig
 cheaper than the transform). Mutating a weight in place, or passing a new array with other values
 at the same address, therefore never returns a stale spectrum.
 
-NaN and infinity: a single non-finite value would spread over the whole FFT output (every
-frequency bin sees every pixel), and values near the top of the dtype's range can overflow a
-spectrum bin (a sum over a whole tile) where the direct sum would not. Either way the tile's
-inverse transform is non-finite at its first sample, because every inverse output sums all bins;
-the backend checks that one sample per tile and channel (free) and, when one is not finite, hands
-the whole problem to direct summation by the ``naive`` backend, which puts NaN and inf exactly
-where direct convolution does. That is slow on large images but correct, and clean inputs pay
-nothing for it.
+NaN, infinity and huge values: a single non-finite value would spread over the whole FFT output
+(every frequency bin sees every pixel), and a transform's partial sums can overflow where the
+direct sum would not. So before transforming, the backend bounds what the transforms can reach
+from ``max|x|`` (one read of the input, at memory speed) and the largest ``sum|w|`` of a filter:
+every value in the forward transform, the per-bin products and the inverse transform is at most
+``T_h·T_w · max|x| · max(1, max_k sum|w_k|)`` (complex inputs: twice that). When that bound is
+NaN, infinite or above the dtype's largest value (a NaN or inf in the input or weight, or values
+within a factor of about the grid size of the dtype's limit), the whole call is handed to direct
+summation (the ``im2col`` backend's GEMMs), which puts NaN and inf exactly where direct
+convolution does. As a second line, every tile's inverse transform is checked at its first sample
+(a sum over all bins, so non-finite whenever any bin is): free, and it sends the call to direct
+summation too.
 
 Accuracy: the rounding error of an FFT convolution grows with ``log T`` and is spread evenly
 over all outputs, relative to the *largest* values involved, so small outputs carry larger
-relative error than with direct summation. Float32 results agree with the float64 reference to
+relative error than with direct summation (one value of 1e300 in an image of ones leaves errors
+of about 1e284 in every output of its tile). Float32 results agree with the float64 reference to
 about 1e-6 of the largest output, float64 ones to about 1e-15.
 
 Examples
@@ -100,6 +105,9 @@ _MAX_IDLE_PLANS = 16
 _MAX_IDLE_PLAN_BYTES = 256 << 20
 _MAX_SPECTRA = 8
 _MAX_SPECTRUM_BYTES = 256 << 20
+# Overlap-save tiles start at this size per axis (smaller ones cost more per output in per-tile
+# work than they save; tests lower it to tile small images).
+_SMALLEST_TILE = 64
 # Grids above this many points run measurably slower per point (they leave L2); see _choose_tiles.
 _CACHE_FRIENDLY_POINTS = 1 << 19
 # Elements per slab when spectra are reordered between the transforms' and the GEMMs' layouts.
@@ -158,7 +166,7 @@ def _choose_tiles(spec: ConvSpec, complex_data: bool) -> tuple[int, int]:
 
     def candidates(whole, extent, stride):
         sizes = {whole}
-        size = 64
+        size = _SMALLEST_TILE
         while size < whole:
             if size >= 4 * extent + stride:
                 sizes.add(size)
@@ -198,12 +206,13 @@ def _plan_bytes(plan) -> int:
 class _PlanPool:
     """Idle FFTW plans by key. ``checkout`` lends one to the calling thread (building a new one
     when all are busy) and takes it back afterwards; at most ``max_idle`` plans holding at most
-    ``max_bytes`` of buffers are kept, least recently used first out. (Building plans from several
-    threads at once is safe: pyFFTW serialises FFTW's planner under its own lock.)"""
+    ``max_bytes`` of buffers are kept, least recently used first out, and a plan larger than
+    ``max_bytes`` on its own is not kept at all. (Building plans from several threads at once is
+    safe: pyFFTW serialises FFTW's planner under its own lock.)"""
 
     def __init__(self, max_idle: int, max_bytes: int):
         self._max_idle, self._max_bytes = max_idle, max_bytes
-        self._idle: OrderedDict[tuple, list] = OrderedDict()
+        self._idle: OrderedDict[tuple, list] = OrderedDict()  # never holds an empty list
         self._count = self._bytes = 0
         self._lock = reinitialise_after_fork(threading.Lock())
         self.built = 0  # plans built so far (for tests and cache_info)
@@ -214,9 +223,10 @@ class _PlanPool:
             plans = self._idle.get(key)
             plan = plans.pop() if plans else None
             if plan is not None:
+                if not plans:  # an empty list would be "the oldest" to evict from, with nothing in it
+                    del self._idle[key]
                 self._count -= 1
                 self._bytes -= _plan_bytes(plan)
-                self._idle.move_to_end(key)
         if plan is None:
             plan = build()
             with self._lock:
@@ -224,17 +234,23 @@ class _PlanPool:
         try:
             yield plan
         finally:
-            with self._lock:
-                self._idle.setdefault(key, []).append(plan)
-                self._idle.move_to_end(key)
-                self._count += 1
-                self._bytes += _plan_bytes(plan)
-                while self._count > self._max_idle or self._bytes > self._max_bytes:  # drop the LRU
-                    oldest = next(iter(self._idle))
-                    self._bytes -= _plan_bytes(self._idle[oldest].pop())
-                    self._count -= 1
-                    if not self._idle[oldest]:
-                        del self._idle[oldest]
+            self._give_back(key, plan)
+
+    def _give_back(self, key, plan) -> None:
+        size = _plan_bytes(plan)
+        with self._lock:
+            if size > self._max_bytes:  # keeping it would evict every other plan, then itself
+                return
+            self._idle.setdefault(key, []).append(plan)
+            self._idle.move_to_end(key)
+            self._count += 1
+            self._bytes += size
+            while self._count > self._max_idle or self._bytes > self._max_bytes:  # drop the LRU
+                oldest, plans = next(iter(self._idle.items()))
+                self._bytes -= _plan_bytes(plans.pop())
+                self._count -= 1
+                if not plans:
+                    del self._idle[oldest]
 
     def clear(self):
         with self._lock:
@@ -335,7 +351,10 @@ def _filter_spectrum(weight: np.ndarray, spec: ConvSpec, grid: tuple[int, int]) 
     per_group = count // groups
     per_filter_bytes = 3 * grid[0] * grid[1] * spec.dtype.itemsize
     chunk = _equal_chunk(per_group, config.workspace_bytes // per_filter_bytes)
-    for start in range(0, count, chunk):  # chunks never straddle two groups
+    # Chunks step through each group on their own: a chunk never straddles two groups, and when
+    # the chunk does not divide the filters per group, the next group still starts a chunk.
+    starts = [group * per_group + offset for group in range(groups) for offset in range(0, per_group, chunk)]
+    for start in starts:
         stop = min(start + chunk, (start // per_group + 1) * per_group)
         with _plan(stop - start, grid, spec.dtype, inverse=False) as forward:
             source = forward.input_array
@@ -408,19 +427,55 @@ def _run_in_phases(x, weight, bias, spec: ConvSpec, phases: tuple[int, int]) -> 
     phase_spec = replace(
         spec, batch=batch * phase_h * phase_w, in_height=rows, in_width=cols, padding=((0, 0), (0, 0)),
         dilation=tuple(1 if split > 1 else dilation for split, dilation in zip(phases, spec.dilation)))
-    phase_out = run(np.ascontiguousarray(sub_images).reshape(phase_spec.input_shape), weight, bias, phase_spec)
+    phase_out = _run_transforms(np.ascontiguousarray(sub_images).reshape(phase_spec.input_shape), weight, bias,
+                                phase_spec)
     out_rows, out_cols = phase_spec.out_height, phase_spec.out_width
     interleaved = phase_out.reshape(batch, phase_h, phase_w, spec.out_channels, out_rows, out_cols) \
         .transpose(0, 3, 4, 1, 5, 2).reshape(batch, spec.out_channels, out_rows * phase_h, out_cols * phase_w)
     return np.ascontiguousarray(interleaved[:, :, :spec.out_height, :spec.out_width])
 
 
+def _transforms_are_safe(x: np.ndarray, weight: np.ndarray, spec: ConvSpec) -> bool:
+    """False when the transforms could meet NaN or inf, or overflow: then direct summation runs.
+
+    Every value the transforms compute is at most ``points · max|x| · max(1, max_k sum|w_k|)``
+    (``points`` the grid size; twice that for complex data): a forward bin sums at most
+    ``points`` samples, a per-bin product over the channels of a group is at most
+    ``max|x| · sum|w_k|`` (the kernels are scaled by ``1 / points``), and an inverse output sums
+    ``points`` bins.
+    """
+    if x.size == 0 or weight.size == 0:
+        return True
+    real_x = x.view(x.real.dtype) if spec.dtype.kind == "c" else x  # |z| <= sqrt(2) · largest component
+    with np.errstate(invalid="ignore", over="ignore"):
+        largest_x = max(abs(float(real_x.max())), abs(float(real_x.min())))
+        largest_filter = float(np.abs(weight).reshape(len(weight), -1).sum(axis=1, dtype=np.float64).max())
+    if not (math.isfinite(largest_x) and math.isfinite(largest_filter)):  # NaN or inf (max() hides NaN)
+        return False
+    grid = _choose_tiles(spec, spec.dtype.kind == "c")
+    bound = grid[0] * grid[1] * largest_x * max(1.0, largest_filter) * (2 if spec.dtype.kind == "c" else 1)
+    return bound <= float(np.finfo(spec.dtype).max)  # Python floats: inf past 1.8e308, no error
+
+
+def _direct(x, weight, bias, spec: ConvSpec) -> np.ndarray:
+    """Direct summation, for the calls the transforms cannot do exactly (NaN, inf, overflow)."""
+    from fastconv.backends import im2col
+
+    return im2col.run(x, weight, bias, spec)
+
+
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
     if spec.batch == 0:
         return np.empty(spec.out_shape, dtype=spec.dtype)
+    if not _transforms_are_safe(x, weight, spec):
+        return _direct(x, weight, bias, spec)
     phases = _dilation_phases(spec)
     if phases != (1, 1):
         return _run_in_phases(x, weight, bias, spec, phases)
+    return _run_transforms(x, weight, bias, spec)
+
+
+def _run_transforms(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
     # First, so that an output too large for memory fails here (MemoryError) and not after a list
     # of its tiles has used up all memory.
     out = np.empty(spec.out_shape, dtype=spec.dtype)
@@ -448,10 +503,8 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
         for start in range(0, len(items), chunk):
             batch_items = items[start:start + chunk]
             _convolve_tiles(x, spectrum, spec, grid, batch_items, (per_tile_h, per_tile_w), out)
-    except _NotFinite:
-        from fastconv.backends import naive  # NaN/inf would smear over every FFT output
-
-        return naive.run(x, weight, bias, spec)
+    except _NotFinite:  # NaN/inf would smear over every FFT output
+        return _direct(x, weight, bias, spec)
     if bias is not None:
         out += bias[None, :, None, None]
     return out

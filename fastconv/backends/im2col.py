@@ -235,6 +235,6 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
                 else:  # whole images: (G, Kg, images * P) -> (images, G, Kg, P)
                     result = np.matmul(filters, cols).reshape(groups, k_per_group, -1, image)
                     out_by_group[n:n + pixels // image] = result.transpose(2, 0, 1, 3)
-    if bias is not None:
-        out += bias[None, :, None, None]
+        if bias is not None:
+            out += bias[None, :, None, None]
     return out

@@ -5,7 +5,9 @@ Each output row ``out[n, k, i, :]`` is accumulated in place, tap by tap::
     out[n, k, i, j] += sum_v w[k, c, u, v] * x[n, c, i*sh + u*dh - pt, j*sw + v*dw - pl]
 
 for every input channel ``c`` of ``k``'s group and kernel row ``u`` whose input row is inside the
-image (rows in the zero padding are skipped, so the input is never padded or copied).
+image (rows in the zero padding are skipped, so the input is never padded or copied). Skipping
+them is exact unless a weight is NaN or infinite: then ``0 · w`` is NaN, as torch computes it,
+and such calls pad the input explicitly and skip nothing.
 
 What makes it fast, in the order it mattered when measured:
 
@@ -61,7 +63,7 @@ from numba import njit, prange
 
 from fastconv import config
 from fastconv.backends._thread_pools import ParallelKernel
-from fastconv.geometry import ConvSpec, interior_range
+from fastconv.geometry import ConvSpec, interior_range, pad_input
 
 name = "numba_cpu"
 
@@ -323,6 +325,16 @@ def uses_plane_kernel(spec: ConvSpec) -> bool:
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
     if spec.batch == 0:  # an empty batch: nothing to compute (and no tasks to divide the work into)
         return np.empty(spec.out_shape, dtype=spec.dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        weight_sum = weight.sum()
+    if not np.isfinite(weight_sum):
+        # The kernels skip taps that fall in the zero padding, which is exact for finite weights;
+        # a NaN or inf weight must meet the padding too (0·NaN and 0·inf are NaN, as in torch), so
+        # the padding is materialised and no tap is skipped. One vectorised sum detects it (a
+        # NaN or inf anywhere makes the sum non-finite; so does a sum that overflows, which only
+        # takes this slower, still exact, path).
+        x = pad_input(x, spec)
+        spec = spec.zero_padded()
     plane, direct = _kernels_for(spec)
     geometry = (*spec.stride, *spec.dilation, spec.padding[0][0], spec.padding[1][0])
     groups, per_group = spec.groups, spec.out_channels_per_group

@@ -22,7 +22,9 @@ each input channel and rank term it forms the row's column pass into a private b
 ``i * stride + u * dilation`` of the padded input, so stride and dilation cost nothing extra) and
 adds the row pass of that buffer (columns ``j * stride + v * dilation``) into the output row. Both
 inner loops run along contiguous memory and vectorise. The zero padding is never materialised:
-rows outside the image are skipped and the buffer's border columns stay zero.
+rows outside the image are skipped and the buffer's border columns stay zero. (Except for a 1-D
+kernel holding NaN or inf, whose taps must meet the padding too, 0·NaN being NaN as in torch: then
+the input is padded explicitly. 2-D kernels holding them are declined: they have no factors.)
 
 Examples
 --------
@@ -44,7 +46,7 @@ from numba import njit, prange
 
 from fastconv.backends._thread_pools import ParallelKernel
 from fastconv.backends._weight_cache import WeightCache
-from fastconv.geometry import ConvSpec, check_dtype
+from fastconv.geometry import ConvSpec, check_dtype, pad_input
 
 name = "separable"
 
@@ -234,6 +236,14 @@ def _run_factors(x, cols, rows, ranks, bias, spec):
 
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
+    with np.errstate(invalid="ignore", over="ignore"):
+        weight_sum = weight.sum()
+    if not np.isfinite(weight_sum):
+        # Only 1-D kernels get here with NaN or inf (supports_weight declines the rest). The column
+        # pass skips rows in the zero padding, exact for finite taps; a NaN or inf tap must meet
+        # the padding too (0·NaN is NaN, as in torch), so the padding is materialised.
+        x = pad_input(x, spec)
+        spec = spec.zero_padded()
     cols, rows, ranks = _weight_factors(weight, spec)
     max_rank = max(int(ranks.max()), 1)
     # (K, Cg, kh, R) -> (K, Cg, R, kh): one contiguous column factor per rank term

@@ -62,10 +62,13 @@ all bounds checks from the transform) and the output is written channels-last an
 In the fused schedule each thread does these copies for its own block of tile rows, while the
 data is in its cache.
 
-Non-finite values: the transforms add and subtract the values of a tile, so an inf turns into
-NaN (inf - inf) where direct convolution gives ±inf, and with F(4×4) it can spread to outputs of
-the same tiles that do not read it (one inf in a 10×10 output: 25 non-finite outputs instead of
-9). Every output that reads a non-finite value is non-finite, as it must be.
+Non-finite values: the transforms add and subtract the values of a tile, so an inf would turn into
+NaN (inf - inf) where direct convolution gives ±inf, and with F(4×4) it could spread to outputs of
+the same tiles that do not read it; values near the dtype's limit can overflow in the transforms
+(F(4×4) scales by up to ~100) where direct sums do not. Any of these leaves a non-finite output,
+so each thread checks the outputs it has just written (``np.isfinite`` on data still in its
+cache) and, when one is not finite, the call is redone by direct summation (the ``im2col``
+backend), which puts NaN and inf where torch does.
 
 Declines: kernels other than 3×3 and strides other than 1 (the algorithm is specific to them),
 complex dtypes, and depthwise convolution (one input channel per group turns each GEMM into an
@@ -625,6 +628,11 @@ def _tiles_per_row(origins: np.ndarray) -> int:
     return int(np.count_nonzero((origins[:, 0] == origins[0, 0]) & (origins[:, 1] == origins[0, 1])))
 
 
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite: the check of Non-finite values above, on data in cache."""
+    return bool(np.isfinite(values).all())
+
+
 def _run_fused(x, origins, filters, bias, out, spec, m):
     """Each thread runs all stages on its own blocks of whole rows of tiles of one image.
 
@@ -674,9 +682,16 @@ def _run_fused(x, origins, filters, bias, out, spec, m):
             _input_transform(band.reshape(1, *band.shape), tiles, dh, dw, inputs, 0, count)
             _matmul(inputs, filters, out=products)
             _output_transform(products, tiles, dh, dw, bias, out_band, 0, count)
+            if dh == dw == 1:  # the block's tiles wrote all of the band, which is in this thread's cache
+                finite.append(_all_finite(out_band))
             _unpack_band(out_band[0], low, row_origins[start:stop, 1], dh, m, n, out)
+            if dh > 1 or dw > 1:  # parts of the band belong to no tile here (stale): check what was copied
+                rows = (row_origins[start:stop, 1, None] + dh * np.arange(m)).ravel()
+                finite.append(_all_finite(out[n][:, rows[rows < out.shape[2]]]))
 
+    finite = []  # one per block (list.append is atomic)
     _in_parallel(config.threads, len(blocks), share)
+    return all(finite)
 
 
 def _fused_block_bytes() -> int:
@@ -730,8 +745,16 @@ def _run_staged(x, origins, filters, bias, out, spec, m):
         _batched_gemm(inputs, filters, products, config.threads)
         _in_parallel(config.threads, tiles, lambda first, last: _output_transform(
             products, chunk, *spec.dilation, bias, out_pad, first, last))
-    _in_parallel(config.threads, spec.batch * spec.out_height, lambda first, last: _unpack_channels_first(
-        out_pad, out, first, last))
+    finite = []  # one per share of the copy (list.append is atomic)
+
+    def unpack(first, last):  # output rows n·Ho + row for first <= index < last
+        _unpack_channels_first(out_pad, out, first, last)
+        height, width = spec.out_height, spec.out_width
+        for n in range(first // height, (last - 1) // height + 1):  # the rows just copied, in cache
+            finite.append(_all_finite(out_pad[n, max(first - n * height, 0):min(last - n * height, height), :width]))
+
+    _in_parallel(config.threads, spec.batch * spec.out_height, unpack)
+    return all(finite)
 
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec,
@@ -748,7 +771,14 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     per_tile = (m + 2) ** 2 * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize
     with blas_threads(1):
         if filters.nbytes <= _FUSED_FILTER_BYTES and _tiles_per_row(origins) * per_tile <= _fused_block_bytes():
-            _run_fused(x, origins, filters, bias, out, spec, m)
+            finite = _run_fused(x, origins, filters, bias, out, spec, m)
         else:
-            _run_staged(x, origins, filters, bias, out, spec, m)
+            finite = _run_staged(x, origins, filters, bias, out, spec, m)
+    if not finite:
+        # A NaN or inf in x, the weight or the bias (or a transform that overflowed) reached the
+        # output, where the transforms may have put NaN for inf or spread it over a tile: direct
+        # summation puts them where torch does.
+        from fastconv.backends import im2col
+
+        return im2col.run(x, weight, bias, spec)
     return out
