@@ -2,7 +2,7 @@
 layers (DCGAN), a U-Net up-convolution and an autoencoder decoder layer.
 """
 
-from fastconv import bench
+from fastconv.tools import bench
 
 from .common import gflops, prepare, suite_cases
 

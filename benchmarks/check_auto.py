@@ -2,11 +2,11 @@
 
 For each problem the script times every backend that can run it in its steady state (a pause for
 the previous backend's thread pools to go idle, a warm-up call that absorbs JIT compilation, then
-the best of up to 7 calls: :func:`fastconv.tuning.time_backends`), then asks which backend auto
+the best of up to 7 calls: :func:`fastconv.auto.timing.time_backends`), then asks which backend auto
 picks:
 
-* untuned — the cost model alone (:mod:`fastconv.cost`), and
-* tuned — :func:`fastconv.tuning.measure`, the autotuner's own quick measurement,
+* untuned — the cost model alone (:mod:`fastconv.auto.cost`), and
+* tuned — :func:`fastconv.auto.choice.measure`, the autotuner's own quick measurement,
 
 and reports how often each pick is within 10% of the fastest backend, and the worst slowdown.
 Targets (issue 7): untuned within 10% on >= 85% of problems and never worse than 2x; tuned
@@ -97,7 +97,8 @@ def _weight(shape, kind, dtype, rng):
 
 
 def measure_problem(entry, skip_above: float):
-    from fastconv import backends, cost, tuning
+    from fastconv import backends
+    from fastconv.auto import choice, cost, timing
     from fastconv.geometry import make_spec, pad_input
 
     name, x_shape, w_shape, keywords, dtype, kind = entry
@@ -107,25 +108,25 @@ def measure_problem(entry, skip_above: float):
     full = make_spec(x_shape, w_shape, dtype=dtype, **keywords)
     spec = full.zero_padded() if full.padding_mode != "zeros" else full
     x_run = pad_input(x, full) if full.padding_mode != "zeros" else x
-    rank = tuning.kernel_rank(weight)
-    candidates = [b for b in backends.backend_names() if b != "cuda" and tuning.decline_reason(b, spec) is None]
+    rank = choice.kernel_rank(weight)
+    candidates = [b for b in backends.backend_names() if b != "cuda" and choice.decline_reason(b, spec) is None]
     estimates = {b: cost.estimate_seconds(b, spec, rank=rank, module=backends.get(b)) for b in candidates}
     best_estimate = min(estimates.values())
     notes, timed = {}, []
     for backend in candidates:
         if estimates[backend] > skip_above and estimates[backend] > 30 * best_estimate:
             notes[backend] = f"not timed: estimated {estimates[backend]:.3g} s"
-        elif tuning.weight_decline_reason(backend, weight, spec) is not None:
-            notes[backend] = f"declines: {tuning.weight_decline_reason(backend, weight, spec)}"
+        elif choice.weight_decline_reason(backend, weight, spec) is not None:
+            notes[backend] = f"declines: {choice.weight_decline_reason(backend, weight, spec)}"
         else:
             timed.append(backend)
-    times = tuning.time_backends_quietly(timed, (x_run, weight, None), spec, repeats=7, budget=2.0, passes=2)
-    tuning.clear_cache()
-    untuned = tuning.choose(spec, weight, tune=False)
+    times = timing.time_backends_quietly(timed, (x_run, weight, None), spec, repeats=7, budget=2.0, passes=2)
+    choice.clear_cache()
+    untuned = choice.choose(spec, weight, tune=False)
     tune_started = time.perf_counter()
-    tuned_results = tuning.measure(spec, (x_run, weight, None))
+    tuned_results = choice.measure(spec, (x_run, weight, None))
     tune_seconds = time.perf_counter() - tune_started
-    tuned = tuning._fastest(tuned_results)
+    tuned = choice.fastest(tuned_results)
     return {"name": name, "input": x_shape, "weight": w_shape, "keywords": keywords, "dtype": dtype,
             "kernel": kind, "rank": rank, "estimates": estimates, "times": times, "notes": notes,
             "auto": untuned, "tuned": tuned, "tuner_measured": tuned_results, "tuner_seconds": tune_seconds}
@@ -171,9 +172,9 @@ def per_call(function, number=20000):
 
 _FASTCONV_TINY = _TINY + """
 import fastconv
-from fastconv import tuning
+from fastconv.auto import calibrate, choice, constants, cost, timing, tuning_cache
 from fastconv.geometry import make_spec
-picked = tuning.choose(make_spec(x.shape, w.shape, dtype=x.dtype), w)
+picked = choice.choose(make_spec(x.shape, w.shape, dtype=x.dtype), w)
 fastconv.conv2d(x, w), fastconv.conv2d(x, w, backend=picked)  # compile, decide
 print(picked, per_call(lambda: fastconv.conv2d(x, w)), per_call(lambda: fastconv.conv2d(x, w, backend=picked)))
 """

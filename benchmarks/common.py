@@ -11,8 +11,8 @@ The problems come from :mod:`fastconv.bench`, which ships a copy of the canonica
 """
 
 import fastconv
-from fastconv import bench
-from fastconv.bench import Case, canonical_layers, image_filter, suite_cases  # noqa: F401 (re-exported)
+from fastconv.tools import bench
+from fastconv.tools.cases import Case, Skip, canonical_layers, image_filter, make_inputs, suite_cases  # noqa: F401
 
 #: fastconv's registered backends, then the peer libraries.
 BACKENDS = [*fastconv.backends.backend_names(), *bench.PEERS]
@@ -26,10 +26,10 @@ def size(text: str) -> tuple[int, int]:
 
 def prepare(case: Case, backend: str):
     """The call that times ``case`` on ``backend``, warmed up (JIT compiled, FFT planned) here in setup."""
-    x, w = bench.make_inputs(case)
+    x, w = make_inputs(case)
     try:
         return bench.prepare_call(case, backend, x, w)
-    except bench.Skip as reason:
+    except Skip as reason:
         raise NotImplementedError(str(reason)) from None
 
 

@@ -94,7 +94,7 @@ def case_arrays(case):
 
 def _time(call, repeat):
     """Median seconds of up to ``repeat`` calls (1 s budget) after a warm-up call: fastconv's harness."""
-    from fastconv.bench import time_call
+    from fastconv.tools.bench import time_call
 
     call()  # warm-up: JIT compilation, plan caches, page faults
     return time_call(call, repeat=repeat, budget_s=1.0)[0]

@@ -7,31 +7,29 @@
 (1, 8, 32, 32)
 """
 
-from fastconv import config, fft
-from fastconv.backends import list_backends
-from fastconv.dispatch import conv2d, use_backend
+from fastconv import config
+from fastconv.auto import autotune, explain
+from fastconv.backends import fftw, list_backends
 from fastconv.geometry import ConvSpec, output_shape
-from fastconv import init
-from fastconv.depthwise import depthwise_separable_conv2d
-from fastconv.local import local_conv2d, tiled_conv2d
-from fastconv.receptive_field import ReceptiveField, receptive_field
-from fastconv.signal import convolve2d, correlate2d
-from fastconv.tuning import autotune, explain
+from fastconv.ops import initializers as init
+from fastconv.ops.conv2d import conv2d, use_backend
+from fastconv.ops.depthwise import depthwise_separable_conv2d
+from fastconv.ops.local import local_conv2d, tiled_conv2d
+from fastconv.ops.receptive_field import ReceptiveField, receptive_field
+from fastconv.ops.signal import convolve2d, correlate2d
 
 __version__ = "0.1.0"
 
-__all__ = ["ConvSpec", "config", "conv2d", "list_backends", "output_shape", "use_backend"]
-__all__ += ["ReceptiveField", "avg_pool2d", "conv_transpose2d", "convolve2d", "correlate2d",
-            "depthwise_separable_conv2d", "init", "local_conv2d", "max_pool2d", "receptive_field",
-            "tiled_conv2d"]
-__all__ += ["autotune", "explain"]
-__all__ += ["fft", "separable_conv2d", "separate"]
+__all__ = ["ConvSpec", "ReceptiveField", "autotune", "avg_pool2d", "config", "conv2d", "conv_transpose2d",
+           "convolve2d", "correlate2d", "depthwise_separable_conv2d", "explain", "fftw", "init", "list_backends",
+           "local_conv2d", "max_pool2d", "output_shape", "receptive_field", "separable_conv2d", "separate",
+           "tiled_conv2d", "use_backend"]
 
-# Operations whose modules compile numba kernels are imported on first use (PEP 562), so that
-# ``import fastconv`` does not import numba.
-_LAZY = {"avg_pool2d": "fastconv.pooling", "max_pool2d": "fastconv.pooling",
-         "conv_transpose2d": "fastconv.transpose",
-         "separate": "fastconv.backends.separable", "separable_conv2d": "fastconv.backends.separable"}
+# Operations whose modules compile numba kernels at import are imported on first use (PEP 562),
+# so that ``import fastconv`` does not import numba.
+_LAZY = {"avg_pool2d": "fastconv.ops.pooling", "max_pool2d": "fastconv.ops.pooling",
+         "conv_transpose2d": "fastconv.ops.transpose",
+         "separate": "fastconv.ops.separable", "separable_conv2d": "fastconv.ops.separable"}
 
 
 def __getattr__(name):

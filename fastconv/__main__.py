@@ -1,5 +1,5 @@
 import sys
 
-from fastconv.cli import main
+from fastconv.tools.cli import main
 
 sys.exit(main())

@@ -1,4 +1,5 @@
 import os
+import sys
 
 from hypothesis import HealthCheck, settings
 
@@ -10,7 +11,12 @@ settings.register_profile("thorough", deadline=None, max_examples=500,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("FASTCONV_HYPOTHESIS_PROFILE", "ci"))
 
-# The CUDA simulator must be on before numba is first imported, so tests/cuda runs in a pytest
-# process of its own (tests/test_cuda.py starts it) unless this process already simulates.
+# The tests mirror the package in folders; the oracle (reference.py) and the hypothesis strategies
+# (strategies.py) they share live here, importable from every folder.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# The CUDA simulator must be on before numba is first imported, so tests/backends/cuda runs in a
+# pytest process of its own (tests/backends/test_cuda.py starts it) unless this process already
+# simulates.
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
-    collect_ignore = ["cuda"]
+    collect_ignore = ["backends/cuda"]

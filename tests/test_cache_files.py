@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import config, cost, tuning
+from fastconv import config
+from fastconv.auto import calibrate, choice, constants, cost, timing, tuning_cache
 
 X, W = np.ones((1, 1, 8, 8)), np.ones((1, 1, 3, 3))
 WRONG_VALUES = [None, True, -1, 1.5, math.nan, "text", [1, 2], {"a": 1}]
@@ -29,14 +30,14 @@ WRONG_VALUES = [None, True, -1, 1.5, math.nan, "text", [1, 2], {"a": 1}]
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "cache_dir", tmp_path / "cache")
-    monkeypatch.setattr(cost, "_loaded", None)
+    monkeypatch.setattr(constants, "_loaded", None)
     # tune=True measures every backend within a time budget; the files are what is tested here
-    monkeypatch.setattr(tuning, "measure", lambda spec, operands, budget=None: {"naive": 1e-3, "im2col": "skipped"})
-    tuning.clear_cache()
-    tuning._warned.clear()
+    monkeypatch.setattr(choice, "measure", lambda spec, operands, budget=None: {"naive": 1e-3, "im2col": "skipped"})
+    choice.clear_cache()
+    tuning_cache._warned.clear()
     yield tmp_path / "cache"
-    tuning.clear_cache()
-    monkeypatch.setattr(cost, "_loaded", None)
+    choice.clear_cache()
+    monkeypatch.setattr(constants, "_loaded", None)
 
 
 def _paths(document, prefix=()):
@@ -76,27 +77,27 @@ def _hostile_texts(document):
 
 
 def _valid_autotune_document():
-    tuning.store_entries({"some signature": {"backend": "naive",
+    tuning_cache.store_entries({"some signature": {"backend": "naive",
                                              "seconds": {"naive": 1e-3, "fft": "skipped: estimated 1 s"}}})
-    return json.loads(open(tuning.cache_path()).read())
+    return json.loads(open(tuning_cache.cache_path()).read())
 
 
 def _valid_constants_document():
-    cost.save_constants({"naive": {"call": 1e-6, "mac": 1e-9}, "im2col": {"call": 2e-6}}, 2)
-    return json.loads(open(cost._constants_path()).read())
+    constants.save_constants({"naive": {"call": 1e-6, "mac": 1e-9}, "im2col": {"call": 2e-6}}, 2)
+    return json.loads(open(constants.constants_path()).read())
 
 
 def _read_everything():
     """Every reader of the two JSON files, as users reach them; returns what they saw."""
-    from fastconv.cli import main
+    from fastconv.tools.cli import main
 
-    entries = tuning.read_cache()
+    entries = tuning_cache.read_cache()
     report = fastconv.explain(X.shape, W.shape)
-    tuning.clear_cache()
+    choice.clear_cache()
     result = fastconv.conv2d(X, W, tune=True)  # reads autotune.json, then writes it
     np.testing.assert_allclose(result, 9.0)
     assert main(["tune", "--show"]) == 0
-    return entries, cost.load_constants(), report.choice
+    return entries, (constants.fitted_constants(), constants.constants_source()), report.choice
 
 
 def test_the_hostile_documents_cover_every_level():
@@ -107,9 +108,9 @@ def test_the_hostile_documents_cover_every_level():
 @pytest.mark.parametrize("which", ["autotune.json", "cost constants"])
 def test_hostile_json_files_warn_and_recover(cache_dir, which, capsys):
     valid = _valid_autotune_document() if which == "autotune.json" else _valid_constants_document()
-    path = tuning.cache_path() if which == "autotune.json" else cost._constants_path()
-    tuning.clear_cache()
-    cost._loaded = None
+    path = tuning_cache.cache_path() if which == "autotune.json" else constants.constants_path()
+    choice.clear_cache()
+    constants._loaded = None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         expected = _read_everything()[:2]  # the valid file is read without a warning
@@ -117,9 +118,9 @@ def test_hostile_json_files_warn_and_recover(cache_dir, which, capsys):
     for label, content in _hostile_texts(valid):
         with open(path, "wb") as file:
             file.write(content)
-        tuning.clear_cache()
-        tuning._warned.clear()
-        cost._loaded = None
+        choice.clear_cache()
+        tuning_cache._warned.clear()
+        constants._loaded = None
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -133,20 +134,20 @@ def test_hostile_json_files_warn_and_recover(cache_dir, which, capsys):
         if lost and not warned:
             failures.append(f"{label}: data dropped without a warning")
         if which == "autotune.json":  # the tune=True call above rewrote it: valid again
-            assert tuning.read_cache(path), label
+            assert tuning_cache.read_cache(path), label
     capsys.readouterr()
     assert failures == [], "\n".join(failures)
 
 
 def test_a_malformed_entry_is_dropped_and_explain_still_works(cache_dir):
     document = _valid_autotune_document()
-    spec_key = tuning.signature(fastconv.geometry.make_spec(X.shape, W.shape))
+    spec_key = tuning_cache.signature(fastconv.geometry.make_spec(X.shape, W.shape))
     document["entries"][spec_key] = {"backend": "naive", "seconds": [1, 2]}
-    with open(tuning.cache_path(), "w") as file:
+    with open(tuning_cache.cache_path(), "w") as file:
         json.dump(document, file)
-    tuning.clear_cache()
+    choice.clear_cache()
     with pytest.warns(RuntimeWarning, match="1 malformed entries"):
-        assert spec_key not in tuning.read_cache()
+        assert spec_key not in tuning_cache.read_cache()
     fastconv.autotune(True)
     try:
         assert fastconv.explain(X, W).choice == "naive"
@@ -178,29 +179,29 @@ def _place(kind, tmp_path, monkeypatch):
         monkeypatch.setattr(config, "cache_dir", _unwritable(tmp_path, monkeypatch))
     else:
         monkeypatch.setattr(config, "cache_dir", tmp_path / "cache")
-        for name in (tuning.CACHE_FILE, cost.CONSTANTS_FILE, "fftw_wisdom"):
+        for name in (tuning_cache.CACHE_FILE, constants.CONSTANTS_FILE, "fftw_wisdom"):
             (tmp_path / "cache" / name).mkdir(parents=True)
 
 
 @pytest.mark.parametrize("kind", PLACES)
 def test_every_reader_and_writer_in_a_hostile_place_warns_and_the_call_still_works(kind, tmp_path, monkeypatch,
                                                                                    capsys):
-    from fastconv.cli import main
+    from fastconv.tools.cli import main
 
     _place(kind, tmp_path, monkeypatch)
-    tuning.clear_cache()
-    cost._loaded = None
+    choice.clear_cache()
+    constants._loaded = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         np.testing.assert_allclose(fastconv.conv2d(X, W, tune=True), 9.0)  # reads and writes autotune.json
         fastconv.explain(X.shape, W.shape)
         assert main(["tune", "--show"]) == 0
-        assert cost.save_constants({"naive": {"call": 1e-6}}, 2) is None
-        assert cost.load_constants()[1] == "shipped defaults"
+        assert constants.save_constants({"naive": {"call": 1e-6}}, 2) is None
+        assert constants.constants_source() == "shipped defaults"
         fastconv.conv2d(X, W, backend="fft")
-        assert fastconv.fft.save_wisdom() is None
-        assert fastconv.fft.load_wisdom() is False
-        tuning.clear_cache(disk=True)
+        assert fastconv.fftw.save_wisdom() is None
+        assert fastconv.fftw.load_wisdom() is False
+        choice.clear_cache(disk=True)
     capsys.readouterr()
     messages = [str(warning.message) for warning in caught if issubclass(warning.category, RuntimeWarning)]
     assert any("autotuning cache" in message for message in messages), messages
@@ -218,15 +219,15 @@ def test_hostile_wisdom_files_warn_and_are_replaced_by_the_next_save(tmp_path, c
     path = tmp_path / "wisdom"
     path.write_bytes(content)
     with pytest.warns(RuntimeWarning, match="wisdom"):
-        assert fastconv.fft.load_wisdom(path) is False
-    assert fastconv.fft.save_wisdom(path) == path
+        assert fastconv.fftw.load_wisdom(path) is False
+    assert fastconv.fftw.save_wisdom(path) == path
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert fastconv.fft.load_wisdom(path) is True
+        assert fastconv.fftw.load_wisdom(path) is True
 
 
 def test_the_cli_reports_a_cache_it_cannot_remove(tmp_path, monkeypatch, capsys):
-    from fastconv.cli import main
+    from fastconv.tools.cli import main
 
     _place("a directory where the file goes", tmp_path, monkeypatch)
     with pytest.warns(RuntimeWarning, match="could not remove the autotuning cache"):

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import config, tuning
-from fastconv.backends import _thread_pools
+from fastconv import config
+from fastconv.auto import calibrate, choice, constants, cost, timing, tuning_cache
+from fastconv import thread_pools
 from fastconv.geometry import make_spec
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
@@ -97,7 +98,7 @@ def test_overlapping_blas_limits_restore_the_counts_from_before_the_first():
     before = _numpy_blas_counts()
     if max(before, default=1) < 2:
         pytest.skip("BLAS runs one thread here: a limit to one thread changes nothing")
-    first, second = _thread_pools.blas_threads(1), _thread_pools.blas_threads(2)
+    first, second = thread_pools.blas_threads(1), thread_pools.blas_threads(2)
     first.__enter__()
     assert set(_numpy_blas_counts()) == {1}
     second.__enter__()  # the smallest count asked for stays in force
@@ -135,12 +136,12 @@ class _ForgetfulTable(dict):
 
 def test_caches_emptied_by_another_thread_at_any_moment_still_give_answers(monkeypatch):
     for table in ("_weight_verdicts", "_ranks", "_decisions"):
-        monkeypatch.setattr(tuning, table, _ForgetfulTable())
+        monkeypatch.setattr(choice, table, _ForgetfulTable())
     g = np.exp(-np.linspace(-2, 2, 9) ** 2)
     rank_one, full_rank = np.outer(g, g)[None, None], np.eye(9)[None, None]
     spec = make_spec((1, 1, 40, 40), (1, 1, 9, 9))
-    assert tuning.weight_decline_reason("separable", rank_one, spec) is None
-    assert "rank" in tuning.weight_decline_reason("separable", full_rank, spec)
+    assert choice.weight_decline_reason("separable", rank_one, spec) is None
+    assert "rank" in choice.weight_decline_reason("separable", full_rank, spec)
     x = np.random.default_rng(0).standard_normal((1, 1, 40, 40))
     for weight in (rank_one, full_rank):
         np.testing.assert_allclose(fastconv.conv2d(x, weight), fastconv.conv2d(x, weight, backend="naive"),
@@ -155,13 +156,13 @@ def test_a_parallel_kernel_runs_on_config_threads_and_restores_the_callers_count
         for i in numba.prange(out.shape[0]):
             out[i] = numba.get_num_threads()
 
-    kernel = _thread_pools.ParallelKernel(threads_seen)
+    kernel = thread_pools.ParallelKernel(threads_seen)
     out = np.zeros(4)
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     monkeypatch.setattr(config, "threads", 1)
     kernel(out)
     assert set(out) == {1} and numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
-    monkeypatch.setattr(_thread_pools, "_parallel_unusable", True)  # as in a child forked from GNU OpenMP
+    monkeypatch.setattr(thread_pools, "_parallel_unusable", True)  # as in a child forked from GNU OpenMP
     out[:] = 0
     kernel(out)
     assert kernel._serial is not None and set(out) == {numba.config.NUMBA_NUM_THREADS}
@@ -272,7 +273,7 @@ def test_forked_children_get_fresh_locks():
 
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork on this platform")
-    lock = _thread_pools.reinitialise_after_fork(threading.Lock())
+    lock = thread_pools.reinitialise_after_fork(threading.Lock())
     held = threading.Event()
     release = threading.Event()
 
@@ -301,11 +302,11 @@ def test_blas_counts_in_a_child_forked_during_a_limit_are_restored_on_its_next_u
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork on this platform")
     before = _numpy_blas_counts()
-    with _thread_pools.blas_threads(1):
+    with thread_pools.blas_threads(1):
         pid = os.fork()
         if pid == 0:
             try:
-                with _thread_pools.blas_threads(1):
+                with thread_pools.blas_threads(1):
                     pass
                 os._exit(0 if _numpy_blas_counts() == before else 1)
             except BaseException:

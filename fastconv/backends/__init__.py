@@ -1,6 +1,9 @@
-"""The backend registry.
+"""The backend registry, and the protocol every backend follows.
 
-A backend is a module in this package that holds one algorithm whole and exposes:
+A backend is a module in this package that holds one algorithm whole. Nothing outside a backend
+names it: the operations, ``auto`` and the tools learn everything they need from these hooks.
+
+Running (a backend defines at least one of ``run`` and ``run_transpose``)
 
 ``name : str``
     Its registered name.
@@ -14,17 +17,58 @@ A backend is a module in this package that holds one algorithm whole and exposes
     For backends whose fitness depends on the weight *values* (``separable`` needs low-rank
     kernels): called after ``supports`` accepted, with the C-contiguous weight in ``spec.dtype``;
     a reason declines exactly as ``supports`` does (``auto`` moves on, an explicit choice raises
-    ValueError). Not cached, so keep it cheap relative to ``run``.
-``run(x, weight, bias, spec) -> numpy.ndarray``
+    ValueError). Its answer is remembered per weight content. A backend with this hook is also
+    costed with the weight's numerical rank (``cost_terms``'s ``rank``).
+``run(x, weight, bias, spec) -> numpy.ndarray`` (conv2d)
     Compute the convolution. ``x`` is C-contiguous (N, C, H, W) and ``weight`` C-contiguous
     (K, C // groups, kh, kw), both of ``spec.dtype``; ``bias`` is None or (K,) of ``spec.dtype``.
     ``spec.padding_mode`` is always ``"zeros"`` here (the front end materialises the other modes)
     and ``spec.padding`` is still to be applied. Returns a new array of ``spec.out_shape`` and
     ``spec.dtype``. Inputs must not be modified.
+``run_transpose(x, weight, bias, spec) -> numpy.ndarray`` (conv_transpose2d)
+    The same for a :class:`~fastconv.geometry.TransposeSpec`: ``weight`` is (C, K // groups, kh,
+    kw), the result ``spec.out_shape``.
+
+Choosing (what ``backend="auto"`` and :func:`fastconv.explain` read)
+
+``cost_terms(spec, rank) -> dict[str, float]``
+    The work the backend does on ``spec``, as counts of named terms (``"call"``, ``"mac"``,
+    ``"byte"``, ...); ``rank`` is the kernels' numerical rank or None. The estimated time is
+    ``sum(COST_CONSTANTS[term] * count)`` (see :mod:`fastconv.auto.cost`).
+``COST_CONSTANTS : dict[str, float]``
+    Seconds per unit of each term, as shipped (``fastconv tune --calibrate`` refits them on the
+    user's machine). A backend without ``cost_terms`` is still ranked, by its direct-convolution
+    work at a generic rate, with a warning that says so.
+``reference : bool`` (optional, default False)
+    True for the plain reference loops (``naive``): ``auto`` runs them only where no other
+    backend can run the call.
+
+Placement
+
+``placement : str`` (optional, default ``"host"``)
+    ``"device"`` for a backend whose arrays live in GPU memory. ``auto`` considers a device
+    backend only for device arrays (or inside :func:`fastconv.use_backend`), and device arrays go
+    to the first available device backend, which must also define
+    ``as_device_array(value)`` (wrap an array that is already in GPU memory) and
+    ``run_on_device(x, weight, bias, spec)`` (compute there, return a device array).
+
+Caches
+
+``clear_caches()`` (optional)
+    Forget what the backend keeps between calls (plans, transformed filters);
+    :func:`clear_caches` calls every backend's.
 
 Registering a backend is one line in ``_MODULES`` below. Modules are imported lazily, on first
 use, so ``import fastconv`` stays cheap; a module that fails to import is reported unavailable
 with the import error as its reason rather than breaking the package.
+
+Examples
+--------
+>>> from fastconv import backends
+>>> backends.backend_names()[:2]
+('naive', 'im2col')
+>>> backends.backend_names("conv_transpose2d")
+('naive', 'col2im')
 """
 
 from __future__ import annotations
@@ -34,22 +78,29 @@ import threading
 from types import ModuleType
 from typing import NamedTuple
 
-# registers its fork handlers now, so a child forked before any backend loads is covered too
-from fastconv.backends import _thread_pools  # noqa: F401
+from fastconv.thread_pools import reinitialise_after_fork
 
-__all__ = ["BackendStatus", "backend_names", "get", "list_backends", "unavailable_reason"]
+__all__ = ["BackendStatus", "OPERATIONS", "backend_names", "check_name", "clear_caches", "device_backend", "get",
+           "is_reference", "list_backends", "placement", "unavailable_reason"]
 
+#: The operations backends implement, and the hook that runs each.
+OPERATIONS = {"conv2d": "run", "conv_transpose2d": "run_transpose"}
+
+# name -> (module, the operations it implements). The operations are listed here, not read from
+# the module, so that naming backends does not import them (nor numba); a test checks that each
+# module defines the hooks of the operations listed.
 _MODULES = {
-    "naive": "fastconv.backends.naive",
-    "im2col": "fastconv.backends.im2col",
-    "numba_cpu": "fastconv.backends.numba_cpu",
-    "cuda": "fastconv.backends.cuda",
-    "fft": "fastconv.backends.fft",
-    "separable": "fastconv.backends.separable",
-    "winograd": "fastconv.backends.winograd",
+    "naive": ("fastconv.backends.naive", ("conv2d", "conv_transpose2d")),
+    "im2col": ("fastconv.backends.im2col", ("conv2d",)),
+    "numba_cpu": ("fastconv.backends.numba_cpu", ("conv2d",)),
+    "cuda": ("fastconv.backends.cuda", ("conv2d",)),
+    "fft": ("fastconv.backends.fft", ("conv2d",)),
+    "separable": ("fastconv.backends.separable", ("conv2d",)),
+    "winograd": ("fastconv.backends.winograd", ("conv2d",)),
+    "col2im": ("fastconv.backends.col2im", ("conv_transpose2d",)),
 }
 
-_lock = _thread_pools.reinitialise_after_fork(threading.Lock())
+_lock = reinitialise_after_fork(threading.Lock())
 _loaded: dict[str, ModuleType] = {}
 _unavailable: dict[str, str | None] = {}
 
@@ -62,14 +113,19 @@ class BackendStatus(NamedTuple):
     reason: str
 
 
-def backend_names() -> tuple[str, ...]:
-    """Names of all registered backends, in registration order."""
-    return tuple(_MODULES)
+def backend_names(op: str = "conv2d") -> tuple[str, ...]:
+    """Names of the registered backends of operation ``op``, in registration order."""
+    if op not in OPERATIONS:
+        raise ValueError(f"op must be one of {tuple(OPERATIONS)}, got {op!r}")
+    return tuple(name for name, (_, operations) in _MODULES.items() if op in operations)
 
 
-def _check_name(name) -> str:
-    if not isinstance(name, str) or name not in _MODULES:
-        raise ValueError(f"Unknown backend {name!r}; valid backends are {', '.join(_MODULES)} and 'auto'")
+def check_name(name, op: str = "conv2d") -> str:
+    """``name`` when it is a registered backend of ``op``, else a ValueError listing the valid names."""
+    names = backend_names(op)
+    if not isinstance(name, str) or name not in names:
+        what = "" if op == "conv2d" else f" for {op}"
+        raise ValueError(f"Unknown backend {name!r}{what}; valid backends are {', '.join(names)} and 'auto'")
     return name
 
 
@@ -78,7 +134,7 @@ def _load(name: str) -> None:
         if name in _unavailable:
             return
         try:
-            module = importlib.import_module(_MODULES[name])
+            module = importlib.import_module(_MODULES[name][0])
             reason = module.available()
         except Exception as error:  # an optional dependency missing or broken: report, don't crash
             module, reason = None, f"failed to load: {type(error).__name__}: {error}"
@@ -89,7 +145,8 @@ def _load(name: str) -> None:
 
 def unavailable_reason(name: str) -> str | None:
     """``None`` when backend ``name`` can run here, else why it cannot. Unknown names raise."""
-    _check_name(name)
+    if not isinstance(name, str) or name not in _MODULES:
+        raise ValueError(f"Unknown backend {name!r}; valid backends are {', '.join(_MODULES)} and 'auto'")
     _load(name)
     return _unavailable[name]
 
@@ -102,8 +159,41 @@ def get(name: str) -> ModuleType:
     return _loaded[name]
 
 
-def list_backends() -> list[BackendStatus]:
-    """One row per registered backend: name, whether it is available, and why not.
+def placement(name: str) -> str:
+    """``"host"`` or ``"device"``: where backend ``name`` keeps its arrays (its ``placement`` hook)."""
+    unavailable_reason(name)  # loads it
+    return getattr(_loaded.get(name), "placement", "host")
+
+
+def is_reference(name: str) -> bool:
+    """True for the reference loops (the ``reference`` hook): what the other backends are checked against."""
+    unavailable_reason(name)  # loads it
+    return bool(getattr(_loaded.get(name), "reference", False))
+
+
+def device_backend() -> ModuleType:
+    """The first available backend whose arrays live in GPU memory; ValueError saying why when none is."""
+    reasons = []
+    for name in _MODULES:
+        if placement(name) == "device":
+            reason = unavailable_reason(name)
+            if reason is None:
+                return _loaded[name]
+            reasons.append(f"{name}: {reason}")
+    raise ValueError("arrays in GPU memory need a GPU backend, and none is available"
+                     + (f" ({'; '.join(reasons)})" if reasons else ""))
+
+
+def clear_caches() -> None:
+    """Forget every loaded backend's cached plans, transformed filters and factors."""
+    for module in list(_loaded.values()):
+        hook = getattr(module, "clear_caches", None)
+        if hook is not None:
+            hook()
+
+
+def list_backends(op: str = "conv2d") -> list[BackendStatus]:
+    """One row per registered backend of ``op``: name, whether it is available, and why not.
 
     Examples
     --------
@@ -112,7 +202,7 @@ def list_backends() -> list[BackendStatus]:
     ['naive']
     """
     rows = []
-    for name in _MODULES:
+    for name in backend_names(op):
         reason = unavailable_reason(name)
         rows.append(BackendStatus(name, reason is None, reason or ""))
     return rows

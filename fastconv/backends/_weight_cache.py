@@ -11,7 +11,7 @@ kernels, whose SVD takes 45 ms).
 
 >>> import numpy as np
 
-from fastconv.backends._thread_pools import reinitialise_after_fork
+from fastconv.thread_pools import reinitialise_after_fork
 >>> cache = WeightCache(max_entries=4, max_bytes=1 << 20)
 >>> w = np.ones((2, 2))
 >>> cache.get("sum", w, lambda: w.sum(keepdims=True))
@@ -28,7 +28,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from fastconv.backends._thread_pools import reinitialise_after_fork
+from fastconv.thread_pools import reinitialise_after_fork
 
 
 def _nbytes(value) -> int:

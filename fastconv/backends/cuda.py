@@ -62,6 +62,9 @@ from fastconv.geometry import ConvSpec
 
 name = "cuda"
 
+#: Arrays live in GPU memory: auto picks this backend for device arrays (see fastconv.backends).
+placement = "device"
+
 NO_GPU_REASON = "no CUDA GPU found; set NUMBA_ENABLE_CUDASIM=1 to run the kernels in the CUDA simulator"
 
 # Launch geometry: a block is THREADS_ACROSS × THREADS_DOWN threads, one output pixel each.

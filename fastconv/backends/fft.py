@@ -15,7 +15,7 @@ How this backend does it, step by step:
 1. **Grid size.** Each transform axis is padded to a size FFTW handles fast (a product of 2, 3,
    5 and 7); the last axis is also made *even*, because real-to-complex transforms of odd length
    are markedly slower (``pyfftw.next_fast_len`` happily returns odd sizes like 2079 = 3³·7·11;
-   see ``docs/performance.md``).
+   see ``docs/performance/fft.md``).
 2. **Tiles (overlap-save).** A large image with a moderate kernel is cut into overlapping tiles
    of a few hundred pixels whose valid outputs abut: memory stays bounded by
    ``fastconv.config.workspace_bytes`` and the transforms stay cache-sized. The tile size comes
@@ -37,7 +37,7 @@ How this backend does it, step by step:
    on the interleaved sub-images ``x_pad[r::d]``, run as one batch and interleaved back. Otherwise
    the zero-inserted kernel would be transformed on a grid spanning its whole dilated extent:
    deeplabv3's 3×3 kernels with dilation 12 span 25×25, and the spectra of 256×256 of them on the
-   90×90 grid were 2 GB per call (2.3 s; 42 ms split, see ``docs/performance.md``). With stride
+   90×90 grid were 2 GB per call (2.3 s; 42 ms split, see ``docs/performance/fft.md``). With stride
    > 1 the dilation stays in the kernel. Stride keeps every ``stride``-th sample of the stride-1
    result: FFT convolution computes all outputs at once, so it does not get faster with stride (it
    does not get slower either).
@@ -91,8 +91,9 @@ import numpy as np
 import pyfftw
 
 from fastconv import config
-from fastconv.backends._thread_pools import reinitialise_after_fork
+from fastconv.thread_pools import reinitialise_after_fork
 from fastconv.backends._weight_cache import WeightCache
+from fastconv.backends.work import dtype_work, io_bytes
 from fastconv.geometry import ConvSpec, check_fits
 
 name = "fft"
@@ -116,6 +117,11 @@ _REORDER_BLOCK_ELEMENTS = 1 << 14
 # this, and the sub-images are not too many; see _dilation_phases.
 _SPLIT_SPECTRUM_BYTES = 32 << 20
 _MAX_SUB_IMAGES = 4096
+
+#: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
+#: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
+COST_CONSTANTS = {"bin_flop": 1.35e-17, "bin_gemm": 7.42e-08, "bin_gemm_flop": 6.15e-11, "byte": 5.95e-11, "call": 4.03e-05,
+                  "fft_flop": 4.51e-11, "filter_spectrum_byte": 7.07e-12, "float64_factor": 1.44, "tile": 8.96e-13}
 
 
 def available() -> str | None:
@@ -591,3 +597,64 @@ def _convolve_tiles(x, spectrum, spec, grid, items, per_tile, out):
             cols = min(per_tile[1], spec.out_width - out_col)
             out[n, :, out_row:out_row + rows, out_col:out_col + cols] = \
                 results[index, :, :rows * stride_h:stride_h, :cols * stride_w:stride_w]
+
+
+def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
+    """Transforms of every input and output channel per tile, products per frequency bin.
+
+    Per tile: transform each input channel and each output channel (filter spectra are cached
+    between calls, so their transforms are not paid per call), then multiply spectra bin by bin
+    and sum over channels. The kernel size does not appear at all -- which is why FFT wins for
+    large kernels -- and neither does the stride (the stride-1 result is computed and sampled).
+    Large dilations run as several undilated convolutions of interleaved sub-images.
+    """
+    work = dtype_work(spec.dtype)
+    phases = _dilation_phases(spec)
+    if phases != (1, 1):
+        # space-to-batch: phases_h * phases_w undilated convolutions of the interleaved sub-images,
+        # plus cutting them out of a padded copy of the input and interleaving the outputs back
+        rows, cols = -(-spec.padded_height // phases[0]), -(-spec.padded_width // phases[1])
+        split = replace(spec, batch=spec.batch * phases[0] * phases[1], in_height=rows, in_width=cols,
+                        padding=((0, 0), (0, 0)), dilation=tuple(1 if count > 1 else dilation
+                                                                 for count, dilation in zip(phases, spec.dilation)))
+        terms = cost_terms(split)
+        terms["byte"] += 2.0 * (split.batch * spec.in_channels * rows * cols
+                                + spec.batch * spec.out_channels * spec.out_height * spec.out_width) \
+            * spec.dtype.itemsize
+        return terms
+    transforms = spec.batch * (spec.in_channels + spec.out_channels)
+    products = spec.batch * spec.out_channels * spec.in_channels_per_group
+    height, width = _choose_tiles(spec, spec.dtype.kind == "c")  # the grid run will use
+    (extent_h, extent_w), (stride_h, stride_w) = spec.dilated_kernel, spec.stride
+    tiles = (_axis_tiling(spec.out_height, extent_h, stride_h, height)[1]
+             * _axis_tiling(spec.out_width, extent_w, stride_w, width)[1])
+    points = height * width
+    bins = points if spec.dtype.kind == "c" else height * (width // 2 + 1)
+    real_work = work / 4 if spec.dtype.kind == "c" else work  # a complex FFT is not four real ones
+    per_transform = 2.5 * points * math.log2(max(points, 2)) * real_work * (2 if spec.dtype.kind == "c" else 1)
+    spectrum_bytes = transforms * bins * 2 * spec.dtype.itemsize
+    terms = {
+        "call": 1.0,
+        "fft_flop": tiles * transforms * per_transform,
+        "tile": float(tiles * spec.batch),
+        "byte": io_bytes(spec) + tiles * spectrum_bytes,
+    }
+    filters = spec.out_channels * spec.in_channels_per_group
+    filter_spectrum_bytes = filters * bins * 2 * spec.dtype.itemsize
+    if filter_spectrum_bytes + filters * spec.kernel_height * spec.kernel_width * spec.dtype.itemsize \
+            > _MAX_SPECTRUM_BYTES:
+        # filter spectra too big for the cache are transformed again on every call (a VGG
+        # 512x512x3x3 layer on 14x14 maps: 302 MB of spectra, 0.3 s a call)
+        terms["fft_flop"] += filters * per_transform
+        terms["byte"] += filter_spectrum_bytes
+    product_flops = 8.0 * tiles * products * bins * real_work
+    if spec.in_channels_per_group == 1:  # one input channel per group: an elementwise product
+        terms["bin_flop"] = product_flops
+    else:
+        # a small complex GEMM per bin and group, (K/g x C/g) @ (C/g x tiles): BLAS speed, plus a
+        # call per bin, plus reading the cached filter spectra (K x C/g per bin), which is what
+        # bounds it when there are few tiles (a 1x1 layer on 14x14 maps reads 58 MB of spectra)
+        terms["bin_gemm_flop"] = product_flops
+        terms["bin_gemm"] = float(spec.groups * bins)
+        terms["filter_spectrum_byte"] = float(filter_spectrum_bytes)
+    return terms

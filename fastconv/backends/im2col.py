@@ -30,7 +30,7 @@ Details that matter for speed:
   strided destination), so the only copy is the unfold itself.
 
 BLAS threads follow :data:`fastconv.config.threads` (through threadpoolctl, restored afterwards even
-when calls overlap in several threads: :func:`fastconv.backends._thread_pools.blas_threads`). Every dtype
+when calls overlap in several threads: :func:`fastconv.thread_pools.blas_threads`). Every dtype
 fastconv computes in works, complex included.
 
 Examples
@@ -48,12 +48,18 @@ import numpy as np
 from numba import njit
 
 from fastconv import config
-from fastconv.backends._thread_pools import blas_threads
+from fastconv.thread_pools import blas_threads
+from fastconv.backends.work import dtype_work, io_bytes
 from fastconv.geometry import ConvSpec
 
 name = "im2col"
 
 __all__ = ["name", "available", "supports", "run", "column_bytes", "plan_tiles"]
+
+#: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
+#: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
+COST_CONSTANTS = {"byte": 2.35e-19, "call": 1.44e-05, "float64_factor": 0.964, "gemm_byte": 3.98e-11, "gemm_call": 7.65e-07,
+                  "gemm_flop": 3.52e-12, "unfold_byte": 1.24e-10}
 
 
 def available() -> str | None:
@@ -238,3 +244,29 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
         if bias is not None:
             out += bias[None, :, None, None]
     return out
+
+
+def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
+    """Unfolding every receptive field into the column matrix, then one GEMM per group and tile.
+
+    A 1×1 stride-1 layer needs no unfolding: it *is* a GEMM. Thin GEMMs (depthwise: one output
+    channel per group) are limited by the bytes they move, not their flops, hence a GEMM-bytes
+    term.
+    """
+    size = spec.dtype.itemsize
+    rows = spec.in_channels_per_group * spec.kernel_height * spec.kernel_width  # GEMM inner dimension
+    pixels = spec.batch * spec.out_height * spec.out_width
+    plain_gemm = (spec.kernel_height == spec.kernel_width == 1 and spec.stride == (1, 1)
+                  and spec.padding == ((0, 0), (0, 0)))
+    unfold_values = 0 if plain_gemm else spec.in_channels * spec.kernel_height * spec.kernel_width * pixels
+    k_per_group = spec.out_channels_per_group
+    tiles = 1 if plain_gemm else len(plan_tiles(spec))
+    return {
+        "call": 1.0,
+        "unfold_byte": float(unfold_values * size),
+        "gemm_flop": 2.0 * spec.groups * k_per_group * rows * pixels * dtype_work(spec.dtype),
+        # operands and result of each group's GEMM: what bounds thin (depthwise) products
+        "gemm_byte": float(spec.groups * (k_per_group * rows + rows * pixels + k_per_group * pixels) * size),
+        "gemm_call": float(spec.groups * tiles),
+        "byte": io_bytes(spec),
+    }

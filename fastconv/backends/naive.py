@@ -10,6 +10,10 @@ No tiling, no vectorisation tricks, no parallelism: it is meant to be read and t
 compiled with numba only so that tests run in reasonable time. Supports every dtype fastconv
 accepts (float32, float64, complex64, complex128).
 
+The transposed convolution (``conv_transpose2d``) is the same definition read backwards, as a
+gather: for each output pixel, visit every kernel tap and keep those whose source
+``(oy + padding - u * dilation) / stride`` is a whole input pixel.
+
 Examples
 --------
 >>> import numpy as np, fastconv
@@ -24,9 +28,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fastconv.geometry import ConvSpec, pad_input
+from fastconv.backends.work import direct_macs
+from fastconv.geometry import ConvSpec, TransposeSpec, pad_input
 
 name = "naive"
+
+#: The plain loops are what every other backend is checked against: auto runs them only where
+#: no other backend can run the call.
+reference = True
+
+#: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
+#: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
+COST_CONSTANTS = {"call": 1.65e-06, "float64_factor": 1.18, "mac": 9.02e-10}
 
 
 def available() -> str | None:
@@ -35,6 +48,11 @@ def available() -> str | None:
 
 def supports(spec: ConvSpec) -> str | None:
     return None
+
+
+def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
+    """One multiply-add per tap per output, as scalar loops (no SIMD width to lose to float64)."""
+    return {"call": 1.0, "mac": float(direct_macs(spec))}
 
 
 @njit(cache=True)
@@ -59,8 +77,45 @@ def _naive_conv2d(x_padded, weight, out, stride_h, stride_w, dilation_h, dilatio
 
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
+    out = output_with_bias(bias, spec)
+    _naive_conv2d(pad_input(x, spec), weight, out, *spec.stride, *spec.dilation, spec.groups)
+    return out
+
+
+@njit(cache=True)
+def _naive_conv_transpose2d(x, weight, out, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups):
+    batch, in_channels, in_h, in_w = x.shape
+    _, out_per_group, kernel_h, kernel_w = weight.shape
+    _, out_channels, out_h, out_w = out.shape
+    in_per_group = in_channels // groups
+    for n in range(batch):
+        for k in range(out_channels):
+            group = k // out_per_group
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    total = out[n, k, oy, ox]  # starts at the bias
+                    for c in range(group * in_per_group, (group + 1) * in_per_group):
+                        for u in range(kernel_h):
+                            row = oy + pad_h - u * dilation_h  # = i * stride for the source row i
+                            if row < 0 or row % stride_h != 0 or row // stride_h >= in_h:
+                                continue
+                            for v in range(kernel_w):
+                                col = ox + pad_w - v * dilation_w
+                                if col < 0 or col % stride_w != 0 or col // stride_w >= in_w:
+                                    continue
+                                total += x[n, c, row // stride_h, col // stride_w] * weight[c, k % out_per_group, u, v]
+                    out[n, k, oy, ox] = total
+
+
+def run_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: TransposeSpec) -> np.ndarray:
+    out = output_with_bias(bias, spec)
+    _naive_conv_transpose2d(x, weight, out, *spec.stride, *spec.padding, *spec.dilation, spec.groups)
+    return out
+
+
+def output_with_bias(bias, spec: ConvSpec | TransposeSpec) -> np.ndarray:
+    """A new array of ``spec.out_shape`` holding ``bias`` (or zeros), to accumulate the result into."""
     out = np.zeros(spec.out_shape, dtype=spec.dtype)
     if bias is not None:
         out += bias[None, :, None, None]
-    _naive_conv2d(pad_input(x, spec), weight, out, *spec.stride, *spec.dilation, spec.groups)
     return out

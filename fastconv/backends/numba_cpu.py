@@ -39,7 +39,7 @@ Three kernels:
   When a group's output channels are not a multiple of four, zero filters pad the block and the
   extra planes are dropped at the end.
 
-Threads: :data:`fastconv.config.threads` (see :mod:`fastconv.backends._thread_pools`, which also
+Threads: :data:`fastconv.config.threads` (see :mod:`fastconv.thread_pools`, which also
 keeps the kernels safe under threads and in forked children). Compiled code is
 cached on disk (``cache=True``); nothing compiles at import. Complex dtypes are declined (use
 ``im2col``).
@@ -62,7 +62,8 @@ import numpy as np
 from numba import njit, prange
 
 from fastconv import config
-from fastconv.backends._thread_pools import ParallelKernel
+from fastconv.thread_pools import ParallelKernel
+from fastconv.backends.work import dtype_work, io_bytes
 from fastconv.geometry import ConvSpec, interior_range, pad_input
 
 name = "numba_cpu"
@@ -74,6 +75,12 @@ SPECIALISED_WIDTHS = (1, 3, 5, 7)
 
 #: Output channels computed together by the general kernel (one input load feeds this many FMAs).
 CHANNEL_BLOCK = 4
+
+#: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
+#: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
+COST_CONSTANTS = {"byte": 2.05e-11, "call": 5.81e-06, "float64_factor": 1.07, "mac": 4.87e-11, "mac_depthwise3x3": 1.87e-20,
+                  "mac_edge": 6.59e-11, "mac_plane": 1.36e-11, "mac_runtime_width": 6.8e-11, "mac_strided": 8.63e-11,
+                  "row_pass": 1.58e-08}
 
 
 def available() -> str | None:
@@ -366,3 +373,43 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     direct(x, padded_weight.reshape((groups * blocked,) + weight.shape[1:]),
            padded_out.reshape(spec.batch, groups * blocked, spec.out_height, spec.out_width), *geometry)
     return np.ascontiguousarray(padded_out[:, :, :per_group]).reshape(spec.out_shape)
+
+
+def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
+    """The work of the kernel :func:`run` picks, in terms each charged at its own rate.
+
+    Three kernels, each at its own rate per multiply-add: the plane kernel (depthwise and
+    single-channel: one memory-bound pass per output plane), its 3x3 specialisation (nine
+    weights in registers, one store per output), and the general kernel, which register-blocks
+    output channels (zero filters pad a partial block). In the plane and general kernels each
+    (output row, input channel, kernel row) is one pass along the row: the interior columns in
+    a vectorised loop, the columns whose taps reach into the padding in a short scalar loop
+    with bounds checks, plus the pass's fixed set-up. On narrow images (14-32 columns) the
+    edges and set-up outweigh the interior. Kernel widths the kernels do not specialise, and
+    strided or dilated rows (no longer contiguous loads: scalar code), cost extra per
+    multiply-add.
+    """
+    work = dtype_work(spec.dtype)
+    plane = uses_plane_kernel(spec)
+    block = 1 if plane else CHANNEL_BLOCK
+    per_group = spec.out_channels_per_group
+    padded_outs = spec.groups * -(-per_group // block) * block  # output channels computed
+    taps = spec.in_channels_per_group * spec.kernel_height * spec.kernel_width
+    outputs = spec.batch * padded_outs * spec.out_height * spec.out_width
+    if plane and uses_depthwise3x3(spec):
+        return {"call": 1.0, "mac_depthwise3x3": float(outputs * taps * work), "byte": io_bytes(spec)}
+    lo, hi = interior_range(spec.out_width, spec.in_width, spec.kernel_width, spec.stride[1], spec.dilation[1],
+                            spec.padding[1][0])
+    interior = hi - lo
+    row_outputs = spec.batch * padded_outs * spec.out_height
+    macs = row_outputs * interior * taps * work
+    terms = {"call": 1.0, "mac_plane" if plane else "mac": float(macs),
+             "mac_edge": float(row_outputs * (spec.out_width - interior) * taps * work),
+             # passes along a row: one per (output row, channel block, input channel, kernel row)
+             "row_pass": float(row_outputs / block * spec.in_channels_per_group * spec.kernel_height),
+             "byte": io_bytes(spec)}
+    if spec.kernel_width not in SPECIALISED_WIDTHS:
+        terms["mac_runtime_width"] = float(macs)
+    if spec.stride[1] > 1 or (spec.dilation[1] > 1 and spec.kernel_width > 1):
+        terms["mac_strided"] = float(macs)
+    return terms

@@ -44,13 +44,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from fastconv.backends._thread_pools import ParallelKernel
+from fastconv.thread_pools import ParallelKernel
 from fastconv.backends._weight_cache import WeightCache
-from fastconv.geometry import ConvSpec, check_dtype, pad_input
+from fastconv.backends.work import dtype_work, io_bytes
+from fastconv.geometry import ConvSpec, pad_input
 
 name = "separable"
 
-__all__ = ["available", "supports", "supports_weight", "run", "separate", "separable_conv2d", "clear_caches"]
+__all__ = ["available", "supports", "supports_weight", "run", "clear_caches", "cost_terms", "factor_kernels",
+           "default_tolerance"]
 
 
 def available() -> str | None:
@@ -65,11 +67,12 @@ def supports(spec: ConvSpec) -> str | None:
 # the decomposition
 
 
-def _default_tol(kernel_shape, dtype) -> float:
+def default_tolerance(kernel_shape, dtype) -> float:
+    """Singular values below this, relative to the largest, are rounding noise (numpy's ``matrix_rank`` rule)."""
     return max(kernel_shape) * float(np.finfo(dtype).eps)
 
 
-def _factor(kernels: np.ndarray, tol: float):
+def factor_kernels(kernels: np.ndarray, tol: float):
     """SVD of a stack of kernels (..., kh, kw): column factors (..., kh, kh∧kw), row factors
     (..., kh∧kw, kw), each with sqrt(s) folded in, and the numerical rank of each kernel."""
     wide = np.complex128 if kernels.dtype.kind == "c" else np.float64
@@ -86,55 +89,6 @@ def _factor(kernels: np.ndarray, tol: float):
     return u * root[..., None, :], vt * root[..., :, None], ranks
 
 
-def separate(kernel2d, tol=None):
-    """Split a 2-D kernel into column and row factors: ``kernel ≈ sum_i outer(cols[i], rows[i])``.
-
-    Parameters
-    ----------
-    kernel2d : array_like, shape (kh, kw)
-        The kernel (real or complex).
-    tol : float, optional
-        Relative tolerance: singular values below ``tol`` times the largest are dropped, so the
-        spectral-norm error of the result is at most ``tol · ||kernel||₂``. Default
-        ``max(kh, kw) · eps`` of the kernel's dtype (float64 for integers), numpy's ``matrix_rank``
-        rule: only rounding noise is dropped.
-
-    Returns
-    -------
-    cols : numpy.ndarray, shape (r, kh)
-    rows : numpy.ndarray, shape (r, kw)
-        The ``r`` rank-one terms, largest first (``r`` is 0 for an all-zero kernel). Float32,
-        complex64 and complex128 kernels keep their dtype; everything else gives float64.
-
-    Examples
-    --------
-    Sobel is rank 1: a smoothing column times a difference row.
-
-    >>> import numpy as np, fastconv
-    >>> sobel = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]])
-    >>> cols, rows = fastconv.separate(sobel)
-    >>> len(cols), bool(np.allclose(np.outer(cols[0], rows[0]), sobel))
-    (1, True)
-    """
-    kernel = np.asarray(kernel2d)
-    if kernel.ndim != 2 or min(kernel.shape) < 1:
-        raise ValueError(f"kernel2d must be a non-empty 2-D array (kh, kw), got shape {kernel.shape}")
-    check_dtype("kernel2d", kernel.dtype)
-    if kernel.dtype in (np.float32, np.complex64, np.complex128):
-        dtype = kernel.dtype
-    else:
-        dtype = np.dtype(np.float64)
-    if tol is None:
-        tol = _default_tol(kernel.shape, dtype)
-    elif isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) or not 0 <= tol < 1:
-        raise ValueError(f"tol must be a number in [0, 1), got {tol!r}")
-    if not np.isfinite(kernel).all():
-        raise ValueError("kernel2d holds NaN or infinity; its singular value decomposition is undefined")
-    cols, rows, rank = _factor(kernel, float(tol))
-    rank = int(rank)
-    return cols[:, :rank].T.astype(dtype), rows[:rank].astype(dtype)
-
-
 # --------------------------------------------------------------------------------------------
 # the backend
 
@@ -146,7 +100,13 @@ def _pays_off(rank: int, kernel_h: int, kernel_w: int) -> bool:
 
 
 # Factors of recently used weights (see _weight_cache: never stale, even after in-place updates).
-_factors = WeightCache(max_entries=8, max_bytes=64 << 20)
+_FACTOR_CACHE_BYTES = 64 << 20
+_factors = WeightCache(max_entries=8, max_bytes=_FACTOR_CACHE_BYTES)
+
+#: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
+#: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
+COST_CONSTANTS = {"byte": 3.17e-11, "call": 1.02e-05, "float64_factor": 1.17, "kernel": 5.54e-07, "mac": 2.77e-11,
+                  "svd_entry": 8.38e-08, "svd_flop": 8.75e-10}
 
 
 def clear_caches() -> None:
@@ -157,8 +117,8 @@ def clear_caches() -> None:
 def _weight_factors(weight: np.ndarray, spec: ConvSpec):
     """``_factor`` of every (k, c) kernel of ``weight``, computed once per weight content and
     shared by ``supports_weight`` and ``run``."""
-    tol = _default_tol((spec.kernel_height, spec.kernel_width), spec.dtype)
-    return _factors.get((weight.shape, weight.dtype.str, tol), weight, lambda: _factor(weight, tol))
+    tol = default_tolerance((spec.kernel_height, spec.kernel_width), spec.dtype)
+    return _factors.get((weight.shape, weight.dtype.str, tol), weight, lambda: factor_kernels(weight, tol))
 
 
 def supports_weight(weight: np.ndarray, spec: ConvSpec) -> str | None:
@@ -252,63 +212,31 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     return _run_factors(x, cols, rows, ranks, bias, spec)
 
 
-# --------------------------------------------------------------------------------------------
-# the public entry for callers who already hold the 1-D factors
+def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
+    """A rank-``r`` kernel is ``r`` column passes and ``r`` row passes, after an SVD of every kernel.
 
-
-def separable_conv2d(x, col_kernel, row_kernel, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-                     padding_mode="zeros"):
-    """conv2d with the kernel ``outer(col_kernel, row_kernel)``, run as two 1-D passes.
-
-    Parameters
-    ----------
-    x : array_like, shape (N, C, H, W) or (C, H, W)
-        Input images, as for :func:`fastconv.conv2d`.
-    col_kernel : array_like, shape (kh,) or (K, C // groups, kh)
-        Column (vertical) factor of each filter.
-    row_kernel : array_like, shape (kw,) or (K, C // groups, kw)
-        Row (horizontal) factor of each filter. ``weight[k, c] = outer(col_kernel[k, c],
-        row_kernel[k, c])``. With 1-D factors the one filter is applied to every channel on its
-        own (``K = C``, depthwise, as ``scipy.ndimage`` filters each image); then ``groups``
-        must stay 1.
-    bias, stride, padding, dilation, groups, padding_mode
-        As for :func:`fastconv.conv2d`, whose validation they go through.
-
-    Returns
-    -------
-    numpy.ndarray
-        As :func:`fastconv.conv2d` with ``backend="separable"`` returns.
-
-    Examples
-    --------
-    A 5×5 box blur of each channel of an RGB image:
-
-    >>> import numpy as np, fastconv
-    >>> x = np.ones((3, 8, 8))
-    >>> box = np.full(5, 1 / 5)
-    >>> y = fastconv.separable_conv2d(x, box, box, padding="same")
-    >>> y.shape, round(float(y[0, 4, 4]), 12), round(float(y[0, 0, 0]), 12)  # a corner sees 3×3 ones
-    ((3, 8, 8), 1.0, 0.36)
+    ``r * (kh + kw)`` taps per output instead of ``kh * kw``. The rank comes from the weight
+    values, not the spec (None: unknown, assume full rank).
     """
-    from fastconv.dispatch import conv2d, _as_numeric_array
-
-    cols = _as_numeric_array("col_kernel", col_kernel)
-    rows = _as_numeric_array("row_kernel", row_kernel)
-    if cols.ndim != rows.ndim or cols.ndim not in (1, 3) or cols.shape[:-1] != rows.shape[:-1]:
-        raise ValueError(
-            f"col_kernel and row_kernel must both have shape (k,) or (K, C // groups, k) with the same K and "
-            f"C // groups, got shapes {cols.shape} and {rows.shape}"
-        )
-    x = _as_numeric_array("x", x)
-    if cols.ndim == 1:
-        if not (isinstance(groups, (int, np.integer)) and groups == 1):
-            raise ValueError(f"groups must be 1 with 1-D factors (each channel is filtered on its own), got {groups!r}")
-        if x.ndim not in (3, 4):
-            raise ValueError(f"x must have shape (N, C, H, W) or (C, H, W), got shape {x.shape}")
-        channels = x.shape[-3]
-        cols = np.broadcast_to(cols, (channels, 1, cols.shape[0]))
-        rows = np.broadcast_to(rows, (channels, 1, rows.shape[0]))
-        groups = channels
-    weight = cols[..., :, None] * rows[..., None, :]
-    return conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                  padding_mode=padding_mode, backend="separable")
+    if rank is None:
+        rank = min(spec.kernel_height, spec.kernel_width)
+    pairs = spec.batch * spec.out_channels * spec.in_channels_per_group * rank
+    column_pass = pairs * spec.kernel_height * spec.out_height * spec.padded_width
+    row_pass = pairs * spec.kernel_width * spec.out_height * spec.out_width
+    intermediate = pairs * spec.out_height * spec.padded_width * spec.dtype.itemsize
+    terms = {"call": 1.0, "mac": (column_pass + row_pass) * dtype_work(spec.dtype),
+             "byte": io_bytes(spec) + intermediate}
+    kernels = spec.out_channels * spec.in_channels_per_group
+    entries = kernels * spec.kernel_height * spec.kernel_width
+    smaller = min(spec.kernel_height, spec.kernel_width)
+    if smaller == 1:
+        return terms  # a 1-D kernel is its own factor: no SVD
+    # float64 factors (kh x r, r x kw, rank) of every kernel, plus the cache's copy of the weight
+    factor_bytes = 8 * kernels * (spec.kernel_height * smaller + smaller * spec.kernel_width + 1) \
+        + entries * spec.dtype.itemsize
+    if factor_bytes <= _FACTOR_CACHE_BYTES:
+        return terms  # factored once per weight and cached: later calls (a loop) do not pay it
+    # Otherwise every call factors each (k, c) kernel by a float64 SVD (LAPACK, one thread): a fixed
+    # cost per kernel, plus n^3 flops, plus per-entry work that dominates up to n ~ 100 (a 31x31
+    # kernel takes 0.1 ms here, a 63x63 one 0.5 ms, a 101x101 one 1.4 ms: n^2.4).
+    return {**terms, "kernel": float(kernels), "svd_entry": float(entries), "svd_flop": float(entries * smaller)}

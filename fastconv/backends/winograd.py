@@ -22,7 +22,7 @@ of the α² transform-domain positions ``e``, a matrix product::
 grouped convolution). So a layer costs: an input transform (numba), α² GEMMs (numpy ``matmul`` on
 BLAS) and an output transform ``Aᵀ M A`` (numba), which also adds the bias and writes the output.
 
-Scheduling (all measured, see docs/performance.md): the stages run on ``config.threads`` Python
+Scheduling (all measured, see docs/performance/winograd.md): the stages run on ``config.threads`` Python
 threads that sleep when idle, with BLAS limited to one thread (threadpoolctl) and numba kernels
 that release the GIL. Running the transforms in numba's OpenMP pool and the GEMMs in OpenBLAS's
 pool instead made each pool's busy-waiting workers steal the cores from the other. When the
@@ -93,7 +93,8 @@ import numpy as np
 from numba import njit
 
 from fastconv import config
-from fastconv.backends._thread_pools import blas_threads, reinitialise_after_fork
+from fastconv.thread_pools import blas_threads, reinitialise_after_fork
+from fastconv.backends.work import dtype_work, io_bytes
 from fastconv.geometry import ConvSpec
 
 name = "winograd"
@@ -193,6 +194,12 @@ def supports(spec: ConvSpec) -> str | None:
 # Rates for choose_tile's cost model, measured on the development machine (2 cores, float32,
 # benchmarks/compare_winograd.py): GEMM flops of this pipeline, and the bandwidth at which its
 # GEMMs stream the transformed filters when few tiles share them. Only their ratio matters.
+#: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
+#: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
+COST_CONSTANTS = {"byte": 1.62e-10, "call": 9.68e-05, "float64_factor": 0.731, "gemm_flop": 1.55e-20, "piece": 8.89e-06,
+                  "transform_flop": 5.44e-11}
+
+# Rates (measured once, not per machine) that decide F(2x2) against F(4x4) in choose_tile.
 _GEMM_FLOPS_PER_SECOND = 2.0e11
 _FILTER_BYTES_PER_SECOND = 1.7e10
 
@@ -263,6 +270,27 @@ def estimate_flops(spec: ConvSpec, tile: int | None = None) -> dict[str, int]:
     costs["direct"] = spec.flops
     costs["tile"] = m
     return costs
+
+
+def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
+    """Input and output transforms per tile, and (m+2)² GEMMs of (K × C/groups) by (C/groups × tiles).
+
+    ``(m+2)² / (9 m²)`` of direct convolution's multiplies; the flops are :func:`estimate_flops`'s
+    (filters are transformed once and cached, not per call). A dilated 3×3 runs as
+    ``dilation_h * dilation_w`` undilated ones on interleaved sub-images ("pieces").
+    """
+    work = dtype_work(spec.dtype)
+    flops = estimate_flops(spec)
+    tile = 4 if spec.dtype == np.float32 else 2  # (the byte count's tile, as the shipped constants were fitted)
+    alpha = tile + 2
+    tiles = spec.batch * -(-spec.out_height // tile) * -(-spec.out_width // tile)
+    return {
+        "call": 1.0,
+        "piece": float(spec.batch * spec.dilation[0] * spec.dilation[1]),
+        "transform_flop": float(flops["total"] - flops["gemm"] - flops["filter_transform"]) * work,
+        "gemm_flop": float(flops["gemm"]) * work,
+        "byte": io_bytes(spec) + alpha * alpha * tiles * (spec.in_channels + spec.out_channels) * spec.dtype.itemsize,
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,184 @@
+"""The public ``conv2d`` entry point and backend selection.
+
+``conv2d`` does the same few steps for every backend: check the arguments and build a
+:class:`~fastconv.geometry.ConvSpec`, pick the backend, hand it contiguous arrays of the compute
+dtype (already padded when the padding mode is not zeros), and cast the result back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import numpy as np
+
+from fastconv import auto, backends
+from fastconv.auto.choice import weight_decline_reason
+from fastconv.geometry import ConvSpec, backend_input, make_spec, resolve_dtypes
+from fastconv.ops.operands import as_numeric_array, check_bias, in_gpu_memory, memory_layout
+
+__all__ = ["conv2d", "use_backend", "choose_backend", "preferred_backend"]
+
+# The backend that ``backend="auto"`` prefers inside ``use_backend`` blocks (None: no preference).
+_preferred_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fastconv_preferred_backend", default=None
+)
+
+
+def preferred_backend() -> str | None:
+    """The backend a :func:`use_backend` block around this call prefers, or None."""
+    return _preferred_backend.get()
+
+
+def choose_backend(spec: ConvSpec, weight: np.ndarray | None = None) -> str:
+    """The name of the backend ``backend="auto"`` runs for ``spec`` (honours :func:`use_backend`).
+
+    ``spec`` is the spec a backend sees: build it with :func:`fastconv.geometry.make_spec` and
+    pass it through :func:`fastconv.geometry.backend_spec`. ``weight`` lets the choice see the
+    kernels' rank. The rules live in :mod:`fastconv.auto`.
+    """
+    return auto.choose(spec, weight, preferred=_preferred_backend.get())
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Make ``backend="auto"`` prefer backend ``name`` inside a ``with`` block.
+
+    Calls that the preferred backend cannot run (it declines the dtype, say) still fall back to
+    the usual automatic choice. The setting lives in a :mod:`contextvars` variable, so it is
+    local to the current thread and asyncio task. Explicit ``backend=`` arguments win.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> with fastconv.use_backend("naive"):
+    ...     y = fastconv.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)))
+    >>> y.shape
+    (1, 1, 2, 2)
+    """
+    if name != "auto":
+        backends.get(backends.check_name(name))  # unknown or unavailable: ValueError now
+    token = _preferred_backend.set(None if name == "auto" else name)
+    try:
+        yield
+    finally:
+        _preferred_backend.reset(token)
+
+
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros", backend="auto", tune=None):
+    """2-D cross-correlation over a batch of multi-channel images, as torch's ``conv2d``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W) or (C, H, W)
+        Input images. An unbatched (C, H, W) input gives an unbatched result.
+    weight : array_like, shape (K, C // groups, kh, kw)
+        Filters. Not flipped: this is cross-correlation, as in every deep-learning library.
+    bias : array_like, shape (K,), optional
+        Added to every output value of channel k.
+    stride : int or (int, int)
+        Step between output samples, per axis. Positive.
+    padding : int, (int, int), ((int, int), (int, int)) or {"valid", "same", "full"}
+        Zero (or ``padding_mode``) border: the same on all sides, per axis, or
+        ((top, bottom), (left, right)). ``"same"`` gives ``ceil(in / stride)`` outputs with the odd
+        unit of padding at the bottom/right (TensorFlow's rule; any stride is allowed);
+        ``"full"`` pads ``dilation * (k - 1)`` on every side.
+    dilation : int or (int, int)
+        Spacing between kernel taps. Positive.
+    groups : int
+        Split channels into ``groups`` independent convolutions; ``groups == C`` is depthwise.
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}
+        What the border holds, with torch's meanings. ``"reflect"`` needs padding < input size.
+    backend : str
+        A name from :func:`fastconv.list_backends` or ``"auto"`` (see :mod:`fastconv.auto` and
+        :func:`fastconv.explain` for how auto chooses).
+    tune : bool, optional
+        With ``backend="auto"``: time the eligible backends on the first call of this problem
+        signature and run the fastest (remembered across processes). Default
+        :data:`fastconv.config.autotune` (``FASTCONV_AUTOTUNE``).
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, K, H_out, W_out) or (K, H_out, W_out)
+        Float32 for float32 inputs, float64 for float64 (and for ints and bools), numpy's
+        ``result_type`` for mixed inputs; float16 inputs are computed in float32 and returned as
+        float16. Inputs are never modified.
+
+    Raises
+    ------
+    TypeError
+        For a non-numeric input or an unsupported dtype.
+    ValueError
+        For inconsistent shapes or geometry, an unknown backend, or a backend that declines.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> w = np.ones((1, 1, 3, 3))
+    >>> fastconv.conv2d(x, w, padding="valid")
+    array([[[[45., 54.],
+             [81., 90.]]]])
+    >>> fastconv.conv2d(x, w, padding="same").shape
+    (1, 1, 4, 4)
+    """
+    x = as_numeric_array("x", x)
+    layout = memory_layout(x)
+    weight = as_numeric_array("weight", weight)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"x must have shape (N, C, H, W) or (C, H, W), got {x.ndim} dimensions: shape {x.shape}")
+    if weight.ndim != 4:
+        raise ValueError(
+            f"weight must have shape (K, C // groups, kh, kw), got {weight.ndim} dimensions: shape {weight.shape}"
+        )
+    operand_dtypes = [x.dtype, weight.dtype]
+    if bias is not None:
+        bias = as_numeric_array("bias", bias)
+        check_bias(bias, weight.shape[0], f"weight {weight.shape}")
+        operand_dtypes.append(bias.dtype)
+    unbatched = x.ndim == 3
+    compute_dtype, out_dtype = resolve_dtypes(*operand_dtypes)
+    spec = make_spec((1, *x.shape) if unbatched else x.shape, weight.shape, stride=stride, padding=padding,
+                     dilation=dilation, groups=groups, padding_mode=padding_mode, dtype=compute_dtype,
+                     out_dtype=out_dtype)
+    if any(in_gpu_memory(operand) for operand in (x, weight, bias)):
+        # GPU operands stay on the GPU: only a GPU backend reads them, and it returns a device array.
+        device = backends.device_backend()
+        if backend not in ("auto", device.name):
+            raise ValueError(f"backend {backend!r} cannot read arrays in GPU memory; use backend={device.name!r} "
+                             f"or 'auto', or copy the arrays to the host first")
+        out = device.run_on_device(x, weight, bias, spec)
+        return out[0] if unbatched else out
+    if unbatched:
+        x = x[None]
+
+    # padding other than zeros applied, and axes whose padding dwarfs what the outputs read gathered
+    called_spec = spec
+    x, spec = backend_input(np.ascontiguousarray(x, dtype=compute_dtype), spec)
+
+    weight = np.ascontiguousarray(weight, dtype=compute_dtype)
+    if bias is not None:
+        bias = np.ascontiguousarray(bias, dtype=compute_dtype)
+    if tune is not None and (not isinstance(tune, (bool, np.bool_)) or (tune and backend != "auto")):
+        raise ValueError(f"tune must be None, True or False, and True only with backend='auto'; "
+                         f"got tune={tune!r} with backend={backend!r}")
+    if backend == "auto":
+        name = auto.choose(spec, weight, preferred=_preferred_backend.get(), tune=tune,
+                           operands=(x, weight, bias), layout=layout)
+    else:
+        name = backends.check_name(backend)
+        reason = backends.get(name).supports(spec)  # get() raises when the backend is unavailable
+        if reason is None:
+            reason = weight_decline_reason(name, weight, spec)
+        if reason is not None:
+            if (spec.stride, spec.dilation) != (called_spec.stride, called_spec.dilation):
+                reason += (f" (the outputs read only {spec.in_height}x{spec.in_width} pixels of the input padded to "
+                           f"{called_spec.padded_height}x{called_spec.padded_width}, which are gathered first and "
+                           f"read with stride {spec.stride}, dilation {spec.dilation})")
+            raise ValueError(f"backend {name!r} cannot run this convolution: {reason}")
+
+    out = backends.get(name).run(x, weight, bias, spec)
+    if out.dtype != out_dtype:
+        out = out.astype(out_dtype)
+    return out[0] if unbatched else out

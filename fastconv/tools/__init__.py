@@ -1,0 +1,11 @@
+"""The tooling around the library: the benchmark harness, the trade-off report and the command line.
+
+=============  ====================================================================
+module         what
+=============  ====================================================================
+``cases``      the problems timed: canonical layers, image filters, the suites
+``bench``      timing backends here and peers (torch, scipy) in their own processes
+``report``     ``fastconv report``: sweeps, plots and a Markdown page
+``cli``        the ``fastconv`` command
+=============  ====================================================================
+"""

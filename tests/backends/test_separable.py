@@ -1,0 +1,211 @@
+"""The separable backend on low-rank weights, ``fastconv.separate`` and ``fastconv.separable_conv2d``.
+
+``test_conv2d.py`` draws random, hence full-rank, weights, which ``separable`` declines for 2-D
+kernels; here the weights are drawn low-rank, across every feature of the spec.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv.ops import conv2d as dispatch
+from fastconv.geometry import make_spec
+from reference import reference_conv2d, relative_error
+from strategies import COMPLEX_DTYPES, REAL_DTYPES, conv_problems
+from conformance import check_against_reference
+
+
+def _max_paying_rank(kernel_h, kernel_w):
+    if kernel_h == 1 or kernel_w == 1:
+        return 1
+    return (kernel_h * kernel_w - 1) // (kernel_h + kernel_w)
+
+
+@st.composite
+def low_rank_problems(draw, dtypes):
+    problem = draw(conv_problems(dtypes=dtypes, max_kernel=6, max_size=8))
+    out_channels, channels_per_group, kernel_h, kernel_w = problem.weight.shape
+    rank = draw(st.integers(0, _max_paying_rank(kernel_h, kernel_w)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+
+    def factor(length):
+        values = rng.standard_normal((out_channels, channels_per_group, rank, length))
+        if problem.weight.dtype.kind == "c":
+            values = values + 1j * rng.standard_normal(values.shape)
+        return values
+
+    weight = np.einsum("kcru,kcrv->kcuv", factor(kernel_h), factor(kernel_w))
+    problem.weight = weight.astype(problem.weight.dtype)
+    return problem
+
+
+@given(problem=low_rank_problems(REAL_DTYPES))
+def test_low_rank_weights_match_reference(problem):
+    check_against_reference("separable", problem)
+
+
+@given(problem=low_rank_problems(COMPLEX_DTYPES))
+def test_low_rank_complex_weights_match_reference(problem):
+    check_against_reference("separable", problem)
+
+
+def _gaussian(size, sigma):
+    t = np.arange(size) - (size - 1) / 2
+    g = np.exp(-t**2 / (2 * sigma**2))
+    return g / g.sum()
+
+
+@pytest.mark.parametrize("kernel", [
+    np.outer(_gaussian(31, 5.0), _gaussian(31, 5.0)),
+    np.outer(_gaussian(7, 1.0), _gaussian(5, 1.0)).astype(np.float32),
+    np.ones((9, 9)) / 81,
+    np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]]),  # Sobel, integers
+], ids=["gaussian31", "gaussian7x5_float32", "box9", "sobel"])
+def test_separate_finds_rank_one(kernel):
+    cols, rows = fastconv.separate(kernel)
+    assert cols.shape == (1, kernel.shape[0]) and rows.shape == (1, kernel.shape[1])
+    scale = np.abs(kernel).max()
+    tolerance = 1e-6 if kernel.dtype == np.float32 else 1e-12
+    assert np.abs(np.outer(cols[0], rows[0]) - kernel).max() <= tolerance * scale
+    assert cols.dtype == (np.float32 if kernel.dtype == np.float32 else np.float64)
+
+
+def test_separate_low_and_full_rank():
+    rng = np.random.default_rng(1)
+    low = sum(np.outer(rng.standard_normal(8), rng.standard_normal(6)) for _ in range(3))
+    cols, rows = fastconv.separate(low)
+    assert len(cols) == 3
+    np.testing.assert_allclose(cols.T @ rows, low, atol=1e-12)
+    full = rng.standard_normal((5, 5))
+    assert len(fastconv.separate(full)[0]) == 5
+    # a loose tolerance keeps only the dominant terms, with error bounded by tol * ||k||_2
+    noisy = np.outer(_gaussian(9, 2), _gaussian(9, 2)) + 1e-6 * rng.standard_normal((9, 9))
+    cols, rows = fastconv.separate(noisy, tol=1e-3)
+    assert len(cols) == 1
+    assert np.linalg.norm(cols.T @ rows - noisy, 2) <= 1e-3 * np.linalg.norm(noisy, 2)
+    assert fastconv.separate(np.zeros((3, 4)))[0].shape == (0, 3)
+
+
+def test_separate_complex():
+    rng = np.random.default_rng(2)
+    kernel = np.outer(rng.standard_normal(4) + 1j * rng.standard_normal(4), rng.standard_normal(5) - 2j)
+    cols, rows = fastconv.separate(kernel.astype(np.complex64))
+    assert cols.dtype == np.complex64 and len(cols) == 1
+    np.testing.assert_allclose(np.outer(cols[0], rows[0]), kernel, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel, tol, error, match", [
+    (np.ones(5), None, ValueError, "kernel2d must be a non-empty 2-D array"),
+    (np.ones((0, 3)), None, ValueError, "kernel2d must be a non-empty 2-D array"),
+    (np.ones((3, 3)), 1.5, ValueError, r"tol must be a number in \[0, 1\), got 1.5"),
+    (np.ones((3, 3)), "small", ValueError, "tol must be a number"),
+    (np.full((3, 3), np.nan), None, ValueError, "NaN or infinity"),
+    (np.array([["a"]]), None, TypeError, "kernel2d has dtype"),
+])
+def test_separate_rejects_bad_input(kernel, tol, error, match):
+    with pytest.raises(error, match=match):
+        fastconv.separate(kernel, tol=tol)
+
+
+def test_full_rank_weight_is_declined_with_its_rank():
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((1, 2, 9, 9)), rng.standard_normal((2, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"backend 'separable' cannot run .* weight\[0, 0\] has numerical rank 3"):
+        fastconv.conv2d(x, w, backend="separable")
+    # auto with separable preferred falls back to a backend that runs it, correctly
+    with fastconv.use_backend("separable"):
+        out = fastconv.conv2d(x, w)
+    assert relative_error(out, reference_conv2d(x, w)) <= 1e-10
+
+
+def test_auto_picks_separable_only_for_low_rank_weights():
+    g = _gaussian(7, 1.5)
+    low_rank = np.broadcast_to(np.outer(g, g), (2, 2, 7, 7)).copy()
+    spec = make_spec((1, 2, 16, 16), low_rank.shape)
+    with fastconv.use_backend("separable"):
+        assert dispatch.choose_backend(spec, low_rank) == "separable"
+        full = np.random.default_rng(4).standard_normal(low_rank.shape)
+        assert dispatch.choose_backend(spec, full) != "separable"
+
+
+def test_separable_conv2d_matches_conv2d_with_outer_product():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 4, 11, 13)).astype(np.float32)
+    cols, rows = rng.standard_normal((6, 2, 3)), rng.standard_normal((6, 2, 5))
+    bias = rng.standard_normal(6)
+    kwargs = dict(stride=(2, 1), padding="same", dilation=(1, 2), groups=2, padding_mode="reflect")
+    out = fastconv.separable_conv2d(x, cols, rows, bias, **kwargs)
+    weight = np.einsum("kcu,kcv->kcuv", cols, rows)
+    expected = fastconv.conv2d(x, weight, bias, backend="naive", **kwargs)
+    assert out.dtype == np.float64 and out.shape == expected.shape  # float64 factors: float64 result
+    assert relative_error(out, expected) <= 1e-10
+
+
+def test_separable_conv2d_one_dimensional_factors_filter_each_channel():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 20, 20))  # unbatched RGB image
+    g = _gaussian(5, 1.0)
+    out = fastconv.separable_conv2d(x, g, g, padding="same", padding_mode="replicate")
+    assert out.shape == x.shape
+    from scipy import ndimage
+    for channel in range(3):
+        np.testing.assert_allclose(out[channel], ndimage.correlate(x[channel], np.outer(g, g), mode="nearest"),
+                                   atol=1e-12)
+
+
+@pytest.mark.parametrize("cols, rows, kwargs, error, match", [
+    (np.ones((2, 3)), np.ones((2, 3)), {}, ValueError, r"col_kernel and row_kernel must both have shape"),
+    (np.ones((1, 1, 3)), np.ones((2, 1, 3)), {}, ValueError, r"got shapes \(1, 1, 3\) and \(2, 1, 3\)"),
+    (np.ones(3), np.ones(3), {"groups": 2}, ValueError, "groups must be 1 with 1-D factors"),
+    (np.ones(3), np.array(["a", "b"]), {}, TypeError, "row_kernel"),
+    (np.ones((1, 2, 3)), np.ones((1, 2, 3)), {}, ValueError, r"weight.shape\[1\] == 1"),
+    (np.ones(3), np.ones(3), {"stride": 0}, ValueError, "stride must be positive"),
+])
+def test_separable_conv2d_rejects_bad_factors(cols, rows, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fastconv.separable_conv2d(np.ones((1, 1, 8, 8)), cols, rows, **kwargs)
+
+
+@pytest.fixture
+def svd_calls(monkeypatch):
+    """Counts the SVDs the separable backend computes (fresh factor cache)."""
+    from fastconv.backends import separable
+    separable.clear_caches()
+    calls = []
+    svd = np.linalg.svd
+    monkeypatch.setattr(np.linalg, "svd", lambda *args, **kwargs: calls.append(args[0].shape) or svd(*args, **kwargs))
+    yield calls
+    separable.clear_caches()
+
+
+def test_factors_are_computed_once_per_weight_and_never_stale_after_in_place_mutation(svd_calls):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 3, 12, 12))
+    w = np.einsum("kcu,kcv->kcuv", rng.standard_normal((4, 3, 5)), rng.standard_normal((4, 3, 4)))
+    for _ in range(3):  # supports_weight and run share the one decomposition
+        out = fastconv.conv2d(x, w, backend="separable")
+    assert len(svd_calls) == 1
+    assert relative_error(out, reference_conv2d(x, w)) <= 1e-12
+    w[2, 1] *= -3.0  # same array object, new values: still rank 1, so still accepted
+    mutated = fastconv.conv2d(x, w, backend="separable")
+    assert len(svd_calls) == 2
+    assert relative_error(mutated, reference_conv2d(x, w)) <= 1e-12
+    assert not np.allclose(mutated, out)
+    fastconv.conv2d(x, w.copy(), backend="separable")  # an equal copy is served from the cache
+    assert len(svd_calls) == 2
+
+
+def test_one_dimensional_kernels_need_no_svd(svd_calls):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 8, 10, 10))
+    for shape in [(16, 8, 1, 1), (4, 8, 1, 5), (4, 8, 3, 1)]:
+        w = rng.standard_normal(shape)
+        w[0, 0] = 0.0  # an all-zero kernel: rank 0
+        out = fastconv.conv2d(x, w, backend="separable")
+        assert relative_error(out, reference_conv2d(x, w)) <= 1e-12
+    assert svd_calls == []
+    w[1, 2, 1, 0] = np.nan  # NaN goes where direct summation puts it (the SVD would fail to converge)
+    out = fastconv.conv2d(x, w, backend="separable")
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(reference_conv2d(x, w)))

@@ -1,0 +1,149 @@
+"""The timing harness: cases, inputs, the peer baselines (checked against fastconv's answer), skips."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import backends
+from fastconv.auto import choice
+from fastconv.tools import bench
+from fastconv.tools.cases import Case, SUITES, Skip, make_inputs, suite_cases
+
+
+def test_case_round_trips_through_json_form():
+    case = Case("c", (1, 2, 9, 9), (4, 1, 3, 2), stride=(2, 1), padding=((1, 0), (2, 1)), groups=2,
+                      kernel="gaussian", dtype="float64")
+    assert Case.from_dict(case.to_dict()) == case
+    assert hash(Case.from_dict(case.to_dict())) == hash(case)
+
+
+def test_flops_count_one_multiply_and_one_add_per_tap():
+    conv = Case("c", (2, 4, 8, 8), (6, 2, 3, 3), groups=2)
+    assert conv.flops == 2 * 2 * 6 * 6 * 6 * (2 * 3 * 3)
+    # transposed: each of N*C*H*W inputs meets (K / groups) * kh * kw weights
+    transposed = Case("t", (1, 8, 4, 4), (8, 3, 4, 4), stride=2, op="conv_transpose2d")
+    assert transposed.flops == 2 * 8 * 4 * 4 * 3 * 4 * 4
+
+
+def test_gaussian_kernels_are_rank_one_and_random_ones_full_rank():
+    x, w = make_inputs(Case("g", (1, 2, 16, 16), (3, 2, 7, 5), kernel="gaussian"))
+    assert x.dtype == w.dtype == np.float32
+    assert all(np.linalg.matrix_rank(w[k, c]) == 1 for k in range(3) for c in range(2))
+    _, w = make_inputs(Case("r", (1, 1, 16, 16), (1, 1, 5, 5)))
+    assert np.linalg.matrix_rank(w[0, 0]) == 5
+    with pytest.raises(ValueError, match="kernel must be"):
+        make_inputs(Case("bad", (1, 1, 4, 4), (1, 1, 3, 3), kernel="box"))
+
+
+@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_suite_case_is_a_valid_problem(suite, quick):
+    cases = suite_cases(suite, quick=quick, dtype="float64")
+    assert cases and all(case.dtype == "float64" and case.flops > 0 for case in cases)
+    for case in cases:
+        if case.op == "conv2d":
+            case.spec()
+
+
+def test_unknown_suite_is_rejected():
+    with pytest.raises(ValueError, match="unknown suite 'nope'"):
+        suite_cases("nope")
+
+
+PEER_CASES = [
+    Case("same, even kernel, groups", (2, 4, 9, 8), (6, 2, 4, 2), padding="same", groups=2, dtype="float64"),
+    Case("strided, dilated, reflect", (1, 3, 12, 11), (2, 3, 3, 3), stride=(2, 1), dilation=(1, 2),
+               padding=2, padding_mode="reflect", dtype="float64"),
+]
+
+
+@pytest.mark.parametrize("peer", bench.PEERS)
+@pytest.mark.parametrize("case", PEER_CASES, ids=lambda case: case.name)
+def test_peer_baselines_compute_what_fastconv_computes(peer, case):
+    if peer == "torch":
+        pytest.importorskip("torch")
+    x, w = make_inputs(case)
+    try:
+        call = bench.prepare_call(case, peer, x, w)
+    except Skip as reason:
+        assert peer == "scipy" and "stride" in str(reason)
+        return
+    expected = fastconv.conv2d(x, w, backend="naive", **case.conv_kwargs())
+    np.testing.assert_allclose(np.asarray(call()), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_skips_say_why():
+    case = Case("big", (1, 64, 128, 128), (64, 64, 3, 3), padding=1)
+    x, w = make_inputs(Case("small", (1, 1, 4, 4), (1, 1, 3, 3)))
+    with pytest.raises(Skip, match="too slow for the reference loops"):
+        bench.prepare_call(case, "naive", x, w)
+    transposed = Case("t", (1, 1, 4, 4), (1, 1, 3, 3), op="conv_transpose2d")
+    if not hasattr(fastconv, "conv_transpose2d"):
+        with pytest.raises(Skip, match="not in this version"):
+            bench.prepare_call(transposed, "naive", x, w)
+    with pytest.raises(Skip, match="scipy has no conv_transpose2d"):
+        bench.prepare_call(transposed, "scipy", x, w)
+
+
+def test_a_backend_that_declines_the_weight_is_skipped_not_failed():
+    case = Case("full-rank 3x3", (1, 2, 8, 8), (2, 2, 3, 3), padding=1)
+    x, w = make_inputs(case)
+    with pytest.raises(Skip, match="declines: .*numerical rank"):
+        bench.prepare_call(case, "separable", x, w)
+
+
+def test_time_call_stops_at_the_budget():
+    calls = []
+    seconds, runs = bench.time_call(lambda: calls.append(1), repeat=3, budget_s=10)
+    assert runs > 3 and seconds >= 0  # short calls: timed until they add up to 30 ms
+    _, runs = bench.time_call(lambda: __import__("time").sleep(0.02), repeat=3, budget_s=10)
+    assert runs == 3  # 60 ms of calls: the repeat count decides
+    _, runs = bench.time_call(lambda: __import__("time").sleep(0.03), repeat=50, budget_s=0.05)
+    assert 1 <= runs <= 3
+
+
+def test_time_call_warms_up_short_calls_only():
+    short, long = [], []
+    bench.time_call(lambda: short.append(1), repeat=3)
+    assert len(short) > 3 + 1  # untimed calls for ~30 ms before the three timed ones
+    bench.time_call(lambda: (long.append(1), __import__("time").sleep(0.035)), repeat=2)
+    assert len(long) == 2  # a call longer than the warm-up is its own warm-up: timed as it comes
+
+
+@pytest.fixture
+def broken_run_backend(monkeypatch):
+    """A registered backend whose run() raises: measure must record it and go on."""
+    module = types.ModuleType("fastconv_broken_run_backend")
+    module.name = "broken_run"
+    module.available = lambda: None
+    module.supports = lambda spec: None
+
+    def run(x, w, b, spec):
+        raise RuntimeError("kernel exploded")
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(backends._MODULES, "broken_run", (module.__name__, ("conv2d",)))
+    yield
+    backends._unavailable.pop("broken_run", None)
+    backends._loaded.pop("broken_run", None)
+    choice.clear_cache()
+
+
+def test_measure_records_failures_and_finds_the_winner(broken_run_backend):
+    case = Case("tiny", (1, 2, 6, 6), (2, 2, 3, 3))
+    with fastconv.use_backend("naive"):  # auto's pick must be one of the two measured backends
+        results = bench.measure([case], ["broken_run", "naive"], peers=["scipy"], repeat=2, progress=False)
+    entry = results["cases"][0]
+    assert entry["results"]["broken_run"] == {"status": "failed", "reason": "RuntimeError: kernel exploded"}
+    assert entry["results"]["naive"]["status"] == entry["results"]["scipy"]["status"] == "ok"
+    assert bench.fastest(entry, ["broken_run", "naive"]) == "naive"
+    assert results["machine"]["cores"] >= 1 and results["peers"] == ["scipy"]
+    assert "within 10% of the fastest backend on 1 of 1 cases" in bench.auto_summary(results)
+
+
+def test_sgemm_ceiling_is_measured():
+    assert bench.sgemm_gflops(64, repeat=2) > 0
