@@ -80,8 +80,13 @@ from typing import NamedTuple
 
 from fastconv.thread_pools import reinitialise_after_fork
 
-__all__ = ["BackendStatus", "OPERATIONS", "backend_names", "check_name", "clear_caches", "device_backend", "get",
+__all__ = ["FAST_MATH", "BackendStatus", "OPERATIONS", "backend_names", "check_name", "clear_caches", "device_backend", "get",
            "is_reference", "list_backends", "placement", "unavailable_reason"]
+
+#: numba's fast-math flags for the backends' kernels: reassociation and contraction (vectorised
+#: sums, fused multiply-adds), never the no-NaN / no-infinity assumptions, so that NaN and inf
+#: propagate as arithmetic says.
+FAST_MATH = {"reassoc", "contract", "arcp", "nsz", "afn"}  # (numba wants a set, not a frozenset)
 
 #: The operations backends implement, and the hook that runs each.
 OPERATIONS = {"conv2d": "run", "conv_transpose2d": "run_transpose"}

@@ -63,6 +63,7 @@ from numba import njit, prange
 
 from fastconv import config
 from fastconv.thread_pools import ParallelKernel
+from fastconv.backends import FAST_MATH
 from fastconv.backends.work import dtype_work, io_bytes
 from fastconv.geometry import ConvSpec, interior_range, pad_input
 
@@ -105,7 +106,7 @@ def _plane_task(task, out_channels, tasks_per_plane, rows_per_task):
     return plane_index // out_channels, plane_index % out_channels, (task % tasks_per_plane) * rows_per_task
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=FAST_MATH)
 def _edge_columns(o, x_row, w_row, first, stop, stride_w, dilation_w, pad_left):
     """Columns ``first .. stop-1`` of one output row, skipping taps that land in the padding."""
     width = x_row.shape[0]
@@ -118,7 +119,7 @@ def _edge_columns(o, x_row, w_row, first, stop, stride_w, dilation_w, pad_left):
         o[j] = total
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=FAST_MATH)
 def _edge_columns4(o0, o1, o2, o3, x_row, w0, w1, w2, w3, first, stop, stride_w, dilation_w, pad_left):
     """:func:`_edge_columns` for a block of four output channels."""
     width = x_row.shape[0]
@@ -147,7 +148,7 @@ def _kernels(width: int, unit_step: bool):
     constant_width = width
     constant_step = unit_step
 
-    @njit(parallel=True, fastmath=True, cache=True)
+    @njit(parallel=True, fastmath=FAST_MATH, cache=True)
     def plane(x, w, bias, out, multiplier, rows_per_task, stride_h, stride_w, dilation_h, dilation_w,
               pad_top, pad_left):
         # out[n, k] = bias[k] + x[n, k // multiplier] correlated with w[k, 0]; one task is
@@ -181,7 +182,7 @@ def _kernels(width: int, unit_step: bool):
                     _edge_columns(o, x_row, w_row, 0, lo, stride_w, dilation_w, pad_left)
                     _edge_columns(o, x_row, w_row, hi, out_w, stride_w, dilation_w, pad_left)
 
-    @njit(parallel=True, fastmath=True, cache=True)
+    @njit(parallel=True, fastmath=FAST_MATH, cache=True)
     def direct(x, w, out, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left):
         # out[n, k] += sum_c x[n, group(k)*Cg + c] correlated with w[k, c], four channels at a time;
         # out holds the bias on entry and its channels per group are a multiple of four
@@ -242,7 +243,7 @@ def _depthwise3x3(stride: int):
     """
     step = stride
 
-    @njit(parallel=True, fastmath=True, cache=True)
+    @njit(parallel=True, fastmath=FAST_MATH, cache=True)
     def depthwise3x3(x, w, bias, out, multiplier, rows_per_task, pad_top, pad_left):
         batch, _, height, width = x.shape
         out_channels = w.shape[0]

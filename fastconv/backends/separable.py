@@ -46,6 +46,7 @@ from numba import njit, prange
 
 from fastconv.thread_pools import ParallelKernel
 from fastconv.backends._weight_cache import WeightCache
+from fastconv.backends import FAST_MATH
 from fastconv.backends.work import dtype_work, io_bytes
 from fastconv.geometry import ConvSpec, pad_input
 
@@ -139,7 +140,7 @@ def supports_weight(weight: np.ndarray, spec: ConvSpec) -> str | None:
 
 
 @ParallelKernel
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=FAST_MATH)
 def _separable_conv2d(x, cols, rows, ranks, out, top, left, stride_h, stride_w, dilation_h, dilation_w, groups):
     """out[n, k] += sum over c and rank terms r of rowpass(colpass(x[n, c], cols[k, c, r]), rows[k, c, r]).
 

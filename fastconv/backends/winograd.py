@@ -94,6 +94,7 @@ from numba import njit
 
 from fastconv import config
 from fastconv.thread_pools import blas_threads, reinitialise_after_fork
+from fastconv.backends import FAST_MATH
 from fastconv.backends.work import dtype_work, io_bytes
 from fastconv.geometry import ConvSpec
 
@@ -395,7 +396,7 @@ def _unpack_band(band, first_row, row_starts, dil_h, tile, n, out):
             _transpose(band[row - first_row, :out.shape[3]], out[n, :, row, :])
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=FAST_MATH)
 def _input_transform(x_pad, origins, dil_h, dil_w, inputs, first, last):
     """inputs[e, g, t, :] = (Bᵀ d B)[e] for tile t, d its α×α patch of the padded input.
 
@@ -461,7 +462,7 @@ def _input_transform(x_pad, origins, dil_h, dil_w, inputs, first, last):
                         inputs[e + 3, g, t, c] = d1 - d3
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=FAST_MATH)
 def _output_transform(products, origins, dil_h, dil_w, bias, out_pad, first, last):
     """out_pad[n, tile's outputs, :] = bias + (Aᵀ M A) for every tile t, M = products[:, :, t, :].
 
