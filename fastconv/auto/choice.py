@@ -40,7 +40,7 @@ from fastconv.auto.timing import format_seconds
 from fastconv.thread_pools import reinitialise_after_fork
 from fastconv.geometry import ConvSpec
 
-__all__ = ["autotune", "choose", "clear_cache", "decline_reason", "estimate", "fastest", "kernel_rank", "measure",
+__all__ = ["autotune", "choose", "choose_for_call", "clear_cache", "remember_call", "remembered_call", "decline_reason", "estimate", "fastest", "kernel_rank", "measure",
            "model_choice", "weight_decline_reason", "weight_rank", "TUNE_BUDGET_SECONDS"]
 
 #: Soft bound on the wall time one autotuning measurement spends (all backends together).
@@ -169,17 +169,24 @@ def _ranked(spec: ConvSpec, rank: int | None) -> list[tuple[float, int, str]]:
 
 
 def model_choice(spec: ConvSpec, weight: np.ndarray | None) -> str:
+    """The backend with the lowest estimated time for ``spec`` (and this weight, where it matters)."""
+    return _model_choice(spec, weight)[0]
+
+
+def _model_choice(spec: ConvSpec, weight: np.ndarray | None) -> tuple[str, bool]:
+    """(the model's pick, whether the weight's values took part in it)."""
     key = (spec, config.threads, constants_source())
     ranking = _decisions.get(key)
     if ranking is None:
         # ranked per spec with weight-dependent backends at their best case (rank 1, accepted):
         # the weight only needs looking at when such a backend comes out on top
         ranking = _remember(_decisions, key, _ranked(spec, 1))
-    best = None
+    best, consulted = None, False
     for seconds, index, name in ranking:
         if best is not None and (seconds, index) >= best[:2]:
             break  # the rest are no better: rescoring below only ever raises an estimate
         if _weight_dependent(name):
+            consulted = True
             if weight_decline_reason(name, weight, spec) is not None:
                 continue
             seconds = estimate(name, spec, weight_rank(weight))
@@ -187,7 +194,7 @@ def model_choice(spec: ConvSpec, weight: np.ndarray | None) -> str:
             best = (seconds, index, name)
     if best is None:
         raise ValueError(f"no backend can run this convolution: {spec}")
-    return best[2]
+    return best[2], consulted
 
 
 def choose(spec: ConvSpec, weight: np.ndarray | None = None, *, preferred: str | None = None,
@@ -217,21 +224,50 @@ def choose(spec: ConvSpec, weight: np.ndarray | None = None, *, preferred: str |
     >>> choose(make_spec((1, 1, 8, 8), (1, 1, 3, 3))) in [b.name for b in __import__("fastconv").list_backends()]
     True
     """
+    return choose_for_call(spec, weight, preferred=preferred, on_device=on_device, tune=tune, operands=operands,
+                           layout=layout)[0]
+
+
+def choose_for_call(spec: ConvSpec, weight: np.ndarray | None = None, *, preferred: str | None = None,
+                    on_device: bool = False, tune: bool | None = None, operands=None,
+                    layout: str = "C") -> tuple[str, bool]:
+    """:func:`choose`'s pick, and whether it depends on the weight's values (not just on the spec).
+
+    A call that repeats a problem whose pick did not depend on the weight can reuse the pick;
+    :func:`fastconv.conv2d` keeps such picks per call signature (see :func:`remembered_call`).
+    """
     if on_device:
         device = backends.device_backend()  # ValueError (why) when no GPU backend is available
         reason = device.supports(spec)
         if reason is not None:
             raise ValueError(f"arrays in GPU memory need the {device.name!r} backend, which cannot run this call: "
                              f"{reason}")
-        return device.name
+        return device.name, False
     if preferred is not None and decline_reason(preferred, spec) is None \
             and weight_decline_reason(preferred, weight, spec) is None:
-        return preferred
+        return preferred, _weight_dependent(preferred)
     if tune is None:
         tune = config.autotune
     if tune and operands is not None:
-        return _tuned_choice(spec, operands, layout)
-    return model_choice(spec, weight)
+        name = _tuned_choice(spec, operands, layout)
+        return name, _weight_dependent(name)
+    return _model_choice(spec, weight)
+
+
+# --------------------------------------------------------------------------------------------
+# remembered calls: what conv2d validated and chose for a call signature
+
+_calls: dict = {}  # call signature (shapes, dtypes, layout, arguments, settings) -> conv2d's plan
+
+
+def remembered_call(key):
+    """What :func:`remember_call` kept for call signature ``key``, or None."""
+    return _calls.get(key)
+
+
+def remember_call(key, plan) -> None:
+    """Keep ``plan`` for call signature ``key`` until :func:`clear_cache` (at most 1024 signatures)."""
+    _remember(_calls, key, plan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,4 +359,5 @@ def clear_cache(*, disk: bool = False) -> bool:
         _decisions.clear()
         _ranks.clear()
         _weight_verdicts.clear()
+        _calls.clear()
     return tuning_cache.forget(disk=disk)

@@ -12,9 +12,11 @@ import contextvars
 
 import numpy as np
 
-from fastconv import auto, backends
-from fastconv.auto.choice import weight_decline_reason
+from fastconv import auto, backends, config
+from fastconv.auto.choice import choose_for_call, remember_call, remembered_call, weight_decline_reason
+from fastconv.auto.constants import constants_source
 from fastconv.geometry import ConvSpec, backend_input, make_spec, resolve_dtypes
+from fastconv.geometry import backend_spec as backend_spec_of
 from fastconv.ops.operands import as_numeric_array, check_bias, in_gpu_memory, memory_layout
 
 __all__ = ["conv2d", "use_backend", "choose_backend", "preferred_backend"]
@@ -123,6 +125,10 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     >>> fastconv.conv2d(x, w, padding="same").shape
     (1, 1, 4, 4)
     """
+    key = _call_signature(x, weight, bias, stride, padding, dilation, groups, padding_mode, backend, tune)
+    plan = remembered_call(key) if key is not None else None
+    if plan is not None:
+        return plan.run(x, weight, bias)
     x = as_numeric_array("x", x)
     layout = memory_layout(x)
     weight = as_numeric_array("weight", weight)
@@ -150,35 +156,101 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
                              f"or 'auto', or copy the arrays to the host first")
         out = device.run_on_device(x, weight, bias, spec)
         return out[0] if unbatched else out
-    if unbatched:
-        x = x[None]
-
-    # padding other than zeros applied, and axes whose padding dwarfs what the outputs read gathered
-    called_spec = spec
-    x, spec = backend_input(np.ascontiguousarray(x, dtype=compute_dtype), spec)
-
-    weight = np.ascontiguousarray(weight, dtype=compute_dtype)
-    if bias is not None:
-        bias = np.ascontiguousarray(bias, dtype=compute_dtype)
     if tune is not None and (not isinstance(tune, (bool, np.bool_)) or (tune and backend != "auto")):
         raise ValueError(f"tune must be None, True or False, and True only with backend='auto'; "
                          f"got tune={tune!r} with backend={backend!r}")
-    if backend == "auto":
-        name = auto.choose(spec, weight, preferred=_preferred_backend.get(), tune=tune,
-                           operands=(x, weight, bias), layout=layout)
-    else:
-        name = backends.check_name(backend)
-        reason = backends.get(name).supports(spec)  # get() raises when the backend is unavailable
-        if reason is None:
-            reason = weight_decline_reason(name, weight, spec)
+    if backend != "auto":
+        backends.get(backends.check_name(backend))  # unknown or unavailable: ValueError
+    plan = _Plan(spec, backend, tune, layout, unbatched)
+    out = plan.run(x, weight, bias)
+    if key is not None:
+        remember_call(key, plan)
+    return out
+
+
+class _Plan:
+    """What conv2d validated and chose for one call signature, to run it again without re-checking."""
+
+    __slots__ = ("called_spec", "spec", "backend", "tune", "layout", "unbatched", "gathers", "run_backend",
+                 "weight_dependent")
+
+    def __init__(self, called_spec: ConvSpec, backend: str, tune, layout: str, unbatched: bool):
+        self.called_spec, self.backend, self.tune, self.layout, self.unbatched = (called_spec, backend, tune, layout,
+                                                                                  unbatched)
+        # the input as the backends read it: padding other than zeros applied, and axes whose
+        # padding dwarfs what the outputs read gathered (see fastconv.geometry.backend_input)
+        self.spec = spec = backend_spec_of(called_spec)
+        self.gathers = spec is not called_spec
+        self.run_backend, self.weight_dependent = None, False
+
+    def _operands(self, x, weight, bias):
+        spec = self.called_spec
+        if self.unbatched:
+            x = x[None]
+        x = np.ascontiguousarray(x, dtype=spec.dtype)
+        if self.gathers:
+            x = backend_input(x, spec)[0]
+        weight = np.ascontiguousarray(weight, dtype=spec.dtype)
+        if bias is not None:
+            bias = np.ascontiguousarray(bias, dtype=spec.dtype)
+        return x, weight, bias
+
+    def _choose(self, x, weight, bias) -> str:
+        spec = self.spec
+        if self.backend == "auto":
+            name, weight_dependent = choose_for_call(spec, weight, preferred=_preferred_backend.get(),
+                                                     tune=self.tune, operands=(x, weight, bias), layout=self.layout)
+            self.weight_dependent = self.weight_dependent or weight_dependent  # once it depended, always ask
+            return name
+        name = self.backend
+        module = backends.get(name)
+        self.weight_dependent = hasattr(module, "supports_weight")
+        reason = module.supports(spec) or weight_decline_reason(name, weight, spec)
         if reason is not None:
-            if (spec.stride, spec.dilation) != (called_spec.stride, called_spec.dilation):
+            called = self.called_spec
+            if (spec.stride, spec.dilation) != (called.stride, called.dilation):
                 reason += (f" (the outputs read only {spec.in_height}x{spec.in_width} pixels of the input padded to "
-                           f"{called_spec.padded_height}x{called_spec.padded_width}, which are gathered first and "
+                           f"{called.padded_height}x{called.padded_width}, which are gathered first and "
                            f"read with stride {spec.stride}, dilation {spec.dilation})")
             raise ValueError(f"backend {name!r} cannot run this convolution: {reason}")
+        return name
 
-    out = backends.get(name).run(x, weight, bias, spec)
-    if out.dtype != out_dtype:
-        out = out.astype(out_dtype)
-    return out[0] if unbatched else out
+    def _finish(self, out):
+        if out.dtype != self.called_spec.out_dtype:
+            out = out.astype(self.called_spec.out_dtype)
+        return out[0] if self.unbatched else out
+
+    def run(self, x, weight, bias):
+        """Run the call; the backend is chosen on the first call, and again only when the choice
+        depends on the weight's values (those verdicts are remembered per weight content)."""
+        x, weight, bias = self._operands(x, weight, bias)
+        run_backend = self.run_backend
+        if run_backend is None or self.weight_dependent:
+            # (a local: another thread's weight may choose differently for the plan meanwhile)
+            run_backend = self.run_backend = backends.get(self._choose(x, weight, bias)).run
+        return self._finish(run_backend(x, weight, bias, self.spec))
+
+
+def _plain(value) -> bool:
+    """An argument a call signature can hold: ints, strings and tuples of them, not bools or lists."""
+    kind = type(value)
+    return kind is int or kind is str or (kind is tuple and all(_plain(item) for item in value))
+
+
+def _call_signature(x, weight, bias, stride, padding, dilation, groups, padding_mode, backend, tune):
+    """The key under which a call's validation and backend choice are remembered, or None (not kept).
+
+    Everything that changes what conv2d checks or picks is in it: the operands' shapes, dtypes and
+    layout, every argument, the thread count, the use_backend preference, autotuning and the cost
+    constants in use. Only plain numpy arrays and plain int/str/tuple arguments are kept (a bool
+    where an int belongs must still be refused).
+    """
+    if type(x) is not np.ndarray or type(weight) is not np.ndarray or (bias is not None and type(bias) is not np.ndarray):
+        return None
+    if not (_plain(stride) and _plain(padding) and _plain(dilation) and _plain(groups) and _plain(padding_mode)
+            and type(backend) is str and (tune is None or type(tune) is bool)):
+        return None
+    flags = x.flags
+    return (x.shape, x.dtype, flags.c_contiguous, flags.f_contiguous, weight.shape, weight.dtype,
+            None if bias is None else (bias.shape, bias.dtype), stride, padding, dilation, groups, padding_mode,
+            backend, tune, config.threads, config.autotune, _preferred_backend.get(), constants_source())

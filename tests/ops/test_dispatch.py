@@ -123,3 +123,59 @@ def test_auto_never_picks_a_declining_backend(fake_backend, monkeypatch):
     x, w = np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32)
     assert fastconv.conv2d(x, w)[0, 0, 0, 0] == 9.0
     assert fastconv.conv2d(x.astype(np.float64), w)[0, 0, 0, 0] == 42.0
+
+
+# --------------------------------------------------------------------------------------------
+# repeated calls: validation and choice are remembered per call signature
+
+
+def test_a_repeated_call_is_not_validated_or_chosen_again(monkeypatch):
+    choice.clear_cache()
+    x, w = np.ones((1, 2, 8, 8)), np.ones((3, 2, 3, 3))
+    expected = fastconv.conv2d(x, w, padding=1)
+    built = []
+    real_make_spec = dispatch.make_spec
+    monkeypatch.setattr(dispatch, "make_spec", lambda *a, **k: built.append(1) or real_make_spec(*a, **k))
+    for _ in range(3):
+        np.testing.assert_array_equal(fastconv.conv2d(x, w, padding=1), expected)
+    assert built == []
+    fastconv.conv2d(x, w, padding=2)  # another signature: validated
+    assert built == [1]
+
+
+def test_a_remembered_call_still_refuses_what_validation_refuses():
+    choice.clear_cache()
+    x, w = np.ones((1, 1, 6, 6)), np.ones((1, 1, 3, 3))
+    fastconv.conv2d(x, w, stride=1)
+    with pytest.raises(TypeError, match="stride must be an int"):
+        fastconv.conv2d(x, w, stride=True)  # equal to 1 and hashing alike, but a bool
+    with pytest.raises(TypeError, match="stride must be an int"):
+        fastconv.conv2d(x, w, stride=1.0)
+    with pytest.raises(ValueError, match="Unknown backend"):
+        fastconv.conv2d(x, w, backend="nope")
+
+
+def test_remembered_calls_follow_settings_and_preferences(monkeypatch):
+    choice.clear_cache()
+    x, w = np.ones((1, 1, 6, 6)), np.ones((1, 1, 3, 3))
+    fastconv.conv2d(x, w)
+    ran = []
+    naive = backends.get("naive")
+    monkeypatch.setattr(naive, "run", lambda *args: ran.append("naive") or np.zeros((1, 1, 4, 4)))
+    with fastconv.use_backend("naive"):
+        fastconv.conv2d(x, w)  # the preference is part of the signature
+    assert ran == ["naive"]
+    choice.clear_cache()  # forgets remembered calls too
+    fastconv.conv2d(x, w, backend="naive")
+    assert ran == ["naive", "naive"]
+
+
+def test_a_weight_mutated_in_place_is_judged_again_by_a_weight_dependent_backend():
+    choice.clear_cache()
+    x = np.ones((1, 1, 16, 16))
+    gauss = np.exp(-np.linspace(-2, 2, 7) ** 2)
+    weight = np.outer(gauss, gauss)[None, None].copy()
+    fastconv.conv2d(x, weight, backend="separable")
+    weight[0, 0] = np.random.default_rng(0).standard_normal((7, 7))  # full rank now
+    with pytest.raises(ValueError, match="backend 'separable' cannot run this convolution"):
+        fastconv.conv2d(x, weight, backend="separable")
