@@ -10,7 +10,7 @@ LAYERS = {case.name: case for case in suite_cases("transposed")}
 
 
 class ConvTranspose2dLayers:
-    params = [[*bench.op_backends("conv_transpose2d", ()), *bench.PEERS], list(LAYERS)]
+    params = [[*bench.op_backends("conv_transpose2d"), *bench.PEERS], list(LAYERS)]
     param_names = ["backend", "layer"]
 
     def setup(self, backend, layer):

@@ -13,13 +13,14 @@ import numpy as np
 from fastconv import backends, config
 from fastconv.auto import cost, tuning_cache
 from fastconv.auto.choice import clear_cache, decline_reason, kernel_rank, weight_decline_reason
-from fastconv.auto.constants import (DEFAULT_THREADS, constants_source, fitted_constants, save_constants,
-                                     shipped_constants)
+from fastconv.auto.constants import (DEFAULT_THREADS, constants_source, constants_threads, fitted_constants,
+                                     save_constants, shipped_constants)
 from fastconv.auto.timing import format_seconds, time_backends_quietly
 from fastconv.backends.work import is_double
 from fastconv.geometry import backend_input, make_spec
 
-__all__ = ["calibration_grid", "calibrate", "fit_constants", "main", "add_arguments", "run_command"]
+__all__ = ["calibration_grid", "calibrate", "fit_constants", "main", "add_arguments", "argument_problem",
+           "run_command", "show"]
 
 
 def calibration_grid():
@@ -193,7 +194,11 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="fastconv tune", description=main.__doc__)
     add_arguments(parser)
-    return run_command(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    problem = argument_problem(args)
+    if problem is not None:
+        parser.error(problem)
+    return run_command(args)
 
 
 def add_arguments(parser) -> None:
@@ -201,10 +206,61 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calibrate", action="store_true",
                         help="time each backend on a small grid, fit the cost model's constants for this machine "
                              "and store them in the cache directory")
-    parser.add_argument("--backends", nargs="+", metavar="NAME", help="backends to calibrate (default: all)")
+    parser.add_argument("--backends", nargs="+", metavar="NAME", help="with --calibrate: backends to calibrate "
+                                                                     "(default: all that ship constants)")
     parser.add_argument("--show", action="store_true", help="print the cost constants in use and the cache entries")
     parser.add_argument("--clear", action="store_true", help="delete the autotuning cache file")
     parser.set_defaults(run=run_command)
+
+
+def argument_problem(args) -> str | None:
+    """What is wrong with parsed ``fastconv tune`` arguments, in one line, or None."""
+    if args.backends and not args.calibrate:
+        return "--backends only applies with --calibrate"
+    registered = backends.backend_names()
+    for name in args.backends or ():
+        if name not in registered:
+            return f"unknown backend {name!r}; conv2d backends (the ones auto chooses among): {', '.join(registered)}"
+        reason = backends.unavailable_reason(name)
+        if reason is not None:
+            return f"backend {name!r} is not available here: {reason}"
+    return None
+
+
+def _constant_lines(name: str, table: dict, origin: str, width: int = 100) -> list[str]:
+    """One backend's constants, its name and their origin first, wrapped to ``width`` columns."""
+    import textwrap
+
+    prefix = f"  {name:<10} {origin:<8} "
+    terms = "  ".join(f"{term}={value:.3g}" for term, value in sorted(table.items()))
+    return textwrap.wrap(terms, width=width, initial_indent=prefix, subsequent_indent=" " * len(prefix),
+                         break_long_words=False)
+
+
+def show() -> None:
+    """Print the cost constants in use, per backend and where they come from, and the tuning cache."""
+    fitted = fitted_constants()
+    shipped = shipped_constants()
+    source = constants_source()
+    print(f"cost constants of backend='auto': seconds per unit of each cost term, at {constants_threads()} threads")
+    print("  (shipped: the backend's COST_CONSTANTS; fitted: by `fastconv tune --calibrate` on this machine"
+          + (f", in {source})" if fitted else ")"))
+    for name in backends.backend_names():
+        reason = backends.unavailable_reason(name)
+        if name in fitted:
+            print("\n".join(_constant_lines(name, fitted[name], "fitted")))
+        elif name in shipped:
+            print("\n".join(_constant_lines(name, shipped[name], "shipped")))
+        elif reason is not None:
+            print(f"  {name:<10} unavailable here")
+        elif backends.placement(name) == "device":
+            print(f"  {name:<10} none: chosen for arrays in GPU memory, not by estimate")
+        else:
+            print(f"  {name:<10} none: ranked by its direct-convolution work at a generic rate")
+    entries = tuning_cache.read_cache()
+    print(f"autotuning cache {tuning_cache.cache_path()}: {len(entries)} entries")
+    for key, entry in sorted(entries.items()):
+        print(f"  {key}: {entry['backend']}")
 
 
 def run_command(args) -> int:
@@ -220,18 +276,11 @@ def run_command(args) -> int:
         path = save_constants({**fitted_constants(), **fitted}, config.threads)
         clear_cache()
         for name, table in fitted.items():
-            print(f"{name:<10} " + ", ".join(f"{term}={value:.3g}" for term, value in sorted(table.items())))
+            print("\n".join(_constant_lines(name, table, "fitted")))
         if path is None:
             status = 1  # save_constants warned why
         else:
             print(f"wrote {path}")
     if args.show or not (args.calibrate or args.clear):
-        fitted_here = fitted_constants()
-        print(f"cost constants ({constants_source()}):")
-        for name, table in {**shipped_constants(), **fitted_here}.items():
-            print(f"  {name:<10} " + ", ".join(f"{term}={value:.3g}" for term, value in sorted(table.items())))
-        entries = tuning_cache.read_cache()
-        print(f"autotuning cache {tuning_cache.cache_path()}: {len(entries)} entries")
-        for key, entry in sorted(entries.items()):
-            print(f"  {key}: {entry['backend']}")
+        show()
     return status

@@ -294,19 +294,26 @@ def _peer_worker() -> None:
         print(json.dumps(result), flush=True)
 
 
-def op_backends(op: str, conv2d_backends) -> list[str]:
-    """The backends to time for operation ``op``: the given conv2d backends, or the op's own registry."""
-    if op == "conv2d":
-        return list(conv2d_backends)
-    return list(backends.backend_names(op))
+def op_backends(op: str, requested=None) -> list[str]:
+    """The backends to time on cases of operation ``op``: those of ``requested`` that implement
+    it, in the order given, or every backend registered for it when ``requested`` is None.
+
+    >>> op_backends("conv_transpose2d", ["naive", "im2col"])
+    ['naive']
+    """
+    registered = backends.backend_names(op)
+    if requested is None:
+        return list(registered)
+    return [name for name in requested if name in registered]
 
 
 def measure(cases, backend_names, peers=(), repeat: int = 5, budget_s: float = 1.0, progress: bool = True) -> dict:
     """Time every case on every backend (in this process) and every peer (one process per peer).
 
-    Returns a JSON-ready dict: ``machine`` (:func:`machine_info`), the settings, and per case its
-    description, flops, ``auto`` (the backend ``backend="auto"`` picks, for conv2d) and
-    ``results``: for each backend or peer, ``{"status": "ok", "median_s", "runs"}`` or
+    Each case is timed on the backends of ``backend_names`` that implement its operation
+    (:func:`op_backends`). Returns a JSON-ready dict: ``machine`` (:func:`machine_info`), the settings, and per case its
+    description, flops, ``auto`` (the backend ``backend="auto"`` picks, for conv2d), ``backends``
+    (those timed on it) and ``results``: for each backend or peer, ``{"status": "ok", "median_s", "runs"}`` or
     ``{"status": "skipped" | "failed", "reason"}``.
     """
     cases = list(cases)

@@ -24,12 +24,15 @@ import numpy as np
 
 from fastconv.geometry import make_spec
 
-__all__ = ["Case", "Skip", "SUITES", "OPS", "canonical_layers", "image_filter", "make_inputs", "shapes",
+__all__ = ["Case", "KERNELS", "Skip", "SUITES", "OPS", "canonical_layers", "image_filter", "make_inputs", "shapes",
            "suite_cases"]
 
 SUITES = ("default", "cnn", "image", "depthwise", "transposed", "all")
 
 OPS = ("conv2d", "conv_transpose2d")
+
+#: Kinds of kernel a case's weight can be (see :func:`make_inputs`).
+KERNELS = ("random", "gaussian")
 
 
 class Skip(Exception):
@@ -240,7 +243,7 @@ def make_inputs(case: Case, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     elif case.kernel == "random":
         w = rng.standard_normal(case.weight_shape).astype(dtype)
     else:
-        raise ValueError(f"kernel must be 'random' or 'gaussian', got {case.kernel!r}")
+        raise ValueError(f"kernel must be one of {KERNELS}, got {case.kernel!r}")
     return x, w
 
 

@@ -3,13 +3,13 @@
 ``fastconv bench``     times every available backend (and torch/scipy, each in its own process) on
                        a built-in suite and prints one table per case.
 ``fastconv explain``   says which backends can run one convolution, why the others cannot, and
-                       which one ``backend="auto"`` picks; ``--measure`` times them.
+                       which one ``backend="auto"`` picks; ``--measure`` fills in their times.
 ``fastconv report``    runs a sweep and writes PNG plots and a Markdown page on the trade-offs.
-``fastconv backends``  lists the registered backends and why any is unavailable.
+``fastconv backends``  lists the registered backends, their operations, and why any is unavailable.
 ``fastconv tune``      fits the cost model behind ``backend="auto"`` on this machine
                        (``--calibrate``), or shows or clears the autotuning cache.
 
-Bad arguments print a usage line and a one-line error and exit with status 2, as argparse does.
+A bad argument prints one line, ``fastconv <command>: error: ...``, and exits with status 2.
 """
 
 from __future__ import annotations
@@ -19,16 +19,28 @@ import importlib.util
 import json
 import os
 import sys
+import textwrap
 
 from fastconv import backends
 from fastconv.tools import bench
-from fastconv.tools.cases import SUITES, Case, suite_cases
+from fastconv.tools.cases import KERNELS, SUITES, Case, make_inputs, suite_cases
 
 _SHAPE_HELP = "a shape written like 1x64x56x56"
 
 
 class CommandLineError(Exception):
     """An argument the parser accepted but the command cannot use: reported as a usage error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every error on one line (``fastconv bench: error: ...``), exit status 2.
+
+    argparse prints the usage block before the error; in a terminal that buries the one line that
+    matters, so the error says where the usage is instead. Subcommand parsers inherit the class.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,19 +120,35 @@ def _ratio(numerator: float | None, denominator: float | None) -> str:
     return f"{numerator / denominator:.2f}×" if numerator and denominator else "—"
 
 
+def _short_note(label: str, result: dict, footnotes: list[str]) -> str:
+    """A few words for the note column (``declines [1]``); the whole reason becomes footnote [1]."""
+    word, reason = result["status"], result["reason"]
+    head, _, rest = reason.partition(": ")
+    if head in ("declines", "unavailable") and rest:
+        word, reason = head, rest
+    footnote = f"{label} {word}: {reason}"
+    if footnote not in footnotes:
+        footnotes.append(footnote)
+    return f"{word} [{footnotes.index(footnote) + 1}]"
+
+
 def format_case(entry: dict, backend_names, peers) -> str:
-    """A Markdown table for one case of :func:`fastconv.tools.bench.measure`, then its winner and auto's pick."""
+    """A Markdown table for one case of :func:`fastconv.tools.bench.measure`, then its winner and auto's pick.
+
+    Notes stay short (``declines [1]``): why a backend was not timed is a numbered footnote under
+    the table, so that rows do not wrap in a terminal.
+    """
     case = Case.from_dict(entry["case"])
-    backend_names = entry.get("backends", backend_names)  # ops other than conv2d have their own backends
-    references = [name for name in backend_names if name in backends.backend_names(case.op) and backends.is_reference(name)]
+    backend_names = entry.get("backends", backend_names)  # the requested backends that implement this op
+    references = [name for name in backend_names if backends.is_reference(name)]
     baselines = [name for name in (*references, *peers) if name in entry["results"]]
-    rows = []
+    rows, footnotes = [], []
     for name in [*backend_names, *peers]:
         result = entry["results"][name]
         label = f"{name} (peer)" if name in peers else name
         seconds = bench.median_seconds(entry, name)
         if seconds is None:
-            rows.append([label, "—", "—", *("—" for _ in baselines), f"{result['status']}: {result['reason']}"])
+            rows.append([label, "—", "—", *("—" for _ in baselines), _short_note(name, result, footnotes)])
             continue
         rows.append([label, _format_seconds(seconds), f"{entry['flops'] / seconds / 1e9:.2f}",
                      *(_ratio(bench.median_seconds(entry, other), seconds) for other in baselines),
@@ -130,6 +158,8 @@ def format_case(entry: dict, backend_names, peers) -> str:
 
     winner = bench.fastest(entry, backend_names)
     lines = [f"## {case.name}", f"{case.describe()}; {entry['flops'] / 1e9:.3g} GFLOP", "", table, ""]
+    if footnotes:
+        lines += [f"[{number}] {text}" for number, text in enumerate(footnotes, 1)] + [""]
     if winner is None:
         lines.append("winner: none of the backends ran this case")
     else:
@@ -155,30 +185,58 @@ def _header(results: dict) -> str:
     versions = ", ".join(f"{package} {machine[package]}" for package in ("numpy", "scipy", "numba", "torch")
                          if machine.get(package))
     return (f"fastconv {machine['fastconv']} on {machine['cpu']} ({machine['cores']} cores, {machine['threads']} "
-            f"threads); {versions}\nmedian of up to {results['repeat']} timed calls (short ones: 30 ms of calls) after "
-            f"warm-up; "
-            f"peers each timed in their own process; 'vs X' = X's time / this row's time (> 1: faster than X)")
+            f"threads)\n{versions}\nmedian of up to {results['repeat']} timed calls (short ones: 30 ms of calls) after "
+            f"warm-up; peers each timed in their own process\n'vs X' = X's time / this row's time (> 1: faster than X)")
 
 
 # --------------------------------------------------------------------------------------------
 # commands
 
 
-def _selected_backends(requested) -> tuple[list[str], list[str]]:
-    """(backends to time, notes on the ones left out); unknown or unavailable names are errors."""
-    import fastconv
+def _names(names) -> str:
+    return ", ".join(names)
 
-    rows = fastconv.list_backends()
-    if requested:
-        registered = {row.name: row for row in rows}
-        for name in requested:
-            if name not in registered:
-                raise CommandLineError(f"unknown backend {name!r}; registered: {', '.join(registered)}")
-            if not registered[name].available:
-                raise CommandLineError(f"backend {name!r} is not available here: {registered[name].reason}")
-        return list(dict.fromkeys(requested)), []
-    return ([row.name for row in rows if row.available],
-            [f"{row.name} not timed: unavailable here ({row.reason})" for row in rows if not row.available])
+
+def _selected_backends(requested, ops) -> tuple[list[str], list[str], list[str]]:
+    """(backends to time, the operations of ``ops`` left with a backend, notes for the output).
+
+    Without ``requested``: every backend of those operations available here. Otherwise the
+    requested ones, each timed on the cases of the operations it implements: a name that is a
+    backend of no operation, or one unavailable here, is an error; one that does not implement an
+    operation of ``ops`` is said so, and an operation none of them implements is left out.
+    """
+    registered = {op: backends.backend_names(op) for op in backends.OPERATIONS}
+    every = list(dict.fromkeys(name for names in registered.values() for name in names))
+    if not requested:
+        relevant = [name for name in every if any(name in registered[op] for op in ops)]
+        reasons = {name: backends.unavailable_reason(name) for name in relevant}
+        return ([name for name in relevant if reasons[name] is None], list(ops),
+                [f"{name} not timed: unavailable here ({reasons[name]})" for name in relevant if reasons[name]])
+    requested = list(dict.fromkeys(requested))
+    for name in requested:
+        if name not in every:
+            raise CommandLineError(f"unknown backend {name!r}; registered: "
+                                   + "; ".join(f"{op}: {_names(names)}" for op, names in registered.items()))
+        reason = backends.unavailable_reason(name)
+        if reason is not None:
+            raise CommandLineError(f"backend {name!r} is not available here: {reason}")
+    kept, notes = [], []
+    for op in ops:
+        applying = [name for name in requested if name in registered[op]]
+        others = [name for name in requested if name not in registered[op]]
+        if not applying:
+            notes.append(f"{op} cases left out: none of {_names(requested)} is a {op} backend "
+                         f"({op}'s backends are {_names(registered[op])})")
+            continue
+        kept.append(op)
+        if others:
+            notes.append(f"not timed on {op} cases: {_names(others)} ({op}'s backends are "
+                         f"{_names(registered[op])})")
+    if not kept:
+        raise CommandLineError(f"none of the requested backends ({_names(requested)}) implements "
+                               f"{' or '.join(ops)}; " + "; ".join(f"{op}'s backends are {_names(registered[op])}"
+                                                                   for op in ops))
+    return [name for name in requested if any(name in registered[op] for op in kept)], kept, notes
 
 
 def _selected_peers(wanted: bool) -> tuple[list[str], list[str]]:
@@ -202,10 +260,15 @@ def _write_json(results: dict, path: str) -> None:
         raise CommandLineError(f"cannot write --json file {path!r}: {error.strerror}") from None
 
 
+def _suite_ops(cases) -> list[str]:
+    return list(dict.fromkeys(case.op for case in cases))
+
+
 def _bench(args) -> int:
-    backend_names, notes = _selected_backends(args.backends)
     peers, peer_notes = _selected_peers(args.peers)
     cases = suite_cases(args.suite, quick=args.quick, dtype=args.dtype)
+    backend_names, ops, notes = _selected_backends(args.backends, _suite_ops(cases))
+    cases = [case for case in cases if case.op in ops]
     repeat = args.repeat or (1 if args.quick else 5)
     if args.json:
         _check_writable(args.json)  # fail now, not after minutes of measuring
@@ -225,13 +288,26 @@ def _bench(args) -> int:
     return 0
 
 
-def _explain(args) -> int:
-    import fastconv
-    from fastconv.ops.conv2d import choose_backend
+def _measured(result: dict):
+    """Seconds of one bench result, or why it was not timed (as :meth:`Explanation.with_measurements` takes it)."""
+    if result["status"] == "ok":
+        return result["median_s"]
+    head = result["reason"].partition(": ")[0]
+    return result["reason"] if head in ("declines", "unavailable") else f"{result['status']}: {result['reason']}"
 
+
+def explain_case(case: Case):
+    """:func:`fastconv.explain` of a conv2d case, on the very weight ``fastconv bench`` times it with
+    (so that weight-dependent backends, ``separable``, are judged on that kernel)."""
+    import fastconv
+
+    _, weight = make_inputs(case)
+    return fastconv.explain(case.input_shape, weight, dtype=case.dtype, **case.conv_kwargs())
+
+
+def _explain(args) -> int:
     if args.backends and not args.measure:
         raise CommandLineError("--backends only applies with --measure")
-    backend_names = _selected_backends(args.backends)[0] if args.measure else []
     input_shape = args.input if len(args.input) == 4 else (1, *args.input)
     if len(input_shape) != 4:
         raise CommandLineError(f"--input must be NxCxHxW or CxHxW, got {'x'.join(map(str, args.input))}")
@@ -239,30 +315,31 @@ def _explain(args) -> int:
         raise CommandLineError(f"--weight must be KxCxKHxKW (C = input channels / groups), "
                                f"got {'x'.join(map(str, args.weight))}")
     case = Case("explain", input_shape, args.weight, stride=args.stride, padding=args.padding,
-                      dilation=args.dilation, groups=args.groups, padding_mode=args.padding_mode, dtype=args.dtype)
+                dilation=args.dilation, groups=args.groups, padding_mode=args.padding_mode, kernel=args.kernel,
+                dtype=args.dtype)
     try:
         spec = case.spec()
     except (ValueError, TypeError) as error:
         raise CommandLineError(str(error)) from None
+    if args.measure:
+        backend_names, _, notes = _selected_backends(args.backends, ["conv2d"])
+        peers, peer_notes = _selected_peers(args.peers)
+        for note in notes + peer_notes:
+            print(note)
+    explanation = explain_case(case)
 
     print(f"{case.describe()}\noutput {'x'.join(map(str, spec.out_shape))}, {spec.flops / 1e9:.3g} GFLOP "
           f"(direct), padding {spec.padding}\n")
-    if hasattr(fastconv, "explain"):  # the cost model's own table, where it exists
-        print(fastconv.explain(input_shape, args.weight, **case.conv_kwargs()))
-    else:
-        rows = []
-        for row in fastconv.list_backends():
-            reason = row.reason and f"unavailable: {row.reason}"
-            if row.available:
-                reason = fastconv.backends.get(row.name).supports(case.backend_spec())
-            rows.append([row.name, "yes" if reason is None else "no", reason or ""])
-        print(_markdown_table(["backend", "can run", "why not"], rows, right_aligned=set()))
-        print(f"\nauto picks: {choose_backend(case.backend_spec())}")
     if args.measure:
-        peers, _ = _selected_peers(args.peers)
         results = bench.measure([case], backend_names, peers, repeat=args.repeat or 5)
-        print()
-        print(format_case(results["cases"][0], backend_names, peers))
+        entry = results["cases"][0]
+        explanation = explanation.with_measurements(
+            {name: _measured(entry["results"][name]) for name in entry["backends"]},
+            peers={peer: _measured(entry["results"][peer]) for peer in peers})
+    print(explanation)
+    if args.measure:
+        print(f"measured column: median of up to {results['repeat']} timed calls after warm-up, as fastconv bench "
+              f"times them; peers each in their own process")
     return 0
 
 
@@ -282,7 +359,7 @@ def _report(args) -> int:
         if not isinstance(results, dict) or "cases" not in results:
             raise CommandLineError(f"--json file {args.json!r} is not a results file written by fastconv report")
     else:
-        backend_names, notes = _selected_backends(args.backends)
+        backend_names, _, notes = _selected_backends(args.backends, _suite_ops(report.sweep_cases(args.quick)))
         peers, peer_notes = _selected_peers(args.peers)
         for note in notes + peer_notes:
             print(note)
@@ -296,11 +373,31 @@ def _report(args) -> int:
 
 
 def _list(args) -> int:
-    import fastconv
-
-    for row in fastconv.list_backends():
-        print(f"{row.name:<12} {'available' if row.available else 'unavailable: ' + row.reason}")
+    operations = {name: [op for op in backends.OPERATIONS if name in backends.backend_names(op)]
+                  for op in backends.OPERATIONS for name in backends.backend_names(op)}
+    width = max(len(", ".join(ops)) for ops in operations.values())
+    print(f"{'backend':<11} {'operations':<{width}}  status")
+    for name, ops in operations.items():
+        reason = backends.unavailable_reason(name)
+        if reason is not None:
+            status = f"unavailable: {reason}"
+        else:
+            roles = [role for role, yes in (("the reference loops", backends.is_reference(name)),
+                                            ("GPU arrays", backends.placement(name) == "device")) if yes]
+            status = "available" + (f" ({', '.join(roles)})" if roles else "")
+        prefix = f"{name:<11} {', '.join(ops):<{width}}  "
+        print(textwrap.fill(status, width=max(100, len(prefix) + 40), initial_indent=prefix,
+                            subsequent_indent=" " * len(prefix)))
     return 0
+
+
+def _tune(args) -> int:
+    from fastconv.auto import calibrate
+
+    problem = calibrate.argument_problem(args)
+    if problem is not None:
+        raise CommandLineError(problem)
+    return calibrate.run_command(args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +412,7 @@ def _add_measurement_options(parser, repeat_default_help: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastconv", description="2-D convolution backends and benchmarks")
+    parser = _Parser(prog="fastconv", description="2-D convolution backends and benchmarks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     bench_parser = commands.add_parser(
@@ -324,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--suite", choices=SUITES, default="default",
                               help="which problems: a quick mix (default), CNN layers, image filters, "
                                    "depthwise/grouped, transposed, or all")
-    bench_parser.add_argument("--backends", nargs="+", metavar="NAME", help="backends to time (default: all available)")
+    bench_parser.add_argument("--backends", nargs="+", metavar="NAME",
+                              help="backends to time, each on the cases of the operations it implements "
+                                   "(default: all available)")
     bench_parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     bench_parser.add_argument("--json", metavar="FILE", help="also write every measurement to FILE as JSON")
     bench_parser.add_argument("--quick", action="store_true", help="tiny problems, one timed call: a smoke test")
@@ -334,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser(
         "explain", help="which backends can run one convolution, and auto's choice",
         description="Say which backends can run one conv2d call, why the others decline, and which one "
-                    "backend='auto' picks. Example: fastconv explain --input 1x64x56x56 --weight 64x64x3x3 "
+                    "backend='auto' picks; --measure fills the table's measured column with the times fastconv "
+                    "bench would report. Example: fastconv explain --input 1x64x56x56 --weight 64x64x3x3 "
                     "--padding same")
     explain.add_argument("--input", type=_shape, required=True, metavar="SHAPE", help="NxCxHxW or CxHxW")
     explain.add_argument("--weight", type=_shape, required=True, metavar="SHAPE", help="KxCxKHxKW, C = input channels / groups")
@@ -345,7 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--groups", type=_positive_int, default=1)
     explain.add_argument("--padding-mode", choices=("zeros", "reflect", "replicate", "circular"), default="zeros")
     explain.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    explain.add_argument("--measure", action="store_true", help="also time every backend that can run it")
+    explain.add_argument("--kernel", choices=KERNELS, default="random",
+                         help="the weight values, which decide whether separable can run: random (full rank, "
+                              "like learned filters; the default) or gaussian (rank 1), as fastconv bench makes them")
+    explain.add_argument("--measure", action="store_true",
+                         help="also time the backends (and peers) as fastconv bench does: the measured column")
     explain.add_argument("--backends", nargs="+", metavar="NAME", help="with --measure: backends to time (default: all available)")
     _add_measurement_options(explain, "default 5")
     explain.set_defaults(run=_explain, fail=explain.error)
@@ -356,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     report_parser.add_argument("-o", "--output", default="fastconv-report", metavar="DIR",
                                help="directory for report.md, the PNGs and results.json (default fastconv-report)")
     report_parser.add_argument("--json", metavar="FILE", help="plot the results.json of an earlier report instead of measuring")
-    report_parser.add_argument("--backends", nargs="+", metavar="NAME", help="backends to time (default: all available)")
+    report_parser.add_argument("--backends", nargs="+", metavar="NAME",
+                               help="conv2d backends to time (default: all available)")
     report_parser.add_argument("--quick", action="store_true", help="a tiny sweep, one timed call: a smoke test")
     _add_measurement_options(report_parser, "default 3; 1 with --quick")
     report_parser.set_defaults(run=_report, fail=report_parser.error)
@@ -369,16 +474,22 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Fit the cost model behind backend='auto' on this machine, or show "
                                            "or clear what autotuning has remembered.")
     calibrate.add_arguments(tune)
-    tune.set_defaults(fail=tune.error)
+    tune.set_defaults(run=_tune, fail=tune.error)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unrecognized = parser.parse_known_args(argv)
+    if unrecognized:  # reported by the subcommand's parser, so that the error names the command
+        getattr(args, "fail", parser.error)(f"unrecognized arguments: {' '.join(unrecognized)}")
     try:
         return args.run(args)
     except CommandLineError as error:
-        args.fail(str(error))  # prints the command's usage and "fastconv <command>: error: ...", exits 2
+        args.fail(str(error))  # prints "fastconv <command>: error: ..." and exits with status 2
     except KeyboardInterrupt:
         print(f"fastconv {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`fastconv tune --show | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 1

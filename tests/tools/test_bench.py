@@ -147,3 +147,14 @@ def test_measure_records_failures_and_finds_the_winner(broken_run_backend):
 
 def test_sgemm_ceiling_is_measured():
     assert bench.sgemm_gflops(64, repeat=2) > 0
+
+
+def test_measure_times_each_case_on_the_requested_backends_of_its_operation():
+    conv = Case("tiny conv", (1, 2, 6, 6), (2, 2, 3, 3))
+    transposed = Case("tiny transposed", (1, 2, 4, 4), (2, 2, 3, 3), stride=2, op="conv_transpose2d")
+    results = bench.measure([conv, transposed], ["naive"], repeat=1, budget_s=0.01, progress=False)
+    assert [entry["backends"] for entry in results["cases"]] == [["naive"], ["naive"]]
+    assert [list(entry["results"]) for entry in results["cases"]] == [["naive"], ["naive"]]
+    results = bench.measure([conv, transposed], ["col2im", "im2col"], repeat=1, budget_s=0.01, progress=False)
+    assert [entry["backends"] for entry in results["cases"]] == [["im2col"], ["col2im"]]
+    assert bench.op_backends("conv_transpose2d") == list(backends.backend_names("conv_transpose2d"))
