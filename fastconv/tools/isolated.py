@@ -109,8 +109,9 @@ def _reference(function) -> dict:
     if not callable(function) or not name or "<" in name or not module_name:
         raise ValueError(f"function must be a module-level function (a new process finds it by name), "
                          f"got {function!r}")
-    module = sys.modules.get(module_name)
-    return {"module": module_name, "file": getattr(module, "__file__", None), "name": name}
+    code = getattr(function, "__code__", None)
+    file = getattr(sys.modules.get(module_name), "__file__", None) or getattr(code, "co_filename", None)
+    return {"module": module_name, "file": file, "name": name}
 
 
 def _resolve(reference: dict):
