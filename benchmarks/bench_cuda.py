@@ -14,7 +14,8 @@ from fastconv.tools.cases import canonical_layers, make_inputs
 
 _CANONICAL = {case.name: case for case in canonical_layers()}
 # Canonical layers: dense 3x3, a wide 3x3, depthwise and 1x1.
-LAYERS = {name: _CANONICAL[name] for name in ("resnet50_3x3_56", "vgg_conv5", "mobilenetv2_dw_56", "resnet50_1x1_expand")}
+LAYERS = {name: _CANONICAL[name]
+          for name in ("resnet50_3x3_56", "vgg_conv5", "mobilenetv2_dw_56", "resnet50_1x1_expand")}
 
 
 def _gpu_or_skip():

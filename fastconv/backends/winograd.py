@@ -41,7 +41,7 @@ need larger points and lose accuracy fast, which is why production libraries sto
 for float32; ``tests/test_winograd.py`` checks ``Aᵀ[(G g) ⊙ (Bᵀ d)] = correlate(d, g)`` in
 exact rational arithmetic for both.
 
-Accuracy (measured by ``benchmarks/compare_winograd.py``: relative error max|err| / max|ref|
+Accuracy (measured by ``benchmarks/compare/compare_winograd.py``: relative error max|err| / max|ref|
 against the float64 reference, standard-normal data, ResNet's 64-channel and VGG's 512-channel
 3×3 layers): float32 F(2×2) 3e-7 to 6e-7, F(4×4) 6e-6 to 1e-5; float64 F(2×2) 2e-15 to 5e-15,
 F(4×4) 1e-14 to 2e-14. F(4×4)'s points ±2 scale values by up to ~100 before they cancel, hence
@@ -193,7 +193,7 @@ def supports(spec: ConvSpec) -> str | None:
 
 
 # Rates for choose_tile's cost model, measured on the development machine (2 cores, float32,
-# benchmarks/compare_winograd.py): GEMM flops of this pipeline, and the bandwidth at which its
+# benchmarks/compare/compare_winograd.py): GEMM flops of this pipeline, and the bandwidth at which its
 # GEMMs stream the transformed filters when few tiles share them. Only their ratio matters.
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
