@@ -8,8 +8,6 @@ same layer and dtype. For the comparison with torch, which must run in its own p
 
 import dataclasses
 
-import numpy as np
-
 from fastconv.backends import winograd
 
 from .common import canonical_layers, make_inputs, prepare
