@@ -1,51 +1,52 @@
 """asv benchmarks of the CPU backends ``im2col`` and ``numba_cpu`` on network layers and image filters.
 
-Layers come from the shared ``shapes.json`` (plus the grouped and batched layers that
-``compare_cpu.py`` adds); data are float32 from a fixed seed. For the comparison with torch and
-scipy, each library in its own process, run ``benchmarks/compare_cpu.py``.
+Layers are the canonical conv2d layers fastconv ships (``canonical_layers``) plus a ResNeXt grouped
+layer and a batched ResNet layer, as ``benchmarks/compare/compare_cpu.py`` times them; data are
+float32 from a fixed seed. For the comparison with torch and scipy, each library in its own
+process, run that script.
 """
 
-import numpy as np
-
-import fastconv
-
-from .compare_cpu import case_arrays, load_cases
+from .common import Case, canonical_layers, image_filter, prepare, size
 
 BACKENDS = ["im2col", "numba_cpu"]
 
+# The canonical set has no grouped (non-depthwise) or batched layer.
+EXTRA_LAYERS = [
+    Case("resnext50_3x3_g32", (1, 128, 56, 56), (128, 4, 3, 3), padding=1, groups=32),
+    Case("resnet50_3x3_28_batch8", (8, 128, 28, 28), (128, 128, 3, 3), padding=1),
+]
 
-def _cases(kind):
-    return {case["name"]: case for case in load_cases() if case["kind"] == kind}
+
+def _is_depthwise(case):
+    return case.groups == case.input_shape[1] and case.groups > 1
+
+
+LAYERS = {case.name: case for case in canonical_layers() + EXTRA_LAYERS}
+CNN = sorted(name for name, case in LAYERS.items() if not _is_depthwise(case))
+DEPTHWISE = sorted(name for name, case in LAYERS.items() if _is_depthwise(case))
 
 
 class _LayerBenchmark:
-    kind = ""
     param_names = ["layer", "backend"]
     timeout = 300
 
     def setup(self, layer, backend):
-        case = _cases(self.kind)[layer]
-        self.x, self.weight, self.bias = case_arrays(case)
-        self.kwargs = dict(stride=case["stride"], padding=case["pad"], dilation=case["dilation"],
-                           groups=case["groups"], backend=backend)
-        fastconv.conv2d(self.x, self.weight, self.bias, **self.kwargs)  # JIT warm-up
+        self.call = prepare(LAYERS[layer], backend)  # warmed up: JIT compiled
 
     def time_conv2d(self, layer, backend):
-        fastconv.conv2d(self.x, self.weight, self.bias, **self.kwargs)
+        self.call()
 
 
 class CnnLayers(_LayerBenchmark):
     """ResNet/VGG-style layers: 3×3, 1×1, 7×7 stride 2, dilated, grouped, batched."""
 
-    kind = "cnn"
-    params = [sorted(_cases("cnn")), BACKENDS]
+    params = [CNN, BACKENDS]
 
 
 class DepthwiseLayers(_LayerBenchmark):
     """MobileNetV2 depthwise layers (groups == channels)."""
 
-    kind = "depthwise"
-    params = [sorted(_cases("depthwise")), BACKENDS]
+    params = [DEPTHWISE, BACKENDS]
 
 
 class ImageFilter:
@@ -54,13 +55,8 @@ class ImageFilter:
     params = [["256x256", "2048x2048"], [3, 5, 7, 9], BACKENDS]
     param_names = ["size", "kernel", "backend"]
 
-    def setup(self, size, kernel, backend):
-        height, width = (int(side) for side in size.split("x"))
-        rng = np.random.default_rng(0)
-        self.image = rng.standard_normal((1, 1, height, width), dtype=np.float32)
-        self.weight = rng.standard_normal((1, 1, kernel, kernel), dtype=np.float32)
-        self.backend = backend
-        self.time_conv2d(size, kernel, backend)  # JIT warm-up
+    def setup(self, image, kernel, backend):
+        self.call = prepare(image_filter(size(image)[0], kernel), backend)
 
-    def time_conv2d(self, size, kernel, backend):
-        fastconv.conv2d(self.image, self.weight, padding="same", backend=self.backend)
+    def time_conv2d(self, image, kernel, backend):
+        self.call()

@@ -8,15 +8,14 @@ Run on a GPU machine with ``asv run --bench Conv2dCuda`` or, without asv::
     python -c "from benchmarks.bench_cuda import Conv2dCuda as B; b = B(); b.setup('resnet50_3x3_56', 'float32', 'fastconv'); b.time_conv2d('resnet50_3x3_56', 'float32', 'fastconv')"
 """
 
-import numpy as np
+import dataclasses
 
-# Layers from shared/shapes.json (name: N, C, H, W, K, kh, kw, stride, pad, groups).
-LAYERS = {
-    "resnet50_3x3_56": (1, 64, 56, 56, 64, 3, 3, 1, 1, 1),
-    "vgg_conv5": (1, 512, 14, 14, 512, 3, 3, 1, 1, 1),
-    "mobilenetv2_dw_56": (1, 144, 56, 56, 144, 3, 3, 1, 1, 144),
-    "resnet50_1x1_expand": (1, 64, 56, 56, 256, 1, 1, 1, 0, 1),
-}
+from fastconv.tools.cases import canonical_layers, make_inputs
+
+_CANONICAL = {case.name: case for case in canonical_layers()}
+# Canonical layers: dense 3x3, a wide 3x3, depthwise and 1x1.
+LAYERS = {name: _CANONICAL[name]
+          for name in ("resnet50_3x3_56", "vgg_conv5", "mobilenetv2_dw_56", "resnet50_1x1_expand")}
 
 
 def _gpu_or_skip():
@@ -40,11 +39,9 @@ class Conv2dCuda:
 
     def setup(self, layer, dtype, library):
         cuda = _gpu_or_skip()
-        n, c, h, w, k, kh, kw, stride, pad, groups = LAYERS[layer]
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((n, c, h, w)).astype(dtype)
-        weight = rng.standard_normal((k, c // groups, kh, kw)).astype(dtype)
-        geometry = dict(stride=stride, padding=pad, groups=groups)
+        case = dataclasses.replace(LAYERS[layer], dtype=dtype)
+        x, weight = make_inputs(case)
+        geometry = case.conv_kwargs()
         if library == "fastconv":
             import fastconv
 

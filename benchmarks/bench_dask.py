@@ -5,7 +5,7 @@ in-memory call next to the dask call on the same image cut into 1, 4 and 16 squa
 strips of full rows, the last also stored into a preallocated array instead of joined by
 ``.compute()`` (the ratio is the overhead of reading halos and joining blocks). ``DaskStoreNpy`` measures peak
 memory of a convolution streamed from one ``.npy`` file into another in strips (see
-``benchmarks/dask_scale.py`` for the 4 GiB version).
+``benchmarks/compare/dask_scale.py`` for the 4 GiB version).
 """
 
 import os

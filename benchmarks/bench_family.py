@@ -3,7 +3,8 @@ depthwise-separable blocks (float32 unless said otherwise, data from a fixed see
 convolution and pooling, with torch as a baseline, are in ``bench_conv_transpose2d.py`` and
 ``bench_pooling.py``.
 
-Comparisons with torch, each library in its own process, are in ``compare_family.py``.
+Comparisons with torch, each library in its own process, are in
+``benchmarks/compare/compare_family.py``.
 """
 
 import numpy as np

@@ -3,7 +3,7 @@
 asv runs every benchmark in its own process, so each library is timed alone. Peers: scipy's
 ``fftconvolve`` and ``oaconvolve`` (kernel flipped: they convolve, we correlate),
 ``scipy.ndimage.correlate`` and torch's ``conv2d``. For ratios printed side by side, run
-``benchmarks/compare_fft_separable.py``.
+``benchmarks/compare/compare_fft_separable.py``.
 """
 
 import numpy as np
@@ -78,31 +78,15 @@ class SeparableImageFilter:
 
 
 class FFTConvLayer:
-    """Multi-channel large-kernel CNN layers (shared/shapes.json), ``fft`` against torch."""
+    """Multi-channel large-kernel CNN layers (canonical layers), ``fft`` against torch."""
 
-    # name: (N, C, H, W, K, R, S)
-    layers = {"convnet_l1_11x11": (1, 3, 128, 128, 96, 11, 11), "convnet_l2_9x9": (1, 64, 64, 64, 128, 9, 9)}
-    params = [list(layers), ["fft", "torch"]]
+    params = [["convnet_l1_11x11", "convnet_l2_9x9"], ["fft", "torch"]]
     param_names = ["layer", "library"]
 
     def setup(self, layer, library):
-        n, c, h, w, k, r, s = self.layers[layer]
-        rng = np.random.default_rng(0)
-        self.x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-        self.w = rng.standard_normal((k, c, r, s)).astype(np.float32)
-        if library == "torch":
-            try:
-                import torch
-            except ImportError:
-                raise NotImplementedError("torch is not installed")
-            torch.set_num_threads(fastconv.config.threads)
-            self.tx, self.tw = torch.from_numpy(self.x), torch.from_numpy(self.w)
-        self.time_layer(layer, library)
+        from .common import canonical_layers, prepare
+
+        self.call = prepare({case.name: case for case in canonical_layers()}[layer], library)
 
     def time_layer(self, layer, library):
-        if library == "torch":
-            import torch
-
-            torch.nn.functional.conv2d(self.tx, self.tw)
-        else:
-            fastconv.conv2d(self.x, self.w, backend="fft")
+        self.call()

@@ -1,33 +1,22 @@
-"""asv benchmarks of the ``winograd`` backend on CNN 3×3 layers (shapes from shared/shapes.json).
+"""asv benchmarks of the ``winograd`` backend on CNN 3×3 layers (the canonical layers fastconv ships).
 
 ``Winograd3x3`` times ``fastconv.conv2d`` per layer and backend (winograd against the other
 fastconv backends that can run the layer); ``WinogradTiles`` times F(2×2) against F(4×4) on the
 same layer and dtype. For the comparison with torch, which must run in its own process, see
-``benchmarks/compare_winograd.py``.
+``benchmarks/compare/compare_winograd.py``.
 """
 
-import numpy as np
+import dataclasses
 
-import fastconv
 from fastconv.backends import winograd
-from fastconv.geometry import make_spec
 
-# name: (input NCHW, output channels, padding = dilation)
-LAYERS = {
-    "resnet50_3x3_56": ((1, 64, 56, 56), 64, 1),
-    "resnet50_3x3_56_batch8": ((8, 64, 56, 56), 64, 1),
-    "vgg_conv2": ((1, 64, 112, 112), 128, 1),
-    "vgg_conv5": ((1, 512, 14, 14), 512, 1),
-    "deeplabv3_aspp_d12": ((1, 256, 65, 65), 256, 12),
-}
+from .common import canonical_layers, make_inputs, prepare
 
-
-def _layer(name, dtype):
-    x_shape, out_channels, dilation = LAYERS[name]
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    w = rng.standard_normal((out_channels, x_shape[1], 3, 3)).astype(dtype)
-    return x, w, dict(padding=dilation, dilation=dilation)
+_CANONICAL = {case.name: case for case in canonical_layers()}
+_CANONICAL["resnet50_3x3_56_batch8"] = dataclasses.replace(
+    _CANONICAL["resnet50_3x3_56"], name="resnet50_3x3_56_batch8", input_shape=(8, 64, 56, 56))
+LAYERS = {name: _CANONICAL[name] for name in ("resnet50_3x3_56", "resnet50_3x3_56_batch8", "vgg_conv2", "vgg_conv5",
+                                              "deeplabv3_aspp_d12")}
 
 
 class Winograd3x3:
@@ -35,18 +24,10 @@ class Winograd3x3:
     param_names = ["layer", "backend"]
 
     def setup(self, layer, backend):
-        names = [row.name for row in fastconv.list_backends() if row.available]
-        if backend not in names:
-            raise NotImplementedError(f"backend {backend} not registered or not available here")
-        self.x, self.w, self.kwargs = _layer(layer, np.float32)
-        spec = make_spec(self.x.shape, self.w.shape, dtype=np.float32, **self.kwargs)
-        if fastconv.backends.get(backend).supports(spec) is not None:
-            raise NotImplementedError(f"{backend} declines {layer}")
-        self.backend = backend
-        fastconv.conv2d(self.x, self.w, backend=backend, **self.kwargs)  # JIT compile, plans, caches
+        self.call = prepare(LAYERS[layer], backend)  # JIT compiled, plans and caches made
 
     def time_conv2d(self, layer, backend):
-        fastconv.conv2d(self.x, self.w, backend=self.backend, **self.kwargs)
+        self.call()
 
 
 class WinogradTiles:
@@ -54,8 +35,9 @@ class WinogradTiles:
     param_names = ["layer", "tile", "dtype"]
 
     def setup(self, layer, tile, dtype):
-        self.x, self.w, kwargs = _layer(layer, np.dtype(dtype))
-        self.spec = make_spec(self.x.shape, self.w.shape, dtype=np.dtype(dtype), **kwargs)
+        case = dataclasses.replace(LAYERS[layer], dtype=dtype)
+        self.x, self.w = make_inputs(case)
+        self.spec = case.spec()
         self.tile = int(tile[0])
         winograd.run(self.x, self.w, None, self.spec, tile=self.tile)
 

@@ -41,7 +41,7 @@ need larger points and lose accuracy fast, which is why production libraries sto
 for float32; ``tests/test_winograd.py`` checks ``Aᵀ[(G g) ⊙ (Bᵀ d)] = correlate(d, g)`` in
 exact rational arithmetic for both.
 
-Accuracy (measured by ``benchmarks/compare_winograd.py``: relative error max|err| / max|ref|
+Accuracy (measured by ``benchmarks/compare/compare_winograd.py``: relative error max|err| / max|ref|
 against the float64 reference, standard-normal data, ResNet's 64-channel and VGG's 512-channel
 3×3 layers): float32 F(2×2) 3e-7 to 6e-7, F(4×4) 6e-6 to 1e-5; float64 F(2×2) 2e-15 to 5e-15,
 F(4×4) 1e-14 to 2e-14. F(4×4)'s points ±2 scale values by up to ~100 before they cancel, hence
@@ -85,6 +85,7 @@ array([[45., 54.],
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -100,7 +101,7 @@ from fastconv.geometry import ConvSpec
 
 name = "winograd"
 
-__all__ = ["available", "choose_tile", "estimate_flops", "run", "supports", "transform_matrices"]
+__all__ = ["available", "choose_tile", "estimate_flops", "run", "stages", "supports", "transform_matrices"]
 
 # --------------------------------------------------------------------------------------------
 # The transform matrices (Lavin & Gray 2016). Bᵀ: input transform (α×α), G: filter transform
@@ -193,7 +194,7 @@ def supports(spec: ConvSpec) -> str | None:
 
 
 # Rates for choose_tile's cost model, measured on the development machine (2 cores, float32,
-# benchmarks/compare_winograd.py): GEMM flops of this pipeline, and the bandwidth at which its
+# benchmarks/compare/compare_winograd.py): GEMM flops of this pipeline, and the bandwidth at which its
 # GEMMs stream the transformed filters when few tiles share them. Only their ratio matters.
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
@@ -811,3 +812,71 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
 
         return im2col.run(x, weight, bias, spec)
     return out
+
+
+@contextlib.contextmanager
+def stages(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec, tile: int | None = None):
+    """The stages of the pipeline as separate zero-argument callables, for timing where a call's
+    time goes (``benchmarks/compare/compare_winograd.py`` times them).
+
+    Within the ``with`` block BLAS is limited to one thread, as :func:`run` limits it, and each
+    callable runs one stage of the stage-by-stage schedule on all tiles of the problem at once,
+    on buffers prepared on entry:
+
+    ``input_transform``
+        the zero-padded channels-last copy of ``x`` and the transform of every tile, ``Bᵀ d B``;
+    ``gemm``
+        the (m+2)² GEMMs per group;
+    ``output_transform``
+        ``Aᵀ M A`` of every tile, plus the bias, and the copy back to NCHW (it returns the output:
+        after the two stages before it, the convolution :func:`run` computes);
+    ``filter_transform``
+        ``G g Gᵀ`` of every filter (:func:`run` caches it per weight; timed here uncached).
+
+    ``tile`` is the m of F(m×m, 3×3) (default: :func:`choose_tile`'s). A call of :func:`run` may
+    take less than the sum of the stages: small filters run the stages fused, block by block in
+    each core's cache.
+
+    >>> from fastconv.geometry import make_spec
+    >>> x, w = np.ones((1, 4, 8, 8), np.float32), np.ones((4, 4, 3, 3), np.float32)
+    >>> with stages(x, w, None, make_spec(x.shape, w.shape, dtype=np.float32)) as calls:
+    ...     sorted(calls)
+    ['filter_transform', 'gemm', 'input_transform', 'output_transform']
+    """
+    reason = supports(spec)
+    if reason is not None:
+        raise ValueError(f"winograd cannot run this problem: {reason}")
+    if spec.batch == 0 or 0 in spec.out_shape:
+        raise ValueError(f"the problem has no outputs (output shape {spec.out_shape}): no stages to run")
+    m = choose_tile(spec) if tile is None else tile
+    if m not in _MATRICES:
+        raise ValueError(f"tile must be 2 or 4 (F(2x2,3x3) or F(4x4,3x3)), got {tile!r}")
+    filters = _transform_filters(weight, m, spec.groups)
+    alpha2, groups, cg, kg = filters.shape
+    origins = _tile_origins(spec, m)
+    tiles = len(origins)
+    inputs = np.zeros((alpha2, groups, tiles, cg), spec.dtype)
+    products = np.zeros((alpha2, groups, tiles, kg), spec.dtype)
+    out = np.empty(spec.out_shape, spec.dtype)
+    bias = np.zeros(spec.out_channels, spec.dtype) if bias is None else bias
+    with blas_threads(1):
+        _, out_pad = _channels_last_buffers(x, spec, origins, m)
+
+        def input_transform():
+            x_pad, _ = _channels_last_buffers(x, spec, origins, m)
+            _in_parallel(config.threads, tiles, lambda first, last: _input_transform(
+                x_pad, origins, *spec.dilation, inputs, first, last))
+
+        def output_transform():
+            _in_parallel(config.threads, tiles, lambda first, last: _output_transform(
+                products, origins, *spec.dilation, bias, out_pad, first, last))
+            _in_parallel(config.threads, spec.batch * spec.out_height, lambda first, last: _unpack_channels_first(
+                out_pad, out, first, last))
+            return out
+
+        yield {
+            "input_transform": input_transform,
+            "gemm": lambda: _batched_gemm(inputs, filters, products, config.threads),
+            "output_transform": output_transform,
+            "filter_transform": lambda: _transform_filters(weight, m, spec.groups),
+        }

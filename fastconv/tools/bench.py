@@ -15,6 +15,10 @@ A backend that declines a case (its ``supports(spec)`` says why) is recorded as 
 reason, never timed. The reference loops (``naive``) are skipped on cases above
 :data:`REFERENCE_MAX_FLOPS`, where one call would take seconds.
 
+The comparison scripts (``benchmarks/compare/``) use the same pieces: :func:`time_call`, the
+problems of :mod:`fastconv.tools.cases`, :func:`prepare_call`'s peers, :func:`sgemm_gflops`, and
+:mod:`fastconv.tools.isolated` to run each library in a process of its own.
+
 Examples
 --------
 >>> from fastconv.tools.bench import measure
@@ -60,8 +64,12 @@ __all__ = [
     "time_call",
 ]
 
-#: Libraries timed next to fastconv, when installed.
+#: Libraries timed next to fastconv, when installed. :func:`prepare_call` also knows ``"opencv"``
+#: (``cv2.filter2D``, single-channel images only), timed when asked for by name.
 PEERS = ("torch", "scipy")
+
+# The module each peer is imported as.
+_PEER_MODULES = {"torch": "torch", "scipy": "scipy", "opencv": "cv2"}
 
 #: Above this many flops one call of the reference loops takes ~0.25 s or more (they run at about
 #: 2 GFLOP/s on one core), so ``naive`` is skipped rather than timed.
@@ -138,9 +146,46 @@ def _scipy_call(case: Case, x, w):
     return call
 
 
+def _opencv_call(case: Case, x, w):
+    if importlib.util.find_spec("cv2") is None:
+        raise Skip("OpenCV (cv2) is not installed")
+    if case.op != "conv2d":
+        raise Skip(f"OpenCV has no {case.op}")
+    spec = case.spec()
+    if spec.in_channels != 1 or spec.out_channels != 1:
+        raise Skip("cv2.filter2D filters single-channel images (one input and one output channel)")
+    if spec.stride != (1, 1) or spec.dilation != (1, 1):
+        raise Skip("cv2.filter2D has no stride or dilation")
+    if str(x.dtype) not in ("float32", "float64"):
+        raise Skip(f"timed only for float32 and float64, not {x.dtype}")
+    import cv2
+
+    cv2.setNumThreads(config.threads)
+    kernel = w[0, 0]
+    (top, _), (left, _) = spec.padding
+    if spec.padding_mode == "zeros" and spec.out_shape[2:] == x.shape[2:]:
+        # "same" size: filter2D's own zero border, the kernel anchored where the padding puts it
+        def call():
+            out = np.empty(spec.out_shape, dtype=spec.dtype)
+            for n in range(spec.batch):
+                out[n, 0] = cv2.filter2D(x[n, 0], -1, kernel, anchor=(left, top), borderType=cv2.BORDER_CONSTANT)
+            return out
+    else:
+        def call():  # other paddings: pad first, then keep the outputs whose windows lie inside
+            padded = pad_input(x, spec)
+            out = np.empty(spec.out_shape, dtype=spec.dtype)
+            for n in range(spec.batch):
+                full = cv2.filter2D(padded[n, 0], -1, kernel, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+                out[n, 0] = full[:spec.out_height, :spec.out_width]
+            return out
+
+    return call
+
+
 def prepare_call(case: Case, backend: str, x, w):
-    """A zero-argument callable that runs ``case`` on fastconv ``backend`` or peer ``"torch"``/``"scipy"``,
-    already called once, so that JIT compilation and FFT planning are done before any timing.
+    """A zero-argument callable that runs ``case`` on fastconv ``backend`` or peer ``"torch"``,
+    ``"scipy"`` or ``"opencv"``, already called once, so that JIT compilation and FFT planning are
+    done before any timing.
 
     Raises :class:`Skip` (with the reason) when that backend or peer cannot run the case here.
     """
@@ -148,6 +193,8 @@ def prepare_call(case: Case, backend: str, x, w):
         call = _torch_call(case, x, w)
     elif backend == "scipy":
         call = _scipy_call(case, x, w)
+    elif backend == "opencv":
+        call = _opencv_call(case, x, w)
     else:
         call = _fastconv_call(case, backend, x, w)
     try:
@@ -196,7 +243,7 @@ def _measure_one(case: Case, backend: str, repeat: int, budget_s: float) -> dict
 
 def installed_peers() -> list[str]:
     """The peer libraries importable here (found without importing them)."""
-    return [peer for peer in PEERS if importlib.util.find_spec(peer) is not None]
+    return [peer for peer in PEERS if importlib.util.find_spec(_PEER_MODULES[peer]) is not None]
 
 
 def _version(package: str) -> str | None:

@@ -186,6 +186,39 @@ def test_declines_with_reason(kwargs, weight_shape, dtype, words):
         fastconv.conv2d(x, w, backend="winograd", **kwargs)
 
 
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("groups, dilation", [(1, 1), (2, (2, 3))])
+def test_stages_run_in_order_compute_the_convolution(tile, groups, dilation):
+    """The stage hook times the pipeline run uses: input, GEMMs and output stages give its answer."""
+    rng = np.random.default_rng(tile)
+    x = rng.standard_normal((2, 4, 13, 11)).astype(np.float32)
+    w = rng.standard_normal((6, 4 // groups, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    spec = make_spec(x.shape, w.shape, padding="same", dilation=dilation, groups=groups, dtype=np.float32)
+    x_before = x.copy()
+    with winograd.stages(x, w, b, spec, tile=tile) as calls:
+        assert sorted(calls) == ["filter_transform", "gemm", "input_transform", "output_transform"]
+        for _ in range(2):  # each stage can be repeated, as a timing loop does
+            calls["input_transform"]()
+            calls["gemm"]()
+            out = calls["output_transform"]()
+        np.testing.assert_allclose(calls["filter_transform"](), winograd._transform_filters(w, tile, groups))
+    expected = reference_conv2d(x, w, b, padding=spec.padding, dilation=spec.dilation, groups=groups)
+    assert relative_error(out, expected) <= TOLERANCE[np.dtype(np.float32)]
+    np.testing.assert_array_equal(x, x_before)
+
+
+def test_stages_refuse_what_winograd_declines():
+    x, w = np.ones((1, 2, 9, 9), np.float32), np.ones((2, 2, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="winograd cannot run this problem: .*3×3 kernel"):
+        with winograd.stages(x, w, None, make_spec(x.shape, w.shape, dtype=np.float32)):
+            pass
+    w = np.ones((2, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="tile must be 2 or 4"):
+        with winograd.stages(x, w, None, make_spec(x.shape, w.shape, dtype=np.float32), tile=3):
+            pass
+
+
 # --------------------------------------------------------------------------------------------
 # filter cache, workspace, threads
 

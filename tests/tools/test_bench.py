@@ -75,6 +75,36 @@ def test_peer_baselines_compute_what_fastconv_computes(peer, case):
     np.testing.assert_allclose(np.asarray(call()), expected, rtol=1e-10, atol=1e-10)
 
 
+OPENCV_CASES = [
+    Case("same, even kernel, batch", (2, 1, 9, 8), (1, 1, 4, 2), padding="same", dtype="float64"),
+    Case("same, odd kernel", (1, 1, 12, 10), (1, 1, 5, 3), padding="same", dtype="float64"),
+    Case("valid", (1, 1, 12, 10), (1, 1, 3, 4), dtype="float64"),
+    Case("asymmetric, reflect", (1, 1, 12, 10), (1, 1, 3, 3), padding=((2, 0), (1, 3)), padding_mode="reflect",
+         dtype="float64"),
+    Case("large kernel (filter2D's DFT path)", (1, 1, 40, 36), (1, 1, 15, 13), padding="same", dtype="float64"),
+]
+
+
+@pytest.mark.parametrize("case", OPENCV_CASES, ids=lambda case: case.name)
+def test_the_opencv_peer_computes_what_fastconv_computes(case):
+    pytest.importorskip("cv2")
+    x, w = make_inputs(case)
+    expected = fastconv.conv2d(x, w, backend="naive", **case.conv_kwargs())
+    np.testing.assert_allclose(bench.prepare_call(case, "opencv", x, w)(), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case, words", [
+    (Case("channels", (1, 2, 8, 8), (1, 2, 3, 3)), "single-channel"),
+    (Case("strided", (1, 1, 8, 8), (1, 1, 3, 3), stride=2), "no stride or dilation"),
+    (Case("transposed", (1, 1, 4, 4), (1, 1, 3, 3), op="conv_transpose2d"), "OpenCV has no conv_transpose2d"),
+])
+def test_the_opencv_peer_skips_what_filter2d_cannot_do(case, words):
+    pytest.importorskip("cv2")
+    x, w = make_inputs(case)
+    with pytest.raises(Skip, match=words):
+        bench.prepare_call(case, "opencv", x, w)
+
+
 def test_skips_say_why():
     case = Case("big", (1, 64, 128, 128), (64, 64, 3, 3), padding=1)
     x, w = make_inputs(Case("small", (1, 1, 4, 4), (1, 1, 3, 3)))

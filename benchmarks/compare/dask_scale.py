@@ -3,14 +3,18 @@
 A float32 image of SIZE×SIZE (default 32768², 4 GiB) is written to a ``.npy`` file, convolved with
 a 7×7 kernel (``padding="same"``) by :func:`fastconv.dask.conv2d` and stored into another
 ``.npy`` file with :func:`dask.array.store`, never held in memory whole. Reported, each step in
-its own subprocess so that peak resident memory is the step's own:
+a process of its own (:func:`fastconv.tools.isolated.run_isolated`) so that peak resident memory
+is the step's own, times by fastconv's timing rule (:func:`fastconv.tools.bench.time_call`):
 
 * ``in-memory tile``: :func:`fastconv.conv2d` on a TILE×TILE (default 8192²) array in memory, the
-  throughput the out-of-core run is compared with (scaled up by the pixel ratio);
+  throughput the out-of-core run is compared with (scaled up by the pixel ratio); the median of
+  ``--repeat`` calls after a warm-up call;
 * ``dask overhead``: :func:`fastconv.dask.conv2d` on the same in-memory tile cut into 4 chunks
   (2×2 squares, and 4 strips of full rows), collected by ``.compute()`` and by ``da.store`` into
-  a preallocated array, against the in-memory call;
-* ``out-of-core``: the SIZE² run, wall time, MPixel/s and peak RSS (``ru_maxrss`` of the child).
+  a preallocated array, against the in-memory call; each the median of ``--repeat`` interleaved
+  rounds (every way sees the same machine state);
+* ``out-of-core``: the SIZE² run, wall time of one run, MPixel/s and peak RSS (``ru_maxrss`` of
+  its process).
 
 The image is cut into strips of ROWS full rows (default 512: 64 MiB blocks). In a row-major file
 a strip is one contiguous byte range, so reads and writes are sequential, the halo is only rows,
@@ -25,28 +29,31 @@ process while mapped, so mapping the two whole 4 GiB files once shows up to 8 Gi
 memory before any task runs (dask 2026.8.0). ``--io mmap`` runs that plain
 ``np.load(mmap_mode="r")`` / ``open_memmap`` variant for comparison.
 
-Usage (hold the exclusive CPU lock only while timing)::
+Usage, from the repository root with fastconv importable (time on a quiet machine)::
 
-    python benchmarks/dask_scale.py prepare --workdir /tmp/fcscale        # writes the input file
-    flock -x /work/cpu.lock python benchmarks/dask_scale.py run --workdir /tmp/fcscale --backend auto
-    python benchmarks/dask_scale.py clean --workdir /tmp/fcscale
+    python benchmarks/compare/dask_scale.py prepare --workdir /tmp/fcscale        # writes the input file
+    python benchmarks/compare/dask_scale.py run --workdir /tmp/fcscale --backend auto
+    python benchmarks/compare/dask_scale.py clean --workdir /tmp/fcscale
+
+A small ``--size`` (with a smaller ``--tile`` and ``--rows``) checks that the script works in
+seconds, e.g. ``--size 512 --tile 256 --rows 64``.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import resource
-import subprocess
-import sys
-import time
+import statistics
 from pathlib import Path
 
 import numpy as np
 
+from fastconv.auto.timing import timed
 from fastconv.dask import NpyBlocks
+from fastconv.tools.bench import time_call
+from fastconv.tools.isolated import run_isolated
 
 KERNEL = np.random.default_rng(7).standard_normal((7, 7)).astype(np.float32)
 
@@ -55,16 +62,20 @@ def _peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _settings(args) -> dict:
+    """The command line as JSON-ready settings, for a step run in a process of its own."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+
+
 def _child(step, args):
-    """Run one step in a fresh interpreter and return its JSON report."""
-    command = [sys.executable, __file__, "_step", step, "--workdir", str(args.workdir), "--size", str(args.size),
-               "--tile", str(args.tile), "--rows", str(args.rows), "--backend", args.backend, "--io", args.io,
-               "--repeat", str(args.repeat)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode:
-        sys.stderr.write(result.stdout + result.stderr)
-        raise SystemExit(f"step {step} failed")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """Run one step in a fresh process and return its report."""
+    return run_isolated(run_step, step, _settings(args), peer=False)
+
+
+def run_step(step: str, settings: dict):
+    """One step, in the process :func:`_child` starts."""
+    args = argparse.Namespace(**{**settings, "workdir": Path(settings["workdir"])})
+    return {"in_memory": step_in_memory, "dask_tile": step_dask_tile, "out_of_core": step_out_of_core}[step](args)
 
 
 def _tile(size):
@@ -78,22 +89,14 @@ def _warm_up(backend):
     fastconv.conv2d(np.ones((1, 1, 32, 32), np.float32), KERNEL[None, None], padding="same", backend=backend)
 
 
-def _best_of(repeat, function):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def step_in_memory(args):
     import fastconv
 
     _warm_up(args.backend)
     x = _tile(args.tile)[None, None]
-    seconds = _best_of(args.repeat, lambda: fastconv.conv2d(x, KERNEL[None, None], padding="same",
-                                                            backend=args.backend))
+    call = functools.partial(fastconv.conv2d, x, KERNEL[None, None], padding="same", backend=args.backend)
+    call()  # warm-up: first touch of the output, plans for this size
+    seconds, _ = time_call(call, repeat=args.repeat, budget_s=float("inf"))
     return dict(seconds=seconds, mpixel_per_s=args.tile**2 / seconds / 1e6, peak_rss=_peak_rss_bytes())
 
 
@@ -119,11 +122,13 @@ def step_dask_tile(args):
                                  backend=args.backend)
         calls[f"{layout}, compute"] = y.compute
         calls[f"{layout}, store"] = functools.partial(da.store, y, target, lock=False)
-    best = dict.fromkeys(calls, float("inf"))
+    for call in calls.values():
+        call()  # warm-up
+    times = {way: [] for way in calls}
     for _ in range(args.repeat):  # interleaved rounds: every way sees the same machine state
         for way, call in calls.items():
-            best[way] = min(best[way], _best_of(1, call))
-    return best
+            times[way].append(time_call(call, repeat=1, budget_s=0.0)[0])
+    return {way: statistics.median(seconds) for way, seconds in times.items()}
 
 
 def step_out_of_core(args):
@@ -139,16 +144,17 @@ def step_out_of_core(args):
     else:
         source = np.load(source_path, mmap_mode="r")
         target = np.lib.format.open_memmap(target_path, mode="w+", dtype=np.float32, shape=source.shape)
-    start = time.perf_counter()
-    x = da.from_array(source, chunks=(args.rows, -1), asarray=False, lock=False)
-    y = fastconv.dask.conv2d(x, KERNEL, padding="same", backend=args.backend)
-    da.store(y, target, lock=False)
-    seconds = time.perf_counter() - start
+
+    def job():  # one run: it streams the whole file
+        x = da.from_array(source, chunks=(args.rows, -1), asarray=False, lock=False)
+        da.store(fastconv.dask.conv2d(x, KERNEL, padding="same", backend=args.backend), target, lock=False)
+
+    seconds = timed(job)
     if args.io == "mmap":
         target.flush()
     spot = _spot_check(source_path, target_path, args.size)
     return dict(seconds=seconds, mpixel_per_s=args.size**2 / seconds / 1e6, peak_rss=_peak_rss_bytes(),
-                blocks=int(np.prod(y.numblocks)), spot_check_error=spot)
+                blocks=-(-args.size // args.rows), spot_check_error=spot)
 
 
 def _spot_check(source_path, target_path, size):
@@ -214,8 +220,7 @@ def clean(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["prepare", "run", "clean", "_step"])
-    parser.add_argument("step", nargs="?")
+    parser.add_argument("command", choices=["prepare", "run", "clean"])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--size", type=int, default=32768)
     parser.add_argument("--tile", type=int, default=8192)
@@ -225,12 +230,7 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-overhead", action="store_true", help="skip the 4-chunk dask tile timing")
     args = parser.parse_args(argv)
-    if args.command == "_step":
-        report = {"in_memory": step_in_memory, "dask_tile": step_dask_tile,
-                  "out_of_core": step_out_of_core}[args.step](args)
-        print(json.dumps(report))
-    else:
-        {"prepare": prepare, "run": run, "clean": clean}[args.command](args)
+    {"prepare": prepare, "run": run, "clean": clean}[args.command](args)
 
 
 if __name__ == "__main__":

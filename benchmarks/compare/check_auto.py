@@ -1,27 +1,35 @@
 """How good is ``backend="auto"``? Time every eligible backend on a grid of problems and compare.
 
-For each problem the script times every backend that can run it in its steady state (a pause for
-the previous backend's thread pools to go idle, a warm-up call that absorbs JIT compilation, then
-the best of up to 7 calls: :func:`fastconv.auto.timing.time_backends`), then asks which backend auto
-picks:
+For each problem the script times every backend that can run it in its steady state, by the
+tuner's timing rule (:func:`fastconv.auto.timing.time_backends_quietly`: a pause for the previous
+backend's thread pools to go idle, warm-up calls that absorb JIT compilation, then the best of at
+least 7 calls, in two passes, redone when other processes used the CPU), then asks which backend
+auto picks:
 
 * untuned — the cost model alone (:mod:`fastconv.auto.cost`), and
 * tuned — :func:`fastconv.auto.choice.measure`, the autotuner's own quick measurement,
 
 and reports how often each pick is within 10% of the fastest backend, and the worst slowdown.
-Targets (issue 7): untuned within 10% on >= 85% of problems and never worse than 2x; tuned
-within 10% on >= 97%.
+Targets: untuned within 10% on >= 85% of problems and never worse than 2x; tuned within 10% on
+>= 97%.
 
-The grid (>= 40 problems): the canonical conv2d layers of ``shapes.json``, the image-filter grid
-(image side x kernel side x random/Gaussian kernel, padding "same"), strided and dilated variants,
-and a few float64 problems. Backends whose estimated time is above ``--skip-above`` seconds *and*
-more than 30x the best estimate are not timed (naive on big problems, direct convolution with
-101x101 kernels); the table says so.
+The grid (>= 40 problems): the canonical conv2d layers and the image-filter grid (image side x
+kernel side x random/Gaussian kernel, padding "same") of the shapes fastconv ships
+(:func:`fastconv.tools.cases.shapes`), strided and dilated variants, and a few float64 problems.
+Backends whose estimated time is above ``--skip-above`` seconds *and* more than 30x the best
+estimate are not timed (naive on big problems, direct convolution with 101x101 kernels); the table
+says so.
 
-Usage (results accumulate in the JSON file, so the run can be split into short pieces)::
+Usage, from the repository root with fastconv importable (results accumulate in the JSON file,
+so the run can be split into short pieces)::
 
-    python benchmarks/check_auto.py --json auto.json --max-seconds 240   # repeat until done
-    python benchmarks/check_auto.py --json auto.json --report            # the summary table
+    python benchmarks/compare/check_auto.py --json auto.json --max-seconds 240   # repeat until done
+    python benchmarks/compare/check_auto.py --json auto.json --report            # the summary table
+
+``--only tiny_8x8_k3`` measures one problem (seconds): a quick check that the script works.
+``--overhead`` times auto's per-call overhead on a tiny problem against torch's whole call, each
+library in its own process (:func:`fastconv.tools.isolated.run_isolated`), by fastconv's timing
+rule (:func:`fastconv.tools.bench.time_call`).
 
 Run it on a quiet machine, with the constants you want to judge (``fastconv tune --calibrate``
 first to judge this machine's fit; ``FASTCONV_CACHE_DIR`` pointing at an empty directory to
@@ -38,28 +46,20 @@ import time
 
 import numpy as np
 
-SHAPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "shapes.json")
-CANDIDATE_SHAPES = [SHAPES, "/work/shared/shapes.json"]
-
-
-def _load_shapes():
-    for path in CANDIDATE_SHAPES:
-        if os.path.exists(path):
-            with open(path) as stream:
-                return json.load(stream)
-    raise SystemExit(f"check_auto: shapes.json not found (looked in {CANDIDATE_SHAPES})")
+from fastconv.tools import bench
+from fastconv.tools.cases import shapes
+from fastconv.tools.isolated import run_isolated
 
 
 def problems():
     """(name, input shape, weight shape, conv2d keywords, dtype, kernel kind) of the grid."""
-    shapes = _load_shapes()
     grid = []
-    for layer in shapes["conv2d"]:
+    for layer in shapes()["conv2d"]:
         grid.append((layer["name"], (layer["N"], layer["C"], layer["H"], layer["W"]),
                      (layer["K"], layer["C"] // layer["groups"], layer["R"], layer["S"]),
                      {"stride": layer["stride"], "padding": layer["pad"], "dilation": layer["dilation"],
                       "groups": layer["groups"]}, "float32", "random"))
-    filters = shapes["image_filters"]
+    filters = shapes()["image_filters"]
     for side in filters["image_sides"]:
         for k in filters["kernel_sides"]:
             if side * side * k * k > 2048 * 2048 * 63 * 63 or (side >= 4096 and k not in (5, 31)) \
@@ -109,7 +109,8 @@ def measure_problem(entry, skip_above: float):
     spec = full.zero_padded() if full.padding_mode != "zeros" else full
     x_run = pad_input(x, full) if full.padding_mode != "zeros" else x
     rank = choice.kernel_rank(weight)
-    candidates = [b for b in backends.backend_names() if b != "cuda" and choice.decline_reason(b, spec) is None]
+    candidates = [b for b in backends.backend_names()
+                  if backends.placement(b) == "host" and choice.decline_reason(b, spec) is None]
     estimates = {b: cost.estimate_seconds(b, spec, rank=rank, module=backends.get(b)) for b in candidates}
     best_estimate = min(estimates.values())
     notes, timed = {}, []
@@ -161,46 +162,44 @@ def report(results) -> str:
     return "\n".join(lines)
 
 
-_TINY = """
-import timeit
-import numpy as np
-x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
-w = np.random.default_rng(1).standard_normal((1, 1, 3, 3)).astype(np.float32)
-def per_call(function, number=20000):
-    return min(timeit.repeat(function, number=number, repeat=7)) / number
-"""
+def _tiny_problem():
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((1, 1, 3, 3)).astype(np.float32)
+    return x, w
 
-_FASTCONV_TINY = _TINY + """
-import fastconv
-from fastconv.auto import calibrate, choice, constants, cost, timing, tuning_cache
-from fastconv.geometry import make_spec
-picked = choice.choose(make_spec(x.shape, w.shape, dtype=x.dtype), w)
-fastconv.conv2d(x, w), fastconv.conv2d(x, w, backend=picked)  # compile, decide
-print(picked, per_call(lambda: fastconv.conv2d(x, w)), per_call(lambda: fastconv.conv2d(x, w, backend=picked)))
-"""
 
-_TORCH_TINY = _TINY + """
-import torch
-torch.set_num_threads(2)
-tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-torch.nn.functional.conv2d(tx, tw)
-print(per_call(lambda: torch.nn.functional.conv2d(tx, tw)))
-"""
+def _per_call(call) -> float:
+    call()
+    return bench.time_call(call, repeat=7, budget_s=1.0)[0]
+
+
+def fastconv_overhead():
+    """(the backend auto picks, seconds per auto call, seconds per call of that backend), in a process of its own."""
+    import fastconv
+    from fastconv.auto import choice
+    from fastconv.geometry import make_spec
+
+    x, w = _tiny_problem()
+    picked = choice.choose(make_spec(x.shape, w.shape, dtype=x.dtype), w)
+    return (picked, _per_call(lambda: fastconv.conv2d(x, w)),
+            _per_call(lambda: fastconv.conv2d(x, w, backend=picked)))
+
+
+def torch_call_seconds():
+    """Seconds per ``torch.nn.functional.conv2d`` call on the tiny problem, in a process of its own."""
+    import torch
+
+    from fastconv import config
+
+    torch.set_num_threads(config.threads)
+    tx, tw = (torch.from_numpy(a) for a in _tiny_problem())
+    return _per_call(lambda: torch.nn.functional.conv2d(tx, tw))
 
 
 def overhead() -> str:
     """Auto's per-call overhead on a tiny problem vs torch's whole call, each in its own process."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-
-    def run(code):
-        return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                              env=env).stdout.split()
-
-    picked, auto, explicit = run(_FASTCONV_TINY)
-    auto, explicit, torch_time = float(auto), float(explicit), float(run(_TORCH_TINY)[0])
+    picked, auto, explicit = run_isolated(fastconv_overhead, peer=False)
+    torch_time = run_isolated(torch_call_seconds)
     return (f"1x1x8x8 input, 3x3 kernel, float32: conv2d(backend='auto') {auto * 1e6:.2f} us, "
             f"conv2d(backend={picked!r}) {explicit * 1e6:.2f} us, torch.nn.functional.conv2d "
             f"{torch_time * 1e6:.2f} us.\nAuto's overhead {(auto - explicit) * 1e6:.2f} us = "
