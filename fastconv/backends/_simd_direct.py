@@ -1,0 +1,303 @@
+"""Direct convolution on explicit SIMD register blocks (:mod:`fastconv.simd`).
+
+The output of one group is a matrix product: ``out[k, pixel] = sum_(c, u, v) w[k, c, u, v] *
+x[c, pixel shifted by tap (u, v)]``. The kernel computes it the way a GEMM microkernel does, with
+output *pixels in vector lanes*, so that results are stored straight into the NCHW output:
+
+- **The input is repacked once** into zero-padded *phase planes*: for stride ``s`` the padded
+  image is split into the ``s_h × s_w`` sub-images of every ``s``-th row and column (only the
+  phases some tap reads are kept). Tap ``(u, v)`` of output pixel ``(i, j)`` then reads phase
+  ``(u·d_h mod s_h, v·d_w mod s_w)`` at ``(i + u·d_h div s_h, j + v·d_w div s_w)``, so *every* tap of
+  *every* stride and dilation reads consecutive output pixels from consecutive memory. The
+  zeros of the padding contribute ``0 · w`` exactly as torch's do (NaN for an infinite weight).
+- **Pixels are flattened** over the phase plane's row pitch ``W_ph``: a run of pixels
+  ``q = i·W_ph + j`` crosses rows freely, and tap ``(u, v)`` is one constant offset in that run
+  (``u'·W_ph + v'``). The ``W_ph - W_out`` columns per row past the output's edge are computed and
+  discarded (2 of 58 for a 3×3 layer on 56² maps).
+- **A register block** of ``rows`` output channels × ``cols`` vectors of pixels stays in
+  registers across the whole reduction (every input channel of the group, every tap): each step
+  broadcasts ``rows`` weights, loads ``cols`` input vectors and issues ``rows × cols`` fused
+  multiply-adds (:func:`fastconv.simd.block_fma`). The block is sized from the number of vector
+  registers (24 accumulators of 32 with AVX-512, 12 of 16 with AVX2 or SSE), so no build spills.
+- **Weights are packed once** into ``(group, channel block, c, tap, rows)`` order (one contiguous
+  stream per block) and cached per weight *content* (:class:`WeightCache`).
+- **Output**: each vector is added to the bias and stored with masked stores, split where it
+  crosses a row end, so the kernel never writes outside the output.
+- **Threads**: ``prange`` over (image, group, pixel tile, channel-block chunk) tasks that write
+  disjoint output blocks; chunks are split finely enough for every thread to get several.
+
+Every index a kernel touches is derived from the spec: the packed input is allocated with the
+slack the last tile's taps read past the last plane (those lanes are discarded), and stores are
+masked to the output.
+
+Examples
+--------
+>>> import numpy as np
+>>> from fastconv.geometry import make_spec
+>>> x = np.ones((1, 2, 5, 5), np.float32); w = np.ones((3, 2, 3, 3), np.float32)
+>>> run(x, w, None, make_spec(x.shape, w.shape, padding=1, dtype=np.float32))[0, 0, :2, :3]
+array([[ 8., 12., 12.],
+       [12., 18., 18.]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from fastconv import config, simd
+from fastconv.backends._weight_cache import WeightCache
+from fastconv.geometry import ConvSpec, check_array_fits
+
+name = "simd_direct"
+
+__all__ = ["name", "available", "supports", "run", "plan"]
+
+
+def available() -> str | None:
+    return None
+
+
+def supports(spec: ConvSpec) -> str | None:
+    if spec.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        return f"simd_direct computes in float32 or float64, not {spec.dtype}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan: every size the kernels use, derived from the spec alone
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one spec is laid out for the register-block kernel (all sizes in elements)."""
+
+    rows: int               # output channels per register block (broadcast weights)
+    cols: int               # pixel vectors per register block
+    lanes: int              # pixels per vector
+    row_phases: tuple       # input row phases (u·d_h mod s_h) some tap reads
+    col_phases: tuple       # input column phases
+    plane_height: int       # rows of a phase plane
+    plane_width: int        # W_ph: the row pitch of phase planes and of the flattened pixel runs
+    plane_size: int         # elements per phase plane
+    tap_offsets: tuple      # per tap (u, v): phase plane index · plane_size + u'·W_ph + v'
+    pixels: int             # Q: flattened pixels from the first output pixel to the last
+    tiles: int              # pixel tiles (rows · cols · lanes outputs each) per plane
+    blocks: int             # channel blocks per group (out_channels_per_group padded up to rows)
+    buffer_size: int        # elements of the packed input, with the slack the last tile reads
+
+
+def _block_shape(out_per_group: int, pixel_vectors: int) -> tuple[int, int]:
+    """(rows, cols) of the register block for ``out_per_group`` channels and this many pixel vectors.
+
+    One step of the block keeps ``rows · cols`` accumulators, ``rows`` broadcast weights and
+    ``cols`` input vectors live, and all of them must fit the CPU's vector registers (one spare),
+    or LLVM spills accumulators on every step. Within that, the block with the most useful
+    FMAs per load wins: the zero filters that pad a group's channels up to a multiple of
+    ``rows``, and the vectors the last tile computes past the last pixel, are waste.
+    """
+    registers = simd.VECTOR_REGISTERS - 1
+    best = None
+    for rows in range(1, 9):
+        widest = min((registers - rows) // (rows + 1), pixel_vectors)
+        for cols in range(1, widest + 1):
+            used = (out_per_group / (_ceil_div(out_per_group, rows) * rows)
+                    * pixel_vectors / (_ceil_div(pixel_vectors, cols) * cols))
+            score = used * rows * cols / (rows + cols)
+            if best is None or score > best[0] + 1e-9:
+                best = (score, rows, cols)
+    return best[1], best[2]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=256)
+def plan(spec: ConvSpec) -> Plan:
+    """The :class:`Plan` for ``spec`` (cached: a spec is hashable and immutable)."""
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    kh, kw = spec.kernel_height, spec.kernel_width
+    out_h, out_w = spec.out_height, spec.out_width
+    lanes = simd.lanes(spec.dtype)
+    row_phases = tuple(sorted({u * dh % sh for u in range(kh)}))
+    col_phases = tuple(sorted({v * dw % sw for v in range(kw)}))
+    plane_height = out_h + (kh - 1) * dh // sh
+    plane_width = out_w + (kw - 1) * dw // sw
+    plane_size = plane_height * plane_width
+    tap_offsets = tuple(
+        (row_phases.index(u * dh % sh) * len(col_phases) + col_phases.index(v * dw % sw)) * plane_size
+        + (u * dh // sh) * plane_width + v * dw // sw
+        for u in range(kh) for v in range(kw))
+    pixels = (out_h - 1) * plane_width + out_w
+    vectors = _ceil_div(pixels, lanes)
+    rows, cols = _block_shape(spec.out_channels_per_group, vectors)
+    tiles = _ceil_div(vectors, cols)
+    tile = cols * lanes
+    blocks = _ceil_div(spec.out_channels_per_group, rows)
+    planes = spec.batch * spec.in_channels * len(row_phases) * len(col_phases)
+    last_read = (planes - len(row_phases) * len(col_phases)) * plane_size + tiles * tile - 1 + max(tap_offsets)
+    buffer_size = max(planes * plane_size, last_read + 1)
+    return Plan(rows, cols, lanes, row_phases, col_phases, plane_height, plane_width, plane_size, tap_offsets,
+                pixels, tiles, blocks, buffer_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# input and weight packing
+
+
+@njit(inline="always")
+def _pack_rows(image, packed, start, rows, pitch, first_row, a, b, stride_h, stride_w, pad_top, pad_left):
+    """``rows`` rows of one zero-padded phase plane of ``image`` (H, W) into ``packed[start:]``.
+
+    Row ``I`` (from ``first_row``), column ``J`` of phase ``(a, b)`` is padded-image pixel
+    ``(I·s_h + a, J·s_w + b)``; rows are ``pitch`` elements apart.
+    """
+    height, width = image.shape
+    # columns J whose source column J·s_w + b - pad_left is inside [0, width)
+    first = min(pitch, max(0, (pad_left - b + stride_w - 1) // stride_w))
+    stop = min(pitch, max(first, (width + pad_left - b + stride_w - 1) // stride_w))
+    source_start = first * stride_w + b - pad_left
+    for row_index in range(rows):
+        row = packed[start + row_index * pitch:start + (row_index + 1) * pitch]
+        source_row = (first_row + row_index) * stride_h + a - pad_top
+        if source_row < 0 or source_row >= height:
+            row[:] = 0
+            continue
+        row[:first] = 0
+        row[stop:] = 0
+        source = image[source_row]
+        row[first:stop] = source[source_start:source_start + (stop - first - 1) * stride_w + 1:stride_w]
+
+
+@njit(parallel=True, cache=True)
+def _pack_input(x, packed, row_phases, col_phases, plane_height, plane_width, stride_h, stride_w, pad_top,
+                pad_left):
+    """Zero-padded phase planes of ``x``: packed[n, c, a, b, I, J] = xpad[I·s_h + a_, J·s_w + b_]."""
+    batch, channels = x.shape[:2]
+    phase_count = row_phases.shape[0] * col_phases.shape[0]
+    plane_size = plane_height * plane_width
+    for plane in prange(batch * channels * phase_count):
+        image = plane // (channels * phase_count)
+        channel = (plane // phase_count) % channels
+        phase = plane % phase_count
+        _pack_rows(x[image, channel], packed, plane * plane_size, plane_height, plane_width, 0,
+                   row_phases[phase // col_phases.shape[0]], col_phases[phase % col_phases.shape[0]],
+                   stride_h, stride_w, pad_top, pad_left)
+    used = batch * channels * phase_count * plane_size
+    packed[used:] = 0
+
+
+_packed_weights = WeightCache(max_entries=16, max_bytes=256 << 20)
+
+
+def _pack_weights(weight: np.ndarray, spec: ConvSpec, rows: int) -> np.ndarray:
+    """Weights as (group, block, c, tap, rows), the group's channels padded with zero filters."""
+    groups, per_group, blocks = spec.groups, spec.out_channels_per_group, -(-spec.out_channels_per_group // rows)
+    taps = spec.kernel_height * spec.kernel_width
+
+    def compute():
+        padded = np.zeros((groups, blocks * rows, spec.in_channels_per_group, taps), dtype=spec.dtype)
+        padded[:, :per_group] = weight.reshape(groups, per_group, spec.in_channels_per_group, taps)
+        blocked = padded.reshape(groups, blocks, rows, spec.in_channels_per_group, taps)
+        return np.ascontiguousarray(blocked.transpose(0, 1, 3, 4, 2)).reshape(-1)
+
+    return _packed_weights.get(("blocks", weight.shape, spec.dtype, rows), weight, compute)
+
+
+# ---------------------------------------------------------------------------------------------
+# the register-block kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _block_kernel(rows: int, cols: int):
+    """The kernel for a ``rows × cols`` register block (both compile-time constants)."""
+    block_rows, block_cols = rows, cols
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def kernel(packed, weights, bias, out, tap_offsets, batch, channels_per_group, out_per_group, groups,
+               blocks, chunks, tiles, channel_stride, pixels, plane_width, out_h, out_w):
+        lanes = simd.lanes(packed.dtype)
+        tile = block_cols * lanes
+        taps = tap_offsets.shape[0]
+        blocks_per_chunk = (blocks + chunks - 1) // chunks
+        out_plane = out_h * out_w
+        for task in prange(batch * groups * tiles * chunks):
+            chunk = task % chunks
+            tile_index = (task // chunks) % tiles
+            group = (task // (chunks * tiles)) % groups
+            image = task // (chunks * tiles * groups)
+            first_pixel = tile_index * tile
+            input_base = (image * groups + group) * channels_per_group * channel_stride + first_pixel
+            for block in range(chunk * blocks_per_chunk, min(blocks, (chunk + 1) * blocks_per_chunk)):
+                acc = simd.block_zero(block_rows, block_cols, packed)
+                at = ((group * blocks + block) * channels_per_group * taps) * block_rows
+                acc = simd.block_fma_loop(acc, weights, at, packed, input_base, lanes, tap_offsets,
+                                          channels_per_group, channel_stride)
+                # the tile's vectors, one after another: (output row, column) of each first lane
+                i = first_pixel // plane_width
+                j = first_pixel - i * plane_width
+                for n in range(block_cols):
+                    for m in range(min(block_rows, out_per_group - block * block_rows)):
+                        k = group * out_per_group + block * block_rows + m
+                        out_base = (image * groups * out_per_group + k) * out_plane
+                        value = simd.add(acc[m][n], simd.broadcast(bias[k]))
+                        if j + lanes <= out_w and i < out_h:  # the whole vector is one output row's
+                            simd.store(out, out_base + i * out_w + j, value)
+                        else:
+                            _store_row_pieces(out, out_base, value, i, j, lanes, plane_width, out_h, out_w)
+                    j += lanes
+                    while j >= plane_width:
+                        j -= plane_width
+                        i += 1
+
+    return kernel
+
+
+@njit(inline="always")
+def _store_row_pieces(out, out_base, vector, i, j, lanes, plane_width, out_h, out_w):
+    """Store the lanes of ``vector`` that are output pixels; its first lane is pixel (i, j) of a
+    plane whose rows are ``plane_width`` long, of which the first ``out_w`` are output columns."""
+    lane = 0
+    while lane < lanes and i < out_h:
+        if j >= out_w:  # past the row's last output: on to the next row
+            lane += plane_width - j
+            i += 1
+            j = 0
+            continue
+        count = min(lanes - lane, out_w - j)
+        simd.store_lanes(out, out_base + i * out_w + j - lane, vector, lane, lane + count)
+        lane += count
+        j += count
+
+
+# ---------------------------------------------------------------------------------------------
+# the backend entry point
+
+
+def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
+    if spec.batch == 0:
+        return np.empty(spec.out_shape, dtype=spec.dtype)
+    numba.set_num_threads(min(config.threads, numba.config.NUMBA_NUM_THREADS))
+    layout = plan(spec)
+    check_array_fits((layout.buffer_size,), spec.dtype, spec, "the packed input")
+    packed = np.empty(layout.buffer_size, dtype=spec.dtype)
+    _pack_input(x, packed, np.array(layout.row_phases, dtype=np.int64), np.array(layout.col_phases, dtype=np.int64),
+                layout.plane_height, layout.plane_width, spec.stride[0], spec.stride[1], spec.padding[0][0],
+                spec.padding[1][0])
+    weights = _pack_weights(weight, spec, layout.rows)
+    bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else bias
+    out = np.empty(spec.out_shape, dtype=spec.dtype)
+    phases = len(layout.row_phases) * len(layout.col_phases)
+    # split each tile's channel blocks into chunks until every thread has several tasks
+    chunks = min(layout.blocks, _ceil_div(8 * config.threads, spec.batch * spec.groups * layout.tiles))
+    _block_kernel(layout.rows, layout.cols)(
+        packed, weights, bias, out.reshape(-1), np.array(layout.tap_offsets, dtype=np.int64), spec.batch,
+        spec.in_channels_per_group, spec.out_channels_per_group, spec.groups, layout.blocks, chunks,
+        layout.tiles, phases * layout.plane_size, layout.pixels, layout.plane_width, spec.out_height,
+        spec.out_width)
+    return out
