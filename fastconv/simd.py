@@ -35,6 +35,9 @@ The intrinsics (usable only inside ``@njit`` functions)
         lane by lane (``maximum`` ignores a NaN operand like ``numpy.fmax``).
     ``hsum(v)``
         the sum of the lanes (a pairwise tree of shuffles).
+    ``even_odd(v0, v1)``
+        the even and the odd elements of the ``2 · lanes`` elements ``v0, v1`` (a stride-2
+        deinterleave: two shuffles).
     ``block_zero(rows, cols, a)``
         a register block: a ``rows``-tuple of ``cols``-tuples of zero vectors (``rows`` and
         ``cols`` compile-time constants, e.g. closure or global ints).
@@ -44,6 +47,26 @@ The intrinsics (usable only inside ``@njit`` functions)
             acc[m][n] += broadcast(b.flat[bi + m * bstep]) * load(v, vi + n * vstep)
 
         ``rows`` broadcast scalars, ``cols`` vector loads, ``rows * cols`` fused multiply-adds.
+    ``block_fma_loop(acc, b, bi, v, vi, vstep, offsets, count, stride)``
+        ``block_fma`` over a whole reduction, as one loop that LLVM is told not to unroll
+        (unrolled, the block no longer fits the registers)::
+
+            for c in range(count): for t in range(len(offsets)):
+                acc = block_fma(acc, b, bi, 1, v, vi + c * stride + offsets[t], vstep)
+                bi += rows
+    ``block_stencil(acc, w, wi, x, base, pitch, height, width, top, left, geometry)``
+        a 2-D stencil on one image plane (``height × width`` at ``x.flat[base]``, rows ``pitch``
+        apart), every tap unrolled (``geometry = (kh, kw, s_h, s_w, d_h, d_w)``, compile-time,
+        ``s_w`` 1 or 2); block row ``r`` is output row ``r``, lane ``t`` of vector ``n`` output
+        column ``n · lanes + t``::
+
+            acc[r][n] += sum_(u, v) w.flat[wi + u·kw + v] ·
+                         X(top + r·s_h + u·d_h, left + s_w·(n·lanes + t) + v·d_w)
+
+        where ``X(y, z)`` is the plane's pixel. Every input vector is loaded once and used by
+        all the block rows that read it. ``block_stencil`` assumes every pixel it reads is inside
+        the plane; ``block_stencil_edge`` reads pixels outside as 0 (masked loads, never
+        touching them), so ``0 · w`` is added exactly as a zero-padded input would.
 
 Examples
 --------
@@ -77,7 +100,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, overload, register_model
 
 __all__ = ["VECTOR_BYTES", "VECTOR_REGISTERS", "Vector", "lanes", "load", "store", "load_lanes", "store_lanes",
-           "broadcast", "zero", "fma", "add", "mul", "maximum", "hsum", "block_zero", "block_fma", "block_fma_loop", "block_stencil", "stencil_taps"]
+           "broadcast", "zero", "fma", "add", "mul", "maximum", "hsum", "even_odd", "block_zero", "block_fma", "block_fma_loop", "block_stencil", "block_stencil_edge"]
 
 
 def _probe_target() -> tuple[int, int]:
@@ -190,11 +213,17 @@ def _vector_pointer(builder, pointer, vector_llvm_type):
 
 def _lane_mask(builder, count, lo, hi):
     """``<count x i1>``: lanes ``lo <= t < hi`` (lo, hi: intp values)."""
-    intp = lo.type
-    iota = ir.Constant(ir.VectorType(intp, count), [ir.Constant(intp, t) for t in range(count)])
-    low = _splat(builder, lo, count)
-    high = _splat(builder, hi, count)
-    return builder.and_(builder.icmp_signed(">=", iota, low), builder.icmp_signed("<", iota, high))
+    # compare in 32-bit lanes (one vector compare instead of several): clamp the bounds first
+    intp, lane_type = lo.type, ir.IntType(32)
+
+    def clamped(value):
+        value = builder.select(builder.icmp_signed("<", value, ir.Constant(intp, -1)), ir.Constant(intp, -1), value)
+        value = builder.select(builder.icmp_signed(">", value, ir.Constant(intp, count)), ir.Constant(intp, count),
+                               value)
+        return _splat(builder, builder.trunc(value, lane_type), count)
+
+    iota = ir.Constant(ir.VectorType(lane_type, count), [ir.Constant(lane_type, t) for t in range(count)])
+    return builder.and_(builder.icmp_signed(">=", iota, clamped(lo)), builder.icmp_signed("<", iota, clamped(hi)))
 
 
 def _splat(builder, scalar, count):
@@ -362,6 +391,23 @@ def fma(typingctx, a, b, c):
         return _fused(builder, *arguments)
 
     return vector(a, b, c), codegen
+
+
+@intrinsic
+def even_odd(typingctx, first, second):
+    vector = _check_vectors("even_odd", first, second)
+
+    def codegen(context, builder, signature, arguments):
+        def lanes_from(start):
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), vector.count),
+                               list(range(start, 2 * vector.count, 2)))
+            return builder.shuffle_vector(arguments[0], arguments[1], mask)
+
+        pair = context.get_value_type(signature.return_type)
+        result = builder.insert_value(ir.Constant(pair, ir.Undefined), lanes_from(0), 0)
+        return builder.insert_value(result, lanes_from(1), 1)
+
+    return types.UniTuple(vector, 2)(first, second), codegen
 
 
 @intrinsic
@@ -541,71 +587,101 @@ def _literal_ints(name, value, count) -> tuple:
     return tuple(e.literal_value for e in elements)
 
 
-def stencil_taps(geometry):
-    """Per tap ``(u, v)`` of a stencil: (phase plane index, phase row offset, phase column offset).
+def _stencil_typer(name, masked):
+    def typer(typingctx, block, w, w_index, x, base, pitch, height, width, top, left, geometry):
+        vector, rows, cols = _block_shape(name, block)
+        if _check_array(name, w) != vector or _check_array(name, x) != vector:
+            raise TypingError(f"simd.{name}: arrays {w}, {x} do not match the block's {vector}")
+        _check_integer(name, w_index, base, pitch, height, width, top, left)
+        kh, kw, sh, sw, dh, dw = _literal_ints(name, geometry, 6)
+        if sw not in (1, 2) or min(kh, kw, sh, dh, dw) < 1:
+            raise TypingError(f"simd.{name} takes column stride 1 or 2 and positive sizes, got {geometry}")
 
-    ``geometry`` is ``(kh, kw, stride_h, stride_w, dilation_h, dilation_w)``. With stride ``s`` the
-    input is split into phase planes (every ``s``-th row and column, only the phases some tap
-    reads, in sorted order): tap ``(u, v)`` of output pixel ``(i, j)`` reads its phase plane at
-    ``(i + row offset, j + column offset)``.
+        def codegen(context, builder, signature, arguments):
+            argument_types = signature.args
+            acc = arguments[0]
+            w_at, base_at, row_pitch, rows_in, cols_in, y0, z0 = (
+                context.cast(builder, arguments[i], argument_types[i], types.intp) for i in (2, 4, 5, 6, 7, 8, 9))
+            intp = w_at.type
+            llvm_type = context.get_value_type(vector)
+            alignment = vector.dtype.bitwidth // 8
+            count = vector.count
+            w_data = context.make_array(argument_types[1])(context, builder, arguments[1]).data
+            x_data = context.make_array(argument_types[3])(context, builder, arguments[3]).data
+            weights = [_splat(builder, builder.load(builder.gep(w_data, [builder.add(w_at, ir.Constant(intp, t))]),
+                                                    align=alignment), count) for t in range(kh * kw)]
+            masked_load = _masked_intrinsic(builder, "load", llvm_type) if masked else None
+            zero_vector = ir.Constant(llvm_type, None)
+            align_arg = ir.Constant(ir.IntType(32), alignment)
 
-    >>> stencil_taps((3, 1, 2, 1, 1, 1))  # 3x1 stride 2: rows 2i, 2i+1, 2i+2
-    [(0, 0, 0), (1, 0, 0), (0, 1, 0)]
-    """
-    kh, kw, sh, sw, dh, dw = geometry
-    row_phases = sorted({u * dh % sh for u in range(kh)})
-    col_phases = sorted({v * dw % sw for v in range(kw)})
-    return [(row_phases.index(u * dh % sh) * len(col_phases) + col_phases.index(v * dw % sw),
-             u * dh // sh, v * dw // sw) for u in range(kh) for v in range(kw)]
+            def load(row_start, row_ok, z):
+                """x[row_start + z + t] for lanes t; 0 where the column z + t or the row is outside."""
+                pointer = _vector_pointer(builder, builder.gep(x_data, [builder.add(row_start, z)]), llvm_type)
+                if not masked:
+                    return builder.load(pointer, align=alignment)
+                low = builder.sub(ir.Constant(intp, 0), z)
+                mask = _lane_mask(builder, count, low, builder.add(low, cols_in))
+                mask = builder.and_(mask, _splat(builder, row_ok, count))
+                return builder.call(masked_load, [pointer, align_arg, mask, zero_vector])
 
-
-@intrinsic
-def block_stencil(typingctx, block, w, w_index, x, x_index, row_pitch, phase_pitch, geometry):
-    vector, rows, cols = _block_shape("block_stencil", block)
-    if _check_array("block_stencil", w) != vector or _check_array("block_stencil", x) != vector:
-        raise TypingError(f"simd.block_stencil: arrays {w}, {x} do not match the block's {vector}")
-    _check_integer("block_stencil", w_index, x_index, row_pitch, phase_pitch)
-    taps = stencil_taps(_literal_ints("block_stencil", geometry, 6))
-
-    def codegen(context, builder, signature, arguments):
-        acc, w_array, w_at, x_array, x_at, pitch, phase_size = arguments[:7]
-        argument_types = signature.args
-
-        def as_intp(value, position):
-            return context.cast(builder, value, argument_types[position], types.intp)
-
-        w_at, x_at = as_intp(w_at, 2), as_intp(x_at, 4)
-        pitch, phase_size = as_intp(pitch, 5), as_intp(phase_size, 6)
-        llvm_type = context.get_value_type(vector)
-        alignment = vector.dtype.bitwidth // 8
-        w_data = context.make_array(argument_types[1])(context, builder, w_array).data
-        x_data = context.make_array(argument_types[3])(context, builder, x_array).data
-        intp = w_at.type
-        weights = [_splat(builder, builder.load(builder.gep(w_data, [builder.add(w_at, ir.Constant(intp, t))]),
-                                                align=alignment), vector.count) for t in range(len(taps))]
-        # every (row r, tap t) pair reads input row r + row offset of t's phase plane: group the
-        # pairs by the address they read, so each input vector is loaded once for all its uses
-        readers = {}
-        for t, (phase, row_offset, col_offset) in enumerate(taps):
+            # input row e (from the block's top row y0) is read by output row r through kernel
+            # row u when r·s_h + u·d_h == e: each input vector is loaded once, used by all its
+            # readers at once and then dead, so only the accumulators stay live; the loop over
+            # columns is outermost so that one column mask serves every row
+            readers = {}
             for r in range(rows):
-                readers.setdefault((phase, r + row_offset, col_offset), []).append((r, t))
-        sums = [[builder.extract_value(builder.extract_value(acc, r), n) for n in range(cols)] for r in range(rows)]
-        for (phase, input_row, col_offset), uses in sorted(readers.items()):
-            start = builder.add(builder.add(x_at, builder.mul(phase_size, ir.Constant(intp, phase))),
-                                builder.add(builder.mul(pitch, ir.Constant(intp, input_row)),
-                                            ir.Constant(intp, col_offset)))
+                for u in range(kh):
+                    for v in range(kw):
+                        readers.setdefault((v * dw, r * sh + u * dh), []).append((r, u * kw + v))
+            offsets = sorted({offset for offset, _ in readers})
+            input_rows = sorted({e for _, e in readers})
+            row_starts, row_flags = {}, {}
+            for e in input_rows:
+                y = builder.add(y0, ir.Constant(intp, e))
+                row_starts[e] = builder.add(base_at, builder.mul(y, row_pitch))
+                if masked:
+                    row_flags[e] = builder.and_(builder.icmp_signed(">=", y, ir.Constant(intp, 0)),
+                                                builder.icmp_signed("<", y, rows_in))
+            even = ir.Constant(ir.VectorType(ir.IntType(32), count), list(range(0, 2 * count, 2)))
+            odd = ir.Constant(ir.VectorType(ir.IntType(32), count), list(range(1, 2 * count, 2)))
+            sums = [[builder.extract_value(builder.extract_value(acc, r), n) for n in range(cols)]
+                    for r in range(rows)]
             for n in range(cols):
-                at = builder.add(start, ir.Constant(intp, n * vector.count))
-                loaded = builder.load(_vector_pointer(builder, builder.gep(x_data, [at]), llvm_type),
-                                      align=alignment)
-                for r, t in uses:
-                    sums[r][n] = _fused(builder, weights[t], loaded, sums[r][n])
-        result = acc
-        for r in range(rows):
-            row = builder.extract_value(acc, r)
-            for n in range(cols):
-                row = builder.insert_value(row, sums[r][n], n)
-            result = builder.insert_value(result, row, r)
-        return result
+                done = set()
+                for offset in offsets:
+                    if offset in done:
+                        continue
+                    z = builder.add(z0, ir.Constant(intp, n * count * sw + offset))
+                    # with s_w = 2 a pair of vectors at offset also holds offset + 1 (odd columns)
+                    served = [offset] + ([offset + 1] if sw == 2 and (offset + 1, input_rows[0]) is not None
+                                         and offset + 1 in offsets else [])
+                    done.update(served)
+                    for e in input_rows:
+                        if not any((o, e) in readers for o in served):
+                            continue
+                        if sw == 1:
+                            columns = {offset: load(row_starts[e], row_flags.get(e), z)}
+                        else:
+                            pair = (load(row_starts[e], row_flags.get(e), z),
+                                    load(row_starts[e], row_flags.get(e), builder.add(z, ir.Constant(intp, count))))
+                            columns = {offset: builder.shuffle_vector(*pair, even),
+                                       offset + 1: builder.shuffle_vector(*pair, odd)}
+                        for o in served:
+                            for r, tap in readers.get((o, e), ()):
+                                sums[r][n] = _fused(builder, weights[tap], columns[o], sums[r][n])
+            result = acc
+            for r in range(rows):
+                row = builder.extract_value(acc, r)
+                for n in range(cols):
+                    row = builder.insert_value(row, sums[r][n], n)
+                result = builder.insert_value(result, row, r)
+            return result
 
-    return block(block, w, w_index, x, x_index, row_pitch, phase_pitch, geometry), codegen
+        return block(block, w, w_index, x, base, pitch, height, width, top, left, geometry), codegen
+
+    typer.__name__ = name
+    return intrinsic(typer)
+
+
+block_stencil = _stencil_typer("block_stencil", masked=False)
+block_stencil_edge = _stencil_typer("block_stencil_edge", masked=True)

@@ -158,20 +158,51 @@ def _pack_rows(image, packed, start, rows, pitch, first_row, a, b, stride_h, str
     ``(I·s_h + a, J·s_w + b)``; rows are ``pitch`` elements apart.
     """
     height, width = image.shape
+    flat = image.reshape(-1)
+    lanes = simd.lanes(packed.dtype)
+    zero = simd.zero(packed)
     # columns J whose source column J·s_w + b - pad_left is inside [0, width)
     first = min(pitch, max(0, (pad_left - b + stride_w - 1) // stride_w))
     stop = min(pitch, max(first, (width + pad_left - b + stride_w - 1) // stride_w))
     source_start = first * stride_w + b - pad_left
     for row_index in range(rows):
-        row = packed[start + row_index * pitch:start + (row_index + 1) * pitch]
+        at = start + row_index * pitch
         source_row = (first_row + row_index) * stride_h + a - pad_top
         if source_row < 0 or source_row >= height:
-            row[:] = 0
+            _fill_zero(packed, at, pitch, zero, lanes)
             continue
-        row[:first] = 0
-        row[stop:] = 0
-        source = image[source_row]
-        row[first:stop] = source[source_start:source_start + (stop - first - 1) * stride_w + 1:stride_w]
+        _fill_zero(packed, at, first, zero, lanes)
+        _fill_zero(packed, at + stop, pitch - stop, zero, lanes)
+        source = source_row * width + source_start
+        count = stop - first
+        if stride_w == 1:
+            j = 0
+            while j + lanes <= count:
+                simd.store(packed, at + first + j, simd.load(flat, source + j))
+                j += lanes
+            if j < count:
+                simd.store_lanes(packed, at + first + j, simd.load_lanes(flat, source + j, 0, count - j), 0, count - j)
+        else:
+            if stride_w == 2:  # two vectors of the row, deinterleaved: their even elements
+                for j in range(0, count, lanes):
+                    wanted = min(lanes, count - j)
+                    needed = 2 * wanted - 1  # source elements from the first to the last wanted
+                    low = simd.load_lanes(flat, source + 2 * j, 0, min(lanes, needed))
+                    high = simd.load_lanes(flat, source + 2 * j + lanes, 0, needed - lanes)
+                    simd.store_lanes(packed, at + first + j, simd.even_odd(low, high)[0], 0, wanted)
+            else:
+                for j in range(count):
+                    packed[at + first + j] = flat[source + j * stride_w]
+
+
+@njit(inline="always")
+def _fill_zero(packed, at, count, zero, lanes):
+    j = 0
+    while j + lanes <= count:
+        simd.store(packed, at + j, zero)
+        j += lanes
+    if j < count:
+        simd.store_lanes(packed, at + j, zero, 0, count - j)
 
 
 @njit(parallel=True, cache=True)
@@ -276,6 +307,134 @@ def _store_row_pieces(out, out_base, vector, i, j, lanes, plane_width, out_h, ou
 
 
 # ---------------------------------------------------------------------------------------------
+# the plane kernel: depthwise and single-channel convolution
+
+#: Largest kernel (taps) the plane kernel unrolls completely; larger ones run as a dense convolution.
+PLANE_MAX_TAPS = 49
+
+
+@dataclass(frozen=True)
+class PlanePlan:
+    """How a depthwise spec (one input channel per group) runs on the plane kernel."""
+
+    rows: int               # output rows per register block (they share input loads)
+    cols: int               # vectors per register block along an output row
+    lanes: int
+    column_tiles: int       # register blocks across an output row
+    band_rows: int          # output rows per task (a multiple of rows)
+    bands: int              # tasks per plane
+
+
+def uses_plane_kernel(spec: ConvSpec) -> bool:
+    """True when ``spec`` runs on the plane kernel: one input channel per group (depthwise, or a
+    single-channel image), at most three filters per channel, column stride 1 or 2 and at most
+    ``PLANE_MAX_TAPS`` taps (every tap is unrolled)."""
+    return (spec.in_channels_per_group == 1 and spec.out_channels_per_group <= 3 and spec.stride[1] <= 2
+            and spec.kernel_height * spec.kernel_width <= PLANE_MAX_TAPS)
+
+
+def _plane_block_shape(spec: ConvSpec, vectors_per_row: int) -> tuple[int, int]:
+    """(rows, cols) for the plane kernel.
+
+    ``rows · cols`` accumulators and the ``cols`` input vectors in flight fit the registers, with
+    three to spare for weights and masks. Output rows share input loads (``rows`` rows read
+    ``(rows - 1)·s_h + (kh - 1)·d_h + 1`` input rows per column offset, not ``rows · kh``); vectors
+    past the end of an output row and rows past the end of the plane are waste.
+    """
+    registers = simd.VECTOR_REGISTERS - 3
+    kh, (sh, dh) = spec.kernel_height, (spec.stride[0], spec.dilation[0])
+    best = None
+    for cols in range(1, vectors_per_row + 1):
+        rows_max = min(8, spec.out_height, (registers - cols) // cols)
+        for rows in range(1, rows_max + 1):
+            used = (vectors_per_row / (_ceil_div(vectors_per_row, cols) * cols)
+                    * spec.out_height / (_ceil_div(spec.out_height, rows) * rows))
+            read_rows = len({r * sh + u * dh for r in range(rows) for u in range(kh)})
+            score = used * rows * kh / read_rows * min(1.0, rows * cols / 8)
+            if best is None or score > best[0] + 1e-9:
+                best = (score, rows, cols)
+    return best[1], best[2]
+
+
+@functools.lru_cache(maxsize=256)
+def _plane_plan(spec: ConvSpec, threads: int) -> PlanePlan:
+    lanes = simd.lanes(spec.dtype)
+    vectors_per_row = _ceil_div(spec.out_width, lanes)
+    rows, cols = _plane_block_shape(spec, vectors_per_row)
+    column_tiles = _ceil_div(vectors_per_row, cols)
+    # whole planes per task, unless there are too few planes to give every thread several tasks
+    bands_wanted = _ceil_div(4 * threads, spec.batch * spec.in_channels)
+    band_rows = _ceil_div(_ceil_div(spec.out_height, bands_wanted), rows) * rows
+    return PlanePlan(rows, cols, lanes, column_tiles, band_rows, _ceil_div(spec.out_height, band_rows))
+
+
+@functools.lru_cache(maxsize=None)
+def _plane_kernel(rows: int, cols: int, geometry: tuple):
+    """The plane kernel for a ``rows × cols`` block and ``geometry`` = (kh, kw, s_h, s_w, d_h, d_w),
+    all compile-time constants (every tap unrolled)."""
+    block_rows, block_cols, stencil = rows, cols, geometry
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def kernel(x, weight, bias, out, multiplier, band_rows, bands, column_tiles, pad_top, pad_left):
+        lanes = simd.lanes(x.dtype)
+        batch, channels, height, width = x.shape
+        out_h, out_w = out.shape[2], out.shape[3]
+        kh, kw, stride_h, stride_w, dilation_h, dilation_w = stencil
+        # the input rows and columns one block reads, past its first
+        row_reach = (block_rows - 1) * stride_h + (kh - 1) * dilation_h
+        column_reach = stride_w * block_cols * lanes - 1 + (kw - 1) * dilation_w
+        flat_x = x.reshape(-1)
+        flat_weight = weight.reshape(-1)
+        plane_size = height * width
+        for task in prange(batch * channels * bands):
+            band = task % bands
+            channel = (task // bands) % channels
+            image = task // (bands * channels)
+            base = (image * channels + channel) * plane_size
+            first_row = band * band_rows
+            last_row = min(out_h, first_row + band_rows)
+            for m in range(multiplier):
+                k = channel * multiplier + m
+                shift = simd.broadcast(bias[k])
+                plane = out[image, k].reshape(-1)
+                for i0 in range(first_row, last_row, block_rows):
+                    top = i0 * stride_h - pad_top
+                    rows_inside = top >= 0 and top + row_reach < height
+                    for tile in range(column_tiles):
+                        j0 = tile * block_cols * lanes
+                        left = j0 * stride_w - pad_left
+                        acc = simd.block_zero(block_rows, block_cols, flat_x)
+                        if rows_inside and left >= 0 and left + column_reach < width:
+                            acc = simd.block_stencil(acc, flat_weight, k * kh * kw, flat_x, base, width, height,
+                                                     width, top, left, stencil)
+                        else:  # reaches into the padding: masked loads read it as zeros
+                            acc = simd.block_stencil_edge(acc, flat_weight, k * kh * kw, flat_x, base, width,
+                                                          height, width, top, left, stencil)
+                        for r in range(min(block_rows, last_row - i0)):
+                            for n in range(block_cols):
+                                j = j0 + n * lanes
+                                if j >= out_w:
+                                    break
+                                value = simd.add(acc[r][n], shift)
+                                if j + lanes <= out_w:
+                                    simd.store(plane, (i0 + r) * out_w + j, value)
+                                else:
+                                    simd.store_lanes(plane, (i0 + r) * out_w + j, value, 0, out_w - j)
+
+    return kernel
+
+
+def _run_plane(x, weight, bias, spec: ConvSpec) -> np.ndarray:
+    layout = _plane_plan(spec, config.threads)
+    out = np.empty(spec.out_shape, dtype=spec.dtype)
+    geometry = (spec.kernel_height, spec.kernel_width, *spec.stride, *spec.dilation)
+    _plane_kernel(layout.rows, layout.cols, geometry)(
+        x, weight, bias, out, spec.out_channels_per_group, layout.band_rows, layout.bands, layout.column_tiles,
+        spec.padding[0][0], spec.padding[1][0])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # the backend entry point
 
 
@@ -283,6 +442,9 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     if spec.batch == 0:
         return np.empty(spec.out_shape, dtype=spec.dtype)
     numba.set_num_threads(min(config.threads, numba.config.NUMBA_NUM_THREADS))
+    bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else bias
+    if uses_plane_kernel(spec):
+        return _run_plane(x, weight, bias, spec)
     layout = plan(spec)
     check_array_fits((layout.buffer_size,), spec.dtype, spec, "the packed input")
     packed = np.empty(layout.buffer_size, dtype=spec.dtype)
@@ -290,7 +452,6 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
                 layout.plane_height, layout.plane_width, spec.stride[0], spec.stride[1], spec.padding[0][0],
                 spec.padding[1][0])
     weights = _pack_weights(weight, spec, layout.rows)
-    bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else bias
     out = np.empty(spec.out_shape, dtype=spec.dtype)
     phases = len(layout.row_phases) * len(layout.col_phases)
     # split each tile's channel blocks into chunks until every thread has several tasks
