@@ -47,13 +47,18 @@ The intrinsics (usable only inside ``@njit`` functions)
             acc[m][n] += broadcast(b.flat[bi + m * bstep]) * load(v, vi + n * vstep)
 
         ``rows`` broadcast scalars, ``cols`` vector loads, ``rows * cols`` fused multiply-adds.
-    ``block_fma_loop(acc, b, bi, v, vi, vstep, offsets, count, stride)``
+    ``block_fma_loop(acc, b, bi, brow, bvalid, v, vi, vstep, offsets, count, stride)``
         ``block_fma`` over a whole reduction, as one loop that LLVM is told not to unroll
-        (unrolled, the block no longer fits the registers)::
+        (unrolled, the block no longer fits the registers). Row ``m`` of the broadcast operand
+        is the run ``b.flat[bi + min(m, bvalid - 1) · brow:]`` (rows past ``bvalid`` repeat the
+        last valid one, so a block may overhang a matrix's last row without reading past it),
+        and step ``s`` of the reduction reads element ``s`` of every row::
 
+            s = 0
             for c in range(count): for t in range(len(offsets)):
-                acc = block_fma(acc, b, bi, 1, v, vi + c * stride + offsets[t], vstep)
-                bi += rows
+                acc[m][n] += b.flat[bi + min(m, bvalid - 1)·brow + s]
+                             · load(v, vi + c·stride + offsets[t] + n·vstep)
+                s += 1
     ``block_stencil(acc, w, wi, x, base, pitch, height, width, top, left, geometry)``
         a 2-D stencil on one image plane (``height × width`` at ``x.flat[base]``, rows ``pitch``
         apart), every tap unrolled (``geometry = (kh, kw, s_h, s_w, d_h, d_w)``, compile-time,
@@ -520,33 +525,40 @@ def _counted_loop(builder, count, body):
 
 
 @intrinsic
-def block_fma_loop(typingctx, block, b, b_index, v, v_index, v_step, offsets, count, stride):
+def block_fma_loop(typingctx, block, b, b_index, b_row_stride, b_rows, v, v_index, v_step, offsets, count, stride):
     vector, rows, cols = _block_shape("block_fma_loop", block)
     if _check_array("block_fma_loop", b) != vector or _check_array("block_fma_loop", v) != vector:
         raise TypingError(f"simd.block_fma_loop: arrays {b}, {v} do not match the block's {vector}")
     if not (isinstance(offsets, types.Array) and isinstance(offsets.dtype, types.Integer) and offsets.ndim == 1
             and offsets.layout == "C"):
         raise TypingError(f"simd.block_fma_loop needs a contiguous 1-D integer array of offsets, got {offsets}")
-    _check_integer("block_fma_loop", b_index, v_index, v_step, count, stride)
+    _check_integer("block_fma_loop", b_index, b_row_stride, b_rows, v_index, v_step, count, stride)
 
     def codegen(context, builder, signature, arguments):
-        acc, b_array, b_at, v_array, v_at, v_by, offset_array, outer, outer_stride = arguments
+        acc, b_array = arguments[0], arguments[1]
+        v_array, offset_array = arguments[5], arguments[8]
         argument_types = signature.args
 
-        def as_intp(value, position):
-            return context.cast(builder, value, argument_types[position], types.intp)
+        def as_intp(position):
+            return context.cast(builder, arguments[position], argument_types[position], types.intp)
 
-        b_at, v_at, v_by = as_intp(b_at, 2), as_intp(v_at, 4), as_intp(v_by, 5)
-        outer, outer_stride = as_intp(outer, 7), as_intp(outer_stride, 8)
+        b_at, b_by, b_valid = as_intp(2), as_intp(3), as_intp(4)
+        v_at, v_by, outer, outer_stride = as_intp(6), as_intp(7), as_intp(9), as_intp(10)
+        intp = b_at.type
         llvm_type = context.get_value_type(vector)
         alignment = vector.dtype.bitwidth // 8
         b_data = context.make_array(argument_types[1])(context, builder, b_array).data
-        v_data = context.make_array(argument_types[3])(context, builder, v_array).data
-        offsets_struct = context.make_array(argument_types[6])(context, builder, offset_array)
+        v_data = context.make_array(argument_types[5])(context, builder, v_array).data
+        offsets_struct = context.make_array(argument_types[8])(context, builder, offset_array)
         taps = builder.extract_value(offsets_struct.shape, 0)
-        offset_type = argument_types[6].dtype
+        offset_type = argument_types[8].dtype
+        # row m reads b row min(m, b_rows - 1): rows past the last valid one repeat it (and are discarded)
+        last = builder.sub(b_valid, ir.Constant(intp, 1))
+        row_starts = [builder.add(b_at, builder.mul(b_by, builder.select(
+            builder.icmp_signed("<", ir.Constant(intp, m), last), ir.Constant(intp, m), last)))
+            for m in range(rows)]
         acc_slot = cgutils.alloca_once_value(builder, acc)
-        b_slot = cgutils.alloca_once_value(builder, b_at)
+        step_slot = cgutils.alloca_once_value(builder, ir.Constant(intp, 0))
 
         def channel(c):
             channel_at = builder.add(v_at, builder.mul(c, outer_stride))
@@ -554,13 +566,12 @@ def block_fma_loop(typingctx, block, b, b_index, v, v_index, v_step, offsets, co
             def tap(t):
                 element = builder.load(builder.gep(offsets_struct.data, [t]))
                 at = builder.add(channel_at, context.cast(builder, element, offset_type, types.intp))
-                weight_at = builder.load(b_slot)
+                step = builder.load(step_slot)
                 current = builder.load(acc_slot)
-                scalars = [_splat(builder, builder.load(builder.gep(b_data, [builder.add(
-                    weight_at, ir.Constant(weight_at.type, m))]), align=alignment), vector.count)
-                    for m in range(rows)]
+                scalars = [_splat(builder, builder.load(builder.gep(b_data, [builder.add(start, step)]),
+                                                        align=alignment), vector.count) for start in row_starts]
                 loaded = [builder.load(_vector_pointer(builder, builder.gep(v_data, [builder.add(
-                    at, builder.mul(v_by, ir.Constant(at.type, n)))]), llvm_type), align=alignment)
+                    at, builder.mul(v_by, ir.Constant(intp, n)))]), llvm_type), align=alignment)
                     for n in range(cols)]
                 result = current
                 for m in range(rows):
@@ -570,14 +581,14 @@ def block_fma_loop(typingctx, block, b, b_index, v, v_index, v_step, offsets, co
                                                                builder.extract_value(row, n)), n)
                     result = builder.insert_value(result, row, m)
                 builder.store(result, acc_slot)
-                builder.store(builder.add(weight_at, ir.Constant(weight_at.type, rows)), b_slot)
+                builder.store(builder.add(step, ir.Constant(intp, 1)), step_slot)
 
             _counted_loop(builder, taps, tap)
 
         _counted_loop(builder, outer, channel)
         return builder.load(acc_slot)
 
-    return block(block, b, b_index, v, v_index, v_step, offsets, count, stride), codegen
+    return block(block, b, b_index, b_row_stride, b_rows, v, v_index, v_step, offsets, count, stride), codegen
 
 
 def _literal_ints(name, value, count) -> tuple:

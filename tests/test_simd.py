@@ -209,25 +209,28 @@ def test_block_fma_is_an_outer_product_step(dtype):
 
 
 @njit
-def _reduction(b, v, offsets, count, stride, out):
+def _reduction(b, valid, v, offsets, count, stride, out):
     lanes = simd.lanes(v.dtype)
     acc = simd.block_zero(ROWS, COLS, v)
-    acc = simd.block_fma_loop(acc, b, 2, v, 1, lanes, offsets, count, stride)
+    acc = simd.block_fma_loop(acc, b, 2, 13, valid, v, 1, lanes, offsets, count, stride)
     for m in range(ROWS):
         for n in range(COLS):
             simd.store(out, (m * COLS + n) * lanes, acc[m][n])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("count", [0, 1, 4])
-def test_block_fma_loop_is_the_reduction_it_documents(dtype, count):
+@pytest.mark.parametrize("count, valid", [(0, 3), (1, 3), (4, 3), (4, 1), (2, 2)])
+def test_block_fma_loop_is_the_reduction_it_documents(dtype, count, valid):
+    """Rows of b are 13 apart from b[2]; rows past `valid` repeat the last valid row, and b holds
+    nothing past that row's last element read, so an overhang would read out of bounds."""
     lanes = simd.lanes(dtype)
     offsets = np.array([0, 3, 7], dtype=np.int64)
     stride = 11
-    b = _data(2 + ROWS * count * len(offsets) + 1, dtype, 6)
+    steps = count * len(offsets)
+    b = _data(2 + (valid - 1) * 13 + max(steps, 1), dtype, 6)
     v = _data(1 + (count + 1) * stride + 7 + COLS * lanes, dtype, 7)
     out = np.empty(ROWS * COLS * lanes, dtype)
-    _reduction(b, v, offsets, count, stride, out)
+    _reduction(b, valid, v, offsets, count, stride, out)
     expected = np.zeros((ROWS, COLS, lanes))
     step = 0
     for c in range(count):
@@ -235,7 +238,8 @@ def test_block_fma_loop_is_the_reduction_it_documents(dtype, count):
             start = 1 + c * stride + offset
             for m in range(ROWS):
                 for n in range(COLS):
-                    expected[m, n] += b[2 + step * ROWS + m] * v[start + n * lanes:start + (n + 1) * lanes]
+                    weight = b[2 + min(m, valid - 1) * 13 + step]
+                    expected[m, n] += weight * v[start + n * lanes:start + (n + 1) * lanes]
             step += 1
     np.testing.assert_allclose(out.reshape(ROWS, COLS, lanes), expected, rtol=1e-5, atol=1e-5)
 

@@ -19,10 +19,16 @@ output *pixels in vector lanes*, so that results are stored straight into the NC
   broadcasts ``rows`` weights, loads ``cols`` input vectors and issues ``rows × cols`` fused
   multiply-adds (:func:`fastconv.simd.block_fma`). The block is sized from the number of vector
   registers (24 accumulators of 32 with AVX-512, 12 of 16 with AVX2 or SSE), so no build spills.
-- **Weights are packed once** into ``(group, channel block, c, tap, rows)`` order (one contiguous
-  stream per block) and cached per weight *content* (:class:`WeightCache`).
+- **Weights are read where they are**: filter ``k`` is the run ``(c, u, v)`` of the (K, C/g, kh,
+  kw) weight, and step ``s`` of the reduction reads element ``s`` of each of the block's ``rows``
+  filters, so nothing is packed or cached (comparing a cached copy with a 9 MB weight on every
+  call cost 0.5 ms). A block that overhangs the group's last filter re-reads it and drops the
+  extra rows.
 - **Output**: each vector is added to the bias and stored with masked stores, split where it
-  crosses a row end, so the kernel never writes outside the output.
+  crosses a row end (the pieces are found once per tile), so the kernel never writes outside the
+  output.
+- **The packed input** lives in a per-thread workspace reused across calls (faulting in fresh
+  pages cost a third of a 3 ms layer).
 - **Threads**: ``prange`` over (image, group, pixel tile, channel-block chunk) tasks that write
   disjoint output blocks; chunks are split finely enough for every thread to get several.
 
@@ -43,6 +49,7 @@ array([[ 8., 12., 12.],
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 
 import numba
@@ -50,7 +57,6 @@ import numpy as np
 from numba import njit, prange
 
 from fastconv import config, simd
-from fastconv.backends._weight_cache import WeightCache
 from fastconv.geometry import ConvSpec, check_array_fits
 
 name = "simd_direct"
@@ -223,21 +229,23 @@ def _pack_input(x, packed, row_phases, col_phases, plane_height, plane_width, st
     packed[used:] = 0
 
 
-_packed_weights = WeightCache(max_entries=16, max_bytes=256 << 20)
+_workspaces = threading.local()
 
 
-def _pack_weights(weight: np.ndarray, spec: ConvSpec, rows: int) -> np.ndarray:
-    """Weights as (group, block, c, tap, rows), the group's channels padded with zero filters."""
-    groups, per_group, blocks = spec.groups, spec.out_channels_per_group, -(-spec.out_channels_per_group // rows)
-    taps = spec.kernel_height * spec.kernel_width
+def _workspace(size: int, dtype: np.dtype) -> np.ndarray:
+    """A scratch array of ``size`` elements, kept for the next call of this thread.
 
-    def compute():
-        padded = np.zeros((groups, blocks * rows, spec.in_channels_per_group, taps), dtype=spec.dtype)
-        padded[:, :per_group] = weight.reshape(groups, per_group, spec.in_channels_per_group, taps)
-        blocked = padded.reshape(groups, blocks, rows, spec.in_channels_per_group, taps)
-        return np.ascontiguousarray(blocked.transpose(0, 1, 3, 4, 2)).reshape(-1)
-
-    return _packed_weights.get(("blocks", weight.shape, spec.dtype, rows), weight, compute)
+    The packed input is about as large as the input, and fresh pages cost more to fault in than
+    the packing itself (1 ms of a 3 ms layer when measured), so each thread keeps its largest
+    workspace up to ``config.workspace_bytes``.
+    """
+    kept = getattr(_workspaces, "array", None)
+    if kept is not None and kept.dtype == dtype and kept.size >= size:
+        return kept[:size]
+    array = np.empty(size, dtype=dtype)
+    if array.nbytes <= config.workspace_bytes:
+        _workspaces.array = array
+    return array
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +262,7 @@ def _block_kernel(rows: int, cols: int):
                blocks, chunks, tiles, channel_stride, pixels, plane_width, out_h, out_w):
         lanes = simd.lanes(packed.dtype)
         tile = block_cols * lanes
-        taps = tap_offsets.shape[0]
+        weight_row = channels_per_group * tap_offsets.shape[0]  # one filter: (c, u, v) in order
         blocks_per_chunk = (blocks + chunks - 1) // chunks
         out_plane = out_h * out_w
         for task in prange(batch * groups * tiles * chunks):
@@ -264,46 +272,49 @@ def _block_kernel(rows: int, cols: int):
             image = task // (chunks * tiles * groups)
             first_pixel = tile_index * tile
             input_base = (image * groups + group) * channels_per_group * channel_stride + first_pixel
+            # where the lanes of each of the tile's vectors go: pieces (first lane, end lane, output
+            # offset of lane 0) that lie in one output row, found once for every block of the tile
+            pieces = np.empty((block_cols, lanes, 3), dtype=np.int64)
+            piece_counts = np.zeros(block_cols, dtype=np.int64)
+            for n in range(block_cols):
+                q = first_pixel + n * lanes
+                i = q // plane_width
+                j = q - i * plane_width
+                lane = 0
+                while lane < lanes and i < out_h:
+                    if j >= out_w:  # past the row's last output: on to the next row
+                        lane += plane_width - j
+                        i += 1
+                        j = 0
+                        continue
+                    count = min(lanes - lane, out_w - j)
+                    pieces[n, piece_counts[n], 0] = lane
+                    pieces[n, piece_counts[n], 1] = lane + count
+                    pieces[n, piece_counts[n], 2] = i * out_w + j - lane
+                    piece_counts[n] += 1
+                    lane += count
+                    j += count
             for block in range(chunk * blocks_per_chunk, min(blocks, (chunk + 1) * blocks_per_chunk)):
                 acc = simd.block_zero(block_rows, block_cols, packed)
-                at = ((group * blocks + block) * channels_per_group * taps) * block_rows
-                acc = simd.block_fma_loop(acc, weights, at, packed, input_base, lanes, tap_offsets,
-                                          channels_per_group, channel_stride)
-                # the tile's vectors, one after another: (output row, column) of each first lane
-                i = first_pixel // plane_width
-                j = first_pixel - i * plane_width
-                for n in range(block_cols):
-                    for m in range(min(block_rows, out_per_group - block * block_rows)):
-                        k = group * out_per_group + block * block_rows + m
-                        out_base = (image * groups * out_per_group + k) * out_plane
-                        value = simd.add(acc[m][n], simd.broadcast(bias[k]))
-                        if j + lanes <= out_w and i < out_h:  # the whole vector is one output row's
-                            simd.store(out, out_base + i * out_w + j, value)
-                        else:
-                            _store_row_pieces(out, out_base, value, i, j, lanes, plane_width, out_h, out_w)
-                    j += lanes
-                    while j >= plane_width:
-                        j -= plane_width
-                        i += 1
+                first_k = group * out_per_group + block * block_rows
+                acc = simd.block_fma_loop(acc, weights, first_k * weight_row, weight_row,
+                                          out_per_group - block * block_rows, packed, input_base, lanes,
+                                          tap_offsets, channels_per_group, channel_stride)
+                for m in range(min(block_rows, out_per_group - block * block_rows)):
+                    k = group * out_per_group + block * block_rows + m
+                    out_base = (image * groups * out_per_group + k) * out_plane
+                    shift = simd.broadcast(bias[k])
+                    row = acc[m]
+                    for n in range(block_cols):
+                        value = simd.add(row[n], shift)
+                        for piece in range(piece_counts[n]):
+                            lo, hi, at_out = pieces[n, piece, 0], pieces[n, piece, 1], pieces[n, piece, 2]
+                            if hi - lo == lanes:
+                                simd.store(out, out_base + at_out, value)
+                            else:
+                                simd.store_lanes(out, out_base + at_out, value, lo, hi)
 
     return kernel
-
-
-@njit(inline="always")
-def _store_row_pieces(out, out_base, vector, i, j, lanes, plane_width, out_h, out_w):
-    """Store the lanes of ``vector`` that are output pixels; its first lane is pixel (i, j) of a
-    plane whose rows are ``plane_width`` long, of which the first ``out_w`` are output columns."""
-    lane = 0
-    while lane < lanes and i < out_h:
-        if j >= out_w:  # past the row's last output: on to the next row
-            lane += plane_width - j
-            i += 1
-            j = 0
-            continue
-        count = min(lanes - lane, out_w - j)
-        simd.store_lanes(out, out_base + i * out_w + j - lane, vector, lane, lane + count)
-        lane += count
-        j += count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,17 +458,16 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
         return _run_plane(x, weight, bias, spec)
     layout = plan(spec)
     check_array_fits((layout.buffer_size,), spec.dtype, spec, "the packed input")
-    packed = np.empty(layout.buffer_size, dtype=spec.dtype)
+    packed = _workspace(layout.buffer_size, spec.dtype)
     _pack_input(x, packed, np.array(layout.row_phases, dtype=np.int64), np.array(layout.col_phases, dtype=np.int64),
                 layout.plane_height, layout.plane_width, spec.stride[0], spec.stride[1], spec.padding[0][0],
                 spec.padding[1][0])
-    weights = _pack_weights(weight, spec, layout.rows)
     out = np.empty(spec.out_shape, dtype=spec.dtype)
     phases = len(layout.row_phases) * len(layout.col_phases)
     # split each tile's channel blocks into chunks until every thread has several tasks
     chunks = min(layout.blocks, _ceil_div(8 * config.threads, spec.batch * spec.groups * layout.tiles))
     _block_kernel(layout.rows, layout.cols)(
-        packed, weights, bias, out.reshape(-1), np.array(layout.tap_offsets, dtype=np.int64), spec.batch,
+        packed, weight.reshape(-1), bias, out.reshape(-1), np.array(layout.tap_offsets, dtype=np.int64), spec.batch,
         spec.in_channels_per_group, spec.out_channels_per_group, spec.groups, layout.blocks, chunks,
         layout.tiles, phases * layout.plane_size, layout.pixels, layout.plane_width, spec.out_height,
         spec.out_width)
