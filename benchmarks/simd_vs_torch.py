@@ -10,7 +10,9 @@ cv2.setNumThreads, FASTCONV_NUM_THREADS, OpenBLAS). ``--float64`` also times the
 float64 data and prints float64 time / float32 time.
 
 Each library runs in a separate subprocess (``compare_cpu.py``'s harness) so that one library's
-idle thread pool cannot steal cores from another's. Run it on a quiet machine, e.g.::
+idle thread pool cannot steal cores from another's. The libraries take turns for ``--rounds``
+rounds and each keeps its best median, so that a burst of load from elsewhere on a shared machine
+slows one round of one library, not the comparison. Run it on a quiet machine, e.g.::
 
     flock -x /work/cpu.lock python benchmarks/simd_vs_torch.py
 """
@@ -162,6 +164,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=25, help="timed calls per case (the median is kept)")
     parser.add_argument("--threads", type=int, default=2, help="threads for every library")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each library takes (its best median is kept)")
     parser.add_argument("--float64", action="store_true", help="also time the SIMD kernels on float64")
     parser.add_argument("--json", help="also write all timings to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -172,10 +175,12 @@ def main(argv=None):
 
     libraries = ["simd:float32", "fastconv:numba_cpu", "fastconv:auto", "torch", "cv2"]
     libraries += ["simd:float64"] if args.float64 else []
-    timings = {}
-    for library in libraries:
-        print(f"timing {library} ...", file=sys.stderr, flush=True)
-        timings[library] = run_library(library, args.repeat, args.threads)
+    timings = {library: {} for library in libraries}
+    for round_index in range(args.rounds):
+        for library in libraries:
+            print(f"round {round_index + 1}: timing {library} ...", file=sys.stderr, flush=True)
+            for name, seconds in run_library(library, args.repeat, args.threads).items():
+                timings[library][name] = min(seconds, timings[library].get(name, seconds))
 
     def ms(seconds):
         return f"{seconds * 1e3:9.3f}" if seconds is not None else f"{'n/a':>9s}"
@@ -183,7 +188,8 @@ def main(argv=None):
     def ratio(seconds, peer):
         return f"{seconds / peer:6.2f}" if seconds is not None and peer else f"{'n/a':>6s}"
 
-    print(f"float32, {args.threads} threads, median of <= {args.repeat} calls; ratio = time / peer's time")
+    print(f"float32, {args.threads} threads, best of {args.rounds} rounds of a median of <= {args.repeat} calls; "
+          f"ratio = time / peer's time")
     print(f"{'case':26s} {'GFLOP':>6s} {'simd ms':>9s} {'numba ms':>9s} {'auto ms':>9s} {'peer':>5s} "
           f"{'peer ms':>9s} {'simd':>6s} {'numba':>6s} {'auto':>6s} {'GF/s':>6s}"
           + (f" {'f64/f32':>7s}" if args.float64 else ""))

@@ -41,6 +41,9 @@ The intrinsics (usable only inside ``@njit`` functions)
     ``block_zero(rows, cols, a)``
         a register block: a ``rows``-tuple of ``cols``-tuples of zero vectors (``rows`` and
         ``cols`` compile-time constants, e.g. closure or global ints).
+    ``block_load(a, i, like)`` / ``block_store(a, i, acc)``
+        a block (shaped like ``like``) as ``rows · cols`` consecutive vectors from / to
+        ``a.flat[i:]``, to keep partial sums between passes of a split reduction.
     ``block_fma(acc, b, bi, bstep, v, vi, vstep)``
         the outer-product step of a matrix-multiply microkernel on a register block::
 
@@ -105,7 +108,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, overload, register_model
 
 __all__ = ["VECTOR_BYTES", "VECTOR_REGISTERS", "Vector", "lanes", "load", "store", "load_lanes", "store_lanes",
-           "broadcast", "zero", "fma", "add", "mul", "maximum", "hsum", "even_odd", "block_zero", "block_fma", "block_fma_loop", "block_stencil", "block_stencil_edge"]
+           "broadcast", "zero", "fma", "add", "mul", "maximum", "hsum", "even_odd", "block_zero", "block_load", "block_store", "block_fma", "block_fma_loop", "block_stencil", "block_stencil_edge"]
 
 
 def _probe_target() -> tuple[int, int]:
@@ -496,6 +499,50 @@ def block_fma(typingctx, block, b, b_index, b_step, v, v_index, v_step):
         return result
 
     return block(block, b, b_index, b_step, v, v_index, v_step), codegen
+
+
+@intrinsic
+def block_load(typingctx, array, index, like):
+    vector, rows, cols = _block_shape("block_load", like)
+    if _check_array("block_load", array) != vector:
+        raise TypingError(f"simd.block_load: array {array} does not match the block's {vector}")
+    _check_integer("block_load", index)
+
+    def codegen(context, builder, signature, arguments):
+        llvm_type = context.get_value_type(vector)
+        start = _element_pointer(context, builder, signature.args[0], arguments[0], arguments[1], signature.args[1])
+        result = ir.Constant(context.get_value_type(like), ir.Undefined)
+        for m in range(rows):
+            row = builder.extract_value(result, m)
+            for n in range(cols):
+                pointer = builder.gep(start, [ir.Constant(ir.IntType(64), (m * cols + n) * vector.count)])
+                row = builder.insert_value(row, builder.load(_vector_pointer(builder, pointer, llvm_type),
+                                                             align=vector.dtype.bitwidth // 8), n)
+            result = builder.insert_value(result, row, m)
+        return result
+
+    return like(array, index, like), codegen
+
+
+@intrinsic
+def block_store(typingctx, array, index, block):
+    vector, rows, cols = _block_shape("block_store", block)
+    if _check_array("block_store", array) != vector:
+        raise TypingError(f"simd.block_store: array {array} does not match the block's {vector}")
+    _check_integer("block_store", index)
+
+    def codegen(context, builder, signature, arguments):
+        llvm_type = context.get_value_type(vector)
+        start = _element_pointer(context, builder, signature.args[0], arguments[0], arguments[1], signature.args[1])
+        for m in range(rows):
+            row = builder.extract_value(arguments[2], m)
+            for n in range(cols):
+                pointer = builder.gep(start, [ir.Constant(ir.IntType(64), (m * cols + n) * vector.count)])
+                builder.store(builder.extract_value(row, n), _vector_pointer(builder, pointer, llvm_type),
+                              align=vector.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(array, index, block), codegen
 
 
 def _no_unroll(module):

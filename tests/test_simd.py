@@ -209,6 +209,22 @@ def test_block_fma_is_an_outer_product_step(dtype):
 
 
 @njit
+def _round_trip(source, target):
+    like = simd.block_zero(ROWS, COLS, source)
+    simd.block_store(target, 3, simd.block_load(source, 1, like))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_block_load_and_store_move_consecutive_vectors(dtype):
+    size = ROWS * COLS * simd.lanes(dtype)
+    source = _data(size + 2, dtype, 11)
+    target = np.zeros(size + 5, dtype)
+    _round_trip(source, target)
+    np.testing.assert_array_equal(target[3:3 + size], source[1:1 + size])
+    assert not target[:3].any() and not target[3 + size:].any()
+
+
+@njit
 def _reduction(b, valid, v, offsets, count, stride, out):
     lanes = simd.lanes(v.dtype)
     acc = simd.block_zero(ROWS, COLS, v)

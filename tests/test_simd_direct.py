@@ -122,6 +122,19 @@ def test_edge_geometries(x_shape, w_shape, kwargs, dtype):
     _check(x_shape, w_shape, dtype, **kwargs)
 
 
+@pytest.mark.parametrize("copies", [False, True])
+@pytest.mark.parametrize("kwargs", [dict(padding=12, dilation=12), dict(stride=2, padding=1),
+                                    dict(stride=(1, 3), dilation=(2, 2), padding=((0, 1), (5, 2)))])
+def test_both_layouts_with_channel_slices(monkeypatch, copies, kwargs):
+    """Phase planes and one copy per kernel column, each with its reduction split into channel
+    slices (partial sums kept in between)."""
+    spec = make_spec((2, 40, 30, 27), (6, 40, 3, 3), dtype=np.float32, **kwargs)
+    layout = _simd_direct._layout(spec, copies)
+    assert layout.channel_slice < spec.in_channels_per_group
+    monkeypatch.setattr(_simd_direct, "plan", lambda spec: layout)
+    _check((2, 40, 30, 27), (6, 40, 3, 3), **kwargs)
+
+
 def test_empty_batch():
     spec = make_spec((0, 3, 5, 5), (4, 3, 3, 3), dtype=np.float32)
     assert _simd_direct.run(np.zeros((0, 3, 5, 5), np.float32), np.zeros((4, 3, 3, 3), np.float32), None,

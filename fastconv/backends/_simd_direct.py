@@ -94,6 +94,7 @@ class Plan:
     pixels: int             # Q: flattened pixels from the first output pixel to the last
     tiles: int              # pixel tiles (rows · cols · lanes outputs each) per plane
     blocks: int             # channel blocks per group (out_channels_per_group padded up to rows)
+    channel_slice: int      # input channels per pass of the reduction (the rest is L1-sized)
     buffer_size: int        # elements of the packed input, with the slack the last tile reads
 
 
@@ -102,9 +103,11 @@ def _block_shape(out_per_group: int, pixel_vectors: int) -> tuple[int, int]:
 
     One step of the block keeps ``rows · cols`` accumulators, ``rows`` broadcast weights and
     ``cols`` input vectors live, and all of them must fit the CPU's vector registers (one spare),
-    or LLVM spills accumulators on every step. Within that, the block with the most useful
-    FMAs per load wins: the zero filters that pad a group's channels up to a multiple of
-    ``rows``, and the vectors the last tile computes past the last pixel, are waste.
+    or LLVM spills accumulators on every step. A step issues ``rows · cols`` FMAs for ``rows +
+    cols`` loads, and loads do cost: on a Zen 4 core a 3×7 block ran a 512-channel layer 1.6×
+    faster than 1×13, a 4×5 block a 64-channel one 10% faster than 2×7. So the block with the
+    most useful FMAs per load wins, counting as waste the zero filters that pad a group's
+    channels up to a multiple of ``rows`` and the vectors the last tile computes past the end.
     """
     registers = simd.VECTOR_REGISTERS - 1
     best = None
@@ -123,21 +126,45 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@functools.lru_cache(maxsize=256)
-def plan(spec: ConvSpec) -> Plan:
-    """The :class:`Plan` for ``spec`` (cached: a spec is hashable and immutable)."""
+#: Bytes of input a tile may read per pass of the reduction: about half of a 32 KiB L1 data cache.
+L1_WINDOW_BYTES = 16 << 10
+
+#: Rough single-thread rates for choosing a layout: useful FLOP/s of the register block, and
+#: bytes/s of packed input written (the packing is a strided copy).
+_FLOP_RATE, _PACK_RATE = 100e9, 10e9
+
+
+def _layout(spec: ConvSpec, column_copies: bool) -> Plan:
+    """The plan with phase planes (``column_copies=False``) or with one copy per kernel column.
+
+    Phase planes hold every ``s_w``-th column once; tap ``v`` reads them at column offset
+    ``v·d_w div s_w``, so their rows are ``(kw - 1)·d_w div s_w`` pixels wider than the output's and
+    those pixels are computed for nothing (27% of a 3×3 dilation-12 layer on 65² maps). Column
+    copies hold, for each distinct ``v·d_w``, the columns ``J·s_w + v·d_w``: rows exactly as wide as
+    the output's, at the price of packing ``kw`` copies instead of ``s_w`` phases.
+    """
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     kh, kw = spec.kernel_height, spec.kernel_width
     out_h, out_w = spec.out_height, spec.out_width
     lanes = simd.lanes(spec.dtype)
     row_phases = tuple(sorted({u * dh % sh for u in range(kh)}))
-    col_phases = tuple(sorted({v * dw % sw for v in range(kw)}))
+    if column_copies:
+        col_phases = tuple(sorted({v * dw for v in range(kw)}))
+        plane_width = out_w
+
+        def column(v):
+            return col_phases.index(v * dw), 0
+    else:
+        col_phases = tuple(sorted({v * dw % sw for v in range(kw)}))
+        plane_width = out_w + (kw - 1) * dw // sw
+
+        def column(v):
+            return col_phases.index(v * dw % sw), v * dw // sw
     plane_height = out_h + (kh - 1) * dh // sh
-    plane_width = out_w + (kw - 1) * dw // sw
     plane_size = plane_height * plane_width
     tap_offsets = tuple(
-        (row_phases.index(u * dh % sh) * len(col_phases) + col_phases.index(v * dw % sw)) * plane_size
-        + (u * dh // sh) * plane_width + v * dw // sw
+        (row_phases.index(u * dh % sh) * len(col_phases) + column(v)[0]) * plane_size
+        + (u * dh // sh) * plane_width + column(v)[1]
         for u in range(kh) for v in range(kw))
     pixels = (out_h - 1) * plane_width + out_w
     vectors = _ceil_div(pixels, lanes)
@@ -145,11 +172,33 @@ def plan(spec: ConvSpec) -> Plan:
     tiles = _ceil_div(vectors, cols)
     tile = cols * lanes
     blocks = _ceil_div(spec.out_channels_per_group, rows)
+    # the input lines one channel of a tile reads: per phase plane and row offset, the tile's
+    # pixels and the furthest column offset
+    reach = {}
+    for offset in tap_offsets:
+        start = offset - offset % plane_width
+        reach[start] = max(reach.get(start, 0), offset % plane_width)
+    window = sum(tile + extra for extra in reach.values()) * spec.dtype.itemsize
+    channel_slice = max(1, min(spec.in_channels_per_group, L1_WINDOW_BYTES // window))
     planes = spec.batch * spec.in_channels * len(row_phases) * len(col_phases)
     last_read = (planes - len(row_phases) * len(col_phases)) * plane_size + tiles * tile - 1 + max(tap_offsets)
     buffer_size = max(planes * plane_size, last_read + 1)
     return Plan(rows, cols, lanes, row_phases, col_phases, plane_height, plane_width, plane_size, tap_offsets,
-                pixels, tiles, blocks, buffer_size)
+                pixels, tiles, blocks, channel_slice, buffer_size)
+
+
+def _seconds(spec: ConvSpec, layout: Plan) -> float:
+    """Estimated single-thread time of a layout: the FMAs it issues plus the input it packs."""
+    computed = (2 * spec.batch * spec.groups * layout.blocks * layout.rows * layout.tiles * layout.cols
+                * layout.lanes * spec.in_channels_per_group * spec.kernel_height * spec.kernel_width)
+    return computed / _FLOP_RATE + layout.buffer_size * spec.dtype.itemsize / _PACK_RATE
+
+
+@functools.lru_cache(maxsize=256)
+def plan(spec: ConvSpec) -> Plan:
+    """The :class:`Plan` for ``spec``: phase planes or column copies, whichever costs less
+    (cached: a spec is hashable and immutable)."""
+    return min((_layout(spec, copies) for copies in (False, True)), key=lambda layout: _seconds(spec, layout))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,10 +308,11 @@ def _block_kernel(rows: int, cols: int):
 
     @njit(parallel=True, fastmath=True, cache=True)
     def kernel(packed, weights, bias, out, tap_offsets, batch, channels_per_group, out_per_group, groups,
-               blocks, chunks, tiles, channel_stride, pixels, plane_width, out_h, out_w):
+               blocks, chunks, tiles, channel_stride, channel_slice, plane_width, out_h, out_w):
         lanes = simd.lanes(packed.dtype)
         tile = block_cols * lanes
-        weight_row = channels_per_group * tap_offsets.shape[0]  # one filter: (c, u, v) in order
+        taps = tap_offsets.shape[0]
+        weight_row = channels_per_group * taps  # one filter: (c, u, v) in order
         blocks_per_chunk = (blocks + chunks - 1) // chunks
         out_plane = out_h * out_w
         for task in prange(batch * groups * tiles * chunks):
@@ -294,25 +344,41 @@ def _block_kernel(rows: int, cols: int):
                     piece_counts[n] += 1
                     lane += count
                     j += count
-            for block in range(chunk * blocks_per_chunk, min(blocks, (chunk + 1) * blocks_per_chunk)):
-                acc = simd.block_zero(block_rows, block_cols, packed)
-                first_k = group * out_per_group + block * block_rows
-                acc = simd.block_fma_loop(acc, weights, first_k * weight_row, weight_row,
-                                          out_per_group - block * block_rows, packed, input_base, lanes,
-                                          tap_offsets, channels_per_group, channel_stride)
-                for m in range(min(block_rows, out_per_group - block * block_rows)):
-                    k = group * out_per_group + block * block_rows + m
-                    out_base = (image * groups * out_per_group + k) * out_plane
-                    shift = simd.broadcast(bias[k])
-                    row = acc[m]
-                    for n in range(block_cols):
-                        value = simd.add(row[n], shift)
-                        for piece in range(piece_counts[n]):
-                            lo, hi, at_out = pieces[n, piece, 0], pieces[n, piece, 1], pieces[n, piece, 2]
-                            if hi - lo == lanes:
-                                simd.store(out, out_base + at_out, value)
-                            else:
-                                simd.store_lanes(out, out_base + at_out, value, lo, hi)
+            first_block = chunk * blocks_per_chunk
+            last_block = min(blocks, first_block + blocks_per_chunk)
+            block_size = block_rows * block_cols * lanes
+            # the reduction runs over slices of the input channels small enough for the tile's
+            # input window to stay in L1 while every block of the task reads it; the blocks keep
+            # their partial sums here between slices
+            partial = np.empty((last_block - first_block) * block_size, dtype=packed.dtype)
+            for c0 in range(0, channels_per_group, channel_slice):
+                count = min(channel_slice, channels_per_group - c0)
+                for block in range(first_block, last_block):
+                    saved = (block - first_block) * block_size
+                    acc = simd.block_zero(block_rows, block_cols, packed)
+                    if c0 > 0:
+                        acc = simd.block_load(partial, saved, acc)
+                    first_k = group * out_per_group + block * block_rows
+                    acc = simd.block_fma_loop(acc, weights, first_k * weight_row + c0 * taps, weight_row,
+                                              out_per_group - block * block_rows, packed,
+                                              input_base + c0 * channel_stride, lanes, tap_offsets, count,
+                                              channel_stride)
+                    if c0 + count < channels_per_group:
+                        simd.block_store(partial, saved, acc)
+                        continue
+                    for m in range(min(block_rows, out_per_group - block * block_rows)):
+                        k = first_k + m
+                        out_base = (image * groups * out_per_group + k) * out_plane
+                        shift = simd.broadcast(bias[k])
+                        row = acc[m]
+                        for n in range(block_cols):
+                            value = simd.add(row[n], shift)
+                            for piece in range(piece_counts[n]):
+                                lo, hi, at_out = pieces[n, piece, 0], pieces[n, piece, 1], pieces[n, piece, 2]
+                                if hi - lo == lanes:
+                                    simd.store(out, out_base + at_out, value)
+                                else:
+                                    simd.store_lanes(out, out_base + at_out, value, lo, hi)
 
     return kernel
 
@@ -469,6 +535,6 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     _block_kernel(layout.rows, layout.cols)(
         packed, weight.reshape(-1), bias, out.reshape(-1), np.array(layout.tap_offsets, dtype=np.int64), spec.batch,
         spec.in_channels_per_group, spec.out_channels_per_group, spec.groups, layout.blocks, chunks,
-        layout.tiles, phases * layout.plane_size, layout.pixels, layout.plane_width, spec.out_height,
+        layout.tiles, phases * layout.plane_size, layout.channel_slice, layout.plane_width, spec.out_height,
         spec.out_width)
     return out
