@@ -666,8 +666,11 @@ def _stencil_typer(name, masked):
             count = vector.count
             w_data = context.make_array(argument_types[1])(context, builder, arguments[1]).data
             x_data = context.make_array(argument_types[3])(context, builder, arguments[3]).data
-            weights = [_splat(builder, builder.load(builder.gep(w_data, [builder.add(w_at, ir.Constant(intp, t))]),
-                                                    align=alignment), count) for t in range(kh * kw)]
+
+            def weight(t):
+                return _splat(builder, builder.load(builder.gep(w_data, [builder.add(w_at, ir.Constant(intp, t))]),
+                                                    align=alignment), count)
+
             masked_load = _masked_intrinsic(builder, "load", llvm_type) if masked else None
             zero_vector = ir.Constant(llvm_type, None)
             align_arg = ir.Constant(ir.IntType(32), alignment)
@@ -683,9 +686,10 @@ def _stencil_typer(name, masked):
                 return builder.call(masked_load, [pointer, align_arg, mask, zero_vector])
 
             # input row e (from the block's top row y0) is read by output row r through kernel
-            # row u when r·s_h + u·d_h == e: each input vector is loaded once, used by all its
-            # readers at once and then dead, so only the accumulators stay live; the loop over
-            # columns is outermost so that one column mask serves every row
+            # row u when r·s_h + u·d_h == e. Per column offset (outermost), the weights of that
+            # kernel column are loaded once and stay in registers; each input vector is then loaded
+            # once, used by all its readers at once and dead, so what stays live is the
+            # accumulators, one kernel column of weights and one column mask
             readers = {}
             for r in range(rows):
                 for u in range(kh):
@@ -704,16 +708,17 @@ def _stencil_typer(name, masked):
             odd = ir.Constant(ir.VectorType(ir.IntType(32), count), list(range(1, 2 * count, 2)))
             sums = [[builder.extract_value(builder.extract_value(acc, r), n) for n in range(cols)]
                     for r in range(rows)]
-            for n in range(cols):
-                done = set()
-                for offset in offsets:
-                    if offset in done:
-                        continue
+            done = set()
+            for offset in offsets:
+                if offset in done:
+                    continue
+                # with s_w = 2 a pair of vectors at offset also holds offset + 1 (the odd columns)
+                served = [offset] + ([offset + 1] if sw == 2 and offset + 1 in offsets else [])
+                done.update(served)
+                column_weights = {tap: weight(tap) for o in served for e in input_rows
+                                  for _, tap in readers.get((o, e), ())}
+                for n in range(cols):
                     z = builder.add(z0, ir.Constant(intp, n * count * sw + offset))
-                    # with s_w = 2 a pair of vectors at offset also holds offset + 1 (odd columns)
-                    served = [offset] + ([offset + 1] if sw == 2 and (offset + 1, input_rows[0]) is not None
-                                         and offset + 1 in offsets else [])
-                    done.update(served)
                     for e in input_rows:
                         if not any((o, e) in readers for o in served):
                             continue
@@ -726,7 +731,7 @@ def _stencil_typer(name, masked):
                                        offset + 1: builder.shuffle_vector(*pair, odd)}
                         for o in served:
                             for r, tap in readers.get((o, e), ()):
-                                sums[r][n] = _fused(builder, weights[tap], columns[o], sums[r][n])
+                                sums[r][n] = _fused(builder, column_weights[tap], columns[o], sums[r][n])
             result = acc
             for r in range(rows):
                 row = builder.extract_value(acc, r)

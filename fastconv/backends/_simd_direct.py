@@ -387,7 +387,7 @@ def _block_kernel(rows: int, cols: int):
 # the plane kernel: depthwise and single-channel convolution
 
 #: Largest kernel (taps) the plane kernel unrolls completely; larger ones run as a dense convolution.
-PLANE_MAX_TAPS = 49
+PLANE_MAX_TAPS = 121
 
 
 @dataclass(frozen=True)
@@ -398,6 +398,9 @@ class PlanePlan:
     cols: int               # vectors per register block along an output row
     lanes: int
     column_tiles: int       # register blocks across an output row
+    strip_tiles: int        # register blocks per column strip (its input rows stay in L1)
+    strip_pitch: int        # row pitch of a strip copied to scratch, or 0: read the input in place
+    scratch_rows: int       # rows of that scratch
     band_rows: int          # output rows per task (a multiple of rows)
     bands: int              # tasks per plane
 
@@ -413,16 +416,17 @@ def uses_plane_kernel(spec: ConvSpec) -> bool:
 def _plane_block_shape(spec: ConvSpec, vectors_per_row: int) -> tuple[int, int]:
     """(rows, cols) for the plane kernel.
 
-    ``rows · cols`` accumulators and the ``cols`` input vectors in flight fit the registers, with
-    three to spare for weights and masks. Output rows share input loads (``rows`` rows read
-    ``(rows - 1)·s_h + (kh - 1)·d_h + 1`` input rows per column offset, not ``rows · kh``); vectors
-    past the end of an output row and rows past the end of the plane are waste.
+    The ``rows · cols`` accumulators, one kernel column of weights (two with column stride 2)
+    and an input vector in flight fit the registers (one spare). Output rows share input loads
+    (``rows`` rows read ``(rows - 1)·s_h + (kh - 1)·d_h + 1`` input rows per column offset, not
+    ``rows · kh``); vectors past the end of an output row and rows past the end of the plane
+    are waste.
     """
-    registers = simd.VECTOR_REGISTERS - 3
     kh, (sh, dh) = spec.kernel_height, (spec.stride[0], spec.dilation[0])
+    registers = simd.VECTOR_REGISTERS - 2 - kh * min(2, spec.stride[1])
     best = None
     for cols in range(1, vectors_per_row + 1):
-        rows_max = min(8, spec.out_height, (registers - cols) // cols)
+        rows_max = min(8, spec.out_height, registers // cols)
         for rows in range(1, rows_max + 1):
             used = (vectors_per_row / (_ceil_div(vectors_per_row, cols) * cols)
                     * spec.out_height / (_ceil_div(spec.out_height, rows) * rows))
@@ -430,6 +434,8 @@ def _plane_block_shape(spec: ConvSpec, vectors_per_row: int) -> tuple[int, int]:
             score = used * rows * kh / read_rows * min(1.0, rows * cols / 8)
             if best is None or score > best[0] + 1e-9:
                 best = (score, rows, cols)
+    if best is None:  # a kernel column alone fills the registers: one vector at a time
+        return 1, 1
     return best[1], best[2]
 
 
@@ -439,10 +445,27 @@ def _plane_plan(spec: ConvSpec, threads: int) -> PlanePlan:
     vectors_per_row = _ceil_div(spec.out_width, lanes)
     rows, cols = _plane_block_shape(spec, vectors_per_row)
     column_tiles = _ceil_div(vectors_per_row, cols)
+    # a task walks down column strips narrow enough for the input rows a block reads to stay
+    # in L1 from one block row to the next
+    (sh, dh), (sw, dw) = (spec.stride[0], spec.dilation[0]), (spec.stride[1], spec.dilation[1])
+    read_rows = (rows - 1) * sh + (spec.kernel_height - 1) * dh + 1
+    tile_bytes = read_rows * cols * lanes * sw * spec.dtype.itemsize
+    strip_tiles = max(1, min(column_tiles, L1_WINDOW_BYTES // tile_bytes))
     # whole planes per task, unless there are too few planes to give every thread several tasks
     bands_wanted = _ceil_div(4 * threads, spec.batch * spec.in_channels)
     band_rows = _ceil_div(_ceil_div(spec.out_height, bands_wanted), rows) * rows
-    return PlanePlan(rows, cols, lanes, column_tiles, band_rows, _ceil_div(spec.out_height, band_rows))
+    # Wide images: rows of 2 KiB or more are read from a copy of the strip whose rows are an odd
+    # number of cache lines apart. In place, the 12-18 rows a block reads on a 2048-wide image
+    # are 8 KiB apart, fall into the same L1 sets and evict each other (45 instead of 105
+    # GFLOP/s per thread for 11x11); the copy also holds the zero padding, so no loads are masked.
+    strip_pitch = scratch_rows = 0
+    if spec.in_width * spec.dtype.itemsize >= 2048:
+        needed = strip_tiles * cols * lanes * sw + (spec.kernel_width - 1) * dw
+        lines = _ceil_div(needed * spec.dtype.itemsize, 64)
+        strip_pitch = (lines + 1 - lines % 2) * 64 // spec.dtype.itemsize
+        scratch_rows = (band_rows - 1) * sh + (spec.kernel_height - 1) * dh + 1
+    return PlanePlan(rows, cols, lanes, column_tiles, strip_tiles, strip_pitch, scratch_rows, band_rows,
+                     _ceil_div(spec.out_height, band_rows))
 
 
 @functools.lru_cache(maxsize=None)
@@ -452,7 +475,8 @@ def _plane_kernel(rows: int, cols: int, geometry: tuple):
     block_rows, block_cols, stencil = rows, cols, geometry
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def kernel(x, weight, bias, out, multiplier, band_rows, bands, column_tiles, pad_top, pad_left):
+    def kernel(x, weight, bias, out, multiplier, band_rows, bands, column_tiles, strip_tiles, strip_pitch,
+               scratch_rows, pad_top, pad_left):
         lanes = simd.lanes(x.dtype)
         batch, channels, height, width = x.shape
         out_h, out_w = out.shape[2], out.shape[3]
@@ -470,33 +494,43 @@ def _plane_kernel(rows: int, cols: int, geometry: tuple):
             base = (image * channels + channel) * plane_size
             first_row = band * band_rows
             last_row = min(out_h, first_row + band_rows)
-            for m in range(multiplier):
-                k = channel * multiplier + m
-                shift = simd.broadcast(bias[k])
-                plane = out[image, k].reshape(-1)
-                for i0 in range(first_row, last_row, block_rows):
-                    top = i0 * stride_h - pad_top
-                    rows_inside = top >= 0 and top + row_reach < height
-                    for tile in range(column_tiles):
-                        j0 = tile * block_cols * lanes
-                        left = j0 * stride_w - pad_left
-                        acc = simd.block_zero(block_rows, block_cols, flat_x)
-                        if rows_inside and left >= 0 and left + column_reach < width:
-                            acc = simd.block_stencil(acc, flat_weight, k * kh * kw, flat_x, base, width, height,
-                                                     width, top, left, stencil)
-                        else:  # reaches into the padding: masked loads read it as zeros
-                            acc = simd.block_stencil_edge(acc, flat_weight, k * kh * kw, flat_x, base, width,
-                                                          height, width, top, left, stencil)
-                        for r in range(min(block_rows, last_row - i0)):
-                            for n in range(block_cols):
-                                j = j0 + n * lanes
-                                if j >= out_w:
-                                    break
-                                value = simd.add(acc[r][n], shift)
-                                if j + lanes <= out_w:
-                                    simd.store(plane, (i0 + r) * out_w + j, value)
-                                else:
-                                    simd.store_lanes(plane, (i0 + r) * out_w + j, value, 0, out_w - j)
+            scratch = np.empty(scratch_rows * strip_pitch, dtype=x.dtype)
+            for strip in range(0, column_tiles, strip_tiles):
+                strip_left = strip * block_cols * lanes * stride_w - pad_left  # its first input column
+                if strip_pitch > 0:  # copy the strip's input (with its zero padding) first
+                    _pack_rows(x[image, channel], scratch, 0, scratch_rows, strip_pitch, 0,
+                               first_row * stride_h - pad_top, strip_left, 1, 1, 0, 0)
+                for m in range(multiplier):
+                    k = channel * multiplier + m
+                    shift = simd.broadcast(bias[k])
+                    plane = out[image, k].reshape(-1)
+                    for i0 in range(first_row, last_row, block_rows):
+                        top = i0 * stride_h - pad_top
+                        rows_inside = top >= 0 and top + row_reach < height
+                        for tile in range(strip, min(column_tiles, strip + strip_tiles)):
+                            j0 = tile * block_cols * lanes
+                            left = j0 * stride_w - pad_left
+                            acc = simd.block_zero(block_rows, block_cols, flat_x)
+                            if strip_pitch > 0:
+                                acc = simd.block_stencil(acc, flat_weight, k * kh * kw, scratch, 0, strip_pitch,
+                                                         scratch_rows, strip_pitch, (i0 - first_row) * stride_h,
+                                                         left - strip_left, stencil)
+                            elif rows_inside and left >= 0 and left + column_reach < width:
+                                acc = simd.block_stencil(acc, flat_weight, k * kh * kw, flat_x, base, width, height,
+                                                         width, top, left, stencil)
+                            else:  # reaches into the padding: masked loads read it as zeros
+                                acc = simd.block_stencil_edge(acc, flat_weight, k * kh * kw, flat_x, base, width,
+                                                              height, width, top, left, stencil)
+                            for r in range(min(block_rows, last_row - i0)):
+                                for n in range(block_cols):
+                                    j = j0 + n * lanes
+                                    if j >= out_w:
+                                        break
+                                    value = simd.add(acc[r][n], shift)
+                                    if j + lanes <= out_w:
+                                        simd.store(plane, (i0 + r) * out_w + j, value)
+                                    else:
+                                        simd.store_lanes(plane, (i0 + r) * out_w + j, value, 0, out_w - j)
 
     return kernel
 
@@ -507,7 +541,7 @@ def _run_plane(x, weight, bias, spec: ConvSpec) -> np.ndarray:
     geometry = (spec.kernel_height, spec.kernel_width, *spec.stride, *spec.dilation)
     _plane_kernel(layout.rows, layout.cols, geometry)(
         x, weight, bias, out, spec.out_channels_per_group, layout.band_rows, layout.bands, layout.column_tiles,
-        spec.padding[0][0], spec.padding[1][0])
+        layout.strip_tiles, layout.strip_pitch, layout.scratch_rows, spec.padding[0][0], spec.padding[1][0])
     return out
 
 
