@@ -107,8 +107,9 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, models, overload, register_model
 
-__all__ = ["VECTOR_BYTES", "VECTOR_REGISTERS", "Vector", "lanes", "load", "store", "load_lanes", "store_lanes",
-           "broadcast", "zero", "fma", "add", "mul", "maximum", "hsum", "even_odd", "block_zero", "block_load", "block_store", "block_fma", "block_fma_loop", "block_stencil", "block_stencil_edge"]
+__all__ = ["VECTOR_BYTES", "VECTOR_REGISTERS", "SOURCE_VERSION", "Vector", "lanes", "load", "store", "load_lanes",
+           "store_lanes", "broadcast", "zero", "fma", "add", "mul", "maximum", "hsum", "even_odd", "block_zero",
+           "block_load", "block_store", "block_fma", "block_fma_loop", "block_stencil", "block_stencil_edge"]
 
 
 def _probe_target() -> tuple[int, int]:
@@ -141,6 +142,22 @@ def _probe_target() -> tuple[int, int]:
 #: Bytes in the widest vector register numba's target CPU has (16, 32 or 64).
 #: Number of such registers (16, or 32 with AVX-512 / on AArch64).
 VECTOR_BYTES, VECTOR_REGISTERS = _probe_target()
+
+
+def _source_version() -> int:
+    import hashlib
+    from pathlib import Path
+
+    try:
+        return int.from_bytes(hashlib.sha256(Path(__file__).read_bytes()).digest()[:8], "little") >> 1
+    except OSError:  # no source file (a frozen install): its version is then fixed anyway
+        return 0
+
+
+#: A hash of this module's source. Numba's on-disk cache of a kernel is invalidated by changes
+#: to the kernel's own file only, not to the intrinsics it inlines from here: kernels that use
+#: them keep this number in their closure, which numba's cache key does include.
+SOURCE_VERSION = _source_version()
 
 _FLOATS = (types.float32, types.float64)
 

@@ -60,11 +60,13 @@ def test_matches_the_reference(problem):
 # the plane kernel (one input channel per group)
 
 
-@pytest.mark.parametrize("dtype", REAL_DTYPES)
-@pytest.mark.parametrize("kernel, stride, dilation", [
-    (3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (7, 1, 2), (3, (2, 1), (1, 3)), ((1, 5), 1, 1), ((5, 3), (1, 2), 1)])
+@pytest.mark.parametrize("kernel, stride, dilation, dtype", [
+    (3, 1, 1, np.float32), (3, 2, 1, np.float64), (5, 1, 1, np.float64), (5, 2, 1, np.float32),
+    (7, 1, 2, np.float32), (3, (2, 1), (1, 3), np.float32), ((1, 5), 1, 1, np.float64),
+    ((5, 3), (1, 2), 1, np.float32)])
 def test_plane_kernel_geometries(dtype, kernel, stride, dilation):
-    for x_shape, padding in [((2, 3, 37, 45), "same"), ((1, 2, 19, 30), ((0, 3), (4, 1))), ((1, 2, 1, 1), 6)]:
+    # two shapes: odd sizes with every border, and asymmetric padding (tiny images: test_edge_geometries)
+    for x_shape, padding in [((2, 3, 37, 45), "same"), ((1, 2, 19, 30), ((0, 3), (4, 1)))]:
         spec = make_spec(x_shape, (6, 1) + ((kernel,) * 2 if isinstance(kernel, int) else kernel), groups=x_shape[1],
                          stride=stride, dilation=dilation, padding=padding)
         assert _simd_direct.uses_plane_kernel(spec)
@@ -120,6 +122,7 @@ def test_groups(groups, per_group):
 
 @pytest.mark.parametrize("x_shape, w_shape, kwargs", [
     ((1, 2, 1, 1), (3, 2, 1, 1), {}),                                   # 1x1 image
+    ((1, 2, 1, 1), (2, 1, 3, 3), dict(groups=2, padding=4)),            # 1x1 image on the plane kernel
     ((1, 2, 1, 1), (3, 2, 3, 3), dict(padding=1)),                      # 1x1 image, padding all round
     ((1, 3, 6, 7), (4, 3, 8, 9), dict(padding=1)),                      # kernel as large as the padded input
     ((2, 2, 5, 5), (3, 2, 2, 2), dict(stride=1000, padding=2)),         # huge stride: one output pixel
@@ -187,6 +190,14 @@ def test_packed_weights_follow_in_place_updates():
     expected = reference_conv2d(x, w, padding=spec.padding)
     assert relative_error(second, expected) <= 2e-6
     assert not np.allclose(first, second)
+
+
+def test_cached_kernels_follow_the_simd_source():
+    """numba's disk cache tracks a kernel's own file only: each kernel keeps the simd module's
+    source hash in its closure, which numba's cache key includes."""
+    for kernel in (_simd_direct._block_kernel(2, 3), _simd_direct._plane_kernel(2, 1, (3, 3, 1, 1, 1, 1)),
+                   _simd_direct._input_packer(simd.SOURCE_VERSION)):
+        assert simd.SOURCE_VERSION in [cell.cell_contents for cell in kernel.py_func.__closure__]
 
 
 @pytest.mark.parametrize("threads", [1, 3])

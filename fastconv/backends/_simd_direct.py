@@ -1,40 +1,49 @@
-"""Direct convolution on explicit SIMD register blocks (:mod:`fastconv.simd`).
+"""Direct convolution on explicit SIMD register blocks (:mod:`fastconv.simd`): two kernels.
 
-The output of one group is a matrix product: ``out[k, pixel] = sum_(c, u, v) w[k, c, u, v] *
-x[c, pixel shifted by tap (u, v)]``. The kernel computes it the way a GEMM microkernel does, with
-output *pixels in vector lanes*, so that results are stored straight into the NCHW output:
+**The register-block kernel** (dense and grouped layers). The output of one group is a matrix
+product, ``out[k, pixel] = sum_(c, u, v) w[k, c, u, v] · x[c, pixel shifted by tap (u, v)]``,
+computed the way a GEMM microkernel does, with output *pixels in vector lanes* so that results
+go straight into the NCHW output:
 
-- **The input is repacked once** into zero-padded *phase planes*: for stride ``s`` the padded
-  image is split into the ``s_h × s_w`` sub-images of every ``s``-th row and column (only the
-  phases some tap reads are kept). Tap ``(u, v)`` of output pixel ``(i, j)`` then reads phase
-  ``(u·d_h mod s_h, v·d_w mod s_w)`` at ``(i + u·d_h div s_h, j + v·d_w div s_w)``, so *every* tap of
-  *every* stride and dilation reads consecutive output pixels from consecutive memory. The
-  zeros of the padding contribute ``0 · w`` exactly as torch's do (NaN for an infinite weight).
-- **Pixels are flattened** over the phase plane's row pitch ``W_ph``: a run of pixels
-  ``q = i·W_ph + j`` crosses rows freely, and tap ``(u, v)`` is one constant offset in that run
-  (``u'·W_ph + v'``). The ``W_ph - W_out`` columns per row past the output's edge are computed and
-  discarded (2 of 58 for a 3×3 layer on 56² maps).
+- **The input is packed once** into zero-padded planes in which every tap reads consecutive
+  output pixels from consecutive memory, for any stride and dilation. *Phase planes* split the
+  padded image into the ``s_h × s_w`` sub-images of every ``s``-th row and column (only phases
+  some tap reads): tap ``(u, v)`` of output ``(i, j)`` reads phase ``(u·d_h mod s_h, v·d_w mod s_w)``
+  at ``(i + u·d_h div s_h, j + v·d_w div s_w)``. Their rows are ``(kw - 1)·d_w div s_w`` pixels wider
+  than the output's, and those pixels are computed for nothing (2 of 58 on 56² maps, but 24 of 89
+  for a 3×3 dilation-12 layer on 65² maps), so the plan may instead pack *one copy per kernel
+  column* (rows as wide as the output's, ``kw`` copies to pack): :func:`plan` takes whichever
+  costs less. The zeros of the padding contribute ``0 · w`` as torch's do (NaN for ``w = inf``).
+- **Pixels are flattened** over the planes' row pitch: a run of pixels ``q = i·pitch + j`` crosses
+  rows freely and each tap is one constant offset in it.
 - **A register block** of ``rows`` output channels × ``cols`` vectors of pixels stays in
-  registers across the whole reduction (every input channel of the group, every tap): each step
-  broadcasts ``rows`` weights, loads ``cols`` input vectors and issues ``rows × cols`` fused
-  multiply-adds (:func:`fastconv.simd.block_fma`). The block is sized from the number of vector
-  registers (24 accumulators of 32 with AVX-512, 12 of 16 with AVX2 or SSE), so no build spills.
+  registers through the reduction (:func:`fastconv.simd.block_fma_loop`): each step broadcasts
+  ``rows`` weights, loads ``cols`` input vectors and issues ``rows · cols`` FMAs. The block is
+  sized from the CPU's vector registers (4×5 with AVX-512's 32, 3×3 with AVX2's 16): no spills.
+- **The reduction runs in channel slices** whose input window fits L1, every channel block of
+  the task passing over a slice before the next (partial sums kept per block in between).
 - **Weights are read where they are**: filter ``k`` is the run ``(c, u, v)`` of the (K, C/g, kh,
-  kw) weight, and step ``s`` of the reduction reads element ``s`` of each of the block's ``rows``
-  filters, so nothing is packed or cached (comparing a cached copy with a 9 MB weight on every
-  call cost 0.5 ms). A block that overhangs the group's last filter re-reads it and drops the
-  extra rows.
-- **Output**: each vector is added to the bias and stored with masked stores, split where it
-  crosses a row end (the pieces are found once per tile), so the kernel never writes outside the
-  output.
-- **The packed input** lives in a per-thread workspace reused across calls (faulting in fresh
-  pages cost a third of a 3 ms layer).
-- **Threads**: ``prange`` over (image, group, pixel tile, channel-block chunk) tasks that write
-  disjoint output blocks; chunks are split finely enough for every thread to get several.
+  kw) weight and step ``s`` of the reduction reads element ``s`` of each of the block's filters,
+  so nothing is packed or cached (checking a cached copy of a 9 MB weight cost 0.5 ms a call).
+- **Output**: each vector gets the bias and is stored with masked stores, split where it crosses a
+  row end (the pieces are found once per tile), never outside the output.
+- The packed input lives in a per-thread workspace reused across calls (faulting in fresh pages
+  cost a third of a 3 ms layer).
 
-Every index a kernel touches is derived from the spec: the packed input is allocated with the
-slack the last tile's taps read past the last plane (those lanes are discarded), and stores are
-masked to the output.
+**The plane kernel** (one input channel per group: depthwise layers with up to three filters
+per channel, single-channel images; kernels up to 11×11, column stride 1 or 2). Vectors run over
+output pixels of a row and weights are broadcast (:func:`fastconv.simd.block_stencil`, every tap
+unrolled for the spec's geometry): a block of output rows shares each input vector it loads, and
+one kernel column of weights at a time stays in registers. Small planes are read in place, with
+masked loads at the borders reading the padding as zeros (packing 56- or 28-pixel rows cost more
+than the arithmetic); rows of 2 KiB or more are read from a per-task copy of a column strip
+whose pitch is an odd number of cache lines, since rows 8 KiB apart share L1 sets.
+
+**Threads**: ``prange`` over tasks that write disjoint output blocks (image, group, pixel tile,
+channel-block chunk; or image, channel, band of rows), split finely enough for every thread to
+get several. Every index is derived from the spec: the packed input has the slack the last
+tile's taps read past the last plane (lanes that are discarded), loads past a plane's edge are
+masked, stores are masked to the output.
 
 Examples
 --------
@@ -260,22 +269,29 @@ def _fill_zero(packed, at, count, zero, lanes):
         simd.store_lanes(packed, at + j, zero, 0, count - j)
 
 
-@njit(parallel=True, cache=True)
-def _pack_input(x, packed, row_phases, col_phases, plane_height, plane_width, stride_h, stride_w, pad_top,
-                pad_left):
-    """Zero-padded phase planes of ``x``: packed[n, c, a, b, I, J] = xpad[I·s_h + a_, J·s_w + b_]."""
-    batch, channels = x.shape[:2]
-    phase_count = row_phases.shape[0] * col_phases.shape[0]
-    plane_size = plane_height * plane_width
-    for plane in prange(batch * channels * phase_count):
-        image = plane // (channels * phase_count)
-        channel = (plane // phase_count) % channels
-        phase = plane % phase_count
-        _pack_rows(x[image, channel], packed, plane * plane_size, plane_height, plane_width, 0,
-                   row_phases[phase // col_phases.shape[0]], col_phases[phase % col_phases.shape[0]],
-                   stride_h, stride_w, pad_top, pad_left)
-    used = batch * channels * phase_count * plane_size
-    packed[used:] = 0
+@functools.lru_cache(maxsize=None)
+def _input_packer(simd_version: int):
+    """The input-packing kernel, a closure over ``simd_version`` (:data:`fastconv.simd.SOURCE_VERSION`)."""
+    version = simd_version
+
+    @njit(parallel=True, cache=True)
+    def pack(x, packed, row_phases, col_phases, plane_height, plane_width, stride_h, stride_w, pad_top, pad_left):
+        """Zero-padded phase planes of ``x``: packed[n, c, a, b, I, J] = xpad[I·s_h + a_, J·s_w + b_]."""
+        version  # noqa: B018 (keeps the simd version in the closure, so in numba's cache key)
+        batch, channels = x.shape[:2]
+        phase_count = row_phases.shape[0] * col_phases.shape[0]
+        plane_size = plane_height * plane_width
+        for plane in prange(batch * channels * phase_count):
+            image = plane // (channels * phase_count)
+            channel = (plane // phase_count) % channels
+            phase = plane % phase_count
+            _pack_rows(x[image, channel], packed, plane * plane_size, plane_height, plane_width, 0,
+                       row_phases[phase // col_phases.shape[0]], col_phases[phase % col_phases.shape[0]],
+                       stride_h, stride_w, pad_top, pad_left)
+        used = batch * channels * phase_count * plane_size
+        packed[used:] = 0
+
+    return pack
 
 
 _workspaces = threading.local()
@@ -304,11 +320,12 @@ def _workspace(size: int, dtype: np.dtype) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def _block_kernel(rows: int, cols: int):
     """The kernel for a ``rows × cols`` register block (both compile-time constants)."""
-    block_rows, block_cols = rows, cols
+    block_rows, block_cols, version = rows, cols, simd.SOURCE_VERSION
 
     @njit(parallel=True, fastmath=True, cache=True)
     def kernel(packed, weights, bias, out, tap_offsets, batch, channels_per_group, out_per_group, groups,
                blocks, chunks, tiles, channel_stride, channel_slice, plane_width, out_h, out_w):
+        version  # noqa: B018 (the simd version in the closure: part of numba's cache key)
         lanes = simd.lanes(packed.dtype)
         tile = block_cols * lanes
         taps = tap_offsets.shape[0]
@@ -472,11 +489,12 @@ def _plane_plan(spec: ConvSpec, threads: int) -> PlanePlan:
 def _plane_kernel(rows: int, cols: int, geometry: tuple):
     """The plane kernel for a ``rows × cols`` block and ``geometry`` = (kh, kw, s_h, s_w, d_h, d_w),
     all compile-time constants (every tap unrolled)."""
-    block_rows, block_cols, stencil = rows, cols, geometry
+    block_rows, block_cols, stencil, version = rows, cols, geometry, simd.SOURCE_VERSION
 
     @njit(parallel=True, fastmath=True, cache=True)
     def kernel(x, weight, bias, out, multiplier, band_rows, bands, column_tiles, strip_tiles, strip_pitch,
                scratch_rows, pad_top, pad_left):
+        version  # noqa: B018 (the simd version in the closure: part of numba's cache key)
         lanes = simd.lanes(x.dtype)
         batch, channels, height, width = x.shape
         out_h, out_w = out.shape[2], out.shape[3]
@@ -553,15 +571,17 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     if spec.batch == 0:
         return np.empty(spec.out_shape, dtype=spec.dtype)
     numba.set_num_threads(min(config.threads, numba.config.NUMBA_NUM_THREADS))
-    bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else bias
+    # the protocol promises C-contiguous arrays; the kernels index them flat, so make sure (free if so)
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else np.ascontiguousarray(bias)
     if uses_plane_kernel(spec):
         return _run_plane(x, weight, bias, spec)
     layout = plan(spec)
     check_array_fits((layout.buffer_size,), spec.dtype, spec, "the packed input")
     packed = _workspace(layout.buffer_size, spec.dtype)
-    _pack_input(x, packed, np.array(layout.row_phases, dtype=np.int64), np.array(layout.col_phases, dtype=np.int64),
-                layout.plane_height, layout.plane_width, spec.stride[0], spec.stride[1], spec.padding[0][0],
-                spec.padding[1][0])
+    _input_packer(simd.SOURCE_VERSION)(
+        x, packed, np.array(layout.row_phases, dtype=np.int64), np.array(layout.col_phases, dtype=np.int64),
+        layout.plane_height, layout.plane_width, *spec.stride, spec.padding[0][0], spec.padding[1][0])
     out = np.empty(spec.out_shape, dtype=spec.dtype)
     phases = len(layout.row_phases) * len(layout.col_phases)
     # split each tile's channel blocks into chunks until every thread has several tasks
