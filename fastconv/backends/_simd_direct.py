@@ -1,0 +1,594 @@
+"""Direct convolution on explicit SIMD register blocks (:mod:`fastconv.simd`): two kernels.
+
+**The register-block kernel** (dense and grouped layers). The output of one group is a matrix
+product, ``out[k, pixel] = sum_(c, u, v) w[k, c, u, v] · x[c, pixel shifted by tap (u, v)]``,
+computed the way a GEMM microkernel does, with output *pixels in vector lanes* so that results
+go straight into the NCHW output:
+
+- **The input is packed once** into zero-padded planes in which every tap reads consecutive
+  output pixels from consecutive memory, for any stride and dilation. *Phase planes* split the
+  padded image into the ``s_h × s_w`` sub-images of every ``s``-th row and column (only phases
+  some tap reads): tap ``(u, v)`` of output ``(i, j)`` reads phase ``(u·d_h mod s_h, v·d_w mod s_w)``
+  at ``(i + u·d_h div s_h, j + v·d_w div s_w)``. Their rows are ``(kw - 1)·d_w div s_w`` pixels wider
+  than the output's, and those pixels are computed for nothing (2 of 58 on 56² maps, but 24 of 89
+  for a 3×3 dilation-12 layer on 65² maps), so the plan may instead pack *one copy per kernel
+  column* (rows as wide as the output's, ``kw`` copies to pack): :func:`plan` takes whichever
+  costs less. The zeros of the padding contribute ``0 · w`` as torch's do (NaN for ``w = inf``).
+- **Pixels are flattened** over the planes' row pitch: a run of pixels ``q = i·pitch + j`` crosses
+  rows freely and each tap is one constant offset in it.
+- **A register block** of ``rows`` output channels × ``cols`` vectors of pixels stays in
+  registers through the reduction (:func:`fastconv.simd.block_fma_loop`): each step broadcasts
+  ``rows`` weights, loads ``cols`` input vectors and issues ``rows · cols`` FMAs. The block is
+  sized from the CPU's vector registers (4×5 with AVX-512's 32, 3×3 with AVX2's 16): no spills.
+- **The reduction runs in channel slices** whose input window fits L1, every channel block of
+  the task passing over a slice before the next (partial sums kept per block in between).
+- **Weights are read where they are**: filter ``k`` is the run ``(c, u, v)`` of the (K, C/g, kh,
+  kw) weight and step ``s`` of the reduction reads element ``s`` of each of the block's filters,
+  so nothing is packed or cached (checking a cached copy of a 9 MB weight cost 0.5 ms a call).
+- **Output**: each vector gets the bias and is stored with masked stores, split where it crosses a
+  row end (the pieces are found once per tile), never outside the output.
+- The packed input lives in a per-thread workspace reused across calls (faulting in fresh pages
+  cost a third of a 3 ms layer).
+
+**The plane kernel** (one input channel per group: depthwise layers with up to three filters
+per channel, single-channel images; kernels up to 11×11, column stride 1 or 2). Vectors run over
+output pixels of a row and weights are broadcast (:func:`fastconv.simd.block_stencil`, every tap
+unrolled for the spec's geometry): a block of output rows shares each input vector it loads, and
+one kernel column of weights at a time stays in registers. Small planes are read in place, with
+masked loads at the borders reading the padding as zeros (packing 56- or 28-pixel rows cost more
+than the arithmetic); rows of 2 KiB or more are read from a per-task copy of a column strip
+whose pitch is an odd number of cache lines, since rows 8 KiB apart share L1 sets.
+
+**Threads**: ``prange`` over tasks that write disjoint output blocks (image, group, pixel tile,
+channel-block chunk; or image, channel, band of rows), split finely enough for every thread to
+get several. Every index is derived from the spec: the packed input has the slack the last
+tile's taps read past the last plane (lanes that are discarded), loads past a plane's edge are
+masked, stores are masked to the output.
+
+Examples
+--------
+>>> import numpy as np
+>>> from fastconv.geometry import make_spec
+>>> x = np.ones((1, 2, 5, 5), np.float32); w = np.ones((3, 2, 3, 3), np.float32)
+>>> run(x, w, None, make_spec(x.shape, w.shape, padding=1, dtype=np.float32))[0, 0, :2, :3]
+array([[ 8., 12., 12.],
+       [12., 18., 18.]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from fastconv import config, simd
+from fastconv.geometry import ConvSpec, check_array_fits
+
+name = "simd_direct"
+
+__all__ = ["name", "available", "supports", "run", "plan"]
+
+
+def available() -> str | None:
+    return None
+
+
+def supports(spec: ConvSpec) -> str | None:
+    if spec.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        return f"simd_direct computes in float32 or float64, not {spec.dtype}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan: every size the kernels use, derived from the spec alone
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one spec is laid out for the register-block kernel (all sizes in elements)."""
+
+    rows: int               # output channels per register block (broadcast weights)
+    cols: int               # pixel vectors per register block
+    lanes: int              # pixels per vector
+    row_phases: tuple       # input row phases (u·d_h mod s_h) some tap reads
+    col_phases: tuple       # input column phases
+    plane_height: int       # rows of a phase plane
+    plane_width: int        # W_ph: the row pitch of phase planes and of the flattened pixel runs
+    plane_size: int         # elements per phase plane
+    tap_offsets: tuple      # per tap (u, v): phase plane index · plane_size + u'·W_ph + v'
+    pixels: int             # Q: flattened pixels from the first output pixel to the last
+    tiles: int              # pixel tiles (rows · cols · lanes outputs each) per plane
+    blocks: int             # channel blocks per group (out_channels_per_group padded up to rows)
+    channel_slice: int      # input channels per pass of the reduction (the rest is L1-sized)
+    buffer_size: int        # elements of the packed input, with the slack the last tile reads
+
+
+def _block_shape(out_per_group: int, pixel_vectors: int) -> tuple[int, int]:
+    """(rows, cols) of the register block for ``out_per_group`` channels and this many pixel vectors.
+
+    One step of the block keeps ``rows · cols`` accumulators, ``rows`` broadcast weights and
+    ``cols`` input vectors live, and all of them must fit the CPU's vector registers (one spare),
+    or LLVM spills accumulators on every step. A step issues ``rows · cols`` FMAs for ``rows +
+    cols`` loads, and loads do cost: on a Zen 4 core a 3×7 block ran a 512-channel layer 1.6×
+    faster than 1×13, a 4×5 block a 64-channel one 10% faster than 2×7. So the block with the
+    most useful FMAs per load wins, counting as waste the zero filters that pad a group's
+    channels up to a multiple of ``rows`` and the vectors the last tile computes past the end.
+    """
+    registers = simd.VECTOR_REGISTERS - 1
+    best = None
+    for rows in range(1, 9):
+        widest = min((registers - rows) // (rows + 1), pixel_vectors)
+        for cols in range(1, widest + 1):
+            used = (out_per_group / (_ceil_div(out_per_group, rows) * rows)
+                    * pixel_vectors / (_ceil_div(pixel_vectors, cols) * cols))
+            score = used * rows * cols / (rows + cols)
+            if best is None or score > best[0] + 1e-9:
+                best = (score, rows, cols)
+    return best[1], best[2]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+#: Bytes of input a tile may read per pass of the reduction: about half of a 32 KiB L1 data cache.
+L1_WINDOW_BYTES = 16 << 10
+
+#: Rough single-thread rates for choosing a layout: useful FLOP/s of the register block, and
+#: bytes/s of packed input written (the packing is a strided copy).
+_FLOP_RATE, _PACK_RATE = 100e9, 10e9
+
+
+def _layout(spec: ConvSpec, column_copies: bool) -> Plan:
+    """The plan with phase planes (``column_copies=False``) or with one copy per kernel column.
+
+    Phase planes hold every ``s_w``-th column once; tap ``v`` reads them at column offset
+    ``v·d_w div s_w``, so their rows are ``(kw - 1)·d_w div s_w`` pixels wider than the output's and
+    those pixels are computed for nothing (27% of a 3×3 dilation-12 layer on 65² maps). Column
+    copies hold, for each distinct ``v·d_w``, the columns ``J·s_w + v·d_w``: rows exactly as wide as
+    the output's, at the price of packing ``kw`` copies instead of ``s_w`` phases.
+    """
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    kh, kw = spec.kernel_height, spec.kernel_width
+    out_h, out_w = spec.out_height, spec.out_width
+    lanes = simd.lanes(spec.dtype)
+    row_phases = tuple(sorted({u * dh % sh for u in range(kh)}))
+    if column_copies:
+        col_phases = tuple(sorted({v * dw for v in range(kw)}))
+        plane_width = out_w
+
+        def column(v):
+            return col_phases.index(v * dw), 0
+    else:
+        col_phases = tuple(sorted({v * dw % sw for v in range(kw)}))
+        plane_width = out_w + (kw - 1) * dw // sw
+
+        def column(v):
+            return col_phases.index(v * dw % sw), v * dw // sw
+    plane_height = out_h + (kh - 1) * dh // sh
+    plane_size = plane_height * plane_width
+    tap_offsets = tuple(
+        (row_phases.index(u * dh % sh) * len(col_phases) + column(v)[0]) * plane_size
+        + (u * dh // sh) * plane_width + column(v)[1]
+        for u in range(kh) for v in range(kw))
+    pixels = (out_h - 1) * plane_width + out_w
+    vectors = _ceil_div(pixels, lanes)
+    rows, cols = _block_shape(spec.out_channels_per_group, vectors)
+    tiles = _ceil_div(vectors, cols)
+    tile = cols * lanes
+    blocks = _ceil_div(spec.out_channels_per_group, rows)
+    # the input lines one channel of a tile reads: per phase plane and row offset, the tile's
+    # pixels and the furthest column offset
+    reach = {}
+    for offset in tap_offsets:
+        start = offset - offset % plane_width
+        reach[start] = max(reach.get(start, 0), offset % plane_width)
+    window = sum(tile + extra for extra in reach.values()) * spec.dtype.itemsize
+    channel_slice = max(1, min(spec.in_channels_per_group, L1_WINDOW_BYTES // window))
+    planes = spec.batch * spec.in_channels * len(row_phases) * len(col_phases)
+    last_read = (planes - len(row_phases) * len(col_phases)) * plane_size + tiles * tile - 1 + max(tap_offsets)
+    buffer_size = max(planes * plane_size, last_read + 1)
+    return Plan(rows, cols, lanes, row_phases, col_phases, plane_height, plane_width, plane_size, tap_offsets,
+                pixels, tiles, blocks, channel_slice, buffer_size)
+
+
+def _seconds(spec: ConvSpec, layout: Plan) -> float:
+    """Estimated single-thread time of a layout: the FMAs it issues plus the input it packs."""
+    computed = (2 * spec.batch * spec.groups * layout.blocks * layout.rows * layout.tiles * layout.cols
+                * layout.lanes * spec.in_channels_per_group * spec.kernel_height * spec.kernel_width)
+    return computed / _FLOP_RATE + layout.buffer_size * spec.dtype.itemsize / _PACK_RATE
+
+
+@functools.lru_cache(maxsize=256)
+def plan(spec: ConvSpec) -> Plan:
+    """The :class:`Plan` for ``spec``: phase planes or column copies, whichever costs less
+    (cached: a spec is hashable and immutable)."""
+    return min((_layout(spec, copies) for copies in (False, True)), key=lambda layout: _seconds(spec, layout))
+
+
+# ---------------------------------------------------------------------------------------------
+# input and weight packing
+
+
+@njit(inline="always")
+def _pack_rows(image, packed, start, rows, pitch, first_row, a, b, stride_h, stride_w, pad_top, pad_left):
+    """``rows`` rows of one zero-padded phase plane of ``image`` (H, W) into ``packed[start:]``.
+
+    Row ``I`` (from ``first_row``), column ``J`` of phase ``(a, b)`` is padded-image pixel
+    ``(I·s_h + a, J·s_w + b)``; rows are ``pitch`` elements apart.
+    """
+    height, width = image.shape
+    flat = image.reshape(-1)
+    lanes = simd.lanes(packed.dtype)
+    zero = simd.zero(packed)
+    # columns J whose source column J·s_w + b - pad_left is inside [0, width)
+    first = min(pitch, max(0, (pad_left - b + stride_w - 1) // stride_w))
+    stop = min(pitch, max(first, (width + pad_left - b + stride_w - 1) // stride_w))
+    source_start = first * stride_w + b - pad_left
+    for row_index in range(rows):
+        at = start + row_index * pitch
+        source_row = (first_row + row_index) * stride_h + a - pad_top
+        if source_row < 0 or source_row >= height:
+            _fill_zero(packed, at, pitch, zero, lanes)
+            continue
+        _fill_zero(packed, at, first, zero, lanes)
+        _fill_zero(packed, at + stop, pitch - stop, zero, lanes)
+        source = source_row * width + source_start
+        count = stop - first
+        if stride_w == 1:
+            j = 0
+            while j + lanes <= count:
+                simd.store(packed, at + first + j, simd.load(flat, source + j))
+                j += lanes
+            if j < count:
+                simd.store_lanes(packed, at + first + j, simd.load_lanes(flat, source + j, 0, count - j), 0, count - j)
+        else:
+            if stride_w == 2:  # two vectors of the row, deinterleaved: their even elements
+                for j in range(0, count, lanes):
+                    wanted = min(lanes, count - j)
+                    needed = 2 * wanted - 1  # source elements from the first to the last wanted
+                    low = simd.load_lanes(flat, source + 2 * j, 0, min(lanes, needed))
+                    high = simd.load_lanes(flat, source + 2 * j + lanes, 0, needed - lanes)
+                    simd.store_lanes(packed, at + first + j, simd.even_odd(low, high)[0], 0, wanted)
+            else:
+                for j in range(count):
+                    packed[at + first + j] = flat[source + j * stride_w]
+
+
+@njit(inline="always")
+def _fill_zero(packed, at, count, zero, lanes):
+    j = 0
+    while j + lanes <= count:
+        simd.store(packed, at + j, zero)
+        j += lanes
+    if j < count:
+        simd.store_lanes(packed, at + j, zero, 0, count - j)
+
+
+@functools.lru_cache(maxsize=None)
+def _input_packer(simd_version: int):
+    """The input-packing kernel, a closure over ``simd_version`` (:data:`fastconv.simd.SOURCE_VERSION`)."""
+    version = simd_version
+
+    @njit(parallel=True, cache=True)
+    def pack(x, packed, row_phases, col_phases, plane_height, plane_width, stride_h, stride_w, pad_top, pad_left):
+        """Zero-padded phase planes of ``x``: packed[n, c, a, b, I, J] = xpad[I·s_h + a_, J·s_w + b_]."""
+        version  # noqa: B018 (keeps the simd version in the closure, so in numba's cache key)
+        batch, channels = x.shape[:2]
+        phase_count = row_phases.shape[0] * col_phases.shape[0]
+        plane_size = plane_height * plane_width
+        for plane in prange(batch * channels * phase_count):
+            image = plane // (channels * phase_count)
+            channel = (plane // phase_count) % channels
+            phase = plane % phase_count
+            _pack_rows(x[image, channel], packed, plane * plane_size, plane_height, plane_width, 0,
+                       row_phases[phase // col_phases.shape[0]], col_phases[phase % col_phases.shape[0]],
+                       stride_h, stride_w, pad_top, pad_left)
+        used = batch * channels * phase_count * plane_size
+        packed[used:] = 0
+
+    return pack
+
+
+_workspaces = threading.local()
+
+
+def _workspace(size: int, dtype: np.dtype) -> np.ndarray:
+    """A scratch array of ``size`` elements, kept for the next call of this thread.
+
+    The packed input is about as large as the input, and fresh pages cost more to fault in than
+    the packing itself (1 ms of a 3 ms layer when measured), so each thread keeps its largest
+    workspace up to ``config.workspace_bytes``.
+    """
+    kept = getattr(_workspaces, "array", None)
+    if kept is not None and kept.dtype == dtype and kept.size >= size:
+        return kept[:size]
+    array = np.empty(size, dtype=dtype)
+    if array.nbytes <= config.workspace_bytes:
+        _workspaces.array = array
+    return array
+
+
+# ---------------------------------------------------------------------------------------------
+# the register-block kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _block_kernel(rows: int, cols: int):
+    """The kernel for a ``rows × cols`` register block (both compile-time constants)."""
+    block_rows, block_cols, version = rows, cols, simd.SOURCE_VERSION
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def kernel(packed, weights, bias, out, tap_offsets, batch, channels_per_group, out_per_group, groups,
+               blocks, chunks, tiles, channel_stride, channel_slice, plane_width, out_h, out_w):
+        version  # noqa: B018 (the simd version in the closure: part of numba's cache key)
+        lanes = simd.lanes(packed.dtype)
+        tile = block_cols * lanes
+        taps = tap_offsets.shape[0]
+        weight_row = channels_per_group * taps  # one filter: (c, u, v) in order
+        blocks_per_chunk = (blocks + chunks - 1) // chunks
+        out_plane = out_h * out_w
+        for task in prange(batch * groups * tiles * chunks):
+            chunk = task % chunks
+            tile_index = (task // chunks) % tiles
+            group = (task // (chunks * tiles)) % groups
+            image = task // (chunks * tiles * groups)
+            first_pixel = tile_index * tile
+            input_base = (image * groups + group) * channels_per_group * channel_stride + first_pixel
+            # where the lanes of each of the tile's vectors go: pieces (first lane, end lane, output
+            # offset of lane 0) that lie in one output row, found once for every block of the tile
+            pieces = np.empty((block_cols, lanes, 3), dtype=np.int64)
+            piece_counts = np.zeros(block_cols, dtype=np.int64)
+            for n in range(block_cols):
+                q = first_pixel + n * lanes
+                i = q // plane_width
+                j = q - i * plane_width
+                lane = 0
+                while lane < lanes and i < out_h:
+                    if j >= out_w:  # past the row's last output: on to the next row
+                        lane += plane_width - j
+                        i += 1
+                        j = 0
+                        continue
+                    count = min(lanes - lane, out_w - j)
+                    pieces[n, piece_counts[n], 0] = lane
+                    pieces[n, piece_counts[n], 1] = lane + count
+                    pieces[n, piece_counts[n], 2] = i * out_w + j - lane
+                    piece_counts[n] += 1
+                    lane += count
+                    j += count
+            first_block = chunk * blocks_per_chunk
+            last_block = min(blocks, first_block + blocks_per_chunk)
+            block_size = block_rows * block_cols * lanes
+            # the reduction runs over slices of the input channels small enough for the tile's
+            # input window to stay in L1 while every block of the task reads it; the blocks keep
+            # their partial sums here between slices
+            partial = np.empty((last_block - first_block) * block_size, dtype=packed.dtype)
+            for c0 in range(0, channels_per_group, channel_slice):
+                count = min(channel_slice, channels_per_group - c0)
+                for block in range(first_block, last_block):
+                    saved = (block - first_block) * block_size
+                    acc = simd.block_zero(block_rows, block_cols, packed)
+                    if c0 > 0:
+                        acc = simd.block_load(partial, saved, acc)
+                    first_k = group * out_per_group + block * block_rows
+                    acc = simd.block_fma_loop(acc, weights, first_k * weight_row + c0 * taps, weight_row,
+                                              out_per_group - block * block_rows, packed,
+                                              input_base + c0 * channel_stride, lanes, tap_offsets, count,
+                                              channel_stride)
+                    if c0 + count < channels_per_group:
+                        simd.block_store(partial, saved, acc)
+                        continue
+                    for m in range(min(block_rows, out_per_group - block * block_rows)):
+                        k = first_k + m
+                        out_base = (image * groups * out_per_group + k) * out_plane
+                        shift = simd.broadcast(bias[k])
+                        row = acc[m]
+                        for n in range(block_cols):
+                            value = simd.add(row[n], shift)
+                            for piece in range(piece_counts[n]):
+                                lo, hi, at_out = pieces[n, piece, 0], pieces[n, piece, 1], pieces[n, piece, 2]
+                                if hi - lo == lanes:
+                                    simd.store(out, out_base + at_out, value)
+                                else:
+                                    simd.store_lanes(out, out_base + at_out, value, lo, hi)
+
+    return kernel
+
+
+# ---------------------------------------------------------------------------------------------
+# the plane kernel: depthwise and single-channel convolution
+
+#: Largest kernel (taps) the plane kernel unrolls completely; larger ones run as a dense convolution.
+PLANE_MAX_TAPS = 121
+
+
+@dataclass(frozen=True)
+class PlanePlan:
+    """How a depthwise spec (one input channel per group) runs on the plane kernel."""
+
+    rows: int               # output rows per register block (they share input loads)
+    cols: int               # vectors per register block along an output row
+    lanes: int
+    column_tiles: int       # register blocks across an output row
+    strip_tiles: int        # register blocks per column strip (its input rows stay in L1)
+    strip_pitch: int        # row pitch of a strip copied to scratch, or 0: read the input in place
+    scratch_rows: int       # rows of that scratch
+    band_rows: int          # output rows per task (a multiple of rows)
+    bands: int              # tasks per plane
+
+
+def uses_plane_kernel(spec: ConvSpec) -> bool:
+    """True when ``spec`` runs on the plane kernel: one input channel per group (depthwise, or a
+    single-channel image), at most three filters per channel, column stride 1 or 2 and at most
+    ``PLANE_MAX_TAPS`` taps (every tap is unrolled)."""
+    return (spec.in_channels_per_group == 1 and spec.out_channels_per_group <= 3 and spec.stride[1] <= 2
+            and spec.kernel_height * spec.kernel_width <= PLANE_MAX_TAPS)
+
+
+def _plane_block_shape(spec: ConvSpec, vectors_per_row: int) -> tuple[int, int]:
+    """(rows, cols) for the plane kernel.
+
+    The ``rows · cols`` accumulators, one kernel column of weights (two with column stride 2)
+    and an input vector in flight fit the registers (one spare). Output rows share input loads
+    (``rows`` rows read ``(rows - 1)·s_h + (kh - 1)·d_h + 1`` input rows per column offset, not
+    ``rows · kh``); vectors past the end of an output row and rows past the end of the plane
+    are waste.
+    """
+    kh, (sh, dh) = spec.kernel_height, (spec.stride[0], spec.dilation[0])
+    registers = simd.VECTOR_REGISTERS - 2 - kh * min(2, spec.stride[1])
+    best = None
+    for cols in range(1, vectors_per_row + 1):
+        rows_max = min(8, spec.out_height, registers // cols)
+        for rows in range(1, rows_max + 1):
+            used = (vectors_per_row / (_ceil_div(vectors_per_row, cols) * cols)
+                    * spec.out_height / (_ceil_div(spec.out_height, rows) * rows))
+            read_rows = len({r * sh + u * dh for r in range(rows) for u in range(kh)})
+            score = used * rows * kh / read_rows * min(1.0, rows * cols / 8)
+            if best is None or score > best[0] + 1e-9:
+                best = (score, rows, cols)
+    if best is None:  # a kernel column alone fills the registers: one vector at a time
+        return 1, 1
+    return best[1], best[2]
+
+
+@functools.lru_cache(maxsize=256)
+def _plane_plan(spec: ConvSpec, threads: int) -> PlanePlan:
+    lanes = simd.lanes(spec.dtype)
+    vectors_per_row = _ceil_div(spec.out_width, lanes)
+    rows, cols = _plane_block_shape(spec, vectors_per_row)
+    column_tiles = _ceil_div(vectors_per_row, cols)
+    # a task walks down column strips narrow enough for the input rows a block reads to stay
+    # in L1 from one block row to the next
+    (sh, dh), (sw, dw) = (spec.stride[0], spec.dilation[0]), (spec.stride[1], spec.dilation[1])
+    read_rows = (rows - 1) * sh + (spec.kernel_height - 1) * dh + 1
+    tile_bytes = read_rows * cols * lanes * sw * spec.dtype.itemsize
+    strip_tiles = max(1, min(column_tiles, L1_WINDOW_BYTES // tile_bytes))
+    # whole planes per task, unless there are too few planes to give every thread several tasks
+    bands_wanted = _ceil_div(4 * threads, spec.batch * spec.in_channels)
+    band_rows = _ceil_div(_ceil_div(spec.out_height, bands_wanted), rows) * rows
+    # Wide images: rows of 2 KiB or more are read from a copy of the strip whose rows are an odd
+    # number of cache lines apart. In place, the 12-18 rows a block reads on a 2048-wide image
+    # are 8 KiB apart, fall into the same L1 sets and evict each other (45 instead of 105
+    # GFLOP/s per thread for 11x11); the copy also holds the zero padding, so no loads are masked.
+    strip_pitch = scratch_rows = 0
+    if spec.in_width * spec.dtype.itemsize >= 2048:
+        needed = strip_tiles * cols * lanes * sw + (spec.kernel_width - 1) * dw
+        lines = _ceil_div(needed * spec.dtype.itemsize, 64)
+        strip_pitch = (lines + 1 - lines % 2) * 64 // spec.dtype.itemsize
+        scratch_rows = (band_rows - 1) * sh + (spec.kernel_height - 1) * dh + 1
+    return PlanePlan(rows, cols, lanes, column_tiles, strip_tiles, strip_pitch, scratch_rows, band_rows,
+                     _ceil_div(spec.out_height, band_rows))
+
+
+@functools.lru_cache(maxsize=None)
+def _plane_kernel(rows: int, cols: int, geometry: tuple):
+    """The plane kernel for a ``rows × cols`` block and ``geometry`` = (kh, kw, s_h, s_w, d_h, d_w),
+    all compile-time constants (every tap unrolled)."""
+    block_rows, block_cols, stencil, version = rows, cols, geometry, simd.SOURCE_VERSION
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def kernel(x, weight, bias, out, multiplier, band_rows, bands, column_tiles, strip_tiles, strip_pitch,
+               scratch_rows, pad_top, pad_left):
+        version  # noqa: B018 (the simd version in the closure: part of numba's cache key)
+        lanes = simd.lanes(x.dtype)
+        batch, channels, height, width = x.shape
+        out_h, out_w = out.shape[2], out.shape[3]
+        kh, kw, stride_h, stride_w, dilation_h, dilation_w = stencil
+        # the input rows and columns one block reads, past its first
+        row_reach = (block_rows - 1) * stride_h + (kh - 1) * dilation_h
+        column_reach = stride_w * block_cols * lanes - 1 + (kw - 1) * dilation_w
+        flat_x = x.reshape(-1)
+        flat_weight = weight.reshape(-1)
+        plane_size = height * width
+        for task in prange(batch * channels * bands):
+            band = task % bands
+            channel = (task // bands) % channels
+            image = task // (bands * channels)
+            base = (image * channels + channel) * plane_size
+            first_row = band * band_rows
+            last_row = min(out_h, first_row + band_rows)
+            scratch = np.empty(scratch_rows * strip_pitch, dtype=x.dtype)
+            for strip in range(0, column_tiles, strip_tiles):
+                strip_left = strip * block_cols * lanes * stride_w - pad_left  # its first input column
+                if strip_pitch > 0:  # copy the strip's input (with its zero padding) first
+                    _pack_rows(x[image, channel], scratch, 0, scratch_rows, strip_pitch, 0,
+                               first_row * stride_h - pad_top, strip_left, 1, 1, 0, 0)
+                for m in range(multiplier):
+                    k = channel * multiplier + m
+                    shift = simd.broadcast(bias[k])
+                    plane = out[image, k].reshape(-1)
+                    for i0 in range(first_row, last_row, block_rows):
+                        top = i0 * stride_h - pad_top
+                        rows_inside = top >= 0 and top + row_reach < height
+                        for tile in range(strip, min(column_tiles, strip + strip_tiles)):
+                            j0 = tile * block_cols * lanes
+                            left = j0 * stride_w - pad_left
+                            acc = simd.block_zero(block_rows, block_cols, flat_x)
+                            if strip_pitch > 0:
+                                acc = simd.block_stencil(acc, flat_weight, k * kh * kw, scratch, 0, strip_pitch,
+                                                         scratch_rows, strip_pitch, (i0 - first_row) * stride_h,
+                                                         left - strip_left, stencil)
+                            elif rows_inside and left >= 0 and left + column_reach < width:
+                                acc = simd.block_stencil(acc, flat_weight, k * kh * kw, flat_x, base, width, height,
+                                                         width, top, left, stencil)
+                            else:  # reaches into the padding: masked loads read it as zeros
+                                acc = simd.block_stencil_edge(acc, flat_weight, k * kh * kw, flat_x, base, width,
+                                                              height, width, top, left, stencil)
+                            for r in range(min(block_rows, last_row - i0)):
+                                for n in range(block_cols):
+                                    j = j0 + n * lanes
+                                    if j >= out_w:
+                                        break
+                                    value = simd.add(acc[r][n], shift)
+                                    if j + lanes <= out_w:
+                                        simd.store(plane, (i0 + r) * out_w + j, value)
+                                    else:
+                                        simd.store_lanes(plane, (i0 + r) * out_w + j, value, 0, out_w - j)
+
+    return kernel
+
+
+def _run_plane(x, weight, bias, spec: ConvSpec) -> np.ndarray:
+    layout = _plane_plan(spec, config.threads)
+    out = np.empty(spec.out_shape, dtype=spec.dtype)
+    geometry = (spec.kernel_height, spec.kernel_width, *spec.stride, *spec.dilation)
+    _plane_kernel(layout.rows, layout.cols, geometry)(
+        x, weight, bias, out, spec.out_channels_per_group, layout.band_rows, layout.bands, layout.column_tiles,
+        layout.strip_tiles, layout.strip_pitch, layout.scratch_rows, spec.padding[0][0], spec.padding[1][0])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the backend entry point
+
+
+def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
+    if spec.batch == 0:
+        return np.empty(spec.out_shape, dtype=spec.dtype)
+    numba.set_num_threads(min(config.threads, numba.config.NUMBA_NUM_THREADS))
+    # the protocol promises C-contiguous arrays; the kernels index them flat, so make sure (free if so)
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else np.ascontiguousarray(bias)
+    if uses_plane_kernel(spec):
+        return _run_plane(x, weight, bias, spec)
+    layout = plan(spec)
+    check_array_fits((layout.buffer_size,), spec.dtype, spec, "the packed input")
+    packed = _workspace(layout.buffer_size, spec.dtype)
+    _input_packer(simd.SOURCE_VERSION)(
+        x, packed, np.array(layout.row_phases, dtype=np.int64), np.array(layout.col_phases, dtype=np.int64),
+        layout.plane_height, layout.plane_width, *spec.stride, spec.padding[0][0], spec.padding[1][0])
+    out = np.empty(spec.out_shape, dtype=spec.dtype)
+    phases = len(layout.row_phases) * len(layout.col_phases)
+    # split each tile's channel blocks into chunks until every thread has several tasks
+    chunks = min(layout.blocks, _ceil_div(8 * config.threads, spec.batch * spec.groups * layout.tiles))
+    _block_kernel(layout.rows, layout.cols)(
+        packed, weight.reshape(-1), bias, out.reshape(-1), np.array(layout.tap_offsets, dtype=np.int64), spec.batch,
+        spec.in_channels_per_group, spec.out_channels_per_group, spec.groups, layout.blocks, chunks,
+        layout.tiles, phases * layout.plane_size, layout.channel_slice, layout.plane_width, spec.out_height,
+        spec.out_width)
+    return out
