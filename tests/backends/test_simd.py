@@ -3,16 +3,18 @@ ends (with a guard page after the array, so a read or write past the end would c
 blocks against numpy, stencils against the reference, and the typing errors."""
 
 import mmap
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
-from fastconv import simd
+from fastconv.backends import simd
 from reference import reference_conv2d
 
 DTYPES = (np.float32, np.float64)
@@ -114,7 +116,7 @@ def test_tails_never_touch_memory_past_the_array():
     code = textwrap.dedent("""
         import numpy as np
         from test_simd import _guarded, _copy_lanes
-        from fastconv import simd
+        from fastconv.backends import simd
         for dtype in (np.float32, np.float64):
             lanes = simd.lanes(dtype)
             for tail in range(1, lanes):
@@ -125,8 +127,10 @@ def test_tails_never_touch_memory_past_the_array():
                 assert (target == source).all()
         print("ok")
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=str(__import__("pathlib").Path(__file__).parent), timeout=300)
+    here = Path(__file__).resolve().parent
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parents[1]), str(here.parent), str(here)]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(here),
+                          env=environment, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
 
 

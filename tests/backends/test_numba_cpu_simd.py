@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 
-from fastconv import config, simd
-from fastconv.backends import _simd_direct
+from fastconv import config
+from fastconv.backends import simd
+from fastconv.backends import numba_cpu
 from fastconv.geometry import make_spec, pad_input
 from reference import reference_conv2d, relative_error
 from strategies import REAL_DTYPES, conv_problems
@@ -27,7 +28,7 @@ def _run(x, weight, bias=None, **kwargs):
     x = np.ascontiguousarray(x)
     if spec.padding_mode != "zeros":
         x, spec = pad_input(x, spec), spec.zero_padded()
-    return _simd_direct.run(x, np.ascontiguousarray(weight), bias, spec), spec
+    return numba_cpu.run(x, np.ascontiguousarray(weight), bias, spec), spec
 
 
 def _check(x_shape, w_shape, dtype=np.float32, bias=True, seed=0, **kwargs):
@@ -69,7 +70,7 @@ def test_plane_kernel_geometries(dtype, kernel, stride, dilation):
     for x_shape, padding in [((2, 3, 37, 45), "same"), ((1, 2, 19, 30), ((0, 3), (4, 1)))]:
         spec = make_spec(x_shape, (6, 1) + ((kernel,) * 2 if isinstance(kernel, int) else kernel), groups=x_shape[1],
                          stride=stride, dilation=dilation, padding=padding)
-        assert _simd_direct.uses_plane_kernel(spec)
+        assert numba_cpu.uses_plane_kernel(spec)
         _check(x_shape, spec.weight_shape, dtype, groups=x_shape[1], stride=stride, dilation=dilation,
                padding=padding)
 
@@ -77,12 +78,12 @@ def test_plane_kernel_geometries(dtype, kernel, stride, dilation):
 @pytest.mark.parametrize("multiplier", [1, 2, 3])
 def test_plane_kernel_channel_multiplier(multiplier):
     spec = _check((2, 5, 11, 19), (5 * multiplier, 1, 3, 3), groups=5, padding=1, bias=multiplier != 2)
-    assert _simd_direct.uses_plane_kernel(spec)
+    assert numba_cpu.uses_plane_kernel(spec)
 
 
 def test_plane_kernel_splits_few_planes_into_bands():
     spec = _check((1, 1, 301, 70), (1, 1, 5, 5), padding=2)
-    assert _simd_direct._plane_plan(spec, config.threads).bands > 1
+    assert numba_cpu._plane_plan(spec, config.threads).bands > 1
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kwargs", [
@@ -93,7 +94,7 @@ def test_plane_kernel_splits_few_planes_into_bands():
 def test_plane_kernel_copies_strips_of_wide_images(x_shape, w_shape, kwargs):
     """Rows of 2 KiB or more are read from a padded copy of each column strip."""
     spec = _check(x_shape, w_shape, **kwargs)
-    layout = _simd_direct._plane_plan(spec, config.threads)
+    layout = numba_cpu._plane_plan(spec, config.threads)
     assert layout.strip_pitch > 0 and layout.column_tiles > layout.strip_tiles
 
 
@@ -101,7 +102,7 @@ def test_depthwise_that_the_plane_kernel_declines_runs_as_dense():
     for w_shape, kwargs in [((4, 1, 13, 13), dict(groups=4, padding=6)), ((16, 1, 3, 3), dict(groups=4, padding=1)),
                             ((4, 1, 3, 3), dict(groups=4, stride=3))]:
         spec = make_spec((1, 4, 20, 21), w_shape, **kwargs)
-        assert not _simd_direct.uses_plane_kernel(spec)
+        assert not numba_cpu.uses_plane_kernel(spec)
         _check((1, 4, 20, 21), w_shape, **kwargs)
 
 
@@ -143,15 +144,15 @@ def test_both_layouts_with_channel_slices(monkeypatch, copies, kwargs):
     """Phase planes and one copy per kernel column, each with its reduction split into channel
     slices (partial sums kept in between)."""
     spec = make_spec((2, 40, 30, 27), (6, 40, 3, 3), dtype=np.float32, **kwargs)
-    layout = _simd_direct._layout(spec, copies)
+    layout = numba_cpu._layout(spec, copies)
     assert layout.channel_slice < spec.in_channels_per_group
-    monkeypatch.setattr(_simd_direct, "plan", lambda spec: layout)
+    monkeypatch.setattr(numba_cpu, "plan", lambda spec: layout)
     _check((2, 40, 30, 27), (6, 40, 3, 3), **kwargs)
 
 
 def test_empty_batch():
     spec = make_spec((0, 3, 5, 5), (4, 3, 3, 3), dtype=np.float32)
-    assert _simd_direct.run(np.zeros((0, 3, 5, 5), np.float32), np.zeros((4, 3, 3, 3), np.float32), None,
+    assert numba_cpu.run(np.zeros((0, 3, 5, 5), np.float32), np.zeros((4, 3, 3, 3), np.float32), None,
                             spec).shape == (0, 4, 3, 3)
 
 
@@ -195,9 +196,9 @@ def test_packed_weights_follow_in_place_updates():
 def test_cached_kernels_follow_the_simd_source():
     """numba's disk cache tracks a kernel's own file only: each kernel keeps the simd module's
     source hash in its closure, which numba's cache key includes."""
-    for kernel in (_simd_direct._block_kernel(2, 3), _simd_direct._plane_kernel(2, 1, (3, 3, 1, 1, 1, 1)),
-                   _simd_direct._input_packer(simd.SOURCE_VERSION)):
-        assert simd.SOURCE_VERSION in [cell.cell_contents for cell in kernel.py_func.__closure__]
+    for kernel in (numba_cpu._block_kernel(2, 3), numba_cpu._plane_kernel(2, 1, (3, 3, 1, 1, 1, 1)),
+                   numba_cpu._input_packer(simd.SOURCE_VERSION)):
+        assert simd.SOURCE_VERSION in [cell.cell_contents for cell in kernel.parallel.py_func.__closure__]
 
 
 @pytest.mark.parametrize("threads", [1, 3])
@@ -220,8 +221,8 @@ _HASWELL_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,
 _PORTABILITY_CHECK = textwrap.dedent("""
     import sys
     import numpy as np
-    from fastconv import simd
-    from test_simd_direct import _check
+    from fastconv.backends import simd
+    from test_numba_cpu_simd import _check
     assert simd.VECTOR_BYTES == int(sys.argv[1]), simd.VECTOR_BYTES
     _check((2, 6, 11, 21), (8, 3, 3, 3), np.float32, groups=2, padding=1, stride=(1, 2))
     _check((1, 4, 13, 37), (4, 1, 3, 3), np.float64, groups=4, padding=1)
@@ -240,8 +241,10 @@ def test_kernels_compiled_for_older_cpus(tmp_path, cpu, features, vector_bytes):
     environment = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CACHE_DIR=str(tmp_path))
     if features is not None:
         environment["NUMBA_CPU_FEATURES"] = features
-    root = Path(__file__).resolve().parents[1]
-    environment["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "tests"), environment.get("PYTHONPATH", "")])
+    here = Path(__file__).resolve().parent
+    root = here.parents[1]
+    environment["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "tests"), str(here),
+                                                 environment.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-c", _PORTABILITY_CHECK, str(vector_bytes)], env=environment,
-                          capture_output=True, text=True, timeout=600, cwd=str(root / "tests"))
+                          capture_output=True, text=True, timeout=600, cwd=str(here))
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

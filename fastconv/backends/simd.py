@@ -80,7 +80,7 @@ Examples
 --------
 >>> import numpy as np
 >>> from numba import njit
->>> from fastconv import simd
+>>> from fastconv.backends import simd
 >>> @njit
 ... def axpy(alpha, x, y):  # y += alpha * x on whole vectors, then the tail lanes
 ...     step = simd.lanes(x.dtype)
