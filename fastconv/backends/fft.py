@@ -20,7 +20,11 @@ How this backend does it, step by step:
    of a few hundred pixels whose valid outputs abut: memory stays bounded by
    ``fastconv.config.workspace_bytes`` and the transforms stay cache-sized. The tile size comes
    from a small cost model (transform work per valid output); one tile covering everything is one
-   of the candidates, so small images and huge kernels are transformed whole.
+   of the candidates, so small images and huge kernels are transformed whole. With one input
+   channel per group (single-channel images, batches of them, depthwise layers) and many tiles,
+   each thread takes one tile at a time through all the steps below in its own single-threaded
+   plans, so that a tile's work stays in the core's cache (``_convolve_planes``); otherwise the
+   tiles go through each step together, in batches as large as the workspace allows.
 3. **Transforms.** Real inputs use real-to-complex transforms (half the spectrum), complex inputs
    complex-to-complex ones. Plans are FFTW objects with their own aligned buffers
    (``pyfftw.empty_aligned``), built once per (shape, dtype, threads, planner effort) and reused
