@@ -107,3 +107,18 @@ class SeparableVsFull:
 
     def time_conv2d(self, backend, kernel, kernel_size):
         self.call()
+
+
+class ColourImageFilter:
+    """A 3-channel float32 image, every channel filtered with one kernel, padding "same": to fastconv a
+    batch of three single-channel images, to OpenCV one H×W×3 image (one call filters all channels)."""
+
+    params = [BACKENDS, ["512x512", "2048x2048"], ["random 5", "gaussian 31"]]
+    param_names = ["backend", "image", "kernel"]
+
+    def setup(self, backend, image, kernel):
+        kind, side = kernel.split()
+        self.call = prepare(image_filter(size(image)[0], int(side), kind, planes=3), backend)
+
+    def time_conv2d(self, backend, image, kernel):
+        self.call()

@@ -50,9 +50,10 @@ class DepthwiseLayers(_LayerBenchmark):
 
 
 class ImageFilter:
-    """A single-channel float32 image filtered with a k×k kernel, padding "same"."""
+    """A single-channel float32 image filtered with a k×k kernel, padding "same" (OpenCV's
+    ``filter2D`` beside the backends)."""
 
-    params = [["256x256", "2048x2048"], [3, 5, 7, 9], BACKENDS]
+    params = [["256x256", "2048x2048"], [3, 5, 7, 9], [*BACKENDS, "opencv"]]
     param_names = ["size", "kernel", "backend"]
 
     def setup(self, image, kernel, backend):
@@ -60,3 +61,4 @@ class ImageFilter:
 
     def time_conv2d(self, image, kernel, backend):
         self.call()
+

@@ -1,6 +1,6 @@
 """Shared pieces of the asv benchmarks: which backends to compare, the canonical shapes, and setup.
 
-Every registered fastconv backend is a benchmark parameter, next to torch and scipy as baseline
+Every registered fastconv backend is a benchmark parameter, next to torch, scipy and OpenCV as baseline
 "backends", so a backend registered later appears in every benchmark without edits here. A
 combination that cannot run here (backend unavailable, a backend declining the spec, a peer not
 installed, an op this version of fastconv lacks, naive on a problem it would take seconds on)

@@ -49,7 +49,7 @@ import weakref
 
 from fastconv import config
 
-__all__ = ["ParallelKernel", "blas_threads", "reinitialise_after_fork", "parallel_unusable_after_fork"]
+__all__ = ["ParallelKernel", "blas_threads", "reinitialise_after_fork", "parallel_unusable_after_fork", "run_on_threads"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,6 +69,39 @@ def _reinitialise_locks() -> None:
         reinit = getattr(lock, "_at_fork_reinit", None)  # what the standard library uses (3.9+)
         if reinit is not None:
             reinit()
+
+
+# --------------------------------------------------------------------------------------------
+# Python worker threads, for work that releases the GIL (FFTW transforms, large numpy operations)
+
+_workers = None
+_workers_pid = None
+_workers_lock = reinitialise_after_fork(threading.Lock())
+
+
+def run_on_threads(threads: int, task) -> None:
+    """Run ``task()`` on ``threads`` threads at once (the caller's among them); re-raise the first error.
+
+    The extra threads come from one process-wide pool whose idle workers sleep; a forked child,
+    whose copy of the pool has no threads behind it, builds its own.
+    """
+    global _workers, _workers_pid
+    if threads <= 1:
+        task()
+        return
+    with _workers_lock:
+        if _workers is None or _workers._max_workers < threads - 1 or _workers_pid != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor
+
+            _workers = ThreadPoolExecutor(threads - 1, thread_name_prefix="fastconv-worker")
+            _workers_pid = os.getpid()
+        pool = _workers
+    futures = [pool.submit(task) for _ in range(threads - 1)]
+    try:
+        task()
+    finally:
+        for future in futures:
+            future.result()
 
 
 # --------------------------------------------------------------------------------------------

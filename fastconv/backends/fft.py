@@ -20,7 +20,11 @@ How this backend does it, step by step:
    of a few hundred pixels whose valid outputs abut: memory stays bounded by
    ``fastconv.config.workspace_bytes`` and the transforms stay cache-sized. The tile size comes
    from a small cost model (transform work per valid output); one tile covering everything is one
-   of the candidates, so small images and huge kernels are transformed whole.
+   of the candidates, so small images and huge kernels are transformed whole. With one input
+   channel per group (single-channel images, batches of them, depthwise layers) and many tiles,
+   each thread takes one tile at a time through all the steps below in its own single-threaded
+   plans, so that a tile's work stays in the core's cache (``_convolve_planes``); otherwise the
+   tiles go through each step together, in batches as large as the workspace allows.
 3. **Transforms.** Real inputs use real-to-complex transforms (half the spectrum), complex inputs
    complex-to-complex ones. Plans are FFTW objects with their own aligned buffers
    (``pyfftw.empty_aligned``), built once per (shape, dtype, threads, planner effort) and reused
@@ -80,6 +84,7 @@ True
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -91,7 +96,7 @@ import numpy as np
 import pyfftw
 
 from fastconv import config
-from fastconv.thread_pools import reinitialise_after_fork
+from fastconv.thread_pools import reinitialise_after_fork, run_on_threads
 from fastconv.backends._weight_cache import WeightCache
 from fastconv.backends.work import dtype_work, io_bytes
 from fastconv.geometry import ConvSpec, check_fits
@@ -111,6 +116,15 @@ _MAX_SPECTRUM_BYTES = 256 << 20
 _SMALLEST_TILE = 64
 # Grids above this many points run measurably slower per point (they leave L2); see _choose_tiles.
 _CACHE_FRIENDLY_POINTS = 1 << 19
+# One input channel per group: tiles are streamed one by one per thread (see _convolve_planes)
+# when all of them together would take more than this (less stays in cache batched) and there
+# are at least two per thread.
+_STREAM_ABOVE_BYTES = 4 << 20
+# What a tile costs beyond its transforms, in units of the model's transform work (points ·
+# log2 points per transform): the Python work of cutting it out and writing it back, ~10 µs
+# batched, ~20 µs streamed (a 256² tile's two transforms, 2.1e6 units, take ~350 µs).
+_TILE_OVERHEAD = 2e4
+_STREAMED_TILE_OVERHEAD = 1.2e5
 # Elements per slab when spectra are reordered between the transforms' and the GEMMs' layouts.
 _REORDER_BLOCK_ELEMENTS = 1 << 14
 # Dilated stride-1 axes are split into sub-images when the dilated kernels' spectra would exceed
@@ -158,23 +172,44 @@ def _axis_tiling(out: int, extent: int, stride: int, tile: int) -> tuple[int, in
     return per_tile, -(-out // per_tile)
 
 
+def _streams_planes(spec: ConvSpec, grid: tuple[int, int], tiles: int) -> bool:
+    """Whether :func:`_convolve_planes` runs this convolution: one input channel per group, tiles
+    that together would not stay in cache batched, and at least two of them per thread."""
+    if spec.in_channels_per_group != 1:
+        return False
+    points = grid[0] * grid[1]
+    bins = points if spec.dtype.kind == "c" else grid[0] * (grid[1] // 2 + 1)
+    items = spec.batch * spec.groups * tiles
+    item_bytes = (1 + spec.out_channels_per_group) * (points + 2 * bins) * spec.dtype.itemsize
+    return items >= 2 * config.threads and items * item_bytes > _STREAM_ABOVE_BYTES
+
+
 def _choose_tiles(spec: ConvSpec, complex_data: bool) -> tuple[int, int]:
     """Transform grid (T_h, T_w): the single whole-image grid or the cheapest overlap-save tile.
 
     The cost model counts transform work, ``T log2 T`` per channel per tile, over every tile
-    needed, plus the per-bin channel product; a tile too large for the workspace is dismissed
-    unless nothing smaller works. Tiles are powers of two (fast and even) from 4× the kernel up.
+    needed, plus the per-bin channel product and a fixed cost per tile; a tile too large for the
+    workspace is dismissed unless nothing smaller works. Tiles are powers of two (fast and even)
+    from 4× the kernel up, and, where tiles are streamed plane by plane (one input channel per
+    group), also three times powers of two from 2× the kernel up: with a cheap product and each
+    tile's work in cache, the overlap a tile wastes is what decides, and finer steps of size
+    waste less (a 31×31 kernel: 384² tiles keep 85% of their outputs, 256² ones 78%).
     """
     extent_h, extent_w = spec.dilated_kernel
     (stride_h, stride_w), (out_h, out_w) = spec.stride, (spec.out_height, spec.out_width)
     whole_h = pyfftw.next_fast_len((out_h - 1) * stride_h + extent_h)
     whole_w = fast_even_length((out_w - 1) * stride_w + extent_w)
+    planes = spec.in_channels_per_group == 1
 
     def candidates(whole, extent, stride):
         sizes = {whole}
         size = _SMALLEST_TILE
         while size < whole:
             if size >= 4 * extent + stride:
+                sizes.add(size)
+            if planes and 3 * size // 2 < whole and 3 * size // 2 >= 2 * extent + stride:
+                sizes.add(3 * size // 2)
+            if planes and size >= 2 * extent + stride:
                 sizes.add(size)
             size *= 2
         return sorted(sizes)
@@ -188,8 +223,10 @@ def _choose_tiles(spec: ConvSpec, complex_data: bool) -> tuple[int, int]:
             _, tiles_w = _axis_tiling(out_w, extent_w, stride_w, tile_w)
             points = tile_h * tile_w
             bins = points if complex_data else tile_h * (tile_w // 2 + 1)
+            streamed = _streams_planes(spec, (tile_h, tile_w), tiles_h * tiles_w)
+            overhead = _STREAMED_TILE_OVERHEAD * spec.groups if streamed else _TILE_OVERHEAD
             per_tile = (points * math.log2(points) * (channels + outs)
-                        + 4 * bins * outs * spec.in_channels_per_group + 2e4)
+                        + 4 * bins * outs * spec.in_channels_per_group + overhead)
             if points > _CACHE_FRIENDLY_POINTS:  # transforms that leave the caches run slower per point
                 per_tile *= 1.25
             cost = per_tile * tiles_h * tiles_w * spec.batch
@@ -304,9 +341,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager
-def _plan(batch: int, grid: tuple[int, int], dtype: np.dtype, inverse: bool):
+def _plan(batch: int, grid: tuple[int, int], dtype: np.dtype, inverse: bool, threads: int | None = None):
     global _threaded_plans_built
-    threads, effort = config.threads, config.fftw_planner
+    threads, effort = config.threads if threads is None else threads, config.fftw_planner
     if _threads_allowed is not None:
         threads = min(threads, _threads_allowed)
     if threads > 1:
@@ -506,9 +543,14 @@ def _run_transforms(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
     chunk = _equal_chunk(len(items), config.workspace_bytes // item_bytes)
 
     try:
-        for start in range(0, len(items), chunk):
-            batch_items = items[start:start + chunk]
-            _convolve_tiles(x, spectrum, spec, grid, batch_items, (per_tile_h, per_tile_w), out)
+        if _streams_planes(spec, grid, tiles_h * tiles_w):
+            planes = [(n, group, ty, tx) for n in range(spec.batch) for group in range(spec.groups)
+                      for ty in range(tiles_h) for tx in range(tiles_w)]
+            _convolve_planes(x, spectrum, spec, grid, planes, (per_tile_h, per_tile_w), out)
+        else:
+            for start in range(0, len(items), chunk):
+                batch_items = items[start:start + chunk]
+                _convolve_tiles(x, spectrum, spec, grid, batch_items, (per_tile_h, per_tile_w), out)
     except _NotFinite:  # NaN/inf would smear over every FFT output
         return _direct(x, weight, bias, spec)
     if bias is not None:
@@ -550,33 +592,82 @@ def _reorder_blocks(count, bins, channels, bins_per_block):
             yield slice(first_tile, first_tile + tiles_per_block), first_bin
 
 
+def _cut_tile(image: np.ndarray, row0: int, col0: int, tile: np.ndarray) -> None:
+    """Copy the window of ``image`` (C, H, W) whose top-left corner is (``row0``, ``col0``) into
+    ``tile`` (C, T_h, T_w), zeros wherever the window lies outside the image."""
+    (height, width), (tile_h, tile_w) = image.shape[1:], tile.shape[1:]
+    first_row, last_row = min(max(-row0, 0), tile_h), max(min(height - row0, tile_h), 0)
+    first_col, last_col = min(max(-col0, 0), tile_w), max(min(width - col0, tile_w), 0)
+    if first_row < last_row and first_col < last_col:
+        tile[:, first_row:last_row, first_col:last_col] = \
+            image[:, row0 + first_row:row0 + last_row, col0 + first_col:col0 + last_col]
+    else:
+        first_row = last_row = 0
+    # zeros around the image part: the padding, and the grid beyond the image
+    tile[:, :first_row] = 0
+    tile[:, last_row:] = 0
+    tile[:, first_row:last_row, :first_col] = 0
+    tile[:, first_row:last_row, last_col:] = 0
+
+
+def _convolve_planes(x, spectrum, spec, grid, items, per_tile, out):
+    """Convolve the tiles ``items`` [(n, group, tile_row, tile_col), ...] of a convolution with one
+    input channel per group, one tile at a time per thread.
+
+    Each thread takes the next tile, transforms it, multiplies its spectrum by the group's
+    filter spectra and transforms those back, all in its own single-threaded plans, and writes
+    the outputs: a tile's work stays in the core's cache, where a batch of every tile would
+    stream through memory several times (the copy in, both transforms, the product, the copy
+    out). The input is read once and the output written once.
+    """
+    outs = spec.out_channels_per_group
+    (top, _), (left, _) = spec.padding
+    stride_h, stride_w = spec.stride
+    step_h, step_w = per_tile[0] * stride_h, per_tile[1] * stride_w
+    bins = spectrum.shape[-1]
+    taken = itertools.count()  # next() on it is atomic under the GIL: each tile goes to one thread
+    failed = threading.Event()
+
+    def work():
+        with _plan(1, grid, spec.dtype, inverse=False, threads=1) as forward, \
+                _plan(outs, grid, spec.dtype, inverse=True, threads=1) as inverse, \
+                np.errstate(over="ignore", invalid="ignore"):  # NaN/inf are caught after the inverse
+            tile, spectrum_in = forward.input_array, forward.output_array.reshape(1, bins)
+            spectra_out, results = inverse.input_array.reshape(outs, bins), inverse.output_array
+            for index in taken:
+                if index >= len(items) or failed.is_set():
+                    return
+                n, group, tile_row, tile_col = items[index]
+                _cut_tile(x[n, group:group + 1], tile_row * step_h - top, tile_col * step_w - left, tile)
+                forward.execute()
+                np.multiply(spectrum_in, spectrum[group * outs:(group + 1) * outs], out=spectra_out)
+                inverse.execute()  # destroys spectra_out, which is the plan's own buffer
+                if not np.isfinite(results[:, 0, 0]).all():  # see _convolve_tiles
+                    failed.set()
+                    raise _NotFinite
+                out_row, out_col = tile_row * per_tile[0], tile_col * per_tile[1]
+                rows = min(per_tile[0], spec.out_height - out_row)
+                cols = min(per_tile[1], spec.out_width - out_col)
+                out[n, group * outs:(group + 1) * outs, out_row:out_row + rows, out_col:out_col + cols] = \
+                    results[:, :rows * stride_h:stride_h, :cols * stride_w:stride_w]
+
+    threads = config.threads if _threads_allowed is None else min(config.threads, _threads_allowed)
+    run_on_threads(min(threads, len(items)), work)
+
+
 def _convolve_tiles(x, spectrum, spec, grid, items, per_tile, out):
     """Convolve the tiles ``items`` [(n, tile_row, tile_col), ...] and write their outputs."""
     count = len(items)
     channels, out_channels, groups = spec.in_channels, spec.out_channels, spec.groups
     (top, _), (left, _) = spec.padding
     stride_h, stride_w = spec.stride
-    height, width = spec.in_height, spec.in_width
     step_h, step_w = per_tile[0] * stride_h, per_tile[1] * stride_w  # input rows/cols between tiles
 
     with _plan(count * channels, grid, spec.dtype, inverse=False) as forward, \
             _plan(count * out_channels, grid, spec.dtype, inverse=True) as inverse:
         tiles = forward.input_array.reshape(count, channels, *grid)
         for index, (n, tile_row, tile_col) in enumerate(items):
-            row0, col0 = tile_row * step_h - top, tile_col * step_w - left  # tile origin in x
-            first_row, last_row = min(max(-row0, 0), grid[0]), max(min(height - row0, grid[0]), 0)
-            first_col, last_col = min(max(-col0, 0), grid[1]), max(min(width - col0, grid[1]), 0)
-            tile = tiles[index]
-            if first_row < last_row and first_col < last_col:
-                tile[:, first_row:last_row, first_col:last_col] = \
-                    x[n, :, row0 + first_row:row0 + last_row, col0 + first_col:col0 + last_col]
-            else:
-                first_row = last_row = 0
-            # zeros around the image part: the padding, and the grid beyond the image
-            tile[:, :first_row] = 0
-            tile[:, last_row:] = 0
-            tile[:, first_row:last_row, :first_col] = 0
-            tile[:, first_row:last_row, last_col:] = 0
+            _cut_tile(x[n], tile_row * step_h - top, tile_col * step_w - left, tiles[index])
         forward.execute()
 
         bins = forward.output_array.shape[1] * forward.output_array.shape[2]
@@ -606,7 +697,9 @@ def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
     between calls, so their transforms are not paid per call), then multiply spectra bin by bin
     and sum over channels. The kernel size does not appear at all -- which is why FFT wins for
     large kernels -- and neither does the stride (the stride-1 result is computed and sampled).
-    Large dilations run as several undilated convolutions of interleaved sub-images.
+    Large dilations run as several undilated convolutions of interleaved sub-images. Where tiles
+    are streamed plane by plane (:func:`_convolve_planes`), ``streamed_tile`` counts them and the
+    spectra cost no memory traffic.
     """
     work = dtype_work(spec.dtype)
     phases = _dilation_phases(spec)
@@ -639,6 +732,11 @@ def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
         "tile": float(tiles * spec.batch),
         "byte": io_bytes(spec) + tiles * spectrum_bytes,
     }
+    if _streams_planes(spec, (height, width), tiles):
+        # tile by tile per thread: the spectra stay in cache, and each plane of each tile is a
+        # step of Python work of its own
+        terms["byte"] = io_bytes(spec)
+        terms["streamed_tile"] = float(tiles * spec.batch * spec.groups)
     filters = spec.out_channels * spec.in_channels_per_group
     filter_spectrum_bytes = filters * bins * 2 * spec.dtype.itemsize
     if filter_spectrum_bytes + filters * spec.kernel_height * spec.kernel_width * spec.dtype.itemsize \

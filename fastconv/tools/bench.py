@@ -3,7 +3,7 @@
 A :class:`~fastconv.tools.cases.Case` is one convolution problem (shapes, geometry, dtype, kind of
 kernel). :func:`measure`
 times every requested fastconv backend on every case in this process and every peer library
-(torch, scipy) in a subprocess of its own, one per peer: an idle BLAS or OpenMP thread pool left
+(torch, scipy, OpenCV) in a subprocess of its own, one per peer: an idle BLAS or OpenMP thread pool left
 behind by one library keeps spinning and steals cores from the next, so libraries are never timed
 side by side in one process.
 
@@ -64,9 +64,10 @@ __all__ = [
     "time_call",
 ]
 
-#: Libraries timed next to fastconv, when installed. :func:`prepare_call` also knows ``"opencv"``
-#: (``cv2.filter2D``, single-channel images only), timed when asked for by name.
-PEERS = ("torch", "scipy")
+#: Libraries timed next to fastconv, when installed. OpenCV (``cv2.filter2D``, ``cv2.sepFilter2D``
+#: for Gaussian kernels) times image filters only: single-channel images, and batches of them as
+#: one multi-channel image (a colour image filtered channel by channel).
+PEERS = ("torch", "scipy", "opencv")
 
 # The module each peer is imported as.
 _PEER_MODULES = {"torch": "torch", "scipy": "scipy", "opencv": "cv2"}
@@ -74,6 +75,12 @@ _PEER_MODULES = {"torch": "torch", "scipy": "scipy", "opencv": "cv2"}
 #: Above this many flops one call of the reference loops takes ~0.25 s or more (they run at about
 #: 2 GFLOP/s on one core), so ``naive`` is skipped rather than timed.
 REFERENCE_MAX_FLOPS = 5e8
+
+# The distributions that install cv2 (their versions name OpenCV's).
+_OPENCV_DISTRIBUTIONS = ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless",
+                         "opencv-contrib-python")
+# The most channels an OpenCV matrix has (CV_CN_MAX).
+_OPENCV_MAX_CHANNELS = 512
 
 def _fastconv_call(case: Case, backend: str, x, w):
     import fastconv
@@ -146,6 +153,13 @@ def _scipy_call(case: Case, x, w):
     return call
 
 
+def _rank_one_factors(kernel: np.ndarray):
+    """(column, row) 1-D factors of a rank-1 kernel, ``kernel == outer(column, row)``, in its dtype."""
+    u, s, vt = np.linalg.svd(kernel.astype(np.float64))
+    scale = np.sqrt(s[0])
+    return (u[:, 0] * scale).astype(kernel.dtype), (vt[0] * scale).astype(kernel.dtype)
+
+
 def _opencv_call(case: Case, x, w):
     if importlib.util.find_spec("cv2") is None:
         raise Skip("OpenCV (cv2) is not installed")
@@ -153,33 +167,44 @@ def _opencv_call(case: Case, x, w):
         raise Skip(f"OpenCV has no {case.op}")
     spec = case.spec()
     if spec.in_channels != 1 or spec.out_channels != 1:
-        raise Skip("cv2.filter2D filters single-channel images (one input and one output channel)")
+        raise Skip("cv2.filter2D filters single-channel images (one input and one output channel), or the "
+                   "channels of an image with one kernel: give it a batch of single-channel images")
     if spec.stride != (1, 1) or spec.dilation != (1, 1):
         raise Skip("cv2.filter2D has no stride or dilation")
     if str(x.dtype) not in ("float32", "float64"):
         raise Skip(f"timed only for float32 and float64, not {x.dtype}")
+    if spec.batch > _OPENCV_MAX_CHANNELS:
+        raise Skip(f"a batch of {spec.batch} images is more channels than OpenCV's limit ({_OPENCV_MAX_CHANNELS})")
     import cv2
 
     cv2.setNumThreads(config.threads)
     kernel = w[0, 0]
-    (top, _), (left, _) = spec.padding
-    if spec.padding_mode == "zeros" and spec.out_shape[2:] == x.shape[2:]:
-        # "same" size: filter2D's own zero border, the kernel anchored where the padding puts it
-        def call():
-            out = np.empty(spec.out_shape, dtype=spec.dtype)
-            for n in range(spec.batch):
-                out[n, 0] = cv2.filter2D(x[n, 0], -1, kernel, anchor=(left, top), borderType=cv2.BORDER_CONSTANT)
-            return out
-    else:
-        def call():  # other paddings: pad first, then keep the outputs whose windows lie inside
-            padded = pad_input(x, spec)
-            out = np.empty(spec.out_shape, dtype=spec.dtype)
-            for n in range(spec.batch):
-                full = cv2.filter2D(padded[n, 0], -1, kernel, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
-                out[n, 0] = full[:spec.out_height, :spec.out_width]
-            return out
+    if case.kernel == "gaussian":  # a rank-1 kernel: OpenCV users call sepFilter2D with its 1-D factors
+        column, row = _rank_one_factors(kernel)
 
-    return call
+        def apply(image, anchor):
+            return cv2.sepFilter2D(image, -1, row, column, anchor=anchor, borderType=cv2.BORDER_CONSTANT)
+    else:
+        def apply(image, anchor):
+            return cv2.filter2D(image, -1, kernel, anchor=anchor, borderType=cv2.BORDER_CONSTANT)
+
+    # A batch of single-channel images is one multi-channel image to OpenCV (H x W x N, filtered
+    # channel by channel with the one kernel, in one call), as a colour image is. The layout
+    # change happens here, untimed: each library gets the data in the layout it works on.
+    (top, _), (left, _) = spec.padding
+    same = spec.padding_mode == "zeros" and spec.out_shape[2:] == x.shape[2:]
+    source = x[:, 0] if same else pad_input(x, spec)[:, 0]
+    image = np.ascontiguousarray(source.transpose(1, 2, 0))
+    if spec.batch == 1:
+        image = image[:, :, 0]
+
+    def as_batch(out):  # (H, W[, N]) -> (N, 1, H, W), a view
+        return (out[:, :, None] if out.ndim == 2 else out).transpose(2, 0, 1)[:, None]
+
+    if same:  # "same" size: OpenCV's own zero border, the kernel anchored where the padding puts it
+        return lambda: as_batch(apply(image, (left, top)))
+    # other paddings: pad first, then keep the outputs whose windows lie inside
+    return lambda: as_batch(apply(image, (0, 0))[:spec.out_height, :spec.out_width])
 
 
 def prepare_call(case: Case, backend: str, x, w):
@@ -275,6 +300,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "fastconv": fastconv.__version__,
         **{package: _version(package) for package in ("numpy", "scipy", "numba", "pyfftw", "torch")},
+        "opencv": next(filter(None, map(_version, _OPENCV_DISTRIBUTIONS)), None),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 

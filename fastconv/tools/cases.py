@@ -145,9 +145,15 @@ def canonical_layers(op: str = "conv2d") -> list[Case]:
     return cases
 
 
-def image_filter(side: int, kernel_side: int, kernel: str = "random", group: str = "image") -> Case:
-    """Single-channel filtering of a ``side`` × ``side`` image, padding ``"same"``."""
-    return Case(f"image {side}x{side}, {kernel} {kernel_side}x{kernel_side}", (1, 1, side, side),
+def image_filter(side: int, kernel_side: int, kernel: str = "random", group: str = "image", planes: int = 1) -> Case:
+    """Filtering of a ``side`` × ``side`` image, padding ``"same"``.
+
+    ``planes`` > 1: an image of that many channels (a colour image) filtered channel by channel
+    with one kernel, as OpenCV filters an H×W×3 image; to fastconv, a batch of ``planes``
+    single-channel images (input ``(planes, 1, side, side)``, weight ``(1, 1, k, k)``).
+    """
+    shape = f"{side}x{side}" + (f"x{planes}" if planes > 1 else "")
+    return Case(f"image {shape}, {kernel} {kernel_side}x{kernel_side}", (planes, 1, side, side),
                 (1, 1, kernel_side, kernel_side), padding="same", kernel=kernel, group=group)
 
 
@@ -191,8 +197,9 @@ def _full_suite(name: str) -> list[Case]:
     if name == "cnn":
         return canonical_layers() + list(EXTRA_CNN_LAYERS)
     if name == "image":
-        return [image_filter(side, k, kind) for side in (256, 1024, 2048) for k in (3, 9, 31)
-                for kind in ("random", "gaussian")]
+        return ([image_filter(side, k, kind) for side in (256, 1024, 2048) for k in (3, 9, 31)
+                 for kind in ("random", "gaussian")]
+                + [image_filter(2048, k, kind, planes=3) for k, kind in ((5, "random"), (31, "gaussian"))])
     if name == "depthwise":
         return _depthwise_cases()
     if name == "transposed":
@@ -205,7 +212,7 @@ def _quick_suite(name: str) -> list[Case]:
     tiny = {
         "cnn": [Case("tiny 3x3, 8ch 16x16", (1, 8, 16, 16), (8, 8, 3, 3), padding=1),
                 Case("tiny 1x1 stride 2, 8->16ch 16x16", (1, 8, 16, 16), (16, 8, 1, 1), stride=2)],
-        "image": [image_filter(64, 5), image_filter(64, 5, "gaussian")],
+        "image": [image_filter(64, 5), image_filter(64, 5, "gaussian"), image_filter(64, 5, planes=3)],
         "depthwise": [Case("tiny depthwise 3x3, 8ch 16x16", (1, 8, 16, 16), (8, 1, 3, 3), padding=1, groups=8)],
         "transposed": [Case("tiny transposed 4x4 stride 2, 8ch 8x8", (1, 8, 8, 8), (8, 4, 4, 4), stride=2,
                             padding=1, op="conv_transpose2d")],

@@ -1,6 +1,6 @@
 """The ``fastconv`` command line (also ``python -m fastconv``).
 
-``fastconv bench``     times every available backend (and torch/scipy, each in its own process) on
+``fastconv bench``     times every available backend (and torch/scipy/OpenCV, each in its own process) on
                        a built-in suite and prints one table per case.
 ``fastconv explain``   says which backends can run one convolution, why the others cannot, and
                        which one ``backend="auto"`` picks; ``--measure`` fills in their times.
@@ -182,7 +182,7 @@ def format_case(entry: dict, backend_names, peers) -> str:
 
 def _header(results: dict) -> str:
     machine = results["machine"]
-    versions = ", ".join(f"{package} {machine[package]}" for package in ("numpy", "scipy", "numba", "torch")
+    versions = ", ".join(f"{package} {machine[package]}" for package in ("numpy", "scipy", "numba", "torch", "opencv")
                          if machine.get(package))
     return (f"fastconv {machine['fastconv']} on {machine['cpu']} ({machine['cores']} cores, {machine['threads']} "
             f"threads)\n{versions}\nmedian of up to {results['repeat']} timed calls (short ones: 30 ms of calls) after "
@@ -421,7 +421,7 @@ def _tune(args) -> int:
 
 def _add_measurement_options(parser, repeat_default_help: str) -> None:
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time torch and scipy where installed, each in its own process (default: on)")
+                        help="also time torch, scipy and OpenCV where installed, each in its own process (default: on)")
     parser.add_argument("--repeat", type=_positive_int, metavar="N",
                         help=f"timed calls per measurement, after one warm-up call ({repeat_default_help})")
 
@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_parser = commands.add_parser(
         "bench", help="time every backend on a built-in suite",
-        description="Time every available backend, and torch/scipy as peers, on a built-in suite of problems.")
+        description="Time every available backend, and torch/scipy/OpenCV as peers, on a built-in suite of problems.")
     bench_parser.add_argument("--suite", choices=SUITES, default="default",
                               help="which problems: a quick mix (default), CNN layers, image filters, "
                                    "depthwise/grouped, transposed, or all")

@@ -110,8 +110,10 @@ def _plot_crossover(results, colours, path, plt):
             seconds = bench.median_seconds(entry, winner)
             axis.add_patch(plt.Rectangle((column - 0.5, row - 0.5), 1, 1, color=colours[winner]))
             beaten = peer is not None and bench.median_seconds(entry, peer) < seconds
-            axis.text(column, row, f"{seconds * 1e3:.3g} ms" + ("\n†" + peer if beaten else ""),
-                      ha="center", va="center", fontsize=8, color="white" if not beaten else "black")
+            # the fastest peer's time against fastconv's best: > 1 where the peer is slower
+            against = f"\n{bench.median_seconds(entry, peer) / seconds:.2g}× {peer}" if peer else ""
+            axis.text(column, row, f"{seconds * 1e3:.3g} ms" + ("\n†" if beaten else "") + against,
+                      ha="center", va="center", fontsize=7, color="white" if not beaten else "black")
         axis.set_xticks(range(len(sides)), [f"{side}²" for side in sides])
         axis.set_yticks(range(len(kernel_sides)), [f"{k}×{k}" for k in kernel_sides])
         axis.set_xlabel("image size (pixels, single channel)")
@@ -238,13 +240,17 @@ def _crossover_findings(results) -> list[str]:
         if wins:
             lines.append(f"- {kind} kernels: " + ", ".join(f"{name} wins {count} of {sum(wins.values())} cells"
                                                            for name, count in wins.most_common()))
-    beaten = [case.name for case, entry in _entries(results, "crossover")
-              if bench.fastest(entry, results["peers"]) and bench.fastest(entry, results["backends"])
-              and bench.median_seconds(entry, bench.fastest(entry, results["peers"]))
-              < bench.median_seconds(entry, bench.fastest(entry, results["backends"]))]
+    entries = _entries(results, "crossover")
+    for peer in results["peers"]:
+        timed = [(bench.median_seconds(entry, peer), bench.median_seconds(entry, best))
+                 for _, entry in entries
+                 if bench.median_seconds(entry, peer) and (best := bench.fastest(entry, results["backends"]))]
+        if timed:
+            faster = sum(peer_seconds < best for peer_seconds, best in timed)
+            lines.append(f"- {peer} was faster than every fastconv backend in {faster} of {len(timed)} cells it ran")
     if results["peers"]:
-        lines.append(f"- a peer was faster than every fastconv backend in {len(beaten)} of "
-                     f"{len(_entries(results, 'crossover'))} cells (marked † and the peer's name)")
+        lines.append("- a cell where the fastest peer beat every fastconv backend is marked †; every cell names "
+                     "the fastest peer and its time as a multiple of fastconv's best (> 1: fastconv is faster)")
     return lines
 
 
@@ -281,8 +287,8 @@ def _layer_rows(results) -> list[str]:
 
 def _page(results: dict) -> str:
     machine = results["machine"]
-    versions = ", ".join(f"{package} {machine[package]}" for package in ("numpy", "scipy", "numba", "pyfftw", "torch")
-                         if machine.get(package))
+    packages = ("numpy", "scipy", "numba", "pyfftw", "torch", "opencv")
+    versions = ", ".join(f"{package} {machine[package]}" for package in packages if machine.get(package))
     peers = ", ".join(results["peers"]) or "none"
     summary = bench.auto_summary(results)
     return "\n".join([
@@ -307,7 +313,8 @@ def _page(results: dict) -> str:
         "O(H·W·k²), FFT methods O(H·W·log(H·W)) whatever k is, and a separable (rank-1) kernel costs only "
         "O(H·W·2k) as two 1-D passes — so the left map shows where FFT overtakes direct convolution as "
         "kernels grow, and the right map (Gaussian kernels, which are rank 1) shows where separable filtering "
-        "takes over. A cell marked † names a peer library that was faster than every fastconv backend there.",
+        "takes over. Each cell also gives the fastest peer library's time as a multiple of fastconv's best "
+        "there (OpenCV's `filter2D`/`sepFilter2D` where installed); † marks a cell where that peer was faster.",
         "",
         *_crossover_findings(results),
         "",

@@ -102,6 +102,61 @@ def test_tiled_path_with_every_feature_and_a_tiny_workspace(monkeypatch, kwargs)
     assert out.dtype == np.float32 and relative_error(out, expected) <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128])
+@pytest.mark.parametrize("kwargs, shapes", [
+    (dict(padding="same"), ((1, 1, 90, 70), (1, 1, 9, 7))),
+    (dict(stride=(2, 3), dilation=(2, 1), padding=((3, 1), (0, 2))), ((2, 1, 60, 50), (3, 1, 5, 4))),
+    (dict(groups=3, padding="full"), ((2, 3, 40, 45), (6, 1, 6, 5))),  # depthwise, two filters per channel
+])
+def test_planes_streamed_tile_by_tile_give_the_reference_result(monkeypatch, dtype, kwargs, shapes):
+    """One input channel per group: tiles go one by one through each thread's own plans."""
+    monkeypatch.setattr(fft, "_STREAM_ABOVE_BYTES", 0)
+    monkeypatch.setattr(fft, "_SMALLEST_TILE", 8)
+    monkeypatch.setattr(config, "workspace_bytes", 1 << 14)  # too small for one whole-image grid: tiles
+    monkeypatch.setattr(fft, "_STREAMED_TILE_OVERHEAD", 0)
+    streamed = []
+    convolve_planes = fft._convolve_planes
+    monkeypatch.setattr(fft, "_convolve_planes", lambda *args: streamed.append(len(args[4])) or convolve_planes(*args))
+    fft.clear_caches()
+    rng = np.random.default_rng(9)
+    x, w = (rng.standard_normal(shape).astype(dtype) for shape in shapes)
+    if np.dtype(dtype).kind == "c":
+        x = x + 1j * rng.standard_normal(shapes[0])
+        w = w - 1j * rng.standard_normal(shapes[1])
+    out = fastconv.conv2d(x, w, backend="fft", **kwargs)
+    assert streamed and streamed[0] > 2  # several tiles, shared among the threads
+    expected = fastconv.conv2d(x.astype(np.complex128 if np.dtype(dtype).kind == "c" else np.float64),
+                               w.astype(np.complex128 if np.dtype(dtype).kind == "c" else np.float64),
+                               backend="naive", **kwargs)
+    assert out.dtype == dtype
+    assert relative_error(out, expected) <= (1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_a_non_finite_value_in_a_streamed_tile_sends_the_call_to_direct_summation(monkeypatch):
+    monkeypatch.setattr(fft, "_STREAM_ABOVE_BYTES", 0)
+    monkeypatch.setattr(fft, "_SMALLEST_TILE", 8)
+    monkeypatch.setattr(config, "workspace_bytes", 1 << 14)
+    monkeypatch.setattr(fft, "_STREAMED_TILE_OVERHEAD", 0)
+    monkeypatch.setattr(fft, "_transforms_are_safe", lambda *args: True)  # let NaN reach the transforms
+    rng = np.random.default_rng(10)
+    x, w = rng.standard_normal((1, 1, 60, 60)), rng.standard_normal((1, 1, 5, 5))
+    x[0, 0, 40, 7] = np.nan
+    out = fastconv.conv2d(x, w, padding="same", backend="fft")
+    expected = fastconv.conv2d(x, w, padding="same", backend="naive")
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-12)
+
+
+def test_large_single_channel_images_are_streamed_in_tiles_that_waste_little_overlap():
+    spec = make_spec((1, 1, 2048, 2048), (1, 1, 31, 31), padding="same", dtype=np.float32)
+    grid = fft._choose_tiles(spec, complex_data=False)
+    tiles = [fft._axis_tiling(2048, 31, 1, size)[1] for size in grid]
+    assert fft._streams_planes(spec, grid, tiles[0] * tiles[1])
+    assert all(size % 2 == 0 and size < 2048 for size in grid)
+    assert tiles[0] * tiles[1] * grid[0] * grid[1] < 1.5 * 2048 ** 2  # the overlap costs under half again
+
+
 def test_complex_inputs_use_complex_transforms():
     rng = np.random.default_rng(4)
     x = (rng.standard_normal((1, 2, 12, 9)) + 1j * rng.standard_normal((1, 2, 12, 9))).astype(np.complex64)

@@ -61,6 +61,8 @@ def _knobs(draw, backend, patch):
         patch.setattr(fft, "_SMALLEST_TILE", draw(st.sampled_from([4, 8, 16, 64]), label="smallest tile"))
         if draw(st.booleans(), label="split dilation"):
             patch.setattr(fft, "_SPLIT_SPECTRUM_BYTES", 0)
+        if draw(st.booleans(), label="stream planes"):  # one input channel per group: tile by tile per thread
+            patch.setattr(fft, "_STREAM_ABOVE_BYTES", 0)
         fft.clear_caches()  # spectra cached under another grid choice must not hide a chunking path
     if backend == "winograd":
         from fastconv.backends import winograd

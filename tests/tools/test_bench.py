@@ -63,13 +63,13 @@ PEER_CASES = [
 @pytest.mark.parametrize("peer", bench.PEERS)
 @pytest.mark.parametrize("case", PEER_CASES, ids=lambda case: case.name)
 def test_peer_baselines_compute_what_fastconv_computes(peer, case):
-    if peer == "torch":
-        pytest.importorskip("torch")
+    if peer in ("torch", "opencv"):
+        pytest.importorskip({"torch": "torch", "opencv": "cv2"}[peer])
     x, w = make_inputs(case)
     try:
         call = bench.prepare_call(case, peer, x, w)
     except Skip as reason:
-        assert peer == "scipy" and "stride" in str(reason)
+        assert (peer == "scipy" and "stride" in str(reason)) or (peer == "opencv" and "single-channel" in str(reason))
         return
     expected = fastconv.conv2d(x, w, backend="naive", **case.conv_kwargs())
     np.testing.assert_allclose(np.asarray(call()), expected, rtol=1e-10, atol=1e-10)
@@ -82,6 +82,10 @@ OPENCV_CASES = [
     Case("asymmetric, reflect", (1, 1, 12, 10), (1, 1, 3, 3), padding=((2, 0), (1, 3)), padding_mode="reflect",
          dtype="float64"),
     Case("large kernel (filter2D's DFT path)", (1, 1, 40, 36), (1, 1, 15, 13), padding="same", dtype="float64"),
+    Case("gaussian (sepFilter2D)", (1, 1, 20, 18), (1, 1, 7, 5), padding="same", kernel="gaussian", dtype="float64"),
+    Case("colour: three planes as one image", (3, 1, 20, 18), (1, 1, 5, 5), padding="same", dtype="float64"),
+    Case("colour, large kernel", (3, 1, 40, 36), (1, 1, 15, 13), padding="same", dtype="float64"),
+    Case("colour, gaussian, valid", (3, 1, 20, 18), (1, 1, 5, 3), kernel="gaussian", dtype="float64"),
 ]
 
 
@@ -95,6 +99,8 @@ def test_the_opencv_peer_computes_what_fastconv_computes(case):
 
 @pytest.mark.parametrize("case, words", [
     (Case("channels", (1, 2, 8, 8), (1, 2, 3, 3)), "single-channel"),
+    (Case("per-channel kernels", (1, 3, 8, 8), (3, 1, 3, 3), groups=3), "single-channel"),
+    (Case("too many planes", (513, 1, 4, 4), (1, 1, 3, 3)), "OpenCV's limit"),
     (Case("strided", (1, 1, 8, 8), (1, 1, 3, 3), stride=2), "no stride or dilation"),
     (Case("transposed", (1, 1, 4, 4), (1, 1, 3, 3), op="conv_transpose2d"), "OpenCV has no conv_transpose2d"),
 ])
@@ -103,6 +109,28 @@ def test_the_opencv_peer_skips_what_filter2d_cannot_do(case, words):
     x, w = make_inputs(case)
     with pytest.raises(Skip, match=words):
         bench.prepare_call(case, "opencv", x, w)
+
+
+def test_the_opencv_peer_hands_gaussians_to_sepfilter2d(monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Gaussian kernel went to filter2D, not to sepFilter2D with its factors")
+
+    monkeypatch.setattr(cv2, "filter2D", refuse)
+    case = Case("gaussian", (1, 1, 16, 16), (1, 1, 5, 5), padding="same", kernel="gaussian", dtype="float64")
+    x, w = make_inputs(case)
+    np.testing.assert_allclose(bench.prepare_call(case, "opencv", x, w)(),
+                               fastconv.conv2d(x, w, backend="naive", padding="same"), rtol=1e-10, atol=1e-10)
+
+
+def test_a_missing_opencv_is_a_skip_not_an_error(monkeypatch):
+    find_spec = bench.importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name, *a: None if name == "cv2" else find_spec(name, *a))
+    assert "opencv" not in bench.installed_peers()
+    case = Case("image", (1, 1, 8, 8), (1, 1, 3, 3), padding="same")
+    with pytest.raises(Skip, match="not installed"):
+        bench.prepare_call(case, "opencv", *make_inputs(case))
 
 
 def test_skips_say_why():

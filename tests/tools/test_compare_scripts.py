@@ -43,7 +43,7 @@ def run_or_skip(call):
 
 def test_the_folder_holds_the_scripts_and_readme_lists_each():
     assert [path.stem for path in SCRIPTS] == ["check_auto", "compare_cpu", "compare_family", "compare_fft_separable",
-                                               "compare_winograd", "dask_scale", "im2col_workspace"]
+                                               "compare_images", "compare_winograd", "dask_scale", "im2col_workspace"]
     assert not (FOLDER / "__init__.py").exists()  # not a package: asv's discovery stays out
     readme = (FOLDER / "README.md").read_text(encoding="utf-8")
     for path in SCRIPTS:
@@ -110,6 +110,22 @@ def test_compare_fft_separable_builds_every_library_call():
     for case, (ours, peers, _) in script.CASES.items():
         for library in ours + peers:
             run_or_skip(lambda: script.build(case, library, True))
+
+
+def test_compare_images_builds_every_library_call_and_they_agree():
+    script = load("compare_images")
+    full = {case.name: case for case in script.cases(2048)}
+    assert {case.weight_shape[-1] for case in full.values() if case.kernel == "random"} == set(script.RANDOM_SIDES)
+    assert any(case.input_shape[0] == 3 for case in full.values())
+    assert not any(case.input_shape[0] == 3 for case in script.cases(4096))
+    for case in script.cases(128, quick=True):
+        outputs = {library: run_or_skip(lambda: script.build(case.name, library, 128, True))
+                   for library in script.LIBRARIES if library != "fastconv HxWx3" or case.input_shape[0] > 1}
+        planes = outputs["fastconv"]
+        if outputs.get("fastconv HxWx3") is not None:
+            np.testing.assert_allclose(outputs["fastconv HxWx3"], np.moveaxis(planes[:, 0], 0, -1), rtol=1e-6)
+        if outputs["opencv"] is not None:
+            np.testing.assert_allclose(outputs["opencv"], planes, rtol=1e-3, atol=1e-3)
 
 
 def test_compare_winograd_builds_its_calls_and_stage_profile():
