@@ -17,14 +17,38 @@ dropped terms is at rounding level. Because that needs the weight values and not
 of the backend protocol (see :mod:`fastconv.backends`), which the dispatcher consults after
 ``supports``.
 
-The numba kernel runs one output row per task, in parallel over (image, output channel, row): for
-each input channel and rank term it forms the row's column pass into a private buffer (rows
-``i * stride + u * dilation`` of the padded input, so stride and dilation cost nothing extra) and
-adds the row pass of that buffer (columns ``j * stride + v * dilation``) into the output row. Both
-inner loops run along contiguous memory and vectorise. The zero padding is never materialised:
-rows outside the image are skipped and the buffer's border columns stay zero. (Except for a 1-D
-kernel holding NaN or inf, whose taps must meet the padding too, 0·NaN being NaN as in torch: then
-the input is padded explicitly. 2-D kernels holding them are declined: they have no factors.)
+**The fused kernel** (float32 and float64, on :mod:`fastconv.backends.simd`). For each rank term
+the horizontal pass filters input rows along the row, ``H[y, j] = sum_v row[v] · x[y, j·s_w +
+v·d_w]``, and the vertical pass sums those rows, ``out[i, j] += sum_u col[u] · H[i·s_h + u·d_h, j]``
+(the order OpenCV's ``sepFilter2D`` uses: no column of the intermediate is ever computed that the
+output does not read). The two are fused so that the intermediate never leaves the cache:
+
+- **Tasks** are (image, output channel, band of output rows, strip of output columns), run in
+  parallel. A task keeps a **ring** of the ``window = (rows - 1)·s_h + (kh - 1)·d_h + 1``
+  horizontally filtered rows that one vertical block reads, indexed by input row modulo
+  ``window``: moving down by a block filters only the rows that enter the window, each row once.
+  Strips are as wide as :data:`RING_BYTES` (or a smaller ``config.workspace_bytes``) allows, so
+  the ring stays in L2; its rows are an odd number of cache lines apart.
+- **The horizontal pass** runs register blocks of :data:`HORIZONTAL_COLS` vectors along the row
+  (:func:`~fastconv.backends.simd.block_fma_loop`: one broadcast tap, one load and one FMA per
+  vector and tap). Interior strips read the input rows in place; strips at the image's left or
+  right edge, and column strides above 1, read a copy of the row with its zero padding and its
+  columns split into ``s_w`` phases, so that every tap reads contiguous memory.
+- **The vertical pass** runs register blocks of ``rows`` output rows × ``cols`` vectors: each
+  ring vector loaded is used by every row of the block, with that row's tap (zero where the row
+  does not read it), so tall kernels cost far fewer loads than FMAs. ``0 · inf`` is NaN, so
+  where a block's sum holds NaN its rows are summed again over their own taps only: NaN and inf
+  land exactly where direct summation puts them.
+- Rows outside the image (the zero padding) are zero rows of the ring; nothing is padded in
+  memory (except for a 1-D kernel holding NaN or inf, whose taps must meet the padding too,
+  ``0 · NaN`` being NaN as in torch: then the input is padded explicitly; 2-D kernels holding
+  them are declined, having no factors). Stride and dilation are index arithmetic. Results are added to the output with the
+  bias, with masked stores at the right edge. Calls of fewer than :data:`SERIAL_MACS`
+  multiply-adds run on the calling thread.
+
+Per output and term that is ``kw`` horizontal and ``window · rows / rows`` ≈ ``kh + rows - 1``
+vertical multiply-adds. Complex dtypes run plain numba loops, one output row per task (the
+column pass of the row into a buffer, then its row pass into the output row).
 
 Examples
 --------
@@ -110,8 +134,9 @@ _factors = WeightCache(max_entries=8, max_bytes=_FACTOR_CACHE_BYTES)
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"byte": 3.17e-11, "call": 1.02e-05, "float64_factor": 1.17, "kernel": 5.54e-07, "mac": 2.77e-11,
-                  "svd_entry": 8.38e-08, "svd_flop": 8.75e-10}
+COST_CONSTANTS = {"byte": 3.17e-11, "call": 1.02e-05, "float64_factor": 1.17, "horizontal_mac": 2.0e-11,
+                  "kernel": 5.54e-07, "mac": 2.77e-11, "svd_entry": 8.38e-08, "svd_flop": 8.75e-10, "task": 1e-07,
+                  "vertical_mac": 1.0e-11}
 
 
 def clear_caches() -> None:
@@ -489,19 +514,37 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
 
 
 def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
-    """A rank-``r`` kernel is ``r`` column passes and ``r`` row passes, after an SVD of every kernel.
+    """The work of the fused kernel: a horizontal and a vertical pass per rank term, after an SVD.
 
-    ``r * (kh + kw)`` taps per output instead of ``kh * kw``. The rank comes from the weight
-    values, not the spec (None: unknown, assume full rank).
+    ``horizontal_mac``: the horizontal pass's multiply-adds, ``kw`` per ring element, over whole
+    horizontal blocks (every input row a band's windows read, the rows of each band's overlap
+    again). ``vertical_mac``: the vertical blocks' multiply-adds, ``window`` per block row and
+    vector, zero taps and whole blocks included. ``task``: the parallel tasks. ``byte``: input,
+    output and weight. Complex dtypes run plain loops over the same work (``mac``: ``kh + kw``
+    per output and term). The rank comes from the weight values, not the spec (None: unknown,
+    assume full rank).
     """
     if rank is None:
         rank = min(spec.kernel_height, spec.kernel_width)
     pairs = spec.batch * spec.out_channels * spec.in_channels_per_group * rank
-    column_pass = pairs * spec.kernel_height * spec.out_height * spec.padded_width
-    row_pass = pairs * spec.kernel_width * spec.out_height * spec.out_width
-    intermediate = pairs * spec.out_height * spec.padded_width * spec.dtype.itemsize
-    terms = {"call": 1.0, "mac": (column_pass + row_pass) * dtype_work(spec.dtype),
-             "byte": io_bytes(spec) + intermediate}
+    work = dtype_work(spec.dtype)
+    if spec.dtype.kind == "c":
+        terms = {"call": 1.0, "byte": io_bytes(spec),
+                 "mac": pairs * (spec.kernel_height + spec.kernel_width) * spec.out_height * spec.out_width * work}
+    else:
+        layout = plan(spec, config.threads, min(RING_BYTES, config.workspace_bytes))
+        stride_h = spec.stride[0]
+        strip_vectors = layout.strip // layout.lanes
+        horizontal_width = _ceil_div(strip_vectors, layout.horizontal_cols) * layout.horizontal_cols * layout.lanes
+        vertical_width = _ceil_div(strip_vectors, layout.vertical_cols) * layout.vertical_cols * layout.lanes
+        blocks = _ceil_div(layout.band_rows, layout.rows) * layout.bands
+        # rows a band's windows read: its own rows' stride steps plus one window's overlap
+        ring_rows = min(spec.padded_height, layout.bands * ((layout.band_rows - layout.rows) * stride_h + layout.window))
+        per_strip = pairs * layout.strips
+        terms = {"call": 1.0, "byte": io_bytes(spec),
+                 "horizontal_mac": float(per_strip * ring_rows * horizontal_width * spec.kernel_width),
+                 "vertical_mac": float(per_strip * blocks * layout.rows * layout.window * vertical_width),
+                 "task": float(spec.batch * spec.out_channels * layout.bands * layout.strips)}
     kernels = spec.out_channels * spec.in_channels_per_group
     entries = kernels * spec.kernel_height * spec.kernel_width
     smaller = min(spec.kernel_height, spec.kernel_width)
