@@ -256,6 +256,8 @@ def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dila
     candidates = [row for row in rows if row.supported]
     if not candidates:
         raise ValueError(f"no backend can run this convolution: {spec}")
+    # auto runs the reference loops only where nothing else can
+    candidates = [row for row in candidates if not backends.is_reference(row.name)] or candidates
     timed = {name: seconds for name, seconds in measured.items() if isinstance(seconds, float)
              and any(row.name == name for row in candidates)}
     if timed and (tune or config.autotune):

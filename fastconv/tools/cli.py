@@ -22,7 +22,7 @@ import sys
 import textwrap
 
 from fastconv import backends
-from fastconv.tools import bench
+from fastconv.tools import bench, networks
 from fastconv.tools.cases import KERNELS, SUITES, Case, make_inputs, suite_cases
 
 _SHAPE_HELP = "a shape written like 1x64x56x56"
@@ -264,7 +264,22 @@ def _suite_ops(cases) -> list[str]:
     return list(dict.fromkeys(case.op for case in cases))
 
 
+def _bench_networks(args) -> int:
+    peers, peer_notes = _selected_peers(args.peers)
+    libraries = ["auto", *(args.backends or [])] + [peer for peer in peers if peer == "torch"]
+    for note in peer_notes:
+        print(note)
+    side = 32 if args.quick else 224
+    results = networks.compare(args.networks, libraries, side=side, repeat=args.repeat or (1 if args.quick else 5))
+    print(f"every conv layer of each network in sequence, batch 1, {side}x{side} float32; "
+          "each library in its own process; median time per pass")
+    print(networks.format_comparison(results, peer="torch" if "torch" in libraries else libraries[0]))
+    return 0
+
+
 def _bench(args) -> int:
+    if args.networks:
+        return _bench_networks(args)
     peers, peer_notes = _selected_peers(args.peers)
     cases = suite_cases(args.suite, quick=args.quick, dtype=args.dtype)
     backend_names, ops, notes = _selected_backends(args.backends, _suite_ops(cases))
@@ -427,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     bench_parser.add_argument("--json", metavar="FILE", help="also write every measurement to FILE as JSON")
     bench_parser.add_argument("--quick", action="store_true", help="tiny problems, one timed call: a smoke test")
+    bench_parser.add_argument("--networks", nargs="+", choices=tuple(networks.NETWORKS), metavar="NET",
+                              help="instead of a suite, time every conv layer of whole networks in sequence "
+                                   "(" + ", ".join(networks.NETWORKS) + ") with auto, --backends and torch")
     _add_measurement_options(bench_parser, "default 5; 1 with --quick")
     bench_parser.set_defaults(run=_bench, fail=bench_parser.error)
 

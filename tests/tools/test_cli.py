@@ -43,6 +43,13 @@ def test_bench_times_installed_peers_in_their_own_process():
     assert "| scipy (peer) " in result.stdout and "vs scipy" in result.stdout
 
 
+def test_bench_networks_times_whole_passes():
+    result = fastconv_cli("bench", "--networks", "mobilenetv2", "--backends", "numba_cpu", "--quick", "--no-peers")
+    assert result.returncode == 0, result.stderr
+    assert "every conv layer of each network in sequence" in result.stdout
+    assert "| mobilenetv2 | " in result.stdout and "| auto | numba_cpu |" in result.stdout
+
+
 def test_explain_lists_backends_and_auto_choice():
     result = fastconv_cli("explain", "--input", "1x8x16x16", "--weight", "8x8x3x3", "--padding", "same",
                           "--stride", "2")
