@@ -43,7 +43,7 @@ def run_or_skip(call):
 
 def test_the_folder_holds_the_scripts_and_readme_lists_each():
     assert [path.stem for path in SCRIPTS] == ["check_auto", "compare_cpu", "compare_family", "compare_fft_separable",
-                                               "compare_winograd", "dask_scale", "im2col_workspace"]
+                                               "compare_separable_opencv", "compare_winograd", "dask_scale", "im2col_workspace"]
     assert not (FOLDER / "__init__.py").exists()  # not a package: asv's discovery stays out
     readme = (FOLDER / "README.md").read_text(encoding="utf-8")
     for path in SCRIPTS:
@@ -110,6 +110,14 @@ def test_compare_fft_separable_builds_every_library_call():
     for case, (ours, peers, _) in script.CASES.items():
         for library in ours + peers:
             run_or_skip(lambda: script.build(case, library, True))
+
+
+def test_compare_separable_opencv_builds_calls_that_agree():
+    script = load("compare_separable_opencv")
+    ours = run_or_skip(lambda: script.build("64:5", "fastconv"))
+    theirs = run_or_skip(lambda: script.build("64:5", "opencv"))
+    if theirs is not None:
+        np.testing.assert_allclose(ours[0, 0], theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_compare_winograd_builds_its_calls_and_stage_profile():
