@@ -47,8 +47,9 @@ output does not read). The two are fused so that the intermediate never leaves t
   multiply-adds run on the calling thread.
 
 Per output and term that is ``kw`` horizontal and ``window · rows / rows`` ≈ ``kh + rows - 1``
-vertical multiply-adds. Complex dtypes run plain numba loops, one output row per task (the
-column pass of the row into a buffer, then its row pass into the output row).
+vertical multiply-adds. Complex dtypes, and geometry reaching further than
+:data:`FUSED_MAX_REACH` (dilations of thousands), run plain numba loops, one output row per task
+(the column pass of the row into a buffer, then its row pass into the output row).
 
 Examples
 --------
@@ -183,6 +184,24 @@ SERIAL_MACS = 1 << 16
 #: Vectors per horizontal register block (and the most per vertical block): enough independent
 #: FMAs to hide their latency, few enough registers for AVX2's 16.
 HORIZONTAL_COLS = 8
+
+
+#: Rows of the vertical window, or columns of the horizontal reach, beyond which a geometry runs
+#: on the plain loops: a ring or row copy that long (a dilation of thousands) would hold mostly
+#: padding, and its sizes would overflow for the dilations and strides near 2**62 that
+#: ConvSpec accepts.
+FUSED_MAX_REACH = 1 << 12
+
+
+def fits_fused_kernel(spec: ConvSpec) -> bool:
+    """True when ``spec`` runs on the fused kernel (real dtype, window and reach within
+    :data:`FUSED_MAX_REACH`, column stride at most 16)."""
+    (stride_h, stride_w), (dilation_h, dilation_w) = spec.stride, spec.dilation
+    if not (spec.dtype.kind == "f" and (spec.kernel_height - 1) * dilation_h < FUSED_MAX_REACH
+            and (spec.kernel_width - 1) * dilation_w < FUSED_MAX_REACH and stride_w <= 16):
+        return False
+    rows, _ = _vertical_block(spec)
+    return (rows - 1) * stride_h + (spec.kernel_height - 1) * dilation_h < FUSED_MAX_REACH
 
 
 @dataclass(frozen=True)
@@ -432,12 +451,12 @@ def _launch(spec: ConvSpec, threads: int, ring_bytes: int) -> _Launch:
 
 
 # --------------------------------------------------------------------------------------------
-# complex dtypes: plain loops, one output row per task
+# complex dtypes and far-reaching geometry: plain loops, one output row per task
 
 
 @ParallelKernel
 @njit(cache=True, parallel=True, fastmath=FAST_MATH)
-def _complex_kernel(x, cols, rows, ranks, out, top, left, stride_h, stride_w, dilation_h, dilation_w, groups):
+def _plain_kernel(x, cols, rows, ranks, out, top, left, stride_h, stride_w, dilation_h, dilation_w, groups):
     """out[n, k] += sum over c and rank terms r of rowpass(colpass(x[n, c], cols[k, c, r]), rows[k, c, r]).
 
     ``x`` is unpadded: rows and columns outside it (the zero padding) are skipped, not read.
@@ -499,12 +518,12 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
     rows = np.ascontiguousarray(rows[..., :max_rank, :], dtype=spec.dtype)
     ranks = ranks.astype(np.int64)
     x = np.ascontiguousarray(x)
-    if spec.dtype.kind == "c":
+    if spec.dtype.kind == "c" or not fits_fused_kernel(spec):
         out = np.zeros(spec.out_shape, dtype=spec.dtype)
         if bias is not None:
             out += bias[None, :, None, None]
         (top, _), (left, _) = spec.padding
-        _complex_kernel(x, cols, rows, ranks, out, top, left, *spec.stride, *spec.dilation, spec.groups)
+        _plain_kernel(x, cols, rows, ranks, out, top, left, *spec.stride, *spec.dilation, spec.groups)
         return out
     launch = _launch(spec, config.threads, min(RING_BYTES, config.workspace_bytes))
     out = np.empty(spec.out_shape, dtype=spec.dtype)
@@ -520,15 +539,15 @@ def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
     horizontal blocks (every input row a band's windows read, the rows of each band's overlap
     again). ``vertical_mac``: the vertical blocks' multiply-adds, ``window`` per block row and
     vector, zero taps and whole blocks included. ``task``: the parallel tasks. ``byte``: input,
-    output and weight. Complex dtypes run plain loops over the same work (``mac``: ``kh + kw``
-    per output and term). The rank comes from the weight values, not the spec (None: unknown,
+    output and weight. The plain loops (complex dtypes, far-reaching geometry) count ``mac``:
+    ``kh + kw`` per output and term. The rank comes from the weight values, not the spec (None: unknown,
     assume full rank).
     """
     if rank is None:
         rank = min(spec.kernel_height, spec.kernel_width)
     pairs = spec.batch * spec.out_channels * spec.in_channels_per_group * rank
     work = dtype_work(spec.dtype)
-    if spec.dtype.kind == "c":
+    if not fits_fused_kernel(spec):
         terms = {"call": 1.0, "byte": io_bytes(spec),
                  "mac": pairs * (spec.kernel_height + spec.kernel_width) * spec.out_height * spec.out_width * work}
     else:

@@ -264,6 +264,8 @@ def ring_bytes(request, monkeypatch):
     ((1, 2, 40, 91), (3, 2, 3, 3), dict(stride=(3, 4), padding=((0, 2), (3, 1)))),  # strided copies
     ((2, 2, 5, 5), (3, 2, 2, 3), dict(stride=1000, padding=2)),        # one output pixel
     ((1, 2, 4, 9), (3, 2, 2, 2), dict(dilation=(3, 40), padding=(3, 20))),  # dilation beyond the image
+    ((1, 2, 9, 10), (2, 2, 3, 2), dict(dilation=(3000, 5000), padding=(3000, 2500))),  # plain loops
+    ((1, 2, 9, 30), (2, 2, 2, 3), dict(stride=(2, 20), padding=(1, 15))),  # column stride > 16: plain loops
     ((1, 1, 29, 300), (1, 1, 1, 7), dict(padding=(0, 3))),             # 1-D kernels: one pass each
     ((1, 1, 300, 29), (1, 1, 7, 1), dict(padding=(3, 0))),
     ((1, 2, 23, 31), (2, 2, 5, 5), dict(padding=2, padding_mode="reflect")),
