@@ -19,7 +19,7 @@ shipped constants were fitted. In short:
     transform every input and output channel per tile, multiply spectra bin by bin: the kernel
     size does not appear at all, which is why FFT wins for large kernels.
 ``separable``
-    a rank-``r`` kernel is ``r`` column and ``r`` row passes: ``r * (kh + kw)`` taps per output
+    a rank-``r`` kernel is ``r`` horizontal and ``r`` vertical passes, fused: ``r * (kh + kw)`` taps per output
     instead of ``kh * kw``, after an SVD of every kernel.
 ``winograd``
     F(m×m, 3×3): transforms per tile, then (m+2)² small GEMMs, ``(m+2)² / (9 m²)`` of direct

@@ -174,7 +174,8 @@ def test_separable_is_chosen_only_for_low_rank_kernels(register, monkeypatch):
     from fastconv.backends import numba_cpu, separable
 
     fake = register("separable", 7.0)
-    fake.cost_terms, fake.COST_CONSTANTS = separable.cost_terms, {"mac": 1e-9}
+    fake.cost_terms = separable.cost_terms
+    fake.COST_CONSTANTS = {"horizontal_mac": 1e-9, "vertical_mac": 1e-9}
     fake.supports_weight = lambda weight, spec: None  # a weight-dependent backend: costed with the rank
     register("direct", 1.0, estimate=lambda spec: cost.estimate_seconds(
         "numba_cpu", spec, module=numba_cpu, constants={"numba_cpu": {"plane_flop": 0.5e-9, "block_flop": 0.5e-9}}))

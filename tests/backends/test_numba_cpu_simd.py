@@ -227,13 +227,18 @@ _PORTABILITY_CHECK = textwrap.dedent("""
     _check((2, 6, 11, 21), (8, 3, 3, 3), np.float32, groups=2, padding=1, stride=(1, 2))
     _check((1, 4, 13, 37), (4, 1, 3, 3), np.float64, groups=4, padding=1)
     _check((1, 3, 9, 40), (3, 1, 5, 5), np.float32, groups=3, padding=2, stride=2)
+    # the separable backend's fused kernel, in the same process (one compile setup for both)
+    from test_separable import check_fused
+    check_fused((1, 2, 19, 45), (2, 2, 7, 5), np.float32, padding="same")
+    check_fused((1, 1, 13, 30), (1, 1, 3, 5), np.float64, stride=(1, 2), padding=(1, 2))
     print("ok")
 """)
 
 
 @pytest.mark.parametrize("cpu, features, vector_bytes", [("haswell", _HASWELL_FEATURES, 32), ("generic", None, 16)])
 def test_kernels_compiled_for_older_cpus(tmp_path, cpu, features, vector_bytes):
-    """Compiled for an AVX2-only and for a baseline x86-64 CPU (fresh cache: nothing reused)."""
+    """Compiled for an AVX2-only and for a baseline x86-64 CPU (fresh cache: nothing reused), with
+    the separable backend's fused kernel checked in the same child process."""
     import llvmlite.binding as llvm
 
     if not llvm.get_process_triple().startswith("x86_64"):

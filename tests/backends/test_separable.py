@@ -6,7 +6,7 @@ kernels; here the weights are drawn low-rank, across every feature of the spec.
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
@@ -209,3 +209,164 @@ def test_one_dimensional_kernels_need_no_svd(svd_calls):
     w[1, 2, 1, 0] = np.nan  # NaN goes where direct summation puts it (the SVD would fail to converge)
     out = fastconv.conv2d(x, w, backend="separable")
     np.testing.assert_array_equal(np.isnan(out), np.isnan(reference_conv2d(x, w)))
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused kernel: strips, bands, ring, edges
+
+
+def check_fused(x_shape, w_shape, dtype=np.float32, rank=1, bias=True, seed=0, **kwargs):
+    """Run ``separable.run`` (as the front end calls it) on a rank-``rank`` weight; compare with the
+    float64 reference. Module-level so that a child process compiled for another CPU can call it."""
+    from fastconv.backends import separable
+    from fastconv.geometry import pad_input
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    out_channels, channels, kernel_h, kernel_w = w_shape
+    w = np.einsum("kcru,kcrv->kcuv", rng.standard_normal((out_channels, channels, rank, kernel_h)),
+                  rng.standard_normal((out_channels, channels, rank, kernel_w))).astype(dtype)
+    b = rng.standard_normal(out_channels).astype(dtype) if bias else None
+    spec = make_spec(x_shape, w_shape, dtype=dtype, **kwargs)
+    before = x.copy(), w.copy()
+    run_x, run_spec = (pad_input(x, spec), spec.zero_padded()) if spec.padding_mode != "zeros" else (x, spec)
+    out = separable.run(run_x, w, b, run_spec)
+    expected = reference_conv2d(x, w, b, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
+                                groups=spec.groups, padding_mode=spec.padding_mode)
+    assert out.dtype == dtype and out.shape == expected.shape
+    assert relative_error(out, expected) <= (2e-6 if dtype == np.float32 else 1e-12)
+    np.testing.assert_array_equal(x, before[0])
+    np.testing.assert_array_equal(w, before[1])
+    return run_spec
+
+
+@pytest.fixture(params=["default ring", "tiny ring"])
+def ring_bytes(request, monkeypatch):
+    """The ring at its default size, and at 1 KiB: one vector per strip, bands of a few rows."""
+    from fastconv.backends import separable
+
+    if request.param == "tiny ring":
+        monkeypatch.setattr(separable, "RING_BYTES", 1024)
+    return request.param
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", [
+    ((1, 1, 1, 1), (1, 1, 3, 3), dict(padding=1)),                     # one pixel, padding all round
+    ((1, 1, 1, 40), (1, 1, 5, 3), dict(padding=(2, 1))),               # one row
+    ((1, 1, 37, 1), (1, 1, 3, 5), dict(padding=(1, 2))),               # one column
+    ((1, 1, 5, 3), (1, 1, 9, 9), dict(padding=4)),                     # kernel larger than the image
+    ((1, 1, 6, 7), (1, 1, 8, 9), dict(padding=1)),                     # kernel as large as the padded input
+    ((2, 3, 45, 70), (4, 3, 7, 5), dict(padding="same")),              # channels, batch, odd sizes
+    ((1, 4, 30, 41), (6, 2, 5, 5), dict(groups=2, padding=2)),         # groups
+    ((1, 3, 33, 50), (6, 1, 3, 7), dict(groups=3, padding=(1, 3))),    # depthwise, multiplier 2
+    ((1, 2, 40, 90), (3, 2, 9, 11), dict(stride=(2, 1), padding=(4, 5))),
+    ((1, 2, 40, 90), (3, 2, 9, 11), dict(stride=(1, 2), dilation=(2, 3), padding=(8, 15))),
+    ((1, 2, 40, 91), (3, 2, 3, 3), dict(stride=(3, 4), padding=((0, 2), (3, 1)))),  # strided copies
+    ((2, 2, 5, 5), (3, 2, 2, 3), dict(stride=1000, padding=2)),        # one output pixel
+    ((1, 2, 4, 9), (3, 2, 2, 2), dict(dilation=(3, 40), padding=(3, 20))),  # dilation beyond the image
+    ((1, 2, 9, 10), (2, 2, 3, 2), dict(dilation=(3000, 5000), padding=(3000, 2500))),  # plain loops
+    ((1, 2, 9, 30), (2, 2, 2, 3), dict(stride=(2, 20), padding=(1, 15))),  # column stride > 16: plain loops
+    ((1, 1, 29, 300), (1, 1, 1, 7), dict(padding=(0, 3))),             # 1-D kernels: one pass each
+    ((1, 1, 300, 29), (1, 1, 7, 1), dict(padding=(3, 0))),
+    ((1, 2, 23, 31), (2, 2, 5, 5), dict(padding=2, padding_mode="reflect")),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_kernel_edges(ring_bytes, x_shape, w_shape, kwargs, dtype):
+    check_fused(x_shape, w_shape, dtype, **kwargs)
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_higher_ranks_accumulate_their_terms(ring_bytes, rank):
+    check_fused((2, 3, 27, 35), (2, 3, 9, 8), rank=rank, padding="same")
+
+
+def test_wide_images_run_in_strips_and_bands(monkeypatch):
+    """A 640-wide image in strips of a 16 KiB ring, and several bands of rows per task."""
+    from fastconv.backends import separable
+
+    monkeypatch.setattr(separable, "RING_BYTES", 16 << 10)
+    spec = check_fused((1, 1, 400, 640), (1, 1, 31, 31), padding="same")
+    layout = separable.plan(spec, fastconv.config.threads, separable.RING_BYTES)
+    assert layout.strips > 1 and layout.bands > 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(kernel=st.tuples(st.integers(1, 9), st.integers(1, 9)), size=st.tuples(st.integers(1, 40), st.integers(1, 70)),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       padding=st.tuples(st.integers(0, 5), st.integers(0, 5)), dtype=st.sampled_from([np.float32, np.float64]),
+       ring=st.sampled_from([512, 4096, 1 << 18]), seed=st.integers(0, 100))
+def test_fused_kernel_matches_the_reference_on_drawn_geometry(kernel, size, stride, dilation, padding, dtype, ring,
+                                                              seed):
+    """Sizes up to 40×70 with kernels up to 9×9 (larger than test_low_rank_weights_match_reference
+    draws), and the ring drawn from one vector per strip to the default."""
+    from fastconv.backends import separable
+
+    extent = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    size = tuple(max(s, e - 2 * p) for s, e, p in zip(size, extent, padding))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(separable, "RING_BYTES", ring)
+        check_fused((1, 2, *size), (2, 2, *kernel), dtype, seed=seed, stride=stride, dilation=dilation,
+                    padding=padding)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_pixels_reach_exactly_the_outputs_that_read_them(ring_bytes, dtype):
+    """The vertical block multiplies every ring row it holds by a tap, zero for rows a block row
+    does not read, and 0 · inf is NaN: such blocks are summed again over their own taps."""
+    g = _gaussian(7, 1.5)
+    w = np.outer(g, g)[None, None].astype(dtype)
+    x = np.random.default_rng(7).standard_normal((1, 1, 40, 50)).astype(dtype)
+    x[0, 0, 10, 12], x[0, 0, 30, 40], x[0, 0, 0, 0], x[0, 0, 25, 3] = np.inf, -np.inf, np.nan, np.inf
+    x[0, 0, 26, 3] = -np.inf  # inf - inf: NaN where both are read
+    out = fastconv.conv2d(x, w, padding="same", backend="separable")
+    expected = reference_conv2d(x, w, padding=((3, 3), (3, 3)))
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    np.testing.assert_array_equal(np.isposinf(out), np.isposinf(expected))
+    np.testing.assert_array_equal(np.isneginf(out), np.isneginf(expected))
+    finite = np.isfinite(expected)
+    assert relative_error(out[finite], expected[finite]) <= (2e-6 if dtype == np.float32 else 1e-12)
+
+
+def test_all_zero_filters_give_the_bias():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 2, 20, 21)).astype(np.float32)
+    w = _rank_one_weight(rng, (3, 2, 5, 5))
+    w[1] = 0.0  # every kernel of filter 1 has rank 0: no terms
+    bias = np.array([1.0, -2.0, 3.0], np.float32)
+    out = fastconv.conv2d(x, w, bias, padding=2, backend="separable")
+    np.testing.assert_array_equal(out[0, 1], np.full((20, 21), -2.0, np.float32))
+    assert relative_error(out, reference_conv2d(x, w, bias, padding=((2, 2), (2, 2)))) <= 2e-6
+
+
+def _rank_one_weight(rng, shape):
+    out_channels, channels, kernel_h, kernel_w = shape
+    return np.einsum("kcu,kcv->kcuv", rng.standard_normal((out_channels, channels, kernel_h)),
+                     rng.standard_normal((out_channels, channels, kernel_w))).astype(np.float32)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_thread_counts_give_the_same_result(threads):
+    previous = fastconv.config.threads
+    try:
+        fastconv.config.set_threads(threads)
+        check_fused((2, 2, 70, 90), (2, 2, 9, 7), padding="same")
+    finally:
+        fastconv.config.set_threads(previous)
+
+
+def test_small_calls_run_serially_and_large_ones_in_parallel():
+    from fastconv.backends import separable
+    from fastconv.thread_pools import ParallelKernel
+
+    small = separable._launch(make_spec((1, 1, 8, 8), (1, 1, 3, 3), dtype=np.float32), 2, separable.RING_BYTES)
+    large = separable._launch(make_spec((1, 1, 512, 512), (1, 1, 9, 9), dtype=np.float32), 2, separable.RING_BYTES)
+    assert not isinstance(small.kernel, ParallelKernel) and isinstance(large.kernel, ParallelKernel)
+
+
+def test_cached_kernels_follow_the_simd_source():
+    """numba's disk cache tracks a kernel's own file only: the kernel keeps the simd module's
+    source hash in its closure, which numba's cache key includes."""
+    from fastconv.backends import separable, simd
+
+    kernel = separable._fused_kernel(2, 3, 4)
+    assert simd.SOURCE_VERSION in [cell.cell_contents for cell in kernel.parallel.py_func.__closure__]

@@ -2,12 +2,12 @@
 
 The backends bound their scratch memory by ``fastconv.config.workspace_bytes``: im2col's column
 tiles, fft's filter-spectrum chunks, overlap-save tiles and tile chunks, winograd's blocks and
-chunks of tiles. Each of those splits has a remainder case (the last, shorter piece; a piece that
+chunks of tiles, separable's strips (its ring of filtered rows is bounded by the workspace too).
+Each of those splits has a remainder case (the last, shorter piece; a piece that
 does not divide a group or an image), and with the default 64 MiB small test problems never reach
 them. Here the workspace is drawn from 1 KiB to 1 MiB (log-uniform), together with each backend's own knobs
 (fft's smallest tile and its dilation split, winograd's tile size and schedule), over grouped,
 depthwise, strided and dilated geometry, and every result is compared with the float64 reference.
-(``separable`` keeps no workspace; it is run too, so that one it gains is covered.)
 """
 
 import contextlib

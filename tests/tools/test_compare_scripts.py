@@ -43,7 +43,8 @@ def run_or_skip(call):
 
 def test_the_folder_holds_the_scripts_and_readme_lists_each():
     assert [path.stem for path in SCRIPTS] == ["check_auto", "compare_cpu", "compare_family", "compare_fft_separable",
-                                               "compare_images", "compare_winograd", "dask_scale", "im2col_workspace"]
+                                               "compare_images", "compare_separable_opencv", "compare_winograd", "dask_scale",
+                                               "im2col_workspace"]
     assert not (FOLDER / "__init__.py").exists()  # not a package: asv's discovery stays out
     readme = (FOLDER / "README.md").read_text(encoding="utf-8")
     for path in SCRIPTS:
@@ -126,6 +127,14 @@ def test_compare_images_builds_every_library_call_and_they_agree():
             np.testing.assert_allclose(outputs["fastconv HxWx3"], np.moveaxis(planes[:, 0], 0, -1), rtol=1e-6)
         if outputs["opencv"] is not None:
             np.testing.assert_allclose(outputs["opencv"], planes, rtol=1e-3, atol=1e-3)
+
+
+def test_compare_separable_opencv_builds_calls_that_agree():
+    script = load("compare_separable_opencv")
+    ours = run_or_skip(lambda: script.build("64:5", "fastconv"))
+    theirs = run_or_skip(lambda: script.build("64:5", "opencv"))
+    if theirs is not None:
+        np.testing.assert_allclose(ours[0, 0], theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_compare_winograd_builds_its_calls_and_stage_profile():
