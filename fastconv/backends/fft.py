@@ -123,6 +123,11 @@ _MAX_SUB_IMAGES = 4096
 COST_CONSTANTS = {"bin_flop": 1.35e-17, "bin_gemm": 7.42e-08, "bin_gemm_flop": 6.15e-11, "byte": 5.95e-11, "call": 4.03e-05,
                   "fft_flop": 4.51e-11, "filter_spectrum_byte": 7.07e-12, "float64_factor": 1.44, "tile": 8.96e-13}
 
+#: The resource each term's constant scales with where the term's name does not say (see
+#: :func:`fastconv.auto.constants.term_resource`): ``bin_gemm`` counts the small GEMMs, one
+#: call each, whose cost is the call, not its flops.
+COST_RESOURCES = {"bin_gemm": "call"}
+
 
 def available() -> str | None:
     return None  # pyfftw imported above; an ImportError makes the registry report why

@@ -41,6 +41,10 @@ reference = True
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
 COST_CONSTANTS = {"call": 1.65e-06, "float64_factor": 1.18, "mac": 9.02e-10}
 
+#: The resource each term's constant scales with where the term's name does not say (see
+#: :func:`fastconv.auto.constants.term_resource`): the loops run on one thread.
+COST_RESOURCES = {"mac": "serial_compute"}
+
 
 def available() -> str | None:
     return None

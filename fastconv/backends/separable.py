@@ -109,6 +109,10 @@ _factors = WeightCache(max_entries=8, max_bytes=_FACTOR_CACHE_BYTES)
 COST_CONSTANTS = {"byte": 3.17e-11, "call": 1.02e-05, "float64_factor": 1.17, "kernel": 5.54e-07, "mac": 2.77e-11,
                   "svd_entry": 8.38e-08, "svd_flop": 8.75e-10}
 
+#: The resource each term's constant scales with where the term's name does not say (see
+#: :func:`fastconv.auto.constants.term_resource`): the kernels are factored by LAPACK on one thread.
+COST_RESOURCES = {"kernel": "serial_compute", "svd_entry": "serial_compute", "svd_flop": "serial_compute"}
+
 
 def clear_caches() -> None:
     """Forget the cached factors of every weight."""

@@ -201,6 +201,10 @@ def supports(spec: ConvSpec) -> str | None:
 COST_CONSTANTS = {"byte": 1.62e-10, "call": 9.68e-05, "float64_factor": 0.731, "gemm_flop": 1.55e-20, "piece": 8.89e-06,
                   "transform_flop": 5.44e-11}
 
+#: The resource each term's constant scales with where the term's name does not say (see
+#: :func:`fastconv.auto.constants.term_resource`): ``piece`` is a fixed cost per dilation sub-image.
+COST_RESOURCES = {"piece": "call"}
+
 # Rates (measured once, not per machine) that decide F(2x2) against F(4x4) in choose_tile.
 _GEMM_FLOPS_PER_SECOND = 2.0e11
 _FILTER_BYTES_PER_SECOND = 1.7e10
