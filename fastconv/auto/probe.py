@@ -8,30 +8,30 @@ this machine compares with the one they were fitted on, and :func:`measure` meas
 resources, in a fraction of a second (plus, on a fresh install, compiling two small numba
 kernels):
 
-================  ===================================================================  ============
-resource          what is timed                                                         unit
-================  ===================================================================  ============
-``gemm``          numpy float32 matrix products, 128² and 512² (BLAS on the probe's     flop/s
-                  threads): the geometric mean of the two rates
-``fft``           FFTW real-to-complex and complex-to-real transforms of eight 128²     flop/s
-                  float32 grids, planned as the ``fft`` backend plans them
-                  (2.5·N·log2 N flops per transform)
-``memory``        one streaming pass ``out += x * w`` over two 32 MiB float32 arrays,  bytes/s
-                  split between the probe's threads
-``compute``       vectorised multiply-adds of a compiled row kernel (a 1-D              multiply-
-                  convolution of each row, the inner loop of a direct convolution) on   adds/s
-                  data in cache, on every probe thread at once
-``serial_compute`` the same kernel on one thread                                        multiply-
-                                                                                        adds/s
-``call``          calls from Python of a compiled (numba) function                      calls/s
-================  ===================================================================  ============
+====================  ==============================================================  ============
+resource              what is timed                                                   unit
+====================  ==============================================================  ============
+``gemm``              numpy float32 matrix products, 128² and 512² (BLAS on the       flop/s
+                      probe's threads): the geometric mean of the two rates
+``fft``               FFTW real-to-complex and complex-to-real transforms of eight    flop/s
+                      128² float32 grids, planned as the ``fft`` backend plans them
+                      (2.5·N·log2 N flops per transform)
+``memory``            a streaming pass ``out += x * w`` over two 32 MiB float32       bytes/s
+                      arrays, split between the probe's threads
+``compute``           vectorised multiply-adds of a compiled row kernel (each row's   mult-adds/s
+                      1-D convolution, the inner loop of a direct convolution) on
+                      data in cache, on every probe thread at once
+``serial_compute``    the same kernel on one thread                                   mult-adds/s
+``call``              calls from Python of a compiled (numba) function                calls/s
+====================  ==============================================================  ============
 
-Every quantity is a rate (higher is faster). Each timing is the best of several after a short
-warm-up, so a moment of noise from other processes costs little. The probe's threads are
+Every quantity is a rate (higher is faster). Each timing is the best of several calls, and each
+resource is timed in three rounds, in turn with the others, keeping its best: a slow spell of the
+machine then lowers no one resource against the others. The probe's threads are
 :func:`~fastconv.auto.constants.probe_threads`: :data:`fastconv.config.threads`, at most the
-number of cores. The numba
-kernels run on Python threads (they release the GIL), so the probe starts no OpenMP runtime in
-the process, and they are compiled with ``cache=True``, so a later process loads them from disk.
+number of cores. The numba kernels run on Python threads (they release the GIL), so the probe
+starts no OpenMP runtime in the process, and they are compiled with ``cache=True``, so a later
+process loads them from disk.
 
 Examples
 --------
@@ -57,11 +57,14 @@ from fastconv.thread_pools import blas_threads
 __all__ = ["RESOURCES", "measure", "probe_threads"]
 
 # Untimed calls before each timing, for this long: after an idle moment a 2-vCPU virtual machine
-# runs the other core's thread several times slower for ~20 ms (see fastconv.auto.timing).
-_WARMUP_SECONDS = 0.03
-# Each timing is the best of the calls made in this long: long enough to outlast a brief slow
-# spell of the machine, short enough that the whole probe stays well under a second.
-_TIMED_SECONDS = 0.04
+# runs the other core's thread several times slower for ~20 ms (see fastconv.auto.timing); the
+# later rounds of measure run warm.
+_WARMUP_SECONDS = 0.01
+# Each timing is the best of the calls made in this long, and each resource is timed in this
+# many rounds (see measure): together long enough to outlast a slow spell of the machine, short
+# enough that the whole probe stays under a second.
+_TIMED_SECONDS = 0.02
+_ROUNDS = 3
 
 
 @njit(cache=True, nogil=True, fastmath=FAST_MATH)
@@ -141,20 +144,21 @@ def _best_concurrent(threads: int, call, seconds: float = _TIMED_SECONDS, min_ro
     return best
 
 
-def _call_rate() -> float:
+def _call_rate():
+    """Calls per second of a compiled function from Python."""
     x = np.zeros(1, np.float32)
-    calls = 2000
+    calls = 1000
 
     def many():
         for _ in range(calls):
             _first_length(x)
 
-    return calls / _best(many)
+    return lambda: calls / _best(many)
 
 
-def _compute_rates(threads: int) -> tuple[float, float]:
+def _compute_rates(threads: int):
     """(one thread's, all threads' together) multiply-adds per second, on data in cache."""
-    rows, columns, taps, repeats = 16, 256, 8, 256
+    rows, columns, taps, repeats = 16, 256, 8, 128
     weights = np.full(taps, 1.0 / taps, np.float32)
     inputs = [np.ones((rows, columns + taps - 1), np.float32) for _ in range(threads)]
     outputs = [np.zeros((rows, columns), np.float32) for _ in range(threads)]
@@ -163,14 +167,12 @@ def _compute_rates(threads: int) -> tuple[float, float]:
     def run(index):
         _row_multiply_adds(inputs[index], weights, outputs[index], repeats)
 
-    serial = work / _best(lambda: run(0))
-    if threads == 1:
-        return serial, serial
-    return serial, sum(work / seconds for seconds in _best_concurrent(threads, run))
+    return (lambda: work / _best(lambda: run(0)),
+            lambda: sum(work / seconds for seconds in _best_concurrent(threads, run)))
 
 
-def _memory_rate(threads: int) -> float:
-    """Bytes per second of one streaming pass over two 32 MiB arrays, split between the threads."""
+def _memory_rate(threads: int):
+    """Bytes per second of a streaming pass over two 32 MiB arrays, split between the threads."""
     rows = 64 * threads
     columns = (32 << 20) // 4 // rows
     x = np.ones((rows, columns), np.float32)
@@ -183,27 +185,31 @@ def _memory_rate(threads: int) -> float:
         _row_multiply_adds(x[part], weights, out[part], 1)
 
     moved = 3 * share * columns * 4  # read x, read and write out
-    return sum(moved / seconds for seconds in _best_concurrent(threads, run))
+    return lambda: sum(moved / seconds for seconds in _best_concurrent(threads, run, min_rounds=3))
 
 
-def _gemm_rate(threads: int) -> float:
+def _gemm_rate(threads: int):
     """The geometric mean of float32 matrix-product rates at two sizes, on ``threads`` BLAS threads."""
     rng = np.random.default_rng(0)
-    rates = []
-    with blas_threads(threads):
-        for size, products in ((128, 16), (512, 1)):
-            a, b = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
-            out = np.empty((size, size), np.float32)
+    products = []
+    for size, count in ((128, 16), (512, 1)):
+        a, b = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
+        out = np.empty((size, size), np.float32)
 
-            def run():
-                for _ in range(products):
-                    np.matmul(a, b, out=out)
+        def run(a=a, b=b, out=out, count=count):
+            for _ in range(count):
+                np.matmul(a, b, out=out)
 
-            rates.append(2.0 * size ** 3 * products / _best(run))
-    return math.sqrt(rates[0] * rates[1])
+        products.append((2.0 * size ** 3 * count, run))
+
+    def rate():
+        with blas_threads(threads):
+            return math.sqrt(math.prod(flops / _best(run) for flops, run in products))
+
+    return rate
 
 
-def _fft_rate(threads: int) -> float | None:
+def _fft_rate(threads: int):
     """Flops per second of FFTW's real 2-D transforms (None when pyFFTW is not installed)."""
     try:
         import pyfftw
@@ -224,23 +230,30 @@ def _fft_rate(threads: int) -> float | None:
         inverse.execute()
 
     points = side * side
-    return 2 * batch * 2.5 * points * math.log2(points) / _best(run)
+    return lambda: 2 * batch * 2.5 * points * math.log2(points) / _best(run)
 
 
-def measure(threads: int | None = None) -> dict[str, float]:
+def measure(threads: int | None = None, rounds: int = _ROUNDS) -> dict[str, float]:
     """This machine's speed at each of :data:`RESOURCES` (rates: higher is faster).
 
+    Every resource is measured ``rounds`` times, in turn, and its best rate kept: a slow spell
+    of the machine (another process, a busy neighbour of a virtual machine) then lowers no one
+    resource against the others, which is what the scaled constants' ranking depends on.
     ``threads`` defaults to :func:`probe_threads`. ``fft`` is left out when pyFFTW is not
     installed (the ``fft`` backend is unavailable then too).
     """
     threads = probe_threads() if threads is None else threads
-    quantities = {"call": _call_rate()}
-    quantities["serial_compute"], quantities["compute"] = _compute_rates(threads)
-    quantities["memory"] = _memory_rate(threads)
-    # FFTW before BLAS: OpenBLAS's idle threads spin for a while after a product and would take
-    # the cores from FFTW's (FFTW's OpenMP threads spin only briefly under fastconv's settings)
+    measurers = {"call": _call_rate()}
+    measurers["serial_compute"], measurers["compute"] = _compute_rates(threads)
+    measurers["memory"] = _memory_rate(threads)
     fft = _fft_rate(threads)
     if fft is not None:
-        quantities["fft"] = fft
-    quantities["gemm"] = _gemm_rate(threads)
+        measurers["fft"] = fft
+    # BLAS last in a round: OpenBLAS's idle threads spin for a while after a product and would take
+    # the cores from what follows (the next round's first measurements warm up past that)
+    measurers["gemm"] = _gemm_rate(threads)
+    quantities: dict[str, float] = {}
+    for _ in range(rounds):
+        for resource, rate in measurers.items():
+            quantities[resource] = max(quantities.get(resource, 0.0), rate())
     return quantities
