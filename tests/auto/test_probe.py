@@ -368,4 +368,4 @@ def test_the_real_probe_measures_every_resource_quickly():
     assert all(np.isfinite(value) and value > 0 for value in quantities.values())
     # sanity: a core does more than 0.1 G multiply-adds a second, and all threads at least what one does
     assert quantities["serial_compute"] > 1e8 and quantities["compute"] > 0.5 * quantities["serial_compute"]
-    assert seconds < 10, f"the probe took {seconds:.2f} s"  # (about 0.5 s here; 10 s: a busy CI machine)
+    assert seconds < 10, f"the probe took {seconds:.2f} s"  # (about 0.7 s here; 10 s: a busy CI machine)
