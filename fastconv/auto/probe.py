@@ -26,8 +26,8 @@ resource              what is timed                                             
 ====================  ==============================================================  ============
 
 Every quantity is a rate (higher is faster). Each timing is the best of several calls, and each
-resource is timed in three rounds, in turn with the others, keeping its best: a slow spell of the
-machine then lowers no one resource against the others. The probe's threads are
+resource is timed in up to three rounds, in turn with the others, keeping its best: a slow spell
+of the machine then lowers no one resource against the others. The probe's threads are
 :func:`~fastconv.auto.constants.probe_threads`: :data:`fastconv.config.threads`, at most the
 number of cores. The numba kernels run on Python threads (they release the GIL), so the probe
 starts no OpenMP runtime in the process, and they are compiled with ``cache=True``, so a later
@@ -65,6 +65,9 @@ _WARMUP_SECONDS = 0.01
 # enough that the whole probe stays under a second.
 _TIMED_SECONDS = 0.02
 _ROUNDS = 3
+# No round starts that would end past this (the first always runs): on a loaded machine, where
+# one round takes seconds, the later rounds would multiply the wait for little.
+_BUDGET_SECONDS = 1.0
 
 
 @njit(cache=True, nogil=True, fastmath=FAST_MATH)
@@ -238,7 +241,9 @@ def measure(threads: int | None = None, rounds: int = _ROUNDS) -> dict[str, floa
 
     Every resource is measured ``rounds`` times, in turn, and its best rate kept: a slow spell
     of the machine (another process, a busy neighbour of a virtual machine) then lowers no one
-    resource against the others, which is what the scaled constants' ranking depends on.
+    resource against the others, which is what the scaled constants' ranking depends on. A round
+    that would end more than a second after the start is not begun (the first always is), so a
+    loaded machine pays for one round only.
     ``threads`` defaults to :func:`probe_threads`. ``fft`` is left out when pyFFTW is not
     installed (the ``fft`` backend is unavailable then too).
     """
@@ -253,7 +258,12 @@ def measure(threads: int | None = None, rounds: int = _ROUNDS) -> dict[str, floa
     # the cores from what follows (the next round's first measurements warm up past that)
     measurers["gemm"] = _gemm_rate(threads)
     quantities: dict[str, float] = {}
+    started = time.perf_counter()
     for _ in range(rounds):
+        round_started = time.perf_counter()
         for resource, rate in measurers.items():
             quantities[resource] = max(quantities.get(resource, 0.0), rate())
+        now = time.perf_counter()
+        if now - started + (now - round_started) > _BUDGET_SECONDS:
+            break
     return quantities

@@ -360,6 +360,37 @@ def test_rerun_probe_with_the_probe_off_keeps_the_shipped_constants(cost_probe_s
 # the real thing
 
 
+def test_the_probe_keeps_each_resource_s_best_round_and_stops_at_its_budget(monkeypatch):
+    calls = []
+
+    def measurer(resource, rates):
+        rates = iter(rates)
+
+        def rate():
+            calls.append(resource)
+            return next(rates)
+
+        return rate
+
+    def fake(threads):
+        monkeypatch.setattr(probe, "_call_rate", lambda: measurer("call", [1.0, 3.0, 2.0]))
+        monkeypatch.setattr(probe, "_compute_rates", lambda threads: (measurer("serial_compute", [5.0] * 3),
+                                                                      measurer("compute", [9.0, 8.0, 7.0])))
+        monkeypatch.setattr(probe, "_memory_rate", lambda threads: measurer("memory", [4.0] * 3))
+        monkeypatch.setattr(probe, "_fft_rate", lambda threads: measurer("fft", [6.0] * 3))
+        monkeypatch.setattr(probe, "_gemm_rate", lambda threads: measurer("gemm", [1.0, 1.0, 6.0]))
+
+    fake(1)
+    # a slow spell in any one round lowers no resource: each keeps its best of the rounds
+    assert probe.measure(1) == {"call": 3.0, "serial_compute": 5.0, "compute": 9.0, "memory": 4.0, "fft": 6.0,
+                                "gemm": 6.0}
+    assert len(calls) == 3 * 6 and calls[-1] == "gemm"  # BLAS last in each round
+    calls.clear()
+    fake(1)
+    monkeypatch.setattr(probe, "_BUDGET_SECONDS", 0.0)  # a loaded machine: the first round only
+    assert probe.measure(1)["gemm"] == 1.0 and len(calls) == 6
+
+
 def test_the_real_probe_measures_every_resource_quickly():
     started = time.perf_counter()
     quantities = probe.measure()
