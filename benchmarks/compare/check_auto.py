@@ -26,6 +26,8 @@ so the run can be split into short pieces)::
     python benchmarks/compare/check_auto.py --json auto.json --max-seconds 240   # repeat until done
     python benchmarks/compare/check_auto.py --json auto.json --report            # the summary table
 
+``--unseen`` keeps to the problems whose geometry is not in the grid the shipped constants were
+fitted on (:func:`fastconv.auto.calibrate.calibration_grid`): the fair test of the cost model.
 ``--only tiny_8x8_k3`` measures one problem (seconds): a quick check that the script works.
 ``--overhead`` times auto's per-call overhead on a tiny problem against torch's whole call, each
 library in its own process (:func:`fastconv.tools.isolated.run_isolated`), by fastconv's timing
@@ -90,6 +92,23 @@ def problems():
         ("image1024_k31_gauss_f64", (1, 1, 1024, 1024), (1, 1, 31, 31), {"padding": "same"}, "float64", "gaussian"),
     ]
     return grid
+
+
+def _geometry(x_shape, w_shape, keywords, dtype):
+    from fastconv.geometry import make_spec
+
+    spec = make_spec(x_shape, w_shape, dtype=dtype, **keywords)
+    return tuple(x_shape), tuple(w_shape), spec.stride, spec.padding, spec.dilation, spec.groups, str(spec.dtype)
+
+
+def calibrated_names(grid=None) -> set[str]:
+    """The problems of ``grid`` (default :func:`problems`) whose geometry the cost constants were
+    fitted on (:func:`fastconv.auto.calibrate.calibration_grid`): not a fair test of the model."""
+    from fastconv.auto.calibrate import calibration_grid
+
+    fitted = {_geometry(x_shape, w_shape, keywords, dtype) for x_shape, w_shape, keywords, dtype, _ in calibration_grid()}
+    return {name for name, x_shape, w_shape, keywords, dtype, _ in (grid or problems())
+            if _geometry(x_shape, w_shape, keywords, dtype) in fitted}
 
 
 def _weight(shape, kind, dtype, rng):
@@ -238,6 +257,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-above", type=float, default=1.0, help="don't time backends estimated slower (s)")
     parser.add_argument("--report", action="store_true", help="print the summary table of the results file")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="problems to (re)measure")
+    parser.add_argument("--unseen", action="store_true",
+                        help="only the problems whose geometry is not in the calibration grid (the fair test of "
+                             "constants fitted on that grid)")
     parser.add_argument("--overhead", action="store_true",
                         help="measure auto's per-call overhead on a tiny problem against torch, and stop")
     parser.add_argument("--clear-cache", action="store_true",
@@ -262,6 +284,9 @@ def main(argv=None) -> int:
         with open(args.json) as stream:
             results = {result["name"]: result for result in json.load(stream)}
     grid = problems()
+    if args.unseen:
+        calibrated = calibrated_names(grid)
+        grid = [entry for entry in grid if entry[0] not in calibrated]
     if args.report:
         done = [results[entry[0]] for entry in grid if entry[0] in results]
         print(report(done))

@@ -128,6 +128,9 @@ def test_check_auto_grid_and_report():
     script = load("check_auto")
     grid = script.problems()
     assert len(grid) >= 40 and len({entry[0] for entry in grid}) == len(grid)
+    calibrated = script.calibrated_names(grid)  # what --unseen leaves out: fitted on, so no test of the fit
+    assert {"tiny_8x8_k3", "resnet50_3x3_56"} <= calibrated and "resnet50_conv1" not in calibrated
+    assert len(grid) - len(calibrated) >= 40
     result = {"name": "p", "dtype": "float32", "times": {"fft": 2.0, "im2col": 1.0}, "auto": "fft", "tuned": "im2col"}
     table = script.report([result])
     assert "| p (float32) | im2col | 1e+03 ms | fft | 2.00 | im2col | 1.00 |" in table
