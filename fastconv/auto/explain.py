@@ -272,7 +272,7 @@ def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dila
         why += f"; next best {runner_up[0]})" if runner_up else "; the only candidate)"
         left_out = [row.name for row in candidates if row not in ranked]
         if left_out:
-            why += f"; not {', '.join(left_out)}: the reference loops run only where no other backend can"
+            why += f"; not {', '.join(left_out)}: the reference loops, run only where nothing else can"
         if timed:
             why += "; measurements above are not used unless autotuning is on"
     return Explanation(spec, rows, choice, why, constants_source(), rank)

@@ -131,4 +131,4 @@ def test_the_reason_never_names_the_reference_loops_as_a_better_candidate(monkey
     explanation = fastconv.explain(np.ones((1, 1, 8, 8), np.float32), np.ones((1, 1, 3, 3), np.float32))
     assert explanation.choice != "naive"
     assert "next best naive" not in explanation.why
-    assert explanation.why.endswith("not naive: the reference loops run only where no other backend can")
+    assert explanation.why.endswith("not naive: the reference loops, run only where nothing else can")
