@@ -10,7 +10,6 @@ constants fitted here. ``fastconv tune --probe`` measures this machine's speeds 
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 
@@ -205,7 +204,6 @@ def reference_machine(runs: int = 3) -> dict:
     versions = ", ".join(f"{package} {version}" for package, version in machine["versions"].items()
                          if version and package != "fastconv")
     return {"name": f"{machine['cores']}-core {machine['cpu']}; {versions}",
-            "date": time.strftime("%Y-%m-%d", time.gmtime()),
             "threads": probe.probe_threads(),
             "quantities": {resource: float(f"{statistics.median(run[resource] for run in measured):.3g}")
                            for resource in RESOURCES if all(resource in run for run in measured)}}
@@ -276,7 +274,7 @@ def show() -> None:
         reference = REFERENCE_MACHINE
         factors = resource_factors(probed["quantities"])
         print(f"cost probe of {probed['date']} ({probed['threads']} threads, took {probed['seconds']:.2f} s), against "
-              f"the machine the shipped constants were fitted on ({reference['name']}; {reference['date']}, "
+              f"the machine the shipped constants were fitted on ({reference['name']}, "
               f"{reference['threads']} threads):")
         print(f"  {'resource':<15} {'here':>18} {'reference':>18}  constants  what")
         for resource, (what, _) in RESOURCES.items():

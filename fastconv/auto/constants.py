@@ -2,13 +2,17 @@
 
 Each backend ships ``COST_CONSTANTS``, seconds per unit of each of its cost terms
 (``float64_factor``: how much more a float64 problem's work costs than a float32 one's). The
-shipped values were fitted with ``fastconv tune --calibrate`` (the grid of
-:func:`fastconv.auto.calibrate.calibration_grid`, each backend timed in two passes, 2 threads) on
-a 2-core Intel Xeon (Cascade Lake, AVX-512) with numpy 2.4 / OpenBLAS, numba 0.68 and pyFFTW 0.15,
-under an exclusive CPU lock (see docs/performance/auto.md). :data:`REFERENCE_MACHINE` holds the
-cost probe's measurements on the machine they were fitted on: refit the constants, paste them
-into the backends, and paste the probe's values into :data:`REFERENCE_MACHINE` (``fastconv tune
---calibrate`` prints both) whenever a backend's speed changes.
+shipped values of every backend were fitted on one machine, a 2-core AMD EPYC virtual machine
+(AVX-512) with numpy 2.4 / OpenBLAS, numba 0.68 and pyFFTW 0.15, at 2 threads, under an exclusive
+CPU lock: ``fastconv tune --calibrate``'s fit (:func:`fastconv.auto.calibrate.calibrate` on the
+grid of :func:`fastconv.auto.calibrate.calibration_grid`, each backend timed in two passes),
+except ``separable``'s SVD terms (``kernel``, ``svd_entry``, ``svd_flop``), which that grid does
+not exercise (the backend caches each weight's factors) and which keep an earlier machine's
+values. :data:`REFERENCE_MACHINE` holds the cost probe's measurements on that machine (the
+median of three probes). Whenever a backend's speed changes, refit all of them on one machine,
+paste them into the backends, and paste that machine's probe values into
+:data:`REFERENCE_MACHINE` (``fastconv tune --calibrate`` prints both; see
+docs/performance/auto.md).
 
 The constants ``backend="auto"`` uses, for each backend, are the first of:
 
@@ -92,11 +96,10 @@ RESOURCES = {
 #: constants were fitted on, at ``threads`` threads: the constants are scaled by these divided by
 #: this machine's.
 REFERENCE_MACHINE = {
-    "name": "2-core AMD EPYC (Zen 4, AVX-512) virtual machine; numpy 2.4 / OpenBLAS, numba 0.68, pyFFTW 0.15",
-    "date": "2025-06-01",
+    "name": "2-core AMD EPYC virtual machine (AVX-512); numpy 2.4 / OpenBLAS, numba 0.68, pyFFTW 0.15",
     "threads": DEFAULT_THREADS,
-    "quantities": {"call": 6.7e6, "serial_compute": 2.0e10, "compute": 3.5e10, "memory": 7.0e10, "fft": 4.0e10,
-                   "gemm": 1.65e11},
+    "quantities": {"gemm": 1.72e11, "fft": 4.06e10, "memory": 7.68e10, "compute": 3.43e10,
+                   "serial_compute": 1.43e10, "call": 6.87e6},
 }
 
 _loaded: dict | None = None  # what is in use; see _load

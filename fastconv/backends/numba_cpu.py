@@ -642,8 +642,8 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"byte": 5e-11, "call": 1e-05, "float64_factor": 2.0, "block_flop": 6e-12, "pack_byte": 5e-11,
-                  "plane_flop": 6e-12, "task": 1e-07}
+COST_CONSTANTS = {"block_flop": 7.17e-12, "byte": 7.44e-12, "call": 1.72e-06, "float64_factor": 1.88,
+                  "pack_byte": 7.47e-12, "plane_flop": 4.58e-12, "task": 9.66e-08}
 
 #: The resource each term's constant scales with on another machine (see
 #: :func:`fastconv.auto.constants.term_resource`): the kernels are bound by the vector FMA rate
