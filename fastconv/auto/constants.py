@@ -1,18 +1,13 @@
 """The cost model's constants: fitted on this machine, or the shipped ones scaled to its speeds.
 
 Each backend ships ``COST_CONSTANTS``, seconds per unit of each of its cost terms
-(``float64_factor``: how much more a float64 problem's work costs than a float32 one's). The
-shipped values of every backend were fitted on one machine, a 2-core AMD EPYC virtual machine
-(AVX-512) with numpy 2.4 / OpenBLAS, numba 0.68 and pyFFTW 0.15, at 2 threads, under an exclusive
-CPU lock: ``fastconv tune --calibrate``'s fit (:func:`fastconv.auto.calibrate.calibrate` on the
-grid of :func:`fastconv.auto.calibrate.calibration_grid`, each backend timed in two passes),
-except ``separable``'s SVD terms (``kernel``, ``svd_entry``, ``svd_flop``), which that grid does
-not exercise (the backend caches each weight's factors) and which keep an earlier machine's
-values. :data:`REFERENCE_MACHINE` holds the cost probe's measurements on that machine (the
-median of three probes). Whenever a backend's speed changes, refit all of them on one machine,
-paste them into the backends, and paste that machine's probe values into
-:data:`REFERENCE_MACHINE` (``fastconv tune --calibrate`` prints both; see
-docs/performance/auto.md).
+(``float64_factor``: how much more a float64 problem's work costs than a float32 one's), all
+fitted by :func:`fastconv.auto.calibrate.calibrate` on one machine, a 2-core AMD EPYC VM (AVX-512;
+numpy 2.4 / OpenBLAS, numba 0.68, pyFFTW 0.15), at 2 threads under an exclusive CPU lock, except
+``separable``'s SVD terms, which its grid does not exercise and which keep an earlier machine's
+values. :data:`REFERENCE_MACHINE` holds that machine's probe figures (the median of three). When
+a backend's speed changes, refit all on one machine and paste the constants and that machine's
+probe figures here (``fastconv tune --calibrate`` prints both; see docs/performance/auto.md).
 
 The constants ``backend="auto"`` uses, for each backend, are the first of:
 
