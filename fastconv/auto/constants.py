@@ -3,9 +3,8 @@
 Each backend ships ``COST_CONSTANTS``, seconds per unit of each of its cost terms
 (``float64_factor``: how much more a float64 problem's work costs than a float32 one's), all
 fitted by :func:`fastconv.auto.calibrate.calibrate` on one machine, a 2-core AMD EPYC VM (AVX-512;
-numpy 2.4 / OpenBLAS, numba 0.68, pyFFTW 0.15), at 2 threads under an exclusive CPU lock, except
-``separable``'s SVD terms, which its grid does not exercise and which keep an earlier machine's
-values. :data:`REFERENCE_MACHINE` holds that machine's probe figures (the median of three). When
+numpy 2.4 / OpenBLAS, numba 0.68, pyFFTW 0.15), at 2 threads under an exclusive CPU lock (``separable``'s SVD
+terms, which its grid does not exercise, by timing ``factor_kernels`` on 3×3 to 101×101 stacks). :data:`REFERENCE_MACHINE` holds that machine's probe figures (the median of three). When
 a backend's speed changes, refit all on one machine and paste the constants and that machine's
 probe figures here (``fastconv tune --calibrate`` prints both; see docs/performance/auto.md).
 
