@@ -1,5 +1,9 @@
 """conv2d across backends: image and kernel size, stride, dilation, groups, dtype, the canonical CNN
-layers, the FFT-versus-direct crossover, and separable versus full kernels."""
+layers, the FFT-versus-direct crossover, separable versus full kernels, and the time per call of a
+problem so small that it is all overhead."""
+
+from fastconv.tools.bench import AUTO
+from fastconv.tools.cases import call_overhead_case
 
 from .common import BACKENDS, Case, canonical_layers, gflops, image_filter, prepare, size
 
@@ -17,6 +21,20 @@ class Conv2dImageKernel:
         self.call = prepare(case, backend)
 
     def time_conv2d(self, backend, image, kernel, dtype):
+        self.call()
+
+
+class Conv2dCallOverhead:
+    """A 1x1x8x8 input and a 3x3 kernel: the time of one call is what a loop over tiny problems
+    pays in validation, the choice of backend and dispatch. ``auto`` is conv2d(backend="auto")."""
+
+    params = [[AUTO, *BACKENDS]]
+    param_names = ["backend"]
+
+    def setup(self, backend):
+        self.call = prepare(call_overhead_case(), backend)
+
+    def time_conv2d(self, backend):
         self.call()
 
 

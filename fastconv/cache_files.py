@@ -1,7 +1,8 @@
 """Files in the cache directory: written whole or not at all, read without ever raising.
 
 fastconv keeps what it learns about the machine in :data:`fastconv.config.cache_dir`: autotuning
-results (``autotune.json``), fitted cost constants (``cost-constants.json``) and FFTW wisdom. The
+results (``autotune.json``), fitted cost constants (``cost-constants.json``), the cost probe's
+measurements (``cost-probe.json``) and FFTW wisdom. The
 directory may be shared by several processes, written by another version, unwritable, or hold
 anything at all; every reader and writer of those files goes through this module, whose rules
 are:
@@ -32,6 +33,7 @@ import json
 import math
 import os
 import tempfile
+import time
 
 __all__ = ["NO_DOCUMENT", "describe_write_error", "file_lock", "is_seconds", "read_json", "write_atomically",
            "write_json_atomically"]
@@ -78,23 +80,37 @@ def describe_write_error(path, error: OSError) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path):
+def file_lock(path, timeout: float | None = None):
     """Serialise read-merge-write cycles on ``path`` between processes (``path + ".lock"``).
 
-    Best effort where ``fcntl`` is missing (Windows): the atomic replace still keeps the file
-    whole, but an update may be lost.
+    Yields True once the lock is held. With ``timeout`` (seconds), gives up waiting after that
+    long and yields False: the caller goes on without the lock (the atomic replace still keeps
+    the file whole). Best effort where ``fcntl`` is missing (Windows): yields False at once, and an
+    update may be lost. Making the lock file in an unwritable place raises OSError.
     """
     try:
         import fcntl
     except ImportError:
-        yield
+        yield False
         return
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".lock", "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if timeout is None:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.02)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 

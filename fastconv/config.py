@@ -11,12 +11,18 @@ attribute                  environment variable            default
 ``autotune``               ``FASTCONV_AUTOTUNE``           off (``1``/``true``/``on``: on)
 ``fftw_planner``           ``FASTCONV_FFTW_PLANNER``       ``"FFTW_ESTIMATE"``
 ``cache_dir``              ``FASTCONV_CACHE_DIR``          the user cache directory (below)
+``cost_probe``             ``FASTCONV_COST_PROBE``         on (``0``/``false``/``off``: off)
 =========================  ==============================  ===========================
 
 ``cache_dir`` holds what fastconv learns about this machine (autotuning results, fitted cost
-constants, FFTW wisdom). By default it is ``$XDG_CACHE_HOME/fastconv`` (``~/.cache/fastconv`` when that is
+constants, the cost probe's measurements, FFTW wisdom). By default it is ``$XDG_CACHE_HOME/fastconv`` (``~/.cache/fastconv`` when that is
 unset) on Linux, ``~/Library/Caches/fastconv`` on macOS and ``%LOCALAPPDATA%\\fastconv\\Cache`` on
 Windows, as platformdirs would choose.
+
+``cost_probe``: the first time ``backend="auto"`` needs its cost constants, fastconv measures a
+few speeds of this machine (about a second, once per machine: the result is kept in
+``cache_dir``) and scales the shipped constants to them; off, the shipped constants are used as
+they are (see :mod:`fastconv.auto.constants`).
 
 Thread pools: fastconv mixes numba's parallel kernels (an OpenMP runtime, GNU libgomp) with BLAS
 (OpenBLAS) and FFTW in one process. Idle OpenMP workers spin for a while (libgomp: 300 000 spins)
@@ -106,8 +112,8 @@ def peer_environment(**overrides: str) -> dict:
     environment.update(overrides)
     return environment
 
-__all__ = ["threads", "workspace_bytes", "autotune", "cache_dir", "fftw_planner", "set_threads",
-           "set_workspace_bytes", "set_autotune", "set_cache_dir", "set_fftw_planner"]
+__all__ = ["threads", "workspace_bytes", "autotune", "cache_dir", "fftw_planner", "cost_probe", "set_threads",
+           "set_workspace_bytes", "set_autotune", "set_cache_dir", "set_fftw_planner", "set_cost_probe"]
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -119,10 +125,14 @@ def _check_positive_int(name: str, value) -> int:
     return value
 
 
-def _check_autotune(value) -> bool:
+def _check_flag(name: str, value) -> bool:
     if not isinstance(value, (bool, int)) or value not in (0, 1):
-        raise TypeError(f"autotune must be True or False, got {value!r}")
+        raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def _check_autotune(value) -> bool:
+    return _check_flag("autotune", value)
 
 
 def _check_cache_dir(value) -> Path:
@@ -192,11 +202,12 @@ _settings = {
                                       "estimate, measure, patient or exhaustive (case-insensitive, FFTW_ prefix "
                                       "optional)", "FFTW_ESTIMATE"),
     "cache_dir": _default_cache_dir(),
+    "cost_probe": _environment_flag("FASTCONV_COST_PROBE", True),
 }
 _CHECKS = {"threads": lambda value: _check_positive_int("threads", value),
            "workspace_bytes": lambda value: _check_positive_int("workspace_bytes", value),
            "autotune": _check_autotune, "fftw_planner": lambda value: _check_planner("fftw_planner", value),
-           "cache_dir": _check_cache_dir}
+           "cache_dir": _check_cache_dir, "cost_probe": lambda value: _check_flag("cost_probe", value)}
 
 
 def set_threads(count: int) -> None:
@@ -224,6 +235,12 @@ def set_fftw_planner(effort: str) -> None:
     _settings["fftw_planner"] = _CHECKS["fftw_planner"](effort)
 
 
+def set_cost_probe(enabled: bool) -> None:
+    """Let ``backend="auto"`` scale its cost constants to this machine's measured speeds, or not
+    (``FASTCONV_COST_PROBE`` at start-up)."""
+    _settings["cost_probe"] = _CHECKS["cost_probe"](enabled)
+
+
 def _setting(name: str, doc: str) -> property:
     def get(module):
         return _settings[name]
@@ -249,7 +266,11 @@ class _ConfigModule(types.ModuleType):
                                             "times candidate algorithms (seconds per new size, faster transforms "
                                             "after; keep the result with :func:`fastconv.fft.save_wisdom`).")
     cache_dir = _setting("cache_dir", "Directory for what fastconv learns about this machine: autotuning "
-                                      "results, fitted cost constants, FFTW wisdom (created on first write).")
+                                      "results, fitted cost constants, the cost probe's measurements, FFTW "
+                                      "wisdom (created on first write).")
+    cost_probe = _setting("cost_probe", "Whether ``backend=\"auto\"`` scales the shipped cost constants to this "
+                                        "machine's speeds, measured once by a short probe and kept in "
+                                        "``cache_dir`` (False: the shipped constants as they are).")
 
 
 sys.modules[__name__].__class__ = _ConfigModule

@@ -1,6 +1,8 @@
 import os
 import sys
+import types
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Numba compiles on first use: no per-example deadline. CI keeps example counts modest so the
@@ -20,3 +22,33 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # simulates.
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     collect_ignore = ["backends/cuda"]
+
+# The cost probe measures the machine (about a second, once per cache directory) the first time
+# auto needs its constants. The tests run on the shipped constants, in every process they start,
+# so that their choices do not depend on the machine; tests of the probe itself turn it on with
+# the ``cost_probe_stub`` fixture (or, once, for real).
+os.environ["FASTCONV_COST_PROBE"] = "0"
+
+
+@pytest.fixture
+def cost_probe_stub(tmp_path, monkeypatch):
+    """The cost probe on, measuring nothing: ``stub.quantities`` (the reference machine's, unless
+    a test changes them) are what it "measures"; ``stub.calls`` counts its runs. A fresh cache
+    directory, and no decisions remembered from earlier tests."""
+    from fastconv import config
+    from fastconv.auto import choice, constants, probe
+
+    stub = types.SimpleNamespace(quantities=dict(constants.REFERENCE_MACHINE["quantities"]), calls=[])
+
+    def measure(threads=None):
+        stub.calls.append(threads)
+        return dict(stub.quantities)
+
+    monkeypatch.setattr(probe, "measure", measure)
+    monkeypatch.setattr(config, "cache_dir", tmp_path / "cache")
+    monkeypatch.setattr(config, "cost_probe", True)
+    monkeypatch.setattr(constants, "_loaded", None)
+    choice.clear_cache()
+    yield stub
+    constants._loaded = None
+    choice.clear_cache()

@@ -33,7 +33,8 @@ def _run_with_warnings(code, **environment):
                           check=True)
 
 
-_SETTINGS = "import fastconv as f; c = f.config; print(c.threads, c.workspace_bytes, c.autotune, c.fftw_planner)"
+_SETTINGS = ("import fastconv as f; c = f.config; "
+             "print(c.threads, c.workspace_bytes, c.autotune, c.fftw_planner, c.cost_probe)")
 
 
 @pytest.mark.parametrize("variable, value", [
@@ -41,7 +42,7 @@ _SETTINGS = "import fastconv as f; c = f.config; print(c.threads, c.workspace_by
     ("FASTCONV_NUM_THREADS", "1.5"), ("FASTCONV_WORKSPACE_MB", "abc"), ("FASTCONV_WORKSPACE_MB", "0"),
     ("FASTCONV_WORKSPACE_MB", "-1"), ("FASTCONV_WORKSPACE_MB", "1.5"), ("FASTCONV_WORKSPACE_MB", "1e3"),
     ("FASTCONV_AUTOTUNE", "maybe"), ("FASTCONV_AUTOTUNE", "2"), ("FASTCONV_FFTW_PLANNER", "slow"),
-    ("FASTCONV_LIMIT_OMP_SPIN", "sometimes"),
+    ("FASTCONV_LIMIT_OMP_SPIN", "sometimes"), ("FASTCONV_COST_PROBE", "maybe"), ("FASTCONV_COST_PROBE", "2"),
 ])
 def test_a_bad_environment_variable_warns_and_the_default_is_used(variable, value):
     defaults = _run_with_warnings(_SETTINGS)
@@ -53,8 +54,8 @@ def test_a_bad_environment_variable_warns_and_the_default_is_used(variable, valu
 
 def test_good_environment_values_are_used():
     result = _run_with_warnings(_SETTINGS, FASTCONV_NUM_THREADS=" 3 ", FASTCONV_WORKSPACE_MB="5",
-                                FASTCONV_AUTOTUNE="On", FASTCONV_FFTW_PLANNER="measure")
-    assert result.stdout.split() == ["3", str(5 << 20), "True", "FFTW_MEASURE"]
+                                FASTCONV_AUTOTUNE="On", FASTCONV_FFTW_PLANNER="measure", FASTCONV_COST_PROBE="off")
+    assert result.stdout.split() == ["3", str(5 << 20), "True", "FFTW_MEASURE", "False"]
     assert "Warning" not in result.stderr
 
 
@@ -63,6 +64,7 @@ def test_good_environment_values_are_used():
     ("threads", True, TypeError), ("workspace_bytes", 0, ValueError), ("workspace_bytes", None, TypeError),
     ("autotune", "yes", TypeError), ("autotune", 2, TypeError), ("fftw_planner", "fast", ValueError),
     ("fftw_planner", 3, ValueError), ("cache_dir", "", TypeError), ("cache_dir", 5, TypeError),
+    ("cost_probe", "no", TypeError), ("cost_probe", None, TypeError),
 ])
 def test_assigning_a_setting_directly_is_validated(name, value, error):
     from fastconv import config
@@ -78,7 +80,7 @@ def test_assigning_a_setting_directly_works_like_its_setter(monkeypatch, tmp_pat
 
     for name, value, expected in [("threads", 3, 3), ("workspace_bytes", 1 << 20, 1 << 20),
                                   ("autotune", 1, True), ("fftw_planner", "patient", "FFTW_PATIENT"),
-                                  ("cache_dir", str(tmp_path), tmp_path)]:
+                                  ("cache_dir", str(tmp_path), tmp_path), ("cost_probe", 0, False)]:
         monkeypatch.setattr(config, name, value)
         assert getattr(config, name) == expected
     config.set_threads(2)

@@ -26,14 +26,20 @@ so the run can be split into short pieces)::
     python benchmarks/compare/check_auto.py --json auto.json --max-seconds 240   # repeat until done
     python benchmarks/compare/check_auto.py --json auto.json --report            # the summary table
 
+``--unseen`` keeps to the problems whose geometry is not in the grid the shipped constants were
+fitted on (:func:`fastconv.auto.calibrate.calibration_grid`): the fair test of the cost model.
 ``--only tiny_8x8_k3`` measures one problem (seconds): a quick check that the script works.
 ``--overhead`` times auto's per-call overhead on a tiny problem against torch's whole call, each
 library in its own process (:func:`fastconv.tools.isolated.run_isolated`), by fastconv's timing
 rule (:func:`fastconv.tools.bench.time_call`).
 
-Run it on a quiet machine, with the constants you want to judge (``fastconv tune --calibrate``
-first to judge this machine's fit; ``FASTCONV_CACHE_DIR`` pointing at an empty directory to
-judge the shipped defaults).
+Every result records the machine's CPU model and where the cost constants came from
+(:func:`fastconv.auto.constants.constants_source`); the report prints them. Run it on a quiet
+machine, with the constants you want to judge: ``--clear-cache`` starts from an empty cache
+directory of its own (a fresh temporary one; yours is left alone), so the constants are the
+shipped ones scaled by this machine's cost probe alone, as a new user gets them;
+``fastconv tune --calibrate`` first to judge this machine's fit; ``FASTCONV_COST_PROBE=0`` with
+``--clear-cache`` to judge the shipped constants as they are.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -87,6 +94,23 @@ def problems():
     return grid
 
 
+def _geometry(x_shape, w_shape, keywords, dtype):
+    from fastconv.geometry import make_spec
+
+    spec = make_spec(x_shape, w_shape, dtype=dtype, **keywords)
+    return tuple(x_shape), tuple(w_shape), spec.stride, spec.padding, spec.dilation, spec.groups, str(spec.dtype)
+
+
+def calibrated_names(grid=None) -> set[str]:
+    """The problems of ``grid`` (default :func:`problems`) whose geometry the cost constants were
+    fitted on (:func:`fastconv.auto.calibrate.calibration_grid`): not a fair test of the model."""
+    from fastconv.auto.calibrate import calibration_grid
+
+    fitted = {_geometry(x_shape, w_shape, keywords, dtype) for x_shape, w_shape, keywords, dtype, _ in calibration_grid()}
+    return {name for name, x_shape, w_shape, keywords, dtype, _ in (grid or problems())
+            if _geometry(x_shape, w_shape, keywords, dtype) in fitted}
+
+
 def _weight(shape, kind, dtype, rng):
     if kind == "gaussian":
         axis = np.linspace(-2.5, 2.5, shape[-1])
@@ -99,6 +123,7 @@ def _weight(shape, kind, dtype, rng):
 def measure_problem(entry, skip_above: float):
     from fastconv import backends
     from fastconv.auto import choice, cost, timing
+    from fastconv.auto.constants import constants_source
     from fastconv.geometry import make_spec, pad_input
 
     name, x_shape, w_shape, keywords, dtype, kind = entry
@@ -122,6 +147,7 @@ def measure_problem(entry, skip_above: float):
         else:
             timed.append(backend)
     times = timing.time_backends_quietly(timed, (x_run, weight, None), spec, repeats=7, budget=2.0, passes=2)
+    machine = bench.machine_info()
     choice.clear_cache()
     untuned = choice.choose(spec, weight, tune=False)
     tune_started = time.perf_counter()
@@ -130,7 +156,9 @@ def measure_problem(entry, skip_above: float):
     tuned = choice.fastest(tuned_results)
     return {"name": name, "input": x_shape, "weight": w_shape, "keywords": keywords, "dtype": dtype,
             "kernel": kind, "rank": rank, "estimates": estimates, "times": times, "notes": notes,
-            "auto": untuned, "tuned": tuned, "tuner_measured": tuned_results, "tuner_seconds": tune_seconds}
+            "auto": untuned, "tuned": tuned, "tuner_measured": tuned_results, "tuner_seconds": tune_seconds,
+            "cpu": f"{machine['cpu']} ({machine['cores']} cores, {machine['threads']} threads)",
+            "constants": constants_source()}
 
 
 def _ratio(result, pick):
@@ -151,6 +179,8 @@ def report(results) -> str:
         lines.append(f"| {result['name']} ({result['dtype']}) | {best} | {result['times'][best] * 1e3:.3g} ms "
                      f"| {result['auto']} | {ratio:.2f} | {result['tuned']} | {tuned_ratio:.2f} |")
     count = len(results)
+    if not count:
+        return "no results yet"
     within = sum(r <= 1.10 for r in untuned_ratios)
     tuned_within = sum(r <= 1.10 for r in tuned_ratios)
     lines += ["",
@@ -159,6 +189,9 @@ def report(results) -> str:
               f"{np.exp(np.mean(np.log(untuned_ratios))):.3f}x.",
               f"Tuned: within 10% on {tuned_within}/{count} ({100 * tuned_within / count:.0f}%), worst "
               f"{max(tuned_ratios):.2f}x."]
+    for what, label in (("cpu", "Measured on"), ("constants", "Cost constants")):  # (older results lack them)
+        seen = sorted({result[what] for result in results if what in result})
+        lines.append(f"{label}: {'; '.join(seen) or 'not recorded'}.")
     return "\n".join(lines)
 
 
@@ -207,6 +240,16 @@ def overhead() -> str:
             f"auto call = {auto / torch_time:.2f}x torch's.")
 
 
+def machine_line() -> str:
+    """The CPU model, and where the cost constants come from (running the cost probe if it has to)."""
+    from fastconv.auto.constants import constants_source
+
+    machine = bench.machine_info()
+    source = constants_source()
+    return (f"measured on {machine['cpu']} ({machine['cores']} cores, {machine['threads']} threads); cost constants "
+            f"{'from the probe' if source.startswith('probed') else 'not from the probe'}: {source}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="check_auto.json", help="results file (accumulates; default %(default)s)")
@@ -214,9 +257,24 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-above", type=float, default=1.0, help="don't time backends estimated slower (s)")
     parser.add_argument("--report", action="store_true", help="print the summary table of the results file")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="problems to (re)measure")
+    parser.add_argument("--unseen", action="store_true",
+                        help="only the problems whose geometry is not in the calibration grid (the fair test of "
+                             "constants fitted on that grid)")
     parser.add_argument("--overhead", action="store_true",
                         help="measure auto's per-call overhead on a tiny problem against torch, and stop")
+    parser.add_argument("--clear-cache", action="store_true",
+                        help="start from an empty cache directory (a new temporary one; yours is left alone): the "
+                             "constants come from this machine's cost probe alone, as a new user's do")
     args = parser.parse_args(argv)
+    if args.clear_cache:
+        from fastconv import config
+
+        empty = tempfile.mkdtemp(prefix="fastconv-check-auto-")
+        config.cache_dir = empty
+        os.environ["FASTCONV_CACHE_DIR"] = empty  # and in the worker processes
+        print(f"cache directory: {empty} (empty)")
+    if not args.report:
+        print(machine_line(), flush=True)
     if args.overhead:
         print(overhead())
         return 0
@@ -226,6 +284,9 @@ def main(argv=None) -> int:
         with open(args.json) as stream:
             results = {result["name"]: result for result in json.load(stream)}
     grid = problems()
+    if args.unseen:
+        calibrated = calibrated_names(grid)
+        grid = [entry for entry in grid if entry[0] not in calibrated]
     if args.report:
         done = [results[entry[0]] for entry in grid if entry[0] in results]
         print(report(done))

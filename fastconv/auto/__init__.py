@@ -5,7 +5,9 @@ module             what
 =================  ==============================================================================
 ``choice``         the rules :func:`choose` applies, eligibility, the tuner's measurement
 ``cost``           estimated seconds of a backend on a problem, from its ``cost_terms``
-``constants``      the constants of those estimates: shipped, or fitted on this machine
+``constants``      the constants of those estimates: fitted on this machine, or shipped and
+                   scaled to its speeds
+``probe``          measuring those speeds (once per machine, the first time auto needs them)
 ``timing``         the one timing rule of the tuner and of ``fastconv bench``
 ``tuning_cache``   ``autotune.json``: the measured winners, kept across processes
 ``explain``        the choice shown as a table
@@ -21,6 +23,7 @@ True
 """
 
 from fastconv.auto.choice import autotune, choose, clear_cache, kernel_rank
+from fastconv.auto.constants import rerun_probe
 from fastconv.auto.explain import ExplainRow, Explanation, explain
 
-__all__ = ["autotune", "choose", "clear_cache", "explain", "ExplainRow", "Explanation", "kernel_rank"]
+__all__ = ["autotune", "choose", "clear_cache", "explain", "ExplainRow", "Explanation", "kernel_rank", "rerun_probe"]

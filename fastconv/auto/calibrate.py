@@ -3,24 +3,28 @@
 :func:`calibrate` times every backend on a small grid of problems that exercises each of their
 cost terms (:func:`calibration_grid`) and fits the constants to the times
 (:func:`fit_constants`); ``fastconv tune --calibrate`` stores them for later processes on this
-machine (:mod:`fastconv.auto.constants`).
+machine (:mod:`fastconv.auto.constants`), and prints this machine's probed speeds in the form of
+:data:`~fastconv.auto.constants.REFERENCE_MACHINE` (:func:`reference_machine`), to ship with
+constants fitted here. ``fastconv tune --probe`` measures this machine's speeds again.
 """
 
 from __future__ import annotations
+
 
 import numpy as np
 
 from fastconv import backends, config
 from fastconv.auto import cost, tuning_cache
 from fastconv.auto.choice import clear_cache, decline_reason, kernel_rank, weight_decline_reason
-from fastconv.auto.constants import (DEFAULT_THREADS, constants_source, constants_threads, fitted_constants,
-                                     save_constants, shipped_constants)
+from fastconv.auto.constants import (DEFAULT_THREADS, REFERENCE_MACHINE, RESOURCES, constants_for, constants_source,
+                                     constants_threads, fitted_constants, format_quantity, machine_key, probe_path,
+                                     probe_result, rerun_probe, resource_factors, save_constants, shipped_constants)
 from fastconv.auto.timing import format_seconds, time_backends_quietly
 from fastconv.backends.work import is_double
 from fastconv.geometry import backend_input, make_spec
 
 __all__ = ["calibration_grid", "calibrate", "fit_constants", "main", "add_arguments", "argument_problem",
-           "run_command", "show"]
+           "reference_machine", "run_command", "show"]
 
 
 def calibration_grid():
@@ -188,6 +192,23 @@ def fit_constants(name: str, samples, defaults: dict[str, float] | None = None, 
     return fitted
 
 
+def reference_machine(runs: int = 3) -> dict:
+    """This machine's probed speeds (the median of ``runs`` probes) as a
+    :data:`~fastconv.auto.constants.REFERENCE_MACHINE`: what to ship with constants fitted here."""
+    import statistics
+
+    from fastconv.auto import probe
+
+    measured = [probe.measure() for _ in range(runs)]
+    machine = machine_key()
+    versions = ", ".join(f"{package} {version}" for package, version in machine["versions"].items()
+                         if version and package != "fastconv")
+    return {"name": f"{machine['cores']}-core {machine['cpu']}; {versions}",
+            "threads": probe.probe_threads(),
+            "quantities": {resource: float(f"{statistics.median(run[resource] for run in measured):.3g}")
+                           for resource in RESOURCES if all(resource in run for run in measured)}}
+
+
 def main(argv=None) -> int:
     """``fastconv tune``: calibrate the cost model, show or clear the autotuning cache."""
     import argparse
@@ -208,7 +229,11 @@ def add_arguments(parser) -> None:
                              "and store them in the cache directory")
     parser.add_argument("--backends", nargs="+", metavar="NAME", help="with --calibrate: backends to calibrate "
                                                                      "(default: all that ship constants)")
-    parser.add_argument("--show", action="store_true", help="print the cost constants in use and the cache entries")
+    parser.add_argument("--probe", action="store_true",
+                        help="measure this machine's speeds again (the cost probe, about a second), keep them in the "
+                             "cache directory, and show the constants they give")
+    parser.add_argument("--show", action="store_true",
+                        help="print the cost constants in use, the probed speeds, and the cache entries")
     parser.add_argument("--clear", action="store_true", help="delete the autotuning cache file")
     parser.set_defaults(run=run_command)
 
@@ -238,25 +263,39 @@ def _constant_lines(name: str, table: dict, origin: str, width: int = 100) -> li
 
 
 def show() -> None:
-    """Print the cost constants in use, per backend and where they come from, and the tuning cache."""
+    """Print the cost constants in use, per backend and where they come from, the probed speeds
+    they were scaled by, and the tuning cache."""
     fitted = fitted_constants()
     shipped = shipped_constants()
-    source = constants_source()
-    print(f"cost constants of backend='auto': seconds per unit of each cost term, at {constants_threads()} threads")
-    print("  (shipped: the backend's COST_CONSTANTS; fitted: by `fastconv tune --calibrate` on this machine"
-          + (f", in {source})" if fitted else ")"))
+    probed = probe_result()
+    print("cost constants of backend='auto': seconds per unit of each cost term")
+    print(f"  in use: {constants_source()}")
+    if probed is not None:
+        reference = REFERENCE_MACHINE
+        factors = resource_factors(probed["quantities"])
+        print(f"cost probe of {probed['date']} ({probed['threads']} threads, took {probed['seconds']:.2f} s), against "
+              f"the machine the shipped constants were fitted on ({reference['name']}, "
+              f"{reference['threads']} threads):")
+        print(f"  {'resource':<15} {'here':>18} {'reference':>18}  constants  what")
+        for resource, (what, _) in RESOURCES.items():
+            here, there = probed["quantities"].get(resource), reference["quantities"].get(resource)
+            print(f"  {resource:<15} {format_quantity(resource, here) if here else '-':>18} "
+                  f"{format_quantity(resource, there) if there else '-':>18}  x{factors[resource]:<8.3g} {what}")
     for name in backends.backend_names():
         reason = backends.unavailable_reason(name)
         if name in fitted:
             print("\n".join(_constant_lines(name, fitted[name], "fitted")))
         elif name in shipped:
-            print("\n".join(_constant_lines(name, shipped[name], "shipped")))
+            origin = "probed" if probed is not None else "shipped"
+            print("\n".join(_constant_lines(name, constants_for(name, backends.get(name)), origin)))
         elif reason is not None:
             print(f"  {name:<10} unavailable here")
         elif backends.placement(name) == "device":
             print(f"  {name:<10} none: chosen for arrays in GPU memory, not by estimate")
         else:
             print(f"  {name:<10} none: ranked by its direct-convolution work at a generic rate")
+    threads = sorted({constants_threads(name) for name in (*fitted, *shipped)} or {constants_threads()})
+    print(f"  (measured at {', '.join(map(str, threads))} threads; the work terms scale with the threads in use)")
     entries = tuning_cache.read_cache()
     print(f"autotuning cache {tuning_cache.cache_path()}: {len(entries)} entries")
     for key, entry in sorted(entries.items()):
@@ -270,6 +309,13 @@ def run_command(args) -> int:
             print(f"removed {tuning_cache.cache_path()}")
         else:
             status = 1
+    if args.probe:
+        print(f"measuring this machine's speeds for the cost model ({config.threads} threads)...")
+        measured = rerun_probe()
+        clear_cache()
+        print(f"took {measured['seconds']:.2f} s; kept in {probe_path()}")
+        if not config.cost_probe:
+            print("the cost probe is off (FASTCONV_COST_PROBE=0): auto keeps the shipped constants")
     if args.calibrate:
         print(f"calibrating the cost model on this machine ({config.threads} threads)...")
         fitted, _ = calibrate(args.backends)
@@ -281,6 +327,9 @@ def run_command(args) -> int:
             status = 1  # save_constants warned why
         else:
             print(f"wrote {path}")
-    if args.show or not (args.calibrate or args.clear):
+        print("to ship these constants, paste each table into its backend's COST_CONSTANTS and this machine's "
+              "speeds into fastconv/auto/constants.py:")
+        print(f"REFERENCE_MACHINE = {reference_machine()!r}")
+    if args.show or args.probe or not (args.calibrate or args.clear):
         show()
     return status

@@ -35,7 +35,7 @@ import numpy as np
 
 from fastconv import backends, config
 from fastconv.auto import cost, timing, tuning_cache
-from fastconv.auto.constants import constants_source
+from fastconv.auto.constants import constants_token
 from fastconv.auto.timing import format_seconds
 from fastconv.thread_pools import reinitialise_after_fork
 from fastconv.geometry import ConvSpec
@@ -51,7 +51,7 @@ _SKIP_FACTOR = 10.0
 _CONTENDER_FACTOR = 1.5
 
 _lock = reinitialise_after_fork(threading.RLock())
-_decisions: dict = {}  # (spec, threads, constants source) -> ranked candidates
+_decisions: dict = {}  # (spec, threads, constants token) -> ranked candidates
 _ranks: dict = {}  # weight fingerprint -> numerical rank
 _weight_verdicts: dict = {}  # (backend, spec, weight fingerprint) -> supports_weight's answer
 
@@ -178,7 +178,7 @@ def model_choice(spec: ConvSpec, weight: np.ndarray | None) -> str:
 
 def _model_choice(spec: ConvSpec, weight: np.ndarray | None) -> tuple[str, bool]:
     """(the model's pick, whether the weight's values took part in it)."""
-    key = (spec, config.threads, constants_source())
+    key = (spec, config.threads, constants_token())
     ranking = _decisions.get(key)
     if ranking is None:
         # ranked per spec with weight-dependent backends at their best case (rank 1, accepted):

@@ -28,7 +28,8 @@ shipped constants were fitted. In short:
 Terms in :data:`UNSCALED_TERMS` (the per-call overhead, separable's float64 SVD) cost the same
 whatever the dtype and thread count; the others scale by the backend's ``float64_factor`` for
 double precision and by the thread count the constants were measured with. Constants come from
-``fastconv tune --calibrate`` (fitted on this machine) or else the backends' shipped ones (see
+``fastconv tune --calibrate`` (fitted on this machine), or else are the backends' shipped ones
+scaled to this machine's speeds by the cost probe, or the shipped ones as they are (see
 :mod:`fastconv.auto.constants`).
 
 Examples
@@ -51,7 +52,7 @@ import threading
 import warnings
 
 from fastconv import backends, config
-from fastconv.auto.constants import constants_for, constants_threads
+from fastconv.auto.constants import DEFAULT_THREADS, constants_for, constants_threads
 from fastconv.backends.work import direct_macs, dtype_work, io_bytes, is_double
 from fastconv.geometry import ConvSpec
 
@@ -104,12 +105,15 @@ def predict(table: dict, terms: dict, double: bool, speedup: float = 1.0) -> flo
 
 
 def estimate_seconds(name: str, spec: ConvSpec, *, rank: int | None = None, module=None,
-                     constants: dict | None = None, threads: int | None = None) -> float:
+                     constants: dict | None = None, threads: int | None = None,
+                     measured_threads: int | None = None) -> float:
     """Estimated run time of backend ``name`` on ``spec``, in seconds.
 
     ``constants`` maps backend names to constant tables (default: those in use, see
     :func:`fastconv.auto.constants.constants_for`); ``threads`` the thread count (default
-    :data:`fastconv.config.threads`).
+    :data:`fastconv.config.threads`); ``measured_threads`` the thread count the constants were
+    measured with (default: :data:`~fastconv.auto.constants.DEFAULT_THREADS` for a table from
+    ``constants``, that of the constants in use otherwise).
 
     Examples
     --------
@@ -121,10 +125,12 @@ def estimate_seconds(name: str, spec: ConvSpec, *, rank: int | None = None, modu
     terms = work_terms(name, spec, rank=rank, module=module)
     if constants is not None and name in constants:
         table = constants[name]
+        measured_threads = measured_threads or DEFAULT_THREADS
     else:
         table = constants_for(name, module)
+        measured_threads = measured_threads or constants_threads(name)
     if table is None:
         table = GENERIC_CONSTANTS
     # extra threads speed up the work terms, not the fixed per-call term
-    speedup = max(min(threads or config.threads, os.cpu_count() or 1), 1) / constants_threads()
+    speedup = max(min(threads or config.threads, os.cpu_count() or 1), 1) / measured_threads
     return predict(table, terms, is_double(spec.dtype), speedup)

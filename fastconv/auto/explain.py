@@ -256,8 +256,6 @@ def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dila
     candidates = [row for row in rows if row.supported]
     if not candidates:
         raise ValueError(f"no backend can run this convolution: {spec}")
-    # auto runs the reference loops only where nothing else can
-    candidates = [row for row in candidates if not backends.is_reference(row.name)] or candidates
     timed = {name: seconds for name, seconds in measured.items() if isinstance(seconds, float)
              and any(row.name == name for row in candidates)}
     if timed and (tune or config.autotune):
@@ -265,11 +263,16 @@ def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dila
         why = f"fastest measured ({format_seconds(timed[choice])})"
     else:
         choice = model_choice(spec, weight)
-        estimates = sorted((row.estimated_seconds, row.name) for row in candidates)
+        # as the choice does: the reference loops only where no compiled backend can run the call
+        ranked = [row for row in candidates if not backends.is_reference(row.name)] or candidates
+        estimates = sorted((row.estimated_seconds, row.name) for row in ranked)
         runner_up = [f"{name} {format_seconds(seconds)}" for seconds, name in estimates if name != choice][:1]
         chosen = next(row for row in candidates if row.name == choice)
         why = f"lowest estimated time ({format_seconds(chosen.estimated_seconds)}"
         why += f"; next best {runner_up[0]})" if runner_up else "; the only candidate)"
+        left_out = [row.name for row in candidates if row not in ranked]
+        if left_out:
+            why += f"; not {', '.join(left_out)}: the reference loops, run only where nothing else can"
         if timed:
             why += "; measurements above are not used unless autotuning is on"
     return Explanation(spec, rows, choice, why, constants_source(), rank)

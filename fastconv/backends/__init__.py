@@ -36,9 +36,23 @@ Choosing (what ``backend="auto"`` and :func:`fastconv.explain` read)
     ``"byte"``, ...); ``rank`` is the kernels' numerical rank or None. The estimated time is
     ``sum(COST_CONSTANTS[term] * count)`` (see :mod:`fastconv.auto.cost`).
 ``COST_CONSTANTS : dict[str, float]``
-    Seconds per unit of each term, as shipped (``fastconv tune --calibrate`` refits them on the
-    user's machine). A backend without ``cost_terms`` is still ranked, by its direct-convolution
+    Seconds per unit of each term, as shipped: fitted on one machine, whose speeds are in
+    :data:`fastconv.auto.constants.REFERENCE_MACHINE`. On another machine each constant is
+    scaled by how much faster or slower that machine is at the resource its term uses, measured
+    by a short probe the first time ``auto`` runs there (``fastconv tune --calibrate`` refits
+    them outright). A backend without ``cost_terms`` is still ranked, by its direct-convolution
     work at a generic rate, with a warning that says so.
+
+    The term's name says which resource it uses: ``call`` and names ending ``_call`` are per-call
+    overhead (Python calling compiled code), names ending ``byte`` are memory traffic, names
+    containing ``gemm`` are BLAS matrix products, names containing ``fft`` are FFTW transforms,
+    and everything else (multiply-adds of compiled kernels, per-tile or per-row work) is the
+    vectorised compute of numba code on all threads (:func:`fastconv.auto.constants.term_resource`).
+``COST_RESOURCES : dict[str, str]`` (optional)
+    The resource of a term whose name does not say it: ``{"mac": "serial_compute"}`` for loops
+    that run on one thread, ``{"piece": "call"}`` for a fixed cost per piece of work. Resources
+    are the keys of :data:`fastconv.auto.constants.RESOURCES`: ``gemm``, ``fft``, ``memory``,
+    ``compute``, ``serial_compute`` and ``call``.
 ``reference : bool`` (optional, default False)
     True for the plain reference loops (``naive``): ``auto`` runs them only where no other
     backend can run the call.

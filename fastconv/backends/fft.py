@@ -134,8 +134,14 @@ _MAX_SUB_IMAGES = 4096
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"bin_flop": 1.35e-17, "bin_gemm": 7.42e-08, "bin_gemm_flop": 6.15e-11, "byte": 5.95e-11, "call": 4.03e-05,
-                  "fft_flop": 4.51e-11, "filter_spectrum_byte": 7.07e-12, "float64_factor": 1.44, "tile": 8.96e-13}
+COST_CONSTANTS = {"bin_flop": 1.15e-10, "bin_gemm": 8.3e-08, "bin_gemm_flop": 7.38e-11, "byte": 3.82e-11,
+                  "call": 5.26e-05, "fft_flop": 4.38e-11, "filter_spectrum_byte": 2.79e-11, "float64_factor": 1.18,
+                  "tile": 4.95e-06}
+
+#: The resource each term's constant scales with where the term's name does not say (see
+#: :func:`fastconv.auto.constants.term_resource`): ``bin_gemm`` counts the small GEMMs, one
+#: call each, whose cost is the call, not its flops.
+COST_RESOURCES = {"bin_gemm": "call"}
 
 
 def available() -> str | None:

@@ -58,8 +58,8 @@ __all__ = ["name", "available", "supports", "run", "column_bytes", "plan_tiles"]
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"byte": 2.35e-19, "call": 1.44e-05, "float64_factor": 0.964, "gemm_byte": 3.98e-11, "gemm_call": 7.65e-07,
-                  "gemm_flop": 3.52e-12, "unfold_byte": 1.24e-10}
+COST_CONSTANTS = {"byte": 2.24e-11, "call": 1.37e-05, "float64_factor": 0.874, "gemm_byte": 3.67e-11,
+                  "gemm_call": 3.78e-06, "gemm_flop": 5.13e-12, "unfold_byte": 1.1e-10}
 
 
 def available() -> str | None:

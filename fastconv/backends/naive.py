@@ -39,7 +39,11 @@ reference = True
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"call": 1.65e-06, "float64_factor": 1.18, "mac": 9.02e-10}
+COST_CONSTANTS = {"call": 1.88e-06, "float64_factor": 1.22, "mac": 9.13e-10}
+
+#: The resource each term's constant scales with where the term's name does not say (see
+#: :func:`fastconv.auto.constants.term_resource`): the loops run on one thread.
+COST_RESOURCES = {"mac": "serial_compute"}
 
 
 def available() -> str | None:

@@ -81,7 +81,7 @@ from fastconv.thread_pools import ParallelKernel
 name = "numba_cpu"
 
 __all__ = ["name", "available", "supports", "run", "plan", "uses_plane_kernel", "cost_terms", "COST_CONSTANTS",
-           "SERIAL_MACS"]
+           "COST_RESOURCES", "SERIAL_MACS"]
 
 #: Below this many multiply-adds a call runs on one thread: waking the others (microseconds)
 #: would cost more than the work.
@@ -642,8 +642,16 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"byte": 4.52e-12, "call": 1.68e-06, "float64_factor": 1.71, "block_flop": 7.16e-12,
-                  "pack_byte": 1.12e-11, "plane_flop": 4.96e-12, "task": 1.18e-07}
+COST_CONSTANTS = {"block_flop": 7.17e-12, "byte": 7.44e-12, "call": 1.72e-06, "float64_factor": 1.88,
+                  "pack_byte": 7.47e-12, "plane_flop": 4.58e-12, "task": 9.66e-08}
+
+#: The resource each term's constant scales with on another machine (see
+#: :func:`fastconv.auto.constants.term_resource`): the kernels are bound by the vector FMA rate
+#: (``compute``, the probe's vectorised multiply-adds on all threads), packing and the input,
+#: output and weight traffic by ``memory``, and a parallel task, like the call, is a fixed
+#: cost of dispatch rather than arithmetic (``call``).
+COST_RESOURCES = {"block_flop": "compute", "plane_flop": "compute", "pack_byte": "memory", "byte": "memory",
+                  "call": "call", "task": "call"}
 
 
 def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:

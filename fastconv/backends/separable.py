@@ -135,9 +135,15 @@ _factors = WeightCache(max_entries=8, max_bytes=_FACTOR_CACHE_BYTES)
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"byte": 3.17e-11, "call": 1.02e-05, "float64_factor": 1.17, "horizontal_mac": 2.0e-11,
-                  "kernel": 5.54e-07, "mac": 2.77e-11, "svd_entry": 8.38e-08, "svd_flop": 8.75e-10, "task": 1e-07,
+COST_CONSTANTS = {"byte": 2.65e-11, "call": 1.79e-05, "float64_factor": 1.59, "horizontal_mac": 2.0e-11,
+                  "kernel": 1.07e-06, "mac": 3.08e-11, "svd_entry": 1.18e-07, "svd_flop": 8.83e-11, "task": 1e-07,
                   "vertical_mac": 1.0e-11}
+
+#: The resource each term's constant scales with where the term's name does not say (see
+#: :func:`fastconv.auto.constants.term_resource`): the kernels are factored by LAPACK on one thread;
+#: a parallel task is a fixed cost of dispatch, like the call.
+COST_RESOURCES = {"kernel": "serial_compute", "svd_entry": "serial_compute", "svd_flop": "serial_compute",
+                  "task": "call"}
 
 
 def clear_caches() -> None:

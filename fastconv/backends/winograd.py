@@ -198,8 +198,12 @@ def supports(spec: ConvSpec) -> str | None:
 # GEMMs stream the transformed filters when few tiles share them. Only their ratio matters.
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"byte": 1.62e-10, "call": 9.68e-05, "float64_factor": 0.731, "gemm_flop": 1.55e-20, "piece": 8.89e-06,
-                  "transform_flop": 5.44e-11}
+COST_CONSTANTS = {"byte": 1.83e-10, "call": 0.000125, "float64_factor": 0.593, "gemm_flop": 1.23e-19, "piece": 7.83e-06,
+                  "transform_flop": 4.99e-11}
+
+#: The resource each term's constant scales with where the term's name does not say (see
+#: :func:`fastconv.auto.constants.term_resource`): ``piece`` is a fixed cost per dilation sub-image.
+COST_RESOURCES = {"piece": "call"}
 
 # Rates (measured once, not per machine) that decide F(2x2) against F(4x4) in choose_tile.
 _GEMM_FLOPS_PER_SECOND = 2.0e11

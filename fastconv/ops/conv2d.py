@@ -14,7 +14,7 @@ import numpy as np
 
 from fastconv import auto, backends, config
 from fastconv.auto.choice import choose_for_call, remember_call, remembered_call, weight_decline_reason
-from fastconv.auto.constants import constants_source
+from fastconv.auto.constants import constants_token
 from fastconv.geometry import ConvSpec, backend_input, make_spec, resolve_dtypes
 from fastconv.geometry import backend_spec as backend_spec_of
 from fastconv.ops.operands import as_numeric_array, check_bias, in_gpu_memory, memory_layout
@@ -241,9 +241,9 @@ def _call_signature(x, weight, bias, stride, padding, dilation, groups, padding_
     """The key under which a call's validation and backend choice are remembered, or None (not kept).
 
     Everything that changes what conv2d checks or picks is in it: the operands' shapes, dtypes and
-    layout, every argument, the thread count, the use_backend preference, autotuning and the cost
-    constants in use. Only plain numpy arrays and plain int/str/tuple arguments are kept (a bool
-    where an int belongs must still be refused).
+    layout, every argument, the thread count, the use_backend preference, autotuning and, for
+    ``backend="auto"``, the cost constants in use. Only plain numpy arrays and plain int/str/tuple
+    arguments are kept (a bool where an int belongs must still be refused).
     """
     if type(x) is not np.ndarray or type(weight) is not np.ndarray or (bias is not None and type(bias) is not np.ndarray):
         return None
@@ -253,4 +253,6 @@ def _call_signature(x, weight, bias, stride, padding, dilation, groups, padding_
     flags = x.flags
     return (x.shape, x.dtype, flags.c_contiguous, flags.f_contiguous, weight.shape, weight.dtype,
             None if bias is None else (bias.shape, bias.dtype), stride, padding, dilation, groups, padding_mode,
-            backend, tune, config.threads, config.autotune, _preferred_backend.get(), constants_source())
+            backend, tune, config.threads, config.autotune, _preferred_backend.get(),
+            # (only auto reads the constants: an explicit backend must not start the cost probe)
+            constants_token() if backend == "auto" else None)

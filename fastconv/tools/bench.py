@@ -50,7 +50,9 @@ from fastconv.auto.timing import steady_state_times, timed
 from fastconv.tools.cases import Case, Skip, make_inputs
 
 __all__ = [
+    "AUTO",
     "REFERENCE_MAX_FLOPS",
+    "call_overhead_summary",
     "PEERS",
     "auto_summary",
     "fastest",
@@ -82,9 +84,18 @@ _OPENCV_DISTRIBUTIONS = ("opencv-python-headless", "opencv-python", "opencv-cont
 # The most channels an OpenCV matrix has (CV_CN_MAX).
 _OPENCV_MAX_CHANNELS = 512
 
+#: Timed like a backend where asked for: the operation called with ``backend="auto"``, as a user
+#: calls it (validation and the choice included). Never "the fastest backend" (:func:`fastest`).
+AUTO = "auto"
+
+
 def _fastconv_call(case: Case, backend: str, x, w):
     import fastconv
 
+    if backend == AUTO:
+        if not hasattr(fastconv, case.op):
+            raise Skip(f"fastconv.{case.op} is not in this version of fastconv")
+        return functools.partial(getattr(fastconv, case.op), x, w, backend=AUTO, **case.conv_kwargs())
     if case.op == "conv2d":
         reason = backends.unavailable_reason(backend)
         if reason is not None:
@@ -377,7 +388,7 @@ def op_backends(op: str, requested=None) -> list[str]:
     registered = backends.backend_names(op)
     if requested is None:
         return list(registered)
-    return [name for name in requested if name in registered]
+    return [name for name in requested if name in registered or name == AUTO]
 
 
 def measure(cases, backend_names, peers=(), repeat: int = 5, budget_s: float = 1.0, progress: bool = True) -> dict:
@@ -414,8 +425,10 @@ def median_seconds(entry: dict, name: str) -> float | None:
 
 
 def fastest(entry: dict, names) -> str | None:
-    """The fastest of ``names`` that ran in one case entry of :func:`measure` (None if none ran)."""
-    timed = [(median_seconds(entry, name), name) for name in names if median_seconds(entry, name) is not None]
+    """The fastest of ``names`` that ran in one case entry of :func:`measure` (None if none ran);
+    :data:`AUTO` is not a backend and never the fastest."""
+    timed = [(median_seconds(entry, name), name) for name in names
+             if name != AUTO and median_seconds(entry, name) is not None]
     return min(timed)[1] if timed else None
 
 
@@ -432,6 +445,20 @@ def auto_summary(results: dict) -> str:
     worst, worst_case = max(ratios)
     return (f"auto's choice was within 10% of the fastest backend on {hits} of {len(ratios)} cases"
             + (f"; worst: {worst:.2f}x the fastest time, on {worst_case}" if worst > 1.1 else ""))
+
+
+def call_overhead_summary(results: dict, peer: str = "torch") -> str:
+    """One line per case where :data:`AUTO` and ``peer`` both ran: their times per call, and the ratio.
+
+    For the ``calls`` suite, whose problem is so small that a call's time is its overhead.
+    """
+    lines = []
+    for entry in results["cases"]:
+        auto, other = median_seconds(entry, AUTO), median_seconds(entry, peer)
+        if auto and other:
+            lines.append(f"{entry['case']['name']}: conv2d(backend='auto') {auto * 1e6:.2f} µs per call, "
+                         f"{peer} {other * 1e6:.2f} µs: {auto / other:.2f}× {peer}'s time")
+    return "\n".join(lines)
 
 
 def sgemm_gflops(size: int = 1024, repeat: int = 5) -> float:

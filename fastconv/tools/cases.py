@@ -24,10 +24,10 @@ import numpy as np
 
 from fastconv.geometry import make_spec
 
-__all__ = ["Case", "EXTRA_CNN_LAYERS", "KERNELS", "Skip", "SUITES", "OPS", "canonical_layers", "image_filter", "make_inputs", "shapes",
-           "suite_cases"]
+__all__ = ["Case", "EXTRA_CNN_LAYERS", "KERNELS", "Skip", "SUITES", "OPS", "call_overhead_case", "canonical_layers",
+           "image_filter", "make_inputs", "shapes", "suite_cases"]
 
-SUITES = ("default", "cnn", "image", "depthwise", "transposed", "all")
+SUITES = ("default", "cnn", "image", "depthwise", "transposed", "calls", "all")
 
 OPS = ("conv2d", "conv_transpose2d")
 
@@ -157,6 +157,15 @@ def image_filter(side: int, kernel_side: int, kernel: str = "random", group: str
                 (1, 1, kernel_side, kernel_side), padding="same", kernel=kernel, group=group)
 
 
+def call_overhead_case() -> Case:
+    """A problem so small that a call's time is its overhead: validation, the choice, dispatch.
+
+    >>> call_overhead_case().describe()
+    'conv2d input 1x1x8x8 float32, weight 1x1x3x3'
+    """
+    return Case("per-call overhead: 1x1x8x8, 3x3", (1, 1, 8, 8), (1, 1, 3, 3), group="calls")
+
+
 def _by_name(names, op="conv2d") -> list[Case]:
     layers = {case.name: case for case in canonical_layers(op)}
     return [layers[name] for name in names]
@@ -204,6 +213,8 @@ def _full_suite(name: str) -> list[Case]:
         return _depthwise_cases()
     if name == "transposed":
         return _transposed_cases()
+    if name == "calls":
+        return [call_overhead_case()]
     raise ValueError(f"unknown suite {name!r}; choose one of {SUITES}")
 
 
@@ -216,14 +227,18 @@ def _quick_suite(name: str) -> list[Case]:
         "depthwise": [Case("tiny depthwise 3x3, 8ch 16x16", (1, 8, 16, 16), (8, 1, 3, 3), padding=1, groups=8)],
         "transposed": [Case("tiny transposed 4x4 stride 2, 8ch 8x8", (1, 8, 8, 8), (8, 4, 4, 4), stride=2,
                             padding=1, op="conv_transpose2d")],
+        "calls": [call_overhead_case()],
     }
-    if name in ("default", "all"):
+    if name == "all":
         return [case for cases in tiny.values() for case in cases]
+    if name == "default":
+        return [case for suite, cases in tiny.items() if suite != "calls" for case in cases]
     return tiny[name]
 
 
 def suite_cases(name: str = "default", quick: bool = False, dtype: str = "float32") -> list[Case]:
-    """The cases of a built-in suite: ``default``, ``cnn``, ``image``, ``depthwise``, ``transposed``, ``all``.
+    """The cases of a built-in suite: ``default``, ``cnn``, ``image``, ``depthwise``, ``transposed``,
+    ``calls`` (one tiny problem: the per-call overhead), ``all``.
 
     ``quick`` swaps in tiny problems of the same kinds (for smoke tests).
 

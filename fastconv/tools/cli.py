@@ -140,7 +140,7 @@ def format_case(entry: dict, backend_names, peers) -> str:
     """
     case = Case.from_dict(entry["case"])
     backend_names = entry.get("backends", backend_names)  # the requested backends that implement this op
-    references = [name for name in backend_names if backends.is_reference(name)]
+    references = [name for name in backend_names if name != bench.AUTO and backends.is_reference(name)]
     baselines = [name for name in (*references, *peers) if name in entry["results"]]
     rows, footnotes = [], []
     for name in [*backend_names, *peers]:
@@ -214,6 +214,8 @@ def _selected_backends(requested, ops) -> tuple[list[str], list[str], list[str]]
                 [f"{name} not timed: unavailable here ({reasons[name]})" for name in relevant if reasons[name]])
     requested = list(dict.fromkeys(requested))
     for name in requested:
+        if name == bench.AUTO:  # the operation as users call it: applies to every operation
+            continue
         if name not in every:
             raise CommandLineError(f"unknown backend {name!r}; registered: "
                                    + "; ".join(f"{op}: {_names(names)}" for op, names in registered.items()))
@@ -222,8 +224,8 @@ def _selected_backends(requested, ops) -> tuple[list[str], list[str], list[str]]
             raise CommandLineError(f"backend {name!r} is not available here: {reason}")
     kept, notes = [], []
     for op in ops:
-        applying = [name for name in requested if name in registered[op]]
-        others = [name for name in requested if name not in registered[op]]
+        applying = [name for name in requested if name in registered[op] or name == bench.AUTO]
+        others = [name for name in requested if name not in registered[op] and name != bench.AUTO]
         if not applying:
             notes.append(f"{op} cases left out: none of {_names(requested)} is a {op} backend "
                          f"({op}'s backends are {_names(registered[op])})")
@@ -236,7 +238,7 @@ def _selected_backends(requested, ops) -> tuple[list[str], list[str], list[str]]
         raise CommandLineError(f"none of the requested backends ({_names(requested)}) implements "
                                f"{' or '.join(ops)}; " + "; ".join(f"{op}'s backends are {_names(registered[op])}"
                                                                    for op in ops))
-    return [name for name in requested if any(name in registered[op] for op in kept)], kept, notes
+    return [name for name in requested if name == bench.AUTO or any(name in registered[op] for op in kept)], kept, notes
 
 
 def _selected_peers(wanted: bool) -> tuple[list[str], list[str]]:
@@ -283,6 +285,8 @@ def _bench(args) -> int:
     peers, peer_notes = _selected_peers(args.peers)
     cases = suite_cases(args.suite, quick=args.quick, dtype=args.dtype)
     backend_names, ops, notes = _selected_backends(args.backends, _suite_ops(cases))
+    if args.suite == "calls" and not args.backends:
+        backend_names = [bench.AUTO, *backend_names]  # what a call costs as users make it, beside each backend
     cases = [case for case in cases if case.op in ops]
     repeat = args.repeat or (1 if args.quick else 5)
     if args.json:
@@ -297,6 +301,9 @@ def _bench(args) -> int:
     summary = bench.auto_summary(results)
     if summary:
         print(f"\n{summary}")
+    calls = bench.call_overhead_summary(results)
+    if calls:
+        print(f"\n{calls}")
     if args.json:
         _write_json(results, args.json)
         print(f"results written to {args.json}")
@@ -435,10 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time every available backend, and torch/scipy/OpenCV as peers, on a built-in suite of problems.")
     bench_parser.add_argument("--suite", choices=SUITES, default="default",
                               help="which problems: a quick mix (default), CNN layers, image filters, "
-                                   "depthwise/grouped, transposed, or all")
+                                   "depthwise/grouped, transposed, calls (a 1x1x8x8 input and a 3x3 kernel: the "
+                                   "time per call, with backend='auto' as a row), or all")
     bench_parser.add_argument("--backends", nargs="+", metavar="NAME",
                               help="backends to time, each on the cases of the operations it implements "
-                                   "(default: all available)")
+                                   "(default: all available); 'auto' times backend='auto' as a row of its own")
     bench_parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     bench_parser.add_argument("--json", metavar="FILE", help="also write every measurement to FILE as JSON")
     bench_parser.add_argument("--quick", action="store_true", help="tiny problems, one timed call: a smoke test")

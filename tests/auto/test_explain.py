@@ -120,3 +120,15 @@ def test_with_measurements_fills_the_measured_column_and_keeps_the_choice():
     assert "skipped [" in text and f"naive: {slow_note}" in text
     assert "scipy       peer library" in text and "5 ms" in text
     assert repr(report).count("measured:") == 0  # the original is unchanged
+
+
+def test_the_reason_never_names_the_reference_loops_as_a_better_candidate(monkeypatch):
+    # naive's estimate may be the lowest on a tiny call, but auto runs it only where no compiled
+    # backend can: the reason must say so rather than call it the next best
+    from fastconv.backends import naive
+
+    monkeypatch.setattr(naive, "COST_CONSTANTS", dict(naive.COST_CONSTANTS, call=1e-12, mac=1e-15))
+    explanation = fastconv.explain(np.ones((1, 1, 8, 8), np.float32), np.ones((1, 1, 3, 3), np.float32))
+    assert explanation.choice != "naive"
+    assert "next best naive" not in explanation.why
+    assert explanation.why.endswith("not naive: the reference loops, run only where nothing else can")

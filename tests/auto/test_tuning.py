@@ -513,7 +513,8 @@ def test_calibrate_round_trip_and_cli(isolated_cache, capsys):
     assert len(samples["naive"]) == 3 and all(seconds > 0 for _, _, seconds in samples["naive"])
     assert {"call", "mac"} <= set(fitted["naive"]) and all(v >= 0 for v in fitted["naive"].values())
     path = constants.save_constants({"naive": fitted["naive"]}, threads=2)
-    assert constants.constants_source() == path and constants.constants_for("naive") == fitted["naive"]
+    assert constants.constants_source().startswith(f"fitted on this machine ({path}) for naive")
+    assert constants.constants_for("naive") == fitted["naive"]
     im2col = backends.get("im2col")
     assert constants.constants_for("im2col", im2col) == im2col.COST_CONSTANTS  # not calibrated: shipped
     from fastconv.tools.cli import main
@@ -527,4 +528,4 @@ def test_corrupt_constants_fall_back_to_defaults(isolated_cache):
     (isolated_cache / constants.CONSTANTS_FILE).write_text('{"format": "fastconv-cost-constants", "version": 1}')
     with pytest.warns(RuntimeWarning, match="using the shipped defaults"):
         source = constants.constants_source()
-    assert source == "shipped defaults" and constants.fitted_constants() == {}
+    assert source.startswith("shipped defaults") and constants.fitted_constants() == {}

@@ -216,3 +216,17 @@ def test_measure_times_each_case_on_the_requested_backends_of_its_operation():
     results = bench.measure([conv, transposed], ["col2im", "im2col"], repeat=1, budget_s=0.01, progress=False)
     assert [entry["backends"] for entry in results["cases"]] == [["im2col"], ["col2im"]]
     assert bench.op_backends("conv_transpose2d") == list(backends.backend_names("conv_transpose2d"))
+
+
+def test_auto_is_timed_as_users_call_it_and_is_never_the_fastest_backend():
+    case = suite_cases("calls")[0]
+    assert case.input_shape == (1, 1, 8, 8) and case.weight_shape == (1, 1, 3, 3)
+    results = bench.measure([case], [bench.AUTO, "naive"], peers=[], repeat=1, progress=False)
+    entry = results["cases"][0]
+    assert bench.median_seconds(entry, bench.AUTO) > 0 and entry["backends"] == [bench.AUTO, "naive"]
+    entry["results"][bench.AUTO]["median_s"] = 0.0  # faster than everything: still not a backend
+    assert bench.fastest(entry, [bench.AUTO, "naive"]) == "naive"
+    entry["results"]["torch"] = {"status": "ok", "median_s": 1e-6, "runs": 1}
+    entry["results"][bench.AUTO]["median_s"] = 5e-7
+    assert bench.call_overhead_summary(results) == (f"{case.name}: conv2d(backend='auto') 0.50 µs per call, torch "
+                                                    f"1.00 µs: 0.50× torch's time")

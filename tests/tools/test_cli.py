@@ -132,6 +132,18 @@ def test_bench_backends_filter_every_suite():
     assert "not timed on conv_transpose2d cases: im2col" in result.stdout
 
 
+def test_bench_calls_suite_times_auto_beside_the_backends_and_the_peer():
+    """The per-call overhead: conv2d(backend="auto") as a row of its own, never the winner."""
+    pytest.importorskip("torch")
+    result = fastconv_cli("bench", "--suite", "calls", "--backends", "auto", "naive", "--repeat", "2")
+    assert result.returncode == 0, result.stderr
+    assert "## per-call overhead: 1x1x8x8, 3x3" in result.stdout
+    assert "| auto " in result.stdout and "| naive " in result.stdout and "| torch (peer) " in result.stdout
+    assert "winner: naive" in result.stdout
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("per-call overhead: 1x1x8x8, 3x3: conv2d(backend='auto') ") and "× torch's time" in summary
+
+
 def test_bench_notes_stay_short_with_reasons_as_footnotes():
     result = fastconv_cli("bench", "--quick", "--suite", "image", "--backends", "naive", "separable", "winograd",
                           "--no-peers")

@@ -153,11 +153,39 @@ def test_check_auto_grid_and_report():
     script = load("check_auto")
     grid = script.problems()
     assert len(grid) >= 40 and len({entry[0] for entry in grid}) == len(grid)
+    calibrated = script.calibrated_names(grid)  # what --unseen leaves out: fitted on, so no test of the fit
+    assert {"tiny_8x8_k3", "resnet50_3x3_56"} <= calibrated and "resnet50_conv1" not in calibrated
+    assert len(grid) - len(calibrated) >= 40
     result = {"name": "p", "dtype": "float32", "times": {"fft": 2.0, "im2col": 1.0}, "auto": "fft", "tuned": "im2col"}
     table = script.report([result])
     assert "| p (float32) | im2col | 1e+03 ms | fft | 2.00 | im2col | 1.00 |" in table
     picked, auto, explicit = script.fastconv_overhead()
     assert picked in fastconv.backends.backend_names() and auto > 0 and explicit > 0
+    recorded = dict(result, cpu="Some CPU (2 cores, 2 threads)", constants="probed on 2020-01-01 00:00 UTC: ...")
+    assert script.report([recorded]).splitlines()[-2:] == ["Measured on: Some CPU (2 cores, 2 threads).",
+                                                           "Cost constants: probed on 2020-01-01 00:00 UTC: ...."]
+
+
+def test_check_auto_names_the_cpu_and_can_start_from_an_empty_cache(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from fastconv import config
+    from fastconv.tools.bench import machine_info
+
+    script = load("check_auto")
+    line = script.machine_line()
+    assert line.startswith(f"measured on {machine_info()['cpu']} (")
+    assert "cost constants not from the probe: shipped defaults (the cost probe is off)" in line  # (in the tests)
+    monkeypatch.setattr(config, "cache_dir", tmp_path / "mine")
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path / "mine"))
+    assert script.main(["--clear-cache", "--report", "--json", str(tmp_path / "none.json")]) == 0
+    empty = config.cache_dir
+    try:
+        assert capsys.readouterr().out.splitlines()[0] == f"cache directory: {empty} (empty)"
+        assert os.environ["FASTCONV_CACHE_DIR"] == str(empty) and os.listdir(empty) == []
+    finally:
+        shutil.rmtree(empty, ignore_errors=True)
+    assert not (tmp_path / "mine").exists()
 
 
 def test_dask_scale_steps_run_on_a_small_image(tmp_path):
