@@ -14,13 +14,15 @@ from fastconv.geometry import ConvSpec, output_shape
 from fastconv.ops import initializers as init
 from fastconv.ops.conv2d import conv2d, use_backend
 from fastconv.ops.depthwise import depthwise_separable_conv2d
+from fastconv.ops.grad import conv2d_backward, conv2d_input, conv2d_weight
 from fastconv.ops.local import local_conv2d, tiled_conv2d
 from fastconv.ops.receptive_field import ReceptiveField, receptive_field
 from fastconv.ops.signal import convolve2d, correlate2d
 
 __version__ = "0.1.0"
 
-__all__ = ["ConvSpec", "ReceptiveField", "autotune", "avg_pool2d", "config", "conv2d", "conv_transpose2d",
+__all__ = ["ConvSpec", "ReceptiveField", "autotune", "avg_pool2d", "config", "conv2d", "conv2d_backward",
+           "conv2d_input", "conv2d_weight", "conv_transpose2d",
            "convolve2d", "correlate2d", "depthwise_separable_conv2d", "explain", "fftw", "init", "list_backends",
            "local_conv2d", "max_pool2d", "output_shape", "receptive_field", "separable_conv2d", "separate",
            "tiled_conv2d", "use_backend"]
