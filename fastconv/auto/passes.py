@@ -72,6 +72,8 @@ class Route:
 
     def describe(self) -> str:
         """How the route runs the pass, in a few words (for :func:`fastconv.explain`)."""
+        if self.form == "native":
+            return "its own kernels for the pass"
         if self.form == "transpose":
             return "transposed convolution of the output gradient"
         if self.pass_ == "weight":
@@ -106,6 +108,9 @@ def route(pass_: str, name: str, spec: ConvSpec) -> Route:
         raise ValueError(f"Unknown backend {name!r} for the {pass_} pass ({PASS_NAMES[pass_]}); valid backends are "
                          f"{', '.join(pass_backends(pass_))} and 'auto'")
     size = spec.dtype.itemsize
+    module = backends.get(name) if backends.unavailable_reason(name) is None else None
+    if hasattr(module, f"run_{pass_}_grad"):  # the backend runs the pass itself
+        return Route(pass_, name, "native", spec)
     if pass_ == "weight":
         swapped = weight_pass_as_conv(spec)
         copied = size * (2 * swapped.batch * swapped.in_channels * swapped.in_height * swapped.in_width
@@ -151,6 +156,10 @@ def estimate(route_: Route) -> float:
     """Estimated seconds of ``route_``: its backend's estimate of the problem it runs, plus the copies."""
     name = route_.backend
     module = backends.get(name)
+    if route_.form == "native":
+        table = constants_for(name, module) or cost.GENERIC_CONSTANTS
+        terms = getattr(module, f"{route_.pass_}_grad_cost_terms")(route_.spec, None)
+        return cost.predict(table, terms, is_double(route_.spec.dtype), _speedup())
     if route_.form == "transpose":
         hook = getattr(module, "transpose_cost_terms", None)
         spec = route_.spec

@@ -104,6 +104,8 @@ def run_input_pass(route, read_spec: ConvSpec, weight: np.ndarray, grad_output: 
     """The input pass along ``route``: the transpose (not conjugated) of ``read_spec``'s convolution
     applied to ``grad_output``; the gradient of the input *as the backends read it* (see
     :func:`~fastconv.geometry.fold_input_gradient`). Arrays C-contiguous, of ``read_spec.dtype``."""
+    if route.form == "native":
+        return backends.get(route.backend).run_input_grad(grad_output, weight, route.spec)
     if route.form == "transpose":
         out = backends.get(route.backend).run_transpose(grad_output, weight, None, route.spec)
         return cropped_rows(out, route.crop)
@@ -114,6 +116,8 @@ def run_input_pass(route, read_spec: ConvSpec, weight: np.ndarray, grad_output: 
 def run_weight_pass(route, read_spec: ConvSpec, x_read: np.ndarray, grad_output: np.ndarray) -> np.ndarray:
     """The weight pass along ``route``: ``sum g · x_read`` over images and outputs (not conjugated),
     of the weight's shape. ``x_read`` is the input as the backends read it (``backend_input``)."""
+    if route.form == "native":
+        return backends.get(route.backend).run_weight_grad(x_read, grad_output, route.spec)
     out = _run_conv(route, swapped_input(x_read, read_spec), swapped_grad_output(grad_output))
     return np.ascontiguousarray(out.transpose(1, 0, 2, 3))
 
