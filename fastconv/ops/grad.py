@@ -31,6 +31,9 @@ array([[4., 4.],
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import numpy as np
 
 from fastconv import backends, config
@@ -42,6 +45,7 @@ from fastconv.geometry import (ConvSpec, backend_input, backend_spec, cropped_ro
                                swapped_grad_output, swapped_input)
 from fastconv.ops.conv2d import preferred_backend
 from fastconv.ops.operands import as_numeric_array, in_gpu_memory
+from fastconv.thread_pools import reinitialise_after_fork
 
 __all__ = ["conv2d_input", "conv2d_weight", "conv2d_backward", "pass_routes", "run_input_pass", "run_weight_pass"]
 
@@ -93,6 +97,35 @@ def pass_routes(read_spec: ConvSpec, backend, wanted) -> dict:
     return routes
 
 
+_flipped_lock = reinitialise_after_fork(threading.Lock())
+_flipped: OrderedDict = OrderedDict()  # (id, shape, dtype, groups) -> (copy of the weight, flipped weight)
+_FLIPPED_ENTRIES, _FLIPPED_BYTES = 8, 64 << 20
+
+
+def _flipped_weight(weight: np.ndarray, groups: int) -> np.ndarray:
+    """:func:`flipped_weight`, the same array again while the weight's values are unchanged.
+
+    Backends cache what they derive from a weight (Winograd's transformed filters) by the array's
+    identity and check its values: handing them one flipped array per weight lets a repeated
+    input pass reuse that work, as a repeated forward call does. A weight changed in place is
+    flipped anew (its stored copy no longer equals it).
+    """
+    key = (id(weight), weight.shape, weight.dtype.str, groups)
+    with _flipped_lock:
+        entry = _flipped.get(key)
+    if entry is not None and np.array_equal(entry[0], weight):
+        return entry[1]
+    flipped = flipped_weight(weight, groups)
+    if 2 * weight.nbytes <= _FLIPPED_BYTES:
+        with _flipped_lock:
+            _flipped[key] = (weight.copy(), flipped)
+            _flipped.move_to_end(key)
+            while len(_flipped) > _FLIPPED_ENTRIES or sum(2 * saved.nbytes for saved, _ in _flipped.values()) \
+                    > _FLIPPED_BYTES:
+                _flipped.popitem(last=False)
+    return flipped
+
+
 def _run_conv(route, x, kernel):
     reason = weight_decline_reason(route.backend, kernel, route.spec)
     if reason is not None:
@@ -109,7 +142,7 @@ def run_input_pass(route, read_spec: ConvSpec, weight: np.ndarray, grad_output: 
     if route.form == "transpose":
         out = backends.get(route.backend).run_transpose(grad_output, weight, None, route.spec)
         return cropped_rows(out, route.crop)
-    kernel = flipped_weight(weight, read_spec.groups)
+    kernel = _flipped_weight(weight, read_spec.groups)
     return _run_conv(route, stuffed_grad_output(grad_output, read_spec), kernel)
 
 
