@@ -21,15 +21,16 @@ from fastconv.ops.signal import convolve2d, correlate2d
 
 __version__ = "0.1.0"
 
-__all__ = ["ConvSpec", "ReceptiveField", "autotune", "avg_pool2d", "config", "conv2d", "conv2d_backward",
+__all__ = ["ConvSpec", "ReceptiveField", "autotune", "avg_pool2d", "avg_pool2d_backward", "config", "conv2d", "conv2d_backward",
            "conv2d_input", "conv2d_weight", "conv_transpose2d",
            "convolve2d", "correlate2d", "depthwise_separable_conv2d", "explain", "fftw", "init", "list_backends",
-           "local_conv2d", "max_pool2d", "output_shape", "receptive_field", "separable_conv2d", "separate",
+           "local_conv2d", "max_pool2d", "max_pool2d_backward", "output_shape", "receptive_field", "separable_conv2d", "separate",
            "tiled_conv2d", "use_backend"]
 
 # Operations whose modules compile numba kernels at import are imported on first use (PEP 562),
 # so that ``import fastconv`` does not import numba.
 _LAZY = {"avg_pool2d": "fastconv.ops.pooling", "max_pool2d": "fastconv.ops.pooling",
+         "avg_pool2d_backward": "fastconv.ops.pooling", "max_pool2d_backward": "fastconv.ops.pooling",
          "conv_transpose2d": "fastconv.ops.transpose",
          "separate": "fastconv.ops.separable", "separable_conv2d": "fastconv.ops.separable"}
 
