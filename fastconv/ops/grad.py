@@ -47,7 +47,8 @@ from fastconv.ops.conv2d import preferred_backend
 from fastconv.ops.operands import as_numeric_array, in_gpu_memory
 from fastconv.thread_pools import reinitialise_after_fork
 
-__all__ = ["conv2d_input", "conv2d_weight", "conv2d_backward", "pass_routes", "run_input_pass", "run_weight_pass"]
+__all__ = ["conv2d_input", "conv2d_weight", "conv2d_backward", "check_needs", "host_array", "pass_backend", "pass_routes",
+           "run_input_pass", "run_weight_pass"]
 
 
 def host_array(name: str, value) -> np.ndarray:
@@ -62,14 +63,14 @@ def _check_ndim(name: str, array: np.ndarray, ndims, layout: str) -> None:
         raise ValueError(f"{name} must have shape {layout}, got {array.ndim} dimensions: shape {array.shape}")
 
 
-def _check_needs(needs, count: int) -> tuple[bool, ...]:
+def check_needs(needs, count: int) -> tuple[bool, ...]:
     if (not isinstance(needs, (tuple, list)) or len(needs) != count
             or not all(isinstance(flag, (bool, np.bool_)) for flag in needs)):
         raise ValueError(f"needs must be a tuple of {count} bools (which gradients to compute), got {needs!r}")
     return tuple(bool(flag) for flag in needs)
 
 
-def _backend_for(backend, pass_: str) -> str:
+def pass_backend(backend, pass_: str) -> str:
     """The backend asked for ``pass_``: ``backend`` itself, or its entry for the pass when a pair."""
     if isinstance(backend, tuple) and len(backend) == 2:
         return backend[0 if pass_ == "input" else 1]
@@ -81,7 +82,7 @@ def pass_routes(read_spec: ConvSpec, backend, wanted) -> dict:
     choice, or the named backend's route (ValueError when it cannot run that pass)."""
     routes = {}
     for pass_ in wanted:
-        name = _backend_for(backend, pass_)
+        name = pass_backend(backend, pass_)
         if not isinstance(name, str):
             raise ValueError(f"backend must be 'auto', a backend name or a pair (input pass, weight pass) of "
                              f"them, got {backend!r}")
@@ -353,7 +354,7 @@ def conv2d_backward(x, weight, grad_output, *, stride=1, padding=0, dilation=1, 
     >>> dx.shape, dw.shape, db
     ((2, 3, 8, 8), (4, 3, 3, 3), array([128., 128., 128., 128.]))
     """
-    needs = _check_needs(needs, 3)
+    needs = check_needs(needs, 3)
     x = host_array("x", x)
     weight = host_array("weight", weight)
     grad_output = host_array("grad_output", grad_output)
