@@ -73,7 +73,8 @@ class Route:
     def describe(self) -> str:
         """How the route runs the pass, in a few words (for :func:`fastconv.explain`)."""
         if self.form == "native":
-            return "its own kernels for the pass"
+            hook = getattr(backends.get(self.backend), f"run_{self.pass_}_grad")
+            return "its own " + (hook.__doc__ or "kernels").strip().split("\n")[0].rstrip(".")
         if self.form == "transpose":
             return "transposed convolution of the output gradient"
         if self.pass_ == "weight":

@@ -280,7 +280,7 @@ def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
 
 def run_weight_grad(x: np.ndarray, grad_output: np.ndarray, spec: ConvSpec,
                     workspace_bytes: int | None = None) -> np.ndarray:
-    """conv2d's weight gradient: the output gradient times the unfolded input, transposed.
+    """weight pass: the output gradient times the forward convolution's unfolded input.
 
     ``dw[g] = sum over tiles of grad[g] (Kg, P) @ cols[g]ᵀ (P, Cg·kh·kw)``, with the column matrix
     of the forward convolution (same tiles, same workspace bound): the GEMM's inner dimension is
