@@ -153,8 +153,11 @@ def weight_decline_reason(name: str, weight: np.ndarray | None, spec: ConvSpec) 
 
 
 def _host_candidates(spec: ConvSpec) -> list[str]:
-    return [name for name in backends.backend_names()
-            if backends.placement(name) == "host" and decline_reason(name, spec) is None]
+    """The host backends that can run ``spec``; the reference loops only when no other can."""
+    names = [name for name in backends.backend_names()
+             if backends.placement(name) == "host" and decline_reason(name, spec) is None]
+    compiled = [name for name in names if not backends.is_reference(name)]
+    return compiled or names
 
 
 def estimate(name: str, spec: ConvSpec, rank: int | None) -> float:

@@ -1,87 +1,91 @@
-"""``numba_cpu``: direct convolution in parallel numba kernels, no lowering, no workspace.
+"""``numba_cpu``: direct convolution in parallel numba kernels on explicit SIMD register blocks.
 
-Each output row ``out[n, k, i, :]`` is accumulated in place, tap by tap::
+No lowering to a matrix product and no transform: every output is the sum of its taps, computed
+by two kernels built on :mod:`fastconv.backends.simd` (an LLVM vector type for numba, so that a
+block of accumulators stays in registers across the whole reduction, which plain numba loops
+cannot do). Complex dtypes are declined (``im2col`` and ``fft`` compute them).
 
-    out[n, k, i, j] += sum_v w[k, c, u, v] * x[n, c, i*sh + u*dh - pt, j*sw + v*dw - pl]
+**The register-block kernel** (dense and grouped layers). The output of one group is a matrix
+product, ``out[k, pixel] = sum_(c, u, v) w[k, c, u, v] · x[c, pixel shifted by tap (u, v)]``,
+computed the way a GEMM microkernel does, with output *pixels in vector lanes* so that results
+go straight into the NCHW output:
 
-for every input channel ``c`` of ``k``'s group and kernel row ``u`` whose input row is inside the
-image (rows in the zero padding are skipped, so the input is never padded or copied). Skipping
-them is exact unless a weight is NaN or infinite: then ``0 · w`` is NaN, as torch computes it,
-and such calls pad the input explicitly and skip nothing.
+- **The input is packed once** into zero-padded planes in which every tap reads consecutive
+  output pixels from consecutive memory, for any stride and dilation. *Phase planes* split the
+  padded image into the ``s_h × s_w`` sub-images of every ``s``-th row and column (only phases
+  some tap reads): tap ``(u, v)`` of output ``(i, j)`` reads phase ``(u·d_h mod s_h, v·d_w mod s_w)``
+  at ``(i + u·d_h div s_h, j + v·d_w div s_w)``. Their rows are ``(kw - 1)·d_w div s_w`` pixels wider
+  than the output's, and those pixels are computed for nothing (2 of 58 on 56² maps, but 24 of 89
+  for a 3×3 dilation-12 layer on 65² maps), so the plan may instead pack *one copy per kernel
+  column* (rows as wide as the output's, ``kw`` copies to pack): :func:`plan` takes whichever
+  costs less. The zeros of the padding contribute ``0 · w`` as torch's do (NaN for ``w = inf``).
+- **Pixels are flattened** over the planes' row pitch: a run of pixels ``q = i·pitch + j`` crosses
+  rows freely and each tap is one constant offset in it.
+- **A register block** of ``rows`` output channels × ``cols`` vectors of pixels stays in
+  registers through the reduction (:func:`fastconv.backends.simd.block_fma_loop`): each step broadcasts
+  ``rows`` weights, loads ``cols`` input vectors and issues ``rows · cols`` FMAs. The block is
+  sized from the CPU's vector registers (4×5 with AVX-512's 32, 3×3 with AVX2's 16): no spills.
+- **The reduction runs in channel slices** whose input window fits L1, every channel block of
+  the task passing over a slice before the next (partial sums kept per block in between).
+- **Weights are read where they are**: filter ``k`` is the run ``(c, u, v)`` of the (K, C/g, kh,
+  kw) weight and step ``s`` of the reduction reads element ``s`` of each of the block's filters,
+  so nothing is packed or cached (checking a cached copy of a 9 MB weight cost 0.5 ms a call).
+- **Output**: each vector gets the bias and is stored with masked stores, split where it crosses a
+  row end (the pieces are found once per tile), never outside the output.
+- The packed input lives in a per-thread workspace reused across calls (faulting in fresh pages
+  cost a third of a 3 ms layer).
 
-What makes it fast, in the order it mattered when measured:
+**The plane kernel** (one input channel per group: depthwise layers with up to three filters
+per channel, single-channel images; kernels up to 11×11, column stride 1 or 2). Vectors run over
+output pixels of a row and weights are broadcast (:func:`fastconv.backends.simd.block_stencil`, every tap
+unrolled for the spec's geometry): a block of output rows shares each input vector it loads, and
+one kernel column of weights at a time stays in registers. Small planes are read in place, with
+masked loads at the borders reading the padding as zeros (packing 56- or 28-pixel rows cost more
+than the arithmetic); rows of 2 KiB or more are read from a per-task copy of a column strip
+whose pitch is an odd number of cache lines, since rows 8 KiB apart share L1 sets.
 
-1. **The output-width loop is innermost and counts from zero** over slices that start at the
-   first column where every tap is inside the image. Numba then emits no negative-index
-   wrap-around check and LLVM vectorises the loop over contiguous output pixels (AVX2/AVX-512).
-   The columns whose taps touch the left/right padding are done by a short checked loop.
-2. **Kernel-width specialisation.** For widths 1, 3, 5 and 7 the width is a compile-time constant
-   (``_kernels(width)`` builds and caches one pair of kernels per width), so LLVM unrolls the
-   taps of a row into the vectorised pixel loop: each output vector is loaded and stored once per
-   kernel row instead of once per tap. Other widths use the same source with a run-time width.
-3. **Register blocking over output channels.** The general kernel computes four output channels
-   at once: each input vector loaded feeds four fused multiply-adds.
-4. ``prange`` over disjoint output rows (``n``, channel block, ``i``): no two threads ever write
-   the same row, so there are no races and no reductions.
-
-Three kernels:
-
-- ``plane`` handles depthwise convolution (``groups == C``, up to three filters per channel) and
-  the single-channel image filter (``C == K == 1``, a depthwise convolution with one group). Each
-  output plane reads exactly one input plane, so it is a single memory-bound pass over the input.
-- ``depthwise3x3`` (:func:`_depthwise3x3`) is ``plane`` specialised for the MobileNet case: 3×3
-  filters, dilation 1, stride 1 or 2 (a compile-time constant). Whole planes per task (row
-  blocks when planes are few), the nine weights in registers, each output pixel written once,
-  and at stride 1 the interior rows of a plane done as one flat vectorised run (border pixels
-  fixed afterwards): 3-3.5× the general ``plane`` kernel's speed on MobileNetV2's 56×56 planes,
-  where per-row work dominated.
-- ``direct`` handles everything else (any groups, stride, dilation) with the 4-channel block.
-  When a group's output channels are not a multiple of four, zero filters pad the block and the
-  extra planes are dropped at the end.
-
-Threads: :data:`fastconv.config.threads` (see :mod:`fastconv.thread_pools`, which also
-keeps the kernels safe under threads and in forked children). Compiled code is
-cached on disk (``cache=True``); nothing compiles at import. Complex dtypes are declined (use
-``im2col``).
+**Threads**: :data:`fastconv.config.threads`, through :class:`fastconv.thread_pools.ParallelKernel`
+(safe from several threads and in forked children); a problem of less than :data:`SERIAL_MACS`
+multiply-adds runs on the calling thread, since waking the other threads costs more than it
+saves. ``prange`` over tasks that write disjoint output blocks (image, group, pixel tile,
+channel-block chunk; or image, channel, band of rows), split finely enough for every thread to
+get several. Every index is derived from the spec: the packed input has the slack the last
+tile's taps read past the last plane (lanes that are discarded), loads past a plane's edge are
+masked, stores are masked to the output.
 
 Examples
 --------
-A depthwise 3×3 box sum over two channels (the ``depthwise3x3`` kernel):
-
->>> import numpy as np, fastconv
->>> x = np.arange(32.0).reshape(1, 2, 4, 4)
->>> fastconv.conv2d(x, np.ones((2, 1, 3, 3)), groups=2, backend="numba_cpu")[0, :, 0, 0]
-array([ 45., 189.])
+>>> import numpy as np
+>>> from fastconv.geometry import make_spec
+>>> x = np.ones((1, 2, 5, 5), np.float32); w = np.ones((3, 2, 3, 3), np.float32)
+>>> run(x, w, None, make_spec(x.shape, w.shape, padding=1, dtype=np.float32))[0, 0, :2, :3]
+array([[ 8., 12., 12.],
+       [12., 18., 18.]], dtype=float32)
 """
 
 from __future__ import annotations
 
 import functools
+import threading
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, prange
 
 from fastconv import config
-from fastconv.thread_pools import ParallelKernel
-from fastconv.backends import FAST_MATH
+from fastconv.backends import FAST_MATH, simd
 from fastconv.backends.work import dtype_work, io_bytes
-from fastconv.geometry import ConvSpec, interior_range, pad_input
+from fastconv.geometry import ConvSpec, check_fits
+from fastconv.thread_pools import ParallelKernel
 
 name = "numba_cpu"
 
-__all__ = ["name", "available", "supports", "run", "SPECIALISED_WIDTHS"]
+__all__ = ["name", "available", "supports", "run", "plan", "uses_plane_kernel", "cost_terms", "COST_CONSTANTS",
+           "SERIAL_MACS"]
 
-#: Kernel widths compiled with the width as a constant (the rest use a run-time width).
-SPECIALISED_WIDTHS = (1, 3, 5, 7)
-
-#: Output channels computed together by the general kernel (one input load feeds this many FMAs).
-CHANNEL_BLOCK = 4
-
-#: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
-#: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"byte": 2.05e-11, "call": 5.81e-06, "float64_factor": 1.07, "mac": 4.87e-11, "mac_depthwise3x3": 1.87e-20,
-                  "mac_edge": 6.59e-11, "mac_plane": 1.36e-11, "mac_runtime_width": 6.8e-11, "mac_strided": 8.63e-11,
-                  "row_pass": 1.58e-08}
+#: Below this many multiply-adds a call runs on one thread: waking the others (microseconds)
+#: would cost more than the work.
+SERIAL_MACS = 1 << 16
 
 
 def available() -> str | None:
@@ -89,328 +93,579 @@ def available() -> str | None:
 
 
 def supports(spec: ConvSpec) -> str | None:
-    if spec.dtype.kind == "c":
-        return f"numba_cpu computes in float32 or float64, not {spec.dtype}; use backend='im2col'"
+    if spec.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        return f"numba_cpu computes in float32 or float64, not {spec.dtype} (im2col and fft take complex)"
     return None
 
 
-# Output columns [lo, hi) whose every tap falls inside the row: no checks needed there (rows
-# too: pass the heights, the kernel height, the vertical stride and dilation and pad_top).
-_interior_columns = njit(cache=True)(interior_range)
+# ---------------------------------------------------------------------------------------------
+# the plan: every size the kernels use, derived from the spec alone
 
 
-@njit(cache=True)
-def _plane_task(task, out_channels, tasks_per_plane, rows_per_task):
-    """(batch index, output channel, first output row) of a plane kernel's ``task``."""
-    plane_index = task // tasks_per_plane
-    return plane_index // out_channels, plane_index % out_channels, (task % tasks_per_plane) * rows_per_task
+@dataclass(frozen=True)
+class Plan:
+    """How one spec is laid out for the register-block kernel (all sizes in elements)."""
+
+    rows: int               # output channels per register block (broadcast weights)
+    cols: int               # pixel vectors per register block
+    lanes: int              # pixels per vector
+    row_phases: tuple       # input row phases (u·d_h mod s_h) some tap reads
+    col_phases: tuple       # input column phases
+    plane_height: int       # rows of a phase plane
+    plane_width: int        # W_ph: the row pitch of phase planes and of the flattened pixel runs
+    plane_size: int         # elements per phase plane
+    tap_offsets: tuple      # per tap (u, v): phase plane index · plane_size + u'·W_ph + v'
+    pixels: int             # Q: flattened pixels from the first output pixel to the last
+    tiles: int              # pixel tiles (rows · cols · lanes outputs each) per plane
+    blocks: int             # channel blocks per group (out_channels_per_group padded up to rows)
+    channel_slice: int      # input channels per pass of the reduction (the rest is L1-sized)
+    buffer_size: int        # elements of the packed input, with the slack the last tile reads
 
 
-@njit(cache=True, fastmath=FAST_MATH)
-def _edge_columns(o, x_row, w_row, first, stop, stride_w, dilation_w, pad_left):
-    """Columns ``first .. stop-1`` of one output row, skipping taps that land in the padding."""
-    width = x_row.shape[0]
-    for j in range(first, stop):
-        total = o[j]
-        for v in range(w_row.shape[0]):
-            col = j * stride_w + v * dilation_w - pad_left
-            if 0 <= col < width:
-                total += w_row[v] * x_row[col]
-        o[j] = total
+def _block_shape(out_per_group: int, pixel_vectors: int) -> tuple[int, int]:
+    """(rows, cols) of the register block for ``out_per_group`` channels and this many pixel vectors.
+
+    One step of the block keeps ``rows · cols`` accumulators, ``rows`` broadcast weights and
+    ``cols`` input vectors live, and all of them must fit the CPU's vector registers (one spare),
+    or LLVM spills accumulators on every step. A step issues ``rows · cols`` FMAs for ``rows +
+    cols`` loads, and loads do cost: on a Zen 4 core a 3×7 block ran a 512-channel layer 1.6×
+    faster than 1×13, a 4×5 block a 64-channel one 10% faster than 2×7. So the block with the
+    most useful FMAs per load wins, counting as waste the zero filters that pad a group's
+    channels up to a multiple of ``rows`` and the vectors the last tile computes past the end.
+    """
+    registers = simd.VECTOR_REGISTERS - 1
+    best = None
+    for rows in range(1, 9):
+        widest = min((registers - rows) // (rows + 1), pixel_vectors)
+        for cols in range(1, widest + 1):
+            used = (out_per_group / (_ceil_div(out_per_group, rows) * rows)
+                    * pixel_vectors / (_ceil_div(pixel_vectors, cols) * cols))
+            score = used * rows * cols / (rows + cols)
+            if best is None or score > best[0] + 1e-9:
+                best = (score, rows, cols)
+    return best[1], best[2]
 
 
-@njit(cache=True, fastmath=FAST_MATH)
-def _edge_columns4(o0, o1, o2, o3, x_row, w0, w1, w2, w3, first, stop, stride_w, dilation_w, pad_left):
-    """:func:`_edge_columns` for a block of four output channels."""
-    width = x_row.shape[0]
-    for j in range(first, stop):
-        for v in range(w0.shape[0]):
-            col = j * stride_w + v * dilation_w - pad_left
-            if 0 <= col < width:
-                xv = x_row[col]
-                o0[j] += w0[v] * xv
-                o1[j] += w1[v] * xv
-                o2[j] += w2[v] * xv
-                o3[j] += w3[v] * xv
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+#: Bytes of input a tile may read per pass of the reduction: about half of a 32 KiB L1 data cache.
+L1_WINDOW_BYTES = 16 << 10
+
+#: Rough single-thread rates for choosing a layout: useful FLOP/s of the register block, and
+#: bytes/s of packed input written (the packing is a strided copy).
+_FLOP_RATE, _PACK_RATE = 100e9, 10e9
+
+
+def _layout(spec: ConvSpec, column_copies: bool) -> Plan:
+    """The plan with phase planes (``column_copies=False``) or with one copy per kernel column.
+
+    Phase planes hold every ``s_w``-th column once; tap ``v`` reads them at column offset
+    ``v·d_w div s_w``, so their rows are ``(kw - 1)·d_w div s_w`` pixels wider than the output's and
+    those pixels are computed for nothing (27% of a 3×3 dilation-12 layer on 65² maps). Column
+    copies hold, for each distinct ``v·d_w``, the columns ``J·s_w + v·d_w``: rows exactly as wide as
+    the output's, at the price of packing ``kw`` copies instead of ``s_w`` phases.
+    """
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    kh, kw = spec.kernel_height, spec.kernel_width
+    out_h, out_w = spec.out_height, spec.out_width
+    lanes = simd.lanes(spec.dtype)
+    row_phases = tuple(sorted({u * dh % sh for u in range(kh)}))
+    if column_copies:
+        col_phases = tuple(sorted({v * dw for v in range(kw)}))
+        plane_width = out_w
+
+        def column(v):
+            return col_phases.index(v * dw), 0
+    else:
+        col_phases = tuple(sorted({v * dw % sw for v in range(kw)}))
+        plane_width = out_w + (kw - 1) * dw // sw
+
+        def column(v):
+            return col_phases.index(v * dw % sw), v * dw // sw
+    plane_height = out_h + (kh - 1) * dh // sh
+    plane_size = plane_height * plane_width
+    tap_offsets = tuple(
+        (row_phases.index(u * dh % sh) * len(col_phases) + column(v)[0]) * plane_size
+        + (u * dh // sh) * plane_width + column(v)[1]
+        for u in range(kh) for v in range(kw))
+    pixels = (out_h - 1) * plane_width + out_w
+    vectors = _ceil_div(pixels, lanes)
+    rows, cols = _block_shape(spec.out_channels_per_group, vectors)
+    tiles = _ceil_div(vectors, cols)
+    tile = cols * lanes
+    blocks = _ceil_div(spec.out_channels_per_group, rows)
+    # the input lines one channel of a tile reads: per phase plane and row offset, the tile's
+    # pixels and the furthest column offset
+    reach = {}
+    for offset in tap_offsets:
+        start = offset - offset % plane_width
+        reach[start] = max(reach.get(start, 0), offset % plane_width)
+    window = sum(tile + extra for extra in reach.values()) * spec.dtype.itemsize
+    channel_slice = max(1, min(spec.in_channels_per_group, L1_WINDOW_BYTES // window))
+    planes = spec.batch * spec.in_channels * len(row_phases) * len(col_phases)
+    last_read = (planes - len(row_phases) * len(col_phases)) * plane_size + tiles * tile - 1 + max(tap_offsets)
+    buffer_size = max(planes * plane_size, last_read + 1)
+    return Plan(rows, cols, lanes, row_phases, col_phases, plane_height, plane_width, plane_size, tap_offsets,
+                pixels, tiles, blocks, channel_slice, buffer_size)
+
+
+def _seconds(spec: ConvSpec, layout: Plan) -> float:
+    """Estimated single-thread time of a layout: the FMAs it issues plus the input it packs."""
+    computed = (2 * spec.batch * spec.groups * layout.blocks * layout.rows * layout.tiles * layout.cols
+                * layout.lanes * spec.in_channels_per_group * spec.kernel_height * spec.kernel_width)
+    return computed / _FLOP_RATE + layout.buffer_size * spec.dtype.itemsize / _PACK_RATE
+
+
+@functools.lru_cache(maxsize=256)
+def plan(spec: ConvSpec) -> Plan:
+    """The :class:`Plan` for ``spec``: phase planes or column copies, whichever costs less
+    (cached: a spec is hashable and immutable)."""
+    return min((_layout(spec, copies) for copies in (False, True)), key=lambda layout: _seconds(spec, layout))
+
+
+# ---------------------------------------------------------------------------------------------
+# input and weight packing
+
+
+@njit(inline="always")
+def _pack_rows(image, packed, start, rows, pitch, first_row, a, b, stride_h, stride_w, pad_top, pad_left):
+    """``rows`` rows of one zero-padded phase plane of ``image`` (H, W) into ``packed[start:]``.
+
+    Row ``I`` (from ``first_row``), column ``J`` of phase ``(a, b)`` is padded-image pixel
+    ``(I·s_h + a, J·s_w + b)``; rows are ``pitch`` elements apart.
+    """
+    height, width = image.shape
+    flat = image.reshape(-1)
+    lanes = simd.lanes(packed.dtype)
+    zero = simd.zero(packed)
+    # columns J whose source column J·s_w + b - pad_left is inside [0, width)
+    first = min(pitch, max(0, (pad_left - b + stride_w - 1) // stride_w))
+    stop = min(pitch, max(first, (width + pad_left - b + stride_w - 1) // stride_w))
+    source_start = first * stride_w + b - pad_left
+    for row_index in range(rows):
+        at = start + row_index * pitch
+        source_row = (first_row + row_index) * stride_h + a - pad_top
+        if source_row < 0 or source_row >= height:
+            _fill_zero(packed, at, pitch, zero, lanes)
+            continue
+        _fill_zero(packed, at, first, zero, lanes)
+        _fill_zero(packed, at + stop, pitch - stop, zero, lanes)
+        source = source_row * width + source_start
+        count = stop - first
+        if stride_w == 1:
+            j = 0
+            while j + lanes <= count:
+                simd.store(packed, at + first + j, simd.load(flat, source + j))
+                j += lanes
+            if j < count:
+                simd.store_lanes(packed, at + first + j, simd.load_lanes(flat, source + j, 0, count - j), 0, count - j)
+        else:
+            if stride_w == 2:  # two vectors of the row, deinterleaved: their even elements
+                for j in range(0, count, lanes):
+                    wanted = min(lanes, count - j)
+                    needed = 2 * wanted - 1  # source elements from the first to the last wanted
+                    low = simd.load_lanes(flat, source + 2 * j, 0, min(lanes, needed))
+                    high = simd.load_lanes(flat, source + 2 * j + lanes, 0, needed - lanes)
+                    simd.store_lanes(packed, at + first + j, simd.even_odd(low, high)[0], 0, wanted)
+            else:
+                for j in range(count):
+                    packed[at + first + j] = flat[source + j * stride_w]
+
+
+@njit(inline="always")
+def _fill_zero(packed, at, count, zero, lanes):
+    j = 0
+    while j + lanes <= count:
+        simd.store(packed, at + j, zero)
+        j += lanes
+    if j < count:
+        simd.store_lanes(packed, at + j, zero, 0, count - j)
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(width: int, unit_step: bool):
-    """The (plane, direct) kernel pair for kernel width ``width`` (0: the width is read at run time).
+def _input_packer(simd_version: int):
+    """The input-packing kernel, a closure over ``simd_version`` (:data:`fastconv.backends.simd.SOURCE_VERSION`)."""
+    version = simd_version
 
-    ``width`` and ``unit_step`` (stride and dilation 1 along the width) are closure constants, so
-    numba compiles (and caches on disk, keyed by the constants) one version per combination. With
-    a constant width LLVM fully unrolls the tap loop inside the pixel loop; with a constant unit
-    step the pixel loop reads contiguous memory and vectorises (with a run-time stride LLVM emits
-    scalar code: the 2048x2048 5x5 filter took 21 ms instead of 2 ms). Compilation happens on
-    the first call of each kernel, never here.
+    @njit(parallel=True, fastmath=FAST_MATH, cache=True)
+    def pack(x, packed, row_phases, col_phases, plane_height, plane_width, stride_h, stride_w, pad_top, pad_left):
+        """Zero-padded phase planes of ``x``: packed[n, c, a, b, I, J] = xpad[I·s_h + a_, J·s_w + b_]."""
+        version  # noqa: B018 (keeps the simd version in the closure, so in numba's cache key)
+        batch, channels = x.shape[:2]
+        phase_count = row_phases.shape[0] * col_phases.shape[0]
+        plane_size = plane_height * plane_width
+        for plane in prange(batch * channels * phase_count):
+            image = plane // (channels * phase_count)
+            channel = (plane // phase_count) % channels
+            phase = plane % phase_count
+            _pack_rows(x[image, channel], packed, plane * plane_size, plane_height, plane_width, 0,
+                       row_phases[phase // col_phases.shape[0]], col_phases[phase % col_phases.shape[0]],
+                       stride_h, stride_w, pad_top, pad_left)
+        used = batch * channels * phase_count * plane_size
+        packed[used:] = 0
+
+    return ParallelKernel(pack)
+
+
+_workspaces = threading.local()
+
+
+def _workspace(size: int, dtype: np.dtype) -> np.ndarray:
+    """A scratch array of ``size`` elements, kept for the next call of this thread.
+
+    The packed input is about as large as the input, and fresh pages cost more to fault in than
+    the packing itself (1 ms of a 3 ms layer when measured), so each thread keeps its largest
+    workspace up to ``config.workspace_bytes``.
     """
-    constant_width = width
-    constant_step = unit_step
+    kept = getattr(_workspaces, "array", None)
+    if kept is not None and kept.dtype == dtype and kept.size >= size:
+        return kept[:size]
+    array = np.empty(size, dtype=dtype)
+    if array.nbytes <= config.workspace_bytes:
+        _workspaces.array = array
+    return array
 
-    @njit(parallel=True, fastmath=FAST_MATH, cache=True)
-    def plane(x, w, bias, out, multiplier, rows_per_task, stride_h, stride_w, dilation_h, dilation_w,
-              pad_top, pad_left):
-        # out[n, k] = bias[k] + x[n, k // multiplier] correlated with w[k, 0]; one task is
-        # rows_per_task consecutive rows of one plane, so small planes stay in L1 and big ones split
-        batch, _, height, width_in = x.shape
-        out_channels, _, kernel_h, runtime_width = w.shape
-        kernel_w = constant_width if constant_width > 0 else runtime_width
-        step, spacing = (1, 1) if constant_step else (stride_w, dilation_w)
-        out_h, out_w = out.shape[2], out.shape[3]
-        lo, hi = _interior_columns(out_w, width_in, kernel_w, stride_w, dilation_w, pad_left)
-        count = hi - lo
-        tasks_per_plane = (out_h + rows_per_task - 1) // rows_per_task
-        for task in prange(batch * out_channels * tasks_per_plane):
-            n, k, first_row = _plane_task(task, out_channels, tasks_per_plane, rows_per_task)
-            for i in range(first_row, min(out_h, first_row + rows_per_task)):
-                o = out[n, k, i]
-                o[:] = bias[k]
-                inner = o[lo:hi]
-                for u in range(kernel_h):
-                    row = i * stride_h + u * dilation_h - pad_top
-                    if row < 0 or row >= height:
-                        continue
-                    x_row = x[n, k // multiplier, row]
-                    w_row = w[k, 0, u]
-                    x_inner = x_row[lo * stride_w - pad_left:]  # starts inside the row: index from 0
-                    for j in range(count):
-                        total = inner[j]
-                        for v in range(kernel_w):
-                            total += w_row[v] * x_inner[j * step + v * spacing]
-                        inner[j] = total
-                    _edge_columns(o, x_row, w_row, 0, lo, stride_w, dilation_w, pad_left)
-                    _edge_columns(o, x_row, w_row, hi, out_w, stride_w, dilation_w, pad_left)
 
-    @njit(parallel=True, fastmath=FAST_MATH, cache=True)
-    def direct(x, w, out, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left):
-        # out[n, k] += sum_c x[n, group(k)*Cg + c] correlated with w[k, c], four channels at a time;
-        # out holds the bias on entry and its channels per group are a multiple of four
-        batch, channels, height, width_in = x.shape
-        out_channels, channels_per_group, kernel_h, runtime_width = w.shape
-        kernel_w = constant_width if constant_width > 0 else runtime_width
-        step, spacing = (1, 1) if constant_step else (stride_w, dilation_w)
-        out_h, out_w = out.shape[2], out.shape[3]
-        out_per_group = out_channels // (channels // channels_per_group)
-        blocks = out_channels // 4
-        lo, hi = _interior_columns(out_w, width_in, kernel_w, stride_w, dilation_w, pad_left)
-        count = hi - lo
-        for task in prange(batch * blocks * out_h):
-            i = task % out_h
-            k = 4 * ((task // out_h) % blocks)
-            n = task // (out_h * blocks)
-            first_channel = (k // out_per_group) * channels_per_group
-            o0, o1, o2, o3 = out[n, k, i], out[n, k + 1, i], out[n, k + 2, i], out[n, k + 3, i]
-            p0, p1, p2, p3 = o0[lo:hi], o1[lo:hi], o2[lo:hi], o3[lo:hi]
-            for c in range(channels_per_group):
-                for u in range(kernel_h):
-                    row = i * stride_h + u * dilation_h - pad_top
-                    if row < 0 or row >= height:
-                        continue
-                    x_row = x[n, first_channel + c, row]
-                    w0, w1, w2, w3 = w[k, c, u], w[k + 1, c, u], w[k + 2, c, u], w[k + 3, c, u]
-                    x_inner = x_row[lo * stride_w - pad_left:]
-                    for j in range(count):
-                        s0, s1, s2, s3 = p0[j], p1[j], p2[j], p3[j]
-                        for v in range(kernel_w):
-                            xv = x_inner[j * step + v * spacing]
-                            s0 += w0[v] * xv
-                            s1 += w1[v] * xv
-                            s2 += w2[v] * xv
-                            s3 += w3[v] * xv
-                        p0[j], p1[j], p2[j], p3[j] = s0, s1, s2, s3
-                    _edge_columns4(o0, o1, o2, o3, x_row, w0, w1, w2, w3, 0, lo, stride_w, dilation_w, pad_left)
-                    _edge_columns4(o0, o1, o2, o3, x_row, w0, w1, w2, w3, hi, out_w, stride_w, dilation_w,
-                                   pad_left)
-
-    return ParallelKernel(plane), ParallelKernel(direct)
+# ---------------------------------------------------------------------------------------------
+# the register-block kernel
 
 
 @functools.lru_cache(maxsize=None)
-def _depthwise3x3(stride: int):
-    """The plane kernel specialised for 3×3 filters, dilation 1 and ``stride`` (1 or 2) on both axes.
-
-    MobileNet-style depthwise layers are this case, on small planes (56 pixels a row) where the
-    general plane kernel spends as long on per-row bookkeeping as on arithmetic. Here the nine
-    weights are scalars held in registers for a whole task and each output pixel is one expression
-    of nine products, so every output value is stored once (not once per kernel row). With stride 1
-    and an output as wide as the input (padding 1 left and right, the usual case) consecutive
-    interior pixels of consecutive rows are also consecutive in memory: the whole block of interior
-    rows is then ONE vectorised loop over the flattened plane. The pixels that loop gets wrong (the
-    first and last column, whose flattened neighbours wrap into the adjacent row) and the rows and
-    columns touching the padding are then written by a short checked loop. The stride is a
-    compile-time constant, so the stride-2 loads are constant-stride and LLVM vectorises them too.
-    """
-    step = stride
+def _block_kernel(rows: int, cols: int):
+    """The kernel for a ``rows × cols`` register block (both compile-time constants)."""
+    block_rows, block_cols, version = rows, cols, simd.SOURCE_VERSION
 
     @njit(parallel=True, fastmath=FAST_MATH, cache=True)
-    def depthwise3x3(x, w, bias, out, multiplier, rows_per_task, pad_top, pad_left):
-        batch, _, height, width = x.shape
-        out_channels = w.shape[0]
-        out_h, out_w = out.shape[2], out.shape[3]
-        # interior output rows [i0, i1) and columns [j0, j1): all nine taps inside the image
-        i0, i1 = _interior_columns(out_h, height, 3, step, 1, pad_top)
-        j0, j1 = _interior_columns(out_w, width, 3, step, 1, pad_left)
-        flat = step == 1 and out_w == width  # output and input rows have the same pitch
-        tasks_per_plane = (out_h + rows_per_task - 1) // rows_per_task
-        for task in prange(batch * out_channels * tasks_per_plane):
-            n, k, first_row = _plane_task(task, out_channels, tasks_per_plane, rows_per_task)
-            last_row = min(out_h, first_row + rows_per_task)
-            image = x[n, k // multiplier]
-            flat_in = image.reshape(-1)
-            flat_out = out[n, k].reshape(-1)
-            w00, w01, w02 = w[k, 0, 0, 0], w[k, 0, 0, 1], w[k, 0, 0, 2]
-            w10, w11, w12 = w[k, 0, 1, 0], w[k, 0, 1, 1], w[k, 0, 1, 2]
-            w20, w21, w22 = w[k, 0, 2, 0], w[k, 0, 2, 1], w[k, 0, 2, 2]
-            b = bias[k]
-            top, bottom = max(i0, first_row), min(i1, last_row)
-            if top < bottom and j0 < j1:
-                if flat:
-                    # from interior pixel (top, j0) to (bottom - 1, j1 - 1) in one run
-                    start = (top - pad_top) * width + j0 - pad_left  # its top-left tap
-                    r0, r1, r2 = flat_in[start:], flat_in[start + width:], flat_in[start + 2 * width:]
-                    o = flat_out[top * out_w + j0:(bottom - 1) * out_w + j1]
-                    for j in range(o.shape[0]):
-                        o[j] = (b + w00 * r0[j] + w01 * r0[j + 1] + w02 * r0[j + 2]
-                                + w10 * r1[j] + w11 * r1[j + 1] + w12 * r1[j + 2]
-                                + w20 * r2[j] + w21 * r2[j + 1] + w22 * r2[j + 2])
-                else:
-                    for i in range(top, bottom):
-                        start = (step * i - pad_top) * width + step * j0 - pad_left
-                        r0, r1, r2 = flat_in[start:], flat_in[start + width:], flat_in[start + 2 * width:]
-                        o = flat_out[i * out_w + j0:i * out_w + j1]
-                        for j in range(o.shape[0]):
-                            s = step * j
-                            o[j] = (b + w00 * r0[s] + w01 * r0[s + 1] + w02 * r0[s + 2]
-                                    + w10 * r1[s] + w11 * r1[s + 1] + w12 * r1[s + 2]
-                                    + w20 * r2[s] + w21 * r2[s + 1] + w22 * r2[s + 2])
-            # the rest (padding rows and columns, and the columns the flat run wrapped): checked taps
-            for i in range(first_row, last_row):
-                interior_row = i0 <= i < i1 and j0 < j1
-                for part in range(2):
-                    if interior_row:
-                        first, stop = (0, j0) if part == 0 else (j1, out_w)
-                    else:
-                        first, stop = (0, out_w) if part == 0 else (0, 0)
-                    for j in range(first, stop):
-                        total = b
-                        for u in range(3):
-                            row = step * i + u - pad_top
-                            if 0 <= row < height:
-                                for v in range(3):
-                                    col = step * j + v - pad_left
-                                    if 0 <= col < width:
-                                        total += w[k, 0, u, v] * image[row, col]
-                        out[n, k, i, j] = total
+    def kernel(packed, weights, bias, out, tap_offsets, batch, channels_per_group, out_per_group, groups,
+               blocks, chunks, tiles, channel_stride, channel_slice, plane_width, out_h, out_w):
+        version  # noqa: B018 (the simd version in the closure: part of numba's cache key)
+        lanes = simd.lanes(packed.dtype)
+        tile = block_cols * lanes
+        taps = tap_offsets.shape[0]
+        weight_row = channels_per_group * taps  # one filter: (c, u, v) in order
+        blocks_per_chunk = (blocks + chunks - 1) // chunks
+        out_plane = out_h * out_w
+        for task in prange(batch * groups * tiles * chunks):
+            chunk = task % chunks
+            tile_index = (task // chunks) % tiles
+            group = (task // (chunks * tiles)) % groups
+            image = task // (chunks * tiles * groups)
+            first_pixel = tile_index * tile
+            input_base = (image * groups + group) * channels_per_group * channel_stride + first_pixel
+            # where the lanes of each of the tile's vectors go: pieces (first lane, end lane, output
+            # offset of lane 0) that lie in one output row, found once for every block of the tile
+            pieces = np.empty((block_cols, lanes, 3), dtype=np.int64)
+            piece_counts = np.zeros(block_cols, dtype=np.int64)
+            for n in range(block_cols):
+                q = first_pixel + n * lanes
+                i = q // plane_width
+                j = q - i * plane_width
+                lane = 0
+                while lane < lanes and i < out_h:
+                    if j >= out_w:  # past the row's last output: on to the next row
+                        lane += plane_width - j
+                        i += 1
+                        j = 0
+                        continue
+                    count = min(lanes - lane, out_w - j)
+                    pieces[n, piece_counts[n], 0] = lane
+                    pieces[n, piece_counts[n], 1] = lane + count
+                    pieces[n, piece_counts[n], 2] = i * out_w + j - lane
+                    piece_counts[n] += 1
+                    lane += count
+                    j += count
+            first_block = chunk * blocks_per_chunk
+            last_block = min(blocks, first_block + blocks_per_chunk)
+            block_size = block_rows * block_cols * lanes
+            # the reduction runs over slices of the input channels small enough for the tile's
+            # input window to stay in L1 while every block of the task reads it; the blocks keep
+            # their partial sums here between slices
+            partial = np.empty((last_block - first_block) * block_size, dtype=packed.dtype)
+            for c0 in range(0, channels_per_group, channel_slice):
+                count = min(channel_slice, channels_per_group - c0)
+                for block in range(first_block, last_block):
+                    saved = (block - first_block) * block_size
+                    acc = simd.block_zero(block_rows, block_cols, packed)
+                    if c0 > 0:
+                        acc = simd.block_load(partial, saved, acc)
+                    first_k = group * out_per_group + block * block_rows
+                    acc = simd.block_fma_loop(acc, weights, first_k * weight_row + c0 * taps, weight_row,
+                                              out_per_group - block * block_rows, packed,
+                                              input_base + c0 * channel_stride, lanes, tap_offsets, count,
+                                              channel_stride)
+                    if c0 + count < channels_per_group:
+                        simd.block_store(partial, saved, acc)
+                        continue
+                    for m in range(min(block_rows, out_per_group - block * block_rows)):
+                        k = first_k + m
+                        out_base = (image * groups * out_per_group + k) * out_plane
+                        shift = simd.broadcast(bias[k])
+                        row = acc[m]
+                        for n in range(block_cols):
+                            value = simd.add(row[n], shift)
+                            for piece in range(piece_counts[n]):
+                                lo, hi, at_out = pieces[n, piece, 0], pieces[n, piece, 1], pieces[n, piece, 2]
+                                if hi - lo == lanes:
+                                    simd.store(out, out_base + at_out, value)
+                                else:
+                                    simd.store_lanes(out, out_base + at_out, value, lo, hi)
 
-    return ParallelKernel(depthwise3x3)
+    return ParallelKernel(kernel)
 
 
-def uses_depthwise3x3(spec: ConvSpec) -> bool:
-    """True when ``spec`` runs on the 3×3 depthwise kernel (a plane-kernel spec with 3×3 filters,
-    dilation 1 and stride 1 or 2; :mod:`fastconv.cost` models it at its own rate)."""
-    return ((spec.kernel_height, spec.kernel_width) == (3, 3) and spec.dilation == (1, 1)
-            and spec.stride in ((1, 1), (2, 2)))
+# ---------------------------------------------------------------------------------------------
+# the plane kernel: depthwise and single-channel convolution
+
+#: Largest kernel (taps) the plane kernel unrolls completely; larger ones run as a dense convolution.
+PLANE_MAX_TAPS = 121
 
 
-def _kernels_for(spec: ConvSpec):
-    width = spec.kernel_width if spec.kernel_width in SPECIALISED_WIDTHS else 0
-    return _kernels(width, spec.stride[1] == 1 and (spec.dilation[1] == 1 or spec.kernel_width == 1))
+@dataclass(frozen=True)
+class PlanePlan:
+    """How a depthwise spec (one input channel per group) runs on the plane kernel."""
+
+    rows: int               # output rows per register block (they share input loads)
+    cols: int               # vectors per register block along an output row
+    lanes: int
+    column_tiles: int       # register blocks across an output row
+    strip_tiles: int        # register blocks per column strip (its input rows stay in L1)
+    strip_pitch: int        # row pitch of a strip copied to scratch, or 0: read the input in place
+    scratch_rows: int       # rows of that scratch
+    band_rows: int          # output rows per task (a multiple of rows)
+    bands: int              # tasks per plane
 
 
 def uses_plane_kernel(spec: ConvSpec) -> bool:
-    """True when ``spec`` runs on the plane-by-plane kernel (depthwise or single-channel).
+    """True when ``spec`` runs on the plane kernel: one input channel per group (depthwise, or a
+    single-channel image), at most three filters per channel, column stride 1 or 2 and at most
+    ``PLANE_MAX_TAPS`` taps (every tap is unrolled)."""
+    return (spec.in_channels_per_group == 1 and spec.out_channels_per_group <= 3 and spec.stride[1] <= 2
+            and spec.kernel_height * spec.kernel_width <= PLANE_MAX_TAPS)
 
-    >>> from fastconv.geometry import make_spec
-    >>> uses_plane_kernel(make_spec((1, 8, 9, 9), (8, 1, 3, 3), groups=8))
-    True
-    >>> uses_plane_kernel(make_spec((1, 8, 9, 9), (16, 8, 3, 3)))
-    False
+
+def _plane_block_shape(spec: ConvSpec, vectors_per_row: int) -> tuple[int, int]:
+    """(rows, cols) for the plane kernel.
+
+    The ``rows · cols`` accumulators, one kernel column of weights (two with column stride 2)
+    and an input vector in flight fit the registers (one spare). Output rows share input loads
+    (``rows`` rows read ``(rows - 1)·s_h + (kh - 1)·d_h + 1`` input rows per column offset, not
+    ``rows · kh``); vectors past the end of an output row and rows past the end of the plane
+    are waste.
     """
-    return spec.in_channels_per_group == 1 and spec.out_channels_per_group < CHANNEL_BLOCK
+    kh, (sh, dh) = spec.kernel_height, (spec.stride[0], spec.dilation[0])
+    registers = simd.VECTOR_REGISTERS - 2 - kh * min(2, spec.stride[1])
+    best = None
+    for cols in range(1, vectors_per_row + 1):
+        rows_max = min(8, spec.out_height, registers // cols)
+        for rows in range(1, rows_max + 1):
+            used = (vectors_per_row / (_ceil_div(vectors_per_row, cols) * cols)
+                    * spec.out_height / (_ceil_div(spec.out_height, rows) * rows))
+            read_rows = len({r * sh + u * dh for r in range(rows) for u in range(kh)})
+            score = used * rows * kh / read_rows * min(1.0, rows * cols / 8)
+            if best is None or score > best[0] + 1e-9:
+                best = (score, rows, cols)
+    if best is None:  # a kernel column alone fills the registers: one vector at a time
+        return 1, 1
+    return best[1], best[2]
+
+
+@functools.lru_cache(maxsize=256)
+def _plane_plan(spec: ConvSpec, threads: int) -> PlanePlan:
+    lanes = simd.lanes(spec.dtype)
+    vectors_per_row = _ceil_div(spec.out_width, lanes)
+    rows, cols = _plane_block_shape(spec, vectors_per_row)
+    column_tiles = _ceil_div(vectors_per_row, cols)
+    # a task walks down column strips narrow enough for the input rows a block reads to stay
+    # in L1 from one block row to the next
+    (sh, dh), (sw, dw) = (spec.stride[0], spec.dilation[0]), (spec.stride[1], spec.dilation[1])
+    read_rows = (rows - 1) * sh + (spec.kernel_height - 1) * dh + 1
+    tile_bytes = read_rows * cols * lanes * sw * spec.dtype.itemsize
+    strip_tiles = max(1, min(column_tiles, L1_WINDOW_BYTES // tile_bytes))
+    # whole planes per task, unless there are too few planes to give every thread several tasks
+    bands_wanted = _ceil_div(4 * threads, spec.batch * spec.in_channels)
+    band_rows = _ceil_div(_ceil_div(spec.out_height, bands_wanted), rows) * rows
+    # Wide images: rows of 2 KiB or more are read from a copy of the strip whose rows are an odd
+    # number of cache lines apart. In place, the 12-18 rows a block reads on a 2048-wide image
+    # are 8 KiB apart, fall into the same L1 sets and evict each other (45 instead of 105
+    # GFLOP/s per thread for 11x11); the copy also holds the zero padding, so no loads are masked.
+    strip_pitch = scratch_rows = 0
+    if spec.in_width * spec.dtype.itemsize >= 2048:
+        needed = strip_tiles * cols * lanes * sw + (spec.kernel_width - 1) * dw
+        lines = _ceil_div(needed * spec.dtype.itemsize, 64)
+        strip_pitch = (lines + 1 - lines % 2) * 64 // spec.dtype.itemsize
+        scratch_rows = (band_rows - 1) * sh + (spec.kernel_height - 1) * dh + 1
+    return PlanePlan(rows, cols, lanes, column_tiles, strip_tiles, strip_pitch, scratch_rows, band_rows,
+                     _ceil_div(spec.out_height, band_rows))
+
+
+@functools.lru_cache(maxsize=None)
+def _plane_kernel(rows: int, cols: int, geometry: tuple):
+    """The plane kernel for a ``rows × cols`` block and ``geometry`` = (kh, kw, s_h, s_w, d_h, d_w),
+    all compile-time constants (every tap unrolled)."""
+    block_rows, block_cols, stencil, version = rows, cols, geometry, simd.SOURCE_VERSION
+
+    @njit(parallel=True, fastmath=FAST_MATH, cache=True)
+    def kernel(x, weight, bias, out, multiplier, band_rows, bands, column_tiles, strip_tiles, strip_pitch,
+               scratch_rows, pad_top, pad_left):
+        version  # noqa: B018 (the simd version in the closure: part of numba's cache key)
+        lanes = simd.lanes(x.dtype)
+        batch, channels, height, width = x.shape
+        out_h, out_w = out.shape[2], out.shape[3]
+        kh, kw, stride_h, stride_w, dilation_h, dilation_w = stencil
+        # the input rows and columns one block reads, past its first
+        row_reach = (block_rows - 1) * stride_h + (kh - 1) * dilation_h
+        column_reach = stride_w * block_cols * lanes - 1 + (kw - 1) * dilation_w
+        flat_x = x.reshape(-1)
+        flat_weight = weight.reshape(-1)
+        plane_size = height * width
+        for task in prange(batch * channels * bands):
+            band = task % bands
+            channel = (task // bands) % channels
+            image = task // (bands * channels)
+            base = (image * channels + channel) * plane_size
+            first_row = band * band_rows
+            last_row = min(out_h, first_row + band_rows)
+            scratch = np.empty(scratch_rows * strip_pitch, dtype=x.dtype)
+            for strip in range(0, column_tiles, strip_tiles):
+                strip_left = strip * block_cols * lanes * stride_w - pad_left  # its first input column
+                if strip_pitch > 0:  # copy the strip's input (with its zero padding) first
+                    _pack_rows(x[image, channel], scratch, 0, scratch_rows, strip_pitch, 0,
+                               first_row * stride_h - pad_top, strip_left, 1, 1, 0, 0)
+                for m in range(multiplier):
+                    k = channel * multiplier + m
+                    shift = simd.broadcast(bias[k])
+                    plane = out[image, k].reshape(-1)
+                    for i0 in range(first_row, last_row, block_rows):
+                        top = i0 * stride_h - pad_top
+                        rows_inside = top >= 0 and top + row_reach < height
+                        for tile in range(strip, min(column_tiles, strip + strip_tiles)):
+                            j0 = tile * block_cols * lanes
+                            left = j0 * stride_w - pad_left
+                            acc = simd.block_zero(block_rows, block_cols, flat_x)
+                            if strip_pitch > 0:
+                                acc = simd.block_stencil(acc, flat_weight, k * kh * kw, scratch, 0, strip_pitch,
+                                                         scratch_rows, strip_pitch, (i0 - first_row) * stride_h,
+                                                         left - strip_left, stencil)
+                            elif rows_inside and left >= 0 and left + column_reach < width:
+                                acc = simd.block_stencil(acc, flat_weight, k * kh * kw, flat_x, base, width, height,
+                                                         width, top, left, stencil)
+                            else:  # reaches into the padding: masked loads read it as zeros
+                                acc = simd.block_stencil_edge(acc, flat_weight, k * kh * kw, flat_x, base, width,
+                                                              height, width, top, left, stencil)
+                            for r in range(min(block_rows, last_row - i0)):
+                                for n in range(block_cols):
+                                    j = j0 + n * lanes
+                                    if j >= out_w:
+                                        break
+                                    value = simd.add(acc[r][n], shift)
+                                    if j + lanes <= out_w:
+                                        simd.store(plane, (i0 + r) * out_w + j, value)
+                                    else:
+                                        simd.store_lanes(plane, (i0 + r) * out_w + j, value, 0, out_w - j)
+
+    return ParallelKernel(kernel)
+
+
+class _Launch:
+    """Everything a call of one spec needs besides its arrays, worked out once per spec: the
+    kernels (parallel, or serial below :data:`SERIAL_MACS`) and their scalar arguments."""
+
+    def __init__(self, spec: ConvSpec, threads: int):
+        self.out_shape, self.dtype = spec.out_shape, spec.dtype
+        self.zero_bias = np.zeros(spec.out_channels, dtype=spec.dtype)
+        serial = spec.flops < 2 * SERIAL_MACS
+
+        def launcher(kernel: ParallelKernel):
+            return kernel.serial() if serial else kernel
+
+        self.plane = uses_plane_kernel(spec)
+        if self.plane:
+            layout = _plane_plan(spec, threads)
+            geometry = (spec.kernel_height, spec.kernel_width, *spec.stride, *spec.dilation)
+            self.kernel = launcher(_plane_kernel(layout.rows, layout.cols, geometry))
+            self.arguments = (spec.out_channels_per_group, layout.band_rows, layout.bands, layout.column_tiles,
+                              layout.strip_tiles, layout.strip_pitch, layout.scratch_rows, spec.padding[0][0],
+                              spec.padding[1][0])
+            return
+        layout = plan(spec)
+        check_fits("the packed input", (layout.buffer_size,), spec.dtype,
+                   lambda: f"padding {spec.padding}, stride {spec.stride}, dilation {spec.dilation} on input "
+                           f"{spec.input_shape}")
+        self.buffer_size = layout.buffer_size
+        self.packer = launcher(_input_packer(simd.SOURCE_VERSION))
+        self.pack_arguments = (np.array(layout.row_phases, dtype=np.int64), np.array(layout.col_phases, dtype=np.int64),
+                               layout.plane_height, layout.plane_width, *spec.stride, spec.padding[0][0],
+                               spec.padding[1][0])
+        phases = len(layout.row_phases) * len(layout.col_phases)
+        # split each tile's channel blocks into chunks until every thread has several tasks
+        chunks = min(layout.blocks, _ceil_div(8 * threads, spec.batch * spec.groups * layout.tiles))
+        self.kernel = launcher(_block_kernel(layout.rows, layout.cols))
+        self.arguments = (np.array(layout.tap_offsets, dtype=np.int64), spec.batch, spec.in_channels_per_group,
+                          spec.out_channels_per_group, spec.groups, layout.blocks, chunks, layout.tiles,
+                          phases * layout.plane_size, layout.channel_slice, layout.plane_width, spec.out_height,
+                          spec.out_width)
+
+    def __call__(self, x, weight, bias):
+        bias = self.zero_bias if bias is None else bias
+        out = np.empty(self.out_shape, dtype=self.dtype)
+        if self.plane:
+            self.kernel(x, weight, bias, out, *self.arguments)
+            return out
+        packed = _workspace(self.buffer_size, self.dtype)
+        self.packer(x, packed, *self.pack_arguments)
+        self.kernel(packed, weight.reshape(-1), bias, out.reshape(-1), *self.arguments)
+        return out
+
+
+@functools.lru_cache(maxsize=256)
+def _launch(spec: ConvSpec, threads: int) -> _Launch:
+    return _Launch(spec, threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# the backend entry point
 
 
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
-    if spec.batch == 0:  # an empty batch: nothing to compute (and no tasks to divide the work into)
+    if spec.batch == 0:
         return np.empty(spec.out_shape, dtype=spec.dtype)
-    with np.errstate(invalid="ignore", over="ignore"):
-        weight_sum = weight.sum()
-    if not np.isfinite(weight_sum):
-        # The kernels skip taps that fall in the zero padding, which is exact for finite weights;
-        # a NaN or inf weight must meet the padding too (0·NaN and 0·inf are NaN, as in torch), so
-        # the padding is materialised and no tap is skipped. One vectorised sum detects it (a
-        # NaN or inf anywhere makes the sum non-finite; so does a sum that overflows, which only
-        # takes this slower, still exact, path).
-        x = pad_input(x, spec)
-        spec = spec.zero_padded()
-    plane, direct = _kernels_for(spec)
-    geometry = (*spec.stride, *spec.dilation, spec.padding[0][0], spec.padding[1][0])
-    groups, per_group = spec.groups, spec.out_channels_per_group
-    blocked = -(-per_group // CHANNEL_BLOCK) * CHANNEL_BLOCK
-    if uses_plane_kernel(spec):
-        out = np.empty(spec.out_shape, dtype=spec.dtype)
-        planes = spec.batch * spec.out_channels
-        # whole planes per task when there are plenty of planes, else split them into row blocks
-        tasks_wanted = 8 * config.threads
-        rows_per_task = spec.out_height if planes >= tasks_wanted else -(-spec.out_height * planes // tasks_wanted)
-        bias = np.zeros(spec.out_channels, dtype=spec.dtype) if bias is None else bias
-        if uses_depthwise3x3(spec):
-            _depthwise3x3(spec.stride[0])(x, weight, bias, out, per_group, rows_per_task, spec.padding[0][0],
-                                          spec.padding[1][0])
-            return out
-        plane(x, weight, bias, out, per_group, rows_per_task, *geometry)
-        return out
-    if blocked == per_group:
-        out = np.empty(spec.out_shape, dtype=spec.dtype)
-        out[...] = 0 if bias is None else bias[None, :, None, None]
-        direct(x, weight, out, *geometry)
-        return out
-    # pad each group's filters with zero filters up to a whole number of channel blocks
-    padded_weight = np.zeros((groups, blocked) + weight.shape[1:], dtype=spec.dtype)
-    padded_weight[:, :per_group] = weight.reshape((groups, per_group) + weight.shape[1:])
-    padded_out = np.zeros((spec.batch, groups, blocked, spec.out_height, spec.out_width), dtype=spec.dtype)
+    # the protocol promises C-contiguous arrays; the kernels index them flat, so make sure (free if so)
     if bias is not None:
-        padded_out[:, :, :per_group] = bias.reshape(groups, per_group)[None, :, :, None, None]
-    direct(x, padded_weight.reshape((groups * blocked,) + weight.shape[1:]),
-           padded_out.reshape(spec.batch, groups * blocked, spec.out_height, spec.out_width), *geometry)
-    return np.ascontiguousarray(padded_out[:, :, :per_group]).reshape(spec.out_shape)
+        bias = np.ascontiguousarray(bias)
+    return _launch(spec, config.threads)(np.ascontiguousarray(x), np.ascontiguousarray(weight), bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# the cost model
+
+#: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
+#: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
+COST_CONSTANTS = {"byte": 5e-11, "call": 1e-05, "float64_factor": 2.0, "block_flop": 6e-12, "pack_byte": 5e-11,
+                  "plane_flop": 6e-12, "task": 1e-07}
 
 
 def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
-    """The work of the kernel :func:`run` picks, in terms each charged at its own rate.
+    """The work of the kernel :func:`run` picks, as the kernels really do it.
 
-    Three kernels, each at its own rate per multiply-add: the plane kernel (depthwise and
-    single-channel: one memory-bound pass per output plane), its 3x3 specialisation (nine
-    weights in registers, one store per output), and the general kernel, which register-blocks
-    output channels (zero filters pad a partial block). In the plane and general kernels each
-    (output row, input channel, kernel row) is one pass along the row: the interior columns in
-    a vectorised loop, the columns whose taps reach into the padding in a short scalar loop
-    with bounds checks, plus the pass's fixed set-up. On narrow images (14-32 columns) the
-    edges and set-up outweigh the interior. Kernel widths the kernels do not specialise, and
-    strided or dilated rows (no longer contiguous loads: scalar code), cost extra per
-    multiply-add.
+    ``block_flop`` / ``plane_flop``: the multiply-adds (two flops each) the register blocks
+    issue, waste included (zero filters padding a group's channels to whole blocks, pixels of
+    the last tile past the output, the columns phase planes add); ``pack_byte``: the packed or
+    copied input written; ``task``: the parallel tasks; ``byte``: input, output and weight.
     """
-    work = dtype_work(spec.dtype)
-    plane = uses_plane_kernel(spec)
-    block = 1 if plane else CHANNEL_BLOCK
-    per_group = spec.out_channels_per_group
-    padded_outs = spec.groups * -(-per_group // block) * block  # output channels computed
-    taps = spec.in_channels_per_group * spec.kernel_height * spec.kernel_width
-    outputs = spec.batch * padded_outs * spec.out_height * spec.out_width
-    if plane and uses_depthwise3x3(spec):
-        return {"call": 1.0, "mac_depthwise3x3": float(outputs * taps * work), "byte": io_bytes(spec)}
-    lo, hi = interior_range(spec.out_width, spec.in_width, spec.kernel_width, spec.stride[1], spec.dilation[1],
-                            spec.padding[1][0])
-    interior = hi - lo
-    row_outputs = spec.batch * padded_outs * spec.out_height
-    macs = row_outputs * interior * taps * work
-    terms = {"call": 1.0, "mac_plane" if plane else "mac": float(macs),
-             "mac_edge": float(row_outputs * (spec.out_width - interior) * taps * work),
-             # passes along a row: one per (output row, channel block, input channel, kernel row)
-             "row_pass": float(row_outputs / block * spec.in_channels_per_group * spec.kernel_height),
-             "byte": io_bytes(spec)}
-    if spec.kernel_width not in SPECIALISED_WIDTHS:
-        terms["mac_runtime_width"] = float(macs)
-    if spec.stride[1] > 1 or (spec.dilation[1] > 1 and spec.kernel_width > 1):
-        terms["mac_strided"] = float(macs)
-    return terms
+    work = dtype_work(spec.dtype)  # (complex is declined; kept for the protocol's sake)
+    if uses_plane_kernel(spec):
+        layout = _plane_plan(spec, config.threads)
+        block_rows = _ceil_div(layout.band_rows, layout.rows) * layout.bands
+        vectors = block_rows * layout.rows * layout.column_tiles * layout.cols
+        flops = 2.0 * spec.batch * spec.out_channels * vectors * layout.lanes * spec.kernel_height * spec.kernel_width
+        copied = (spec.batch * spec.in_channels * layout.bands * layout.scratch_rows * layout.strip_pitch
+                  * _ceil_div(layout.column_tiles, layout.strip_tiles)) if layout.strip_pitch else 0
+        return {"call": 1.0, "plane_flop": flops * work, "pack_byte": float(copied * spec.dtype.itemsize),
+                "task": float(spec.batch * spec.in_channels * layout.bands), "byte": io_bytes(spec)}
+    layout = plan(spec)
+    flops = (2.0 * spec.batch * spec.groups * layout.blocks * layout.rows * layout.tiles * layout.cols * layout.lanes
+             * spec.in_channels_per_group * spec.kernel_height * spec.kernel_width)
+    return {"call": 1.0, "block_flop": flops * work, "pack_byte": float(layout.buffer_size * spec.dtype.itemsize),
+            "task": float(spec.batch * spec.groups * layout.tiles * layout.blocks), "byte": io_bytes(spec)}

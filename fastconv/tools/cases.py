@@ -9,7 +9,7 @@ Examples
 --------
 >>> [case.name for case in canonical_layers()][:2]
 ['resnet50_conv1', 'resnet50_3x3_56']
->>> len(suite_cases("cnn")) == len(canonical_layers())
+>>> len(suite_cases("cnn")) == len(canonical_layers()) + len(EXTRA_CNN_LAYERS)
 True
 """
 
@@ -24,8 +24,8 @@ import numpy as np
 
 from fastconv.geometry import make_spec
 
-__all__ = ["Case", "KERNELS", "Skip", "SUITES", "OPS", "PASS_OPS", "canonical_layers", "image_filter", "make_inputs",
-           "make_grad_output", "pass_cases", "PASSES", "shapes", "suite_cases"]
+__all__ = ["Case", "EXTRA_CNN_LAYERS", "KERNELS", "Skip", "SUITES", "OPS", "PASS_OPS", "canonical_layers", "image_filter",
+           "make_inputs", "make_grad_output", "pass_cases", "PASSES", "shapes", "suite_cases"]
 
 SUITES = ("default", "cnn", "image", "depthwise", "transposed", "all")
 
@@ -160,9 +160,18 @@ def _by_name(names, op="conv2d") -> list[Case]:
     return [layers[name] for name in names]
 
 
+#: Layer kinds the canonical shapes lack: grouped convolution with few channels per group and a
+#: strided 3x3 (ResNeXt-50 32x4d stage 3; ResNet-50 v1.5 stage 3's first block).
+EXTRA_CNN_LAYERS = (
+    Case("resnext50_3x3_g32_28", (1, 256, 28, 28), (256, 8, 3, 3), padding=1, groups=32, group="layers"),
+    Case("resnet50_3x3_s2", (1, 128, 56, 56), (128, 128, 3, 3), stride=2, padding=1, group="layers"),
+)
+
+
 def _depthwise_cases() -> list[Case]:
     return _by_name(["mobilenetv2_dw_56", "mobilenetv2_dw_s2"]) + [
         Case("depthwise 5x5, 96ch 56x56", (1, 96, 56, 56), (96, 1, 5, 5), padding=2, groups=96),
+        Case("efficientnet_b0_dw5x5_28, batch 4", (4, 240, 28, 28), (240, 1, 5, 5), padding=2, groups=240),
         Case("depthwise x2 multiplier 3x3, 32ch 112x112", (1, 32, 112, 112), (64, 1, 3, 3), padding=1, groups=32),
         Case("grouped 3x3, 128ch 28x28, 8 groups", (1, 128, 28, 28), (128, 16, 3, 3), padding=1, groups=8),
     ]
@@ -184,7 +193,7 @@ def _full_suite(name: str) -> list[Case]:
             + canonical_layers("conv_transpose2d")
         )
     if name == "cnn":
-        return canonical_layers()
+        return canonical_layers() + list(EXTRA_CNN_LAYERS)
     if name == "image":
         return [image_filter(side, k, kind) for side in (256, 1024, 2048) for k in (3, 9, 31)
                 for kind in ("random", "gaussian")]
@@ -215,7 +224,7 @@ def suite_cases(name: str = "default", quick: bool = False, dtype: str = "float3
 
     ``quick`` swaps in tiny problems of the same kinds (for smoke tests).
 
-    >>> len(suite_cases("cnn")) == len(canonical_layers())
+    >>> len(suite_cases("cnn")) == len(canonical_layers()) + len(EXTRA_CNN_LAYERS)
     True
     """
     if name not in SUITES:

@@ -43,30 +43,24 @@ def test_fft_channel_products_elementwise_or_by_gemm():
     assert terms["filter_spectrum_byte"] == 128 * 64 * terms["bin_gemm"] * 8
 
 
-def _direct_macs(*args, **kwargs):
+def _direct_flops(*args, **kwargs):
     terms = cost.work_terms("numba_cpu", spec(*args, **kwargs))
-    return terms["mac"] + terms["mac_edge"]
+    return terms.get("block_flop", 0.0) + terms.get("plane_flop", 0.0)
 
 
 def test_direct_work_grows_with_kernel_area_and_falls_with_stride():
-    small = _direct_macs((1, 4, 64, 64), (8, 4, 3, 3), padding=1)
-    large = _direct_macs((1, 4, 64, 64), (8, 4, 9, 9), padding=4)
-    strided = _direct_macs((1, 4, 64, 64), (8, 4, 3, 3), padding=1, stride=2)
-    assert large == 9 * small and strided == small / 4
-    # columns whose taps reach into the padding run in the scalar edge loop: 4 of 64 for 9x9
-    terms = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 9, 9), padding=4))
-    assert terms["mac_edge"] == large * 8 / 64
+    small = _direct_flops((1, 64, 64, 64), (64, 64, 3, 3), padding=1)
+    large = _direct_flops((1, 64, 64, 64), (64, 64, 9, 9), padding=4)
+    strided = _direct_flops((1, 64, 64, 64), (64, 64, 3, 3), padding=1, stride=2)
+    exact = 2 * 64 * 64 * 64 * 64 * 9
+    assert exact <= small <= 1.15 * exact  # what the register blocks issue: little waste on 64x64 maps
+    assert large == pytest.approx(9 * small, rel=0.1) and strided < small / 3
     from fastconv.backends import numba_cpu
 
-    valid = cost.work_terms("numba_cpu", spec((1, 4, 64, 64), (8, 4, 9, 9)), module=numba_cpu)
-    # no padding: no edges; a pass per (output row, block of 4 output channels, channel, kernel row)
-    assert valid["mac_edge"] == 0 and valid["row_pass"] == 56 * 2 * 4 * 9
-    assert "mac_depthwise3x3" in cost.work_terms("numba_cpu", spec((1, 8, 16, 16), (8, 1, 3, 3), groups=8),
-                                                 module=numba_cpu)
-    assert "mac_plane" in cost.work_terms("numba_cpu", spec((1, 8, 16, 16), (8, 1, 5, 5), groups=8))
-    assert "mac_plane" in cost.work_terms("numba_cpu", spec((1, 1, 16, 16), (1, 1, 5, 5)))
-    odd = cost.work_terms("numba_cpu", spec((1, 1, 16, 16), (1, 1, 9, 9), stride=2))
-    assert odd["mac_runtime_width"] == odd["mac_strided"] == odd["mac_plane"]
+    assert "plane_flop" in cost.work_terms("numba_cpu", spec((1, 8, 16, 16), (8, 1, 3, 3), groups=8), module=numba_cpu)
+    assert "plane_flop" in cost.work_terms("numba_cpu", spec((1, 1, 16, 16), (1, 1, 5, 5)))
+    dense = cost.work_terms("numba_cpu", spec((1, 8, 16, 16), (8, 8, 3, 3), padding=1))
+    assert dense["block_flop"] > 0 and dense["pack_byte"] >= 8 * 18 * 18 * 4  # the zero-padded float32 input, packed
 
 
 def test_im2col_one_by_one_is_a_plain_gemm():
@@ -81,24 +75,24 @@ def test_separable_work_scales_with_rank_and_kernel_perimeter():
     one, four = (cost.work_terms("separable", problem, rank=r)["mac"] for r in (1, 4))
     assert four == 4 * one
     assert cost.work_terms("separable", problem)["mac"] == 31 * one  # unknown rank: full
-    direct = cost.work_terms("numba_cpu", problem)["mac_plane"]
+    direct = cost.work_terms("numba_cpu", problem)["block_flop"] / 2  # 31x31 runs on the register blocks
     assert one < direct * (31 + 31) / (31 * 31) * 1.2
 
 
 def test_winograd_needs_fewer_flops_than_direct_on_3x3():
     problem = spec((1, 64, 56, 56), (64, 64, 3, 3), padding=1)
     winograd = cost.work_terms("winograd", problem)["gemm_flop"]
-    direct = 2 * cost.work_terms("numba_cpu", problem)["mac"]
+    direct = cost.work_terms("numba_cpu", problem)["block_flop"]
     assert winograd < direct / 3  # F(4x4, 3x3): 36 / (9 * 16) = 1/4 of the multiplications
 
 
 def test_float64_and_complex_cost_more_work():
     problems = {dtype: spec((1, 2, 16, 16), (2, 2, 3, 3), dtype=dtype)
                 for dtype in ("float32", "float64", "complex64", "complex128")}
-    terms = {dtype: cost.work_terms("numba_cpu", problem)["mac"] for dtype, problem in problems.items()}
+    terms = {dtype: cost.work_terms("im2col", problem)["gemm_flop"] for dtype, problem in problems.items()}
     assert terms["float64"] == terms["float32"] and terms["complex64"] == terms["complex128"] == 4 * terms["float32"]
-    table = {"numba_cpu": {"call": 0.0, "mac": 1e-9, "float64_factor": 1.5}}
-    seconds = {dtype: cost.estimate_seconds("numba_cpu", problem, constants=table, threads=constants.DEFAULT_THREADS)
+    table = {"im2col": {"call": 0.0, "gemm_flop": 1e-9, "float64_factor": 1.5}}
+    seconds = {dtype: cost.estimate_seconds("im2col", problem, constants=table, threads=constants.DEFAULT_THREADS)
                for dtype, problem in problems.items()}
     assert seconds["float64"] == pytest.approx(1.5 * seconds["float32"])
     assert seconds["complex128"] == pytest.approx(1.5 * seconds["complex64"])
@@ -127,7 +121,7 @@ def test_work_terms_are_the_backends_own_and_a_backend_without_them_gets_generic
 
 def test_more_threads_speed_up_work_but_not_the_call_overhead():
     problem = spec((1, 8, 32, 32), (8, 8, 3, 3), padding=1)
-    constants = {"naive": {"call": 1.0, "mac": 0.0}, "numba_cpu": {"mac": 1e-9}}
+    constants = {"naive": {"call": 1.0, "mac": 0.0}, "numba_cpu": {"block_flop": 1e-9}}
     assert cost.estimate_seconds("naive", problem, constants=constants, threads=1) == 1.0
     one = cost.estimate_seconds("numba_cpu", problem, constants=constants, threads=1)
     two = cost.estimate_seconds("numba_cpu", problem, constants=constants, threads=2)
@@ -148,8 +142,8 @@ def test_fit_recovers_known_constants():
 def test_fit_keeps_defaults_for_terms_no_sample_exercises():
     problems = [spec((1, 4, s, s), (4, 4, 3, 3)) for s in (8, 16, 32)]
     samples = [(p, None, 1e-5 * s) for p, s in zip(problems, (1, 2, 4))]
-    fitted = calibrate.fit_constants("numba_cpu", samples, {"mac_plane": 5.0})
-    assert fitted["mac_plane"] == 5.0 and "mac" in fitted
+    fitted = calibrate.fit_constants("numba_cpu", samples, {"plane_flop": 5.0})
+    assert fitted["plane_flop"] == 5.0 and "block_flop" in fitted
 
 
 def test_shipped_constants_rank_obvious_cases():

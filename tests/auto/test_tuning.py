@@ -177,7 +177,7 @@ def test_separable_is_chosen_only_for_low_rank_kernels(register, monkeypatch):
     fake.cost_terms, fake.COST_CONSTANTS = separable.cost_terms, {"mac": 1e-9}
     fake.supports_weight = lambda weight, spec: None  # a weight-dependent backend: costed with the rank
     register("direct", 1.0, estimate=lambda spec: cost.estimate_seconds(
-        "numba_cpu", spec, module=numba_cpu, constants={"numba_cpu": {"mac_plane": 1e-9}}))
+        "numba_cpu", spec, module=numba_cpu, constants={"numba_cpu": {"plane_flop": 0.5e-9, "block_flop": 0.5e-9}}))
     _only_fakes(monkeypatch, "separable", "direct")
     x = np.ones((1, 1, 64, 64))
     gauss = np.exp(-np.linspace(-2, 2, 15) ** 2)

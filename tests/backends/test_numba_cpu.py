@@ -1,6 +1,7 @@
-"""The numba_cpu backend's own paths against the float64 reference: the plane kernel (depthwise and
-single-channel), the 4-channel direct kernel (and its zero-filter padding), every specialised
-kernel width and the run-time width, unit and non-unit steps, threads, and lazy compilation."""
+"""The numba_cpu backend's paths through conv2d against the float64 reference: the plane kernel
+(depthwise and single-channel) and the register-block kernel (channel tails, groups), kernel
+widths, unit and non-unit steps, threads, the serial path of small calls, and lazy compilation.
+The kernels' own geometry tests are in test_numba_cpu_simd.py, the SIMD layer's in test_simd.py."""
 
 import subprocess
 import sys
@@ -31,9 +32,9 @@ def _check(x_shape, w_shape, dtype=np.float64, bias=True, seed=0, **kwargs):
     return spec
 
 
-@pytest.mark.parametrize("width", numba_cpu.SPECIALISED_WIDTHS + (2,))
-def test_every_kernel_width_on_both_kernels(width):
-    """Each compile-time width (and a run-time one), unit step, borders on every side."""
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 7])
+def test_kernel_widths_on_both_kernels(width):
+    """Borders on every side, on the plane kernel and on the register-block kernel."""
     spec = _check((1, 1, 9, 12), (1, 1, 3, width), padding=((1, 2), (width // 2, width - 1)))
     assert numba_cpu.uses_plane_kernel(spec)
     spec = _check((2, 3, 7, 10), (4, 3, 2, width), padding=((0, 1), (width, 1)))
@@ -54,25 +55,17 @@ def test_depthwise_path(multiplier):
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("x_shape, padding", [
-    ((2, 4, 9, 8), 1),                    # stride 1: output rows as wide as input rows (flat run)
-    ((1, 3, 10, 11), ((0, 2), (2, 0))),   # asymmetric: output and input pitches differ
-    ((1, 3, 7, 6), 0),                    # no padding: no border columns at all
+    ((2, 4, 9, 8), 1),
+    ((1, 3, 10, 11), ((0, 2), (2, 0))),   # asymmetric
+    ((1, 3, 7, 6), 0),                    # no padding
     ((1, 2, 2, 1), ((3, 1), (2, 4))),     # image smaller than the kernel: every pixel is a border
 ])
-def test_depthwise_3x3_kernel(stride, x_shape, padding):
-    """The specialised 3×3 depthwise kernel: interior run, wrapped columns, borders, multiplier 2."""
+def test_depthwise_3x3(stride, x_shape, padding):
     channels = x_shape[1]
     for multiplier in (1, 2):
         spec = _check(x_shape, (channels * multiplier, 1, 3, 3), dtype=np.float32, groups=channels,
                       stride=stride, padding=padding)
-        assert numba_cpu.uses_depthwise3x3(spec)
-
-
-@pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_3x3_kernel_split_into_row_blocks(stride):
-    """One large plane is split into row blocks: each block's interior run and borders."""
-    spec = _check((1, 1, 301, 40), (1, 1, 3, 3), stride=stride, padding=1, bias=False)
-    assert numba_cpu.uses_depthwise3x3(spec)
+        assert numba_cpu.uses_plane_kernel(spec)
 
 
 def test_single_channel_image_path():
@@ -83,7 +76,7 @@ def test_single_channel_image_path():
 
 
 @pytest.mark.parametrize("groups, per_group_out", [(1, 4), (1, 6), (2, 5), (3, 8)])
-def test_direct_path_with_and_without_zero_filter_padding(groups, per_group_out):
+def test_register_block_path_with_channel_tails(groups, per_group_out):
     spec = _check((2, 2 * groups, 8, 9), (groups * per_group_out, 2, 3, 3), groups=groups, padding=1)
     assert not numba_cpu.uses_plane_kernel(spec)
 
@@ -106,13 +99,13 @@ def test_thread_count_follows_config_and_the_callers_count_is_restored(monkeypat
     set_num_threads = numba.set_num_threads
     monkeypatch.setattr(numba, "set_num_threads", lambda count: (requested.append(count), set_num_threads(count)))
     monkeypatch.setattr(config, "threads", 1)
-    _check((1, 1, 8, 8), (1, 1, 3, 3))
+    _check((1, 8, 40, 40), (8, 8, 3, 3), padding=1)  # large enough to run in parallel
     if numba.config.NUMBA_NUM_THREADS > 1:
         assert requested[0] == 1  # the kernel ran on one thread ...
     assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # ... and the caller's count is back
     requested.clear()
     monkeypatch.setattr(config, "threads", 10**6)  # capped at numba's pool size: nothing to change
-    _check((1, 1, 8, 8), (1, 1, 3, 3))
+    _check((1, 8, 40, 40), (8, 8, 3, 3), padding=1)
     assert requested == [] and numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
 
 
@@ -120,9 +113,9 @@ def test_importing_fastconv_compiles_nothing():
     code = (
         "import fastconv\n"
         "from fastconv.backends import im2col, numba_cpu\n"
-        "assert numba_cpu._kernels.cache_info().currsize == 0\n"
-        "for kernel in (numba_cpu._interior_columns, numba_cpu._edge_columns, numba_cpu._edge_columns4,\n"
-        "               im2col._im2col_images, im2col._im2col_pixels, im2col._inside):\n"
+        "for cached in (numba_cpu._launch, numba_cpu._block_kernel, numba_cpu._plane_kernel, numba_cpu._input_packer):\n"
+        "    assert cached.cache_info().currsize == 0, cached\n"
+        "for kernel in (im2col._im2col_images, im2col._im2col_pixels, im2col._inside):\n"
         "    assert not kernel.signatures, kernel\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -134,3 +127,13 @@ def test_empty_batch_gives_an_empty_result(backend):
     assert out.shape == (0, 4, 5, 5)
     out = fastconv.conv2d(np.ones((0, 2, 5, 5)), np.ones((2, 1, 3, 3)), groups=2, backend=backend)
     assert out.shape == (0, 2, 3, 3)
+
+
+def test_small_calls_run_on_the_calling_thread_and_large_ones_in_parallel(monkeypatch):
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    requested = []
+    set_num_threads = numba.set_num_threads
+    monkeypatch.setattr(numba, "set_num_threads", lambda count: (requested.append(count), set_num_threads(count)))
+    monkeypatch.setattr(config, "threads", 1)
+    small = _check((1, 1, 8, 8), (1, 1, 3, 3))
+    assert small.flops < 2 * numba_cpu.SERIAL_MACS and requested == []  # no parallel region entered

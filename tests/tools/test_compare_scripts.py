@@ -157,4 +157,4 @@ def test_a_script_runs_end_to_end_with_its_worker_process():
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     row = done.stdout.splitlines()[2].split()
-    assert row[0] == "16" and float(row[-1]) > 0  # limit, ..., seconds
+    assert row[0] == "16" and float(row[-1]) >= 0  # limit, ..., seconds (printed to 0.01 s: a quick run may show 0.00)
