@@ -150,7 +150,8 @@ def test_a_malformed_entry_is_dropped_and_explain_still_works(cache_dir):
         assert spec_key not in tuning_cache.read_cache()
     fastconv.autotune(True)
     try:
-        assert fastconv.explain(X, W).choice == "naive"
+        choice_made = fastconv.explain(X, W).choice  # measured again: a compiled backend, not the reference
+        assert choice_made in fastconv.backends.backend_names() and not fastconv.backends.is_reference(choice_made)
     finally:
         fastconv.autotune(False)
 

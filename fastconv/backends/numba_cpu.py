@@ -642,8 +642,8 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"byte": 5e-11, "call": 1e-05, "float64_factor": 2.0, "block_flop": 6e-12, "pack_byte": 5e-11,
-                  "plane_flop": 6e-12, "task": 1e-07}
+COST_CONSTANTS = {"byte": 4.52e-12, "call": 1.68e-06, "float64_factor": 1.71, "block_flop": 7.16e-12,
+                  "pack_byte": 1.12e-11, "plane_flop": 4.96e-12, "task": 1.18e-07}
 
 
 def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
@@ -669,3 +669,4 @@ def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
              * spec.in_channels_per_group * spec.kernel_height * spec.kernel_width)
     return {"call": 1.0, "block_flop": flops * work, "pack_byte": float(layout.buffer_size * spec.dtype.itemsize),
             "task": float(spec.batch * spec.groups * layout.tiles * layout.blocks), "byte": io_bytes(spec)}
+
