@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import fastconv
 from reference import explicit_padding, reference_conv2d, relative_error
@@ -58,6 +58,7 @@ def test_bad_weights_raise_with_a_message_that_names_them(shapes, pattern):
         fastconv.depthwise_separable_conv2d(np.zeros((1, 2, 6, 6)), np.zeros(shapes[0]), np.zeros(shapes[1]))
 
 
+@settings(max_examples=15)
 @given(data=st.data())
 def test_backward_is_the_adjoint(data):
     """<f(x, dw, pw) - b, g> is bilinear in (x, pw) and in (dw, pw): the gradients, with no torch."""

@@ -3,7 +3,7 @@ adjoint identity (no torch needed), torch's autograd where installed, validation
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import fastconv
 from fastconv import backends
@@ -64,6 +64,7 @@ def _skip_unavailable(name):
 
 
 @pytest.mark.parametrize("name", passes.pass_backends("input"))
+@settings(max_examples=15)
 @given(problem=conv_problems(dtypes=REAL_DTYPES))
 def test_input_pass_matches_reference(name, problem):
     _skip_unavailable(name)
@@ -71,6 +72,7 @@ def test_input_pass_matches_reference(name, problem):
 
 
 @pytest.mark.parametrize("name", passes.pass_backends("weight"))
+@settings(max_examples=15)
 @given(problem=conv_problems(dtypes=REAL_DTYPES))
 def test_weight_pass_matches_reference(name, problem):
     _skip_unavailable(name)
@@ -78,12 +80,14 @@ def test_weight_pass_matches_reference(name, problem):
 
 
 @pytest.mark.parametrize("name", ["col2im", "im2col", "fft"])
+@settings(max_examples=10)
 @given(problem=conv_problems(dtypes=COMPLEX_DTYPES, max_size=6))
 def test_complex_passes_are_torchs_conjugate_gradients(name, problem):
     for pass_ in ("input", "weight") if name != "col2im" else ("input",):
         _check_pass(pass_, name, problem)
 
 
+@settings(max_examples=15)
 @given(problem=conv_problems(dtypes=(np.float64,)), data=st.data())
 def test_adjoint_identity(problem, data):
     """<conv2d(x, w), g> = <x, conv2d_input(g)> = <w, conv2d_weight(g)>, whatever the route (no torch)."""
@@ -98,6 +102,7 @@ def test_adjoint_identity(problem, data):
     np.testing.assert_allclose(db, g.sum(axis=(0, 2, 3)), rtol=1e-12)
 
 
+@settings(max_examples=15)
 @given(problem=conv_problems(dtypes=(np.float64,)))
 def test_conv2d_backward_matches_torch_autograd(problem):
     torch = pytest.importorskip("torch")

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import fastconv
 from fastconv import backends
@@ -182,6 +182,7 @@ def test_bad_input_raises_with_a_message_that_names_it(kwargs, error, pattern):
         fastconv.conv_transpose2d(args.pop("x"), args.pop("weight"), args.pop("bias"), **args)
 
 
+@settings(max_examples=15)
 @given(problem=transpose_problems(), data=st.data())
 def test_backward_is_the_adjoint(problem, data):
     """<conv_transpose2d(x, w), g> = <x, dx> = <w, dw>, db = sum of g: the gradients, with no torch."""
@@ -204,6 +205,7 @@ def test_backward_is_the_adjoint(problem, data):
         np.testing.assert_array_equal(array, saved)
 
 
+@settings(max_examples=15)
 @given(problem=transpose_problems(dtypes=(np.float64,)))
 def test_backward_matches_torch_autograd(problem):
     torch = pytest.importorskip("torch")
