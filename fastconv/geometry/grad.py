@@ -107,7 +107,7 @@ def input_pass_as_transpose(spec: ConvSpec) -> tuple[TransposeSpec, tuple[tuple[
     >>> from fastconv.geometry import make_spec
     >>> transpose, crop = input_pass_as_transpose(make_spec((1, 2, 9, 9), (3, 2, 4, 4), padding="same"))
     >>> transpose.out_shape, crop
-    ((1, 2, 10, 10), ((1, 0), (1, 0)))
+    ((1, 2, 10, 10), ((0, 1), (0, 1)))
     """
     pads, extras, crops = [], [], []
     for (before, after), remainder, size in zip(spec.padding, _remainders(spec), (spec.in_height, spec.in_width)):
