@@ -67,3 +67,51 @@ def relative_error(actual, expected):
     scale = np.max(np.abs(expected)) if expected.size else 0.0
     err = np.max(np.abs(actual - expected)) if expected.size else 0.0
     return err / scale if scale > 0 else err
+
+
+def _fold_padding(padded_gradient, shape, padding, padding_mode):
+    """Each padded pixel's gradient added to the input pixel np.pad copied into it."""
+    height, width = shape[2:]
+    index = np.arange(height * width).reshape(height, width)
+    if padding_mode == "zeros":
+        index = np.pad(index, tuple(map(tuple, padding)), mode="constant", constant_values=-1)
+    else:
+        index = np.pad(index, tuple(map(tuple, padding)), mode=TORCH_TO_NUMPY_PAD[padding_mode])
+    flat = padded_gradient.reshape(shape[0], shape[1], -1)
+    source = index.ravel()
+    keep = source >= 0
+    out = np.zeros((shape[0], shape[1], height * width), dtype=padded_gradient.dtype)
+    np.add.at(out, (slice(None), slice(None), source[keep]), flat[:, :, keep])
+    return out.reshape(shape)
+
+
+def reference_conv2d_gradients(x, weight, grad_output, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
+                               groups=1, padding_mode="zeros"):
+    """(d input, d weight) of sum(conv2d(x, weight) * grad_output), from the definition, in float64.
+
+    For complex operands, the gradients torch's autograd returns for a real loss: the conjugate
+    of the weight (for the input) or of the input (for the weight). ``padding`` must be explicit.
+    """
+    wide = np.complex128 if any(np.iscomplexobj(a) for a in (x, weight, grad_output)) else np.float64
+    x, weight, grad_output = (np.asarray(a, dtype=wide) for a in (x, weight, grad_output))
+    padded = np.pad(x, ((0, 0), (0, 0)) + tuple(map(tuple, padding)), mode=TORCH_TO_NUMPY_PAD[padding_mode])
+    out_channels, channels_per_group, kh, kw = weight.shape
+    (dh, dw), (sh, sw) = dilation, stride
+    windows = sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, OH, OW, kh, kw)
+    out_h, out_w = grad_output.shape[2:]
+    k_per_group = out_channels // groups
+    grad_weight = np.empty_like(weight)
+    grad_padded = np.zeros_like(padded)
+    for g in range(groups):
+        channels = slice(g * channels_per_group, (g + 1) * channels_per_group)
+        outputs = slice(g * k_per_group, (g + 1) * k_per_group)
+        grad_weight[outputs] = np.einsum("nkhw,nchwuv->kcuv", grad_output[:, outputs],
+                                         windows[:, channels].conj())
+        for u in range(kh):
+            for v in range(kw):
+                rows = slice(u * dh, u * dh + (out_h - 1) * sh + 1, sh)
+                cols = slice(v * dw, v * dw + (out_w - 1) * sw + 1, sw)
+                grad_padded[:, channels, rows, cols] += np.einsum("nkhw,kc->nchw", grad_output[:, outputs],
+                                                                  weight[outputs, :, u, v].conj())
+    return _fold_padding(grad_padded, x.shape, padding, padding_mode), grad_weight

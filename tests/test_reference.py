@@ -43,3 +43,40 @@ def test_reference_groups_are_independent_convolutions():
     got = reference_conv2d(x, w, groups=2)
     np.testing.assert_allclose(got[:, :3], reference_conv2d(x[:, :2], w[:3]), rtol=1e-12)
     np.testing.assert_allclose(got[:, 3:], reference_conv2d(x[:, 2:], w[3:]), rtol=1e-12)
+
+
+def test_reference_gradients_satisfy_the_adjoint_identity():
+    """<conv2d(x, w), g> = <x, dx> = <w, dw>: the gradients of a bilinear form, for every padding mode."""
+    from reference import reference_conv2d_gradients
+
+    rng = np.random.default_rng(5)
+    for mode in ("zeros", "reflect", "replicate", "circular"):
+        x, w = rng.standard_normal((2, 4, 7, 6)), rng.standard_normal((6, 2, 3, 2))
+        sides = ((2, 1), (0, 1))
+        y = reference_conv2d(x, w, stride=(2, 1), padding=sides, dilation=(1, 2), groups=2, padding_mode=mode)
+        g = rng.standard_normal(y.shape)
+        dx, dw = reference_conv2d_gradients(x, w, g, stride=(2, 1), padding=sides, dilation=(1, 2), groups=2,
+                                            padding_mode=mode)
+        assert np.isclose((y * g).sum(), (x * dx).sum(), rtol=1e-12)
+        assert np.isclose((y * g).sum(), (w * dw).sum(), rtol=1e-12)
+
+
+def test_reference_gradients_match_torch_autograd():
+    torch = pytest.importorskip("torch")
+    from reference import reference_conv2d_gradients
+
+    rng = np.random.default_rng(6)
+    for dtype in (np.float64, np.complex128):
+        x = rng.standard_normal((2, 4, 7, 6)).astype(dtype)
+        w = rng.standard_normal((6, 2, 3, 2)).astype(dtype)
+        if dtype == np.complex128:
+            x, w = x + 1j * rng.standard_normal(x.shape), w + 1j * rng.standard_normal(w.shape)
+        xt, wt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
+        y = torch.nn.functional.conv2d(torch.nn.functional.pad(xt, (0, 1, 2, 1), mode="reflect"), wt,
+                                       stride=(2, 1), dilation=(1, 2), groups=2)
+        g = rng.standard_normal(tuple(y.shape)).astype(dtype)
+        expected = [t.numpy() for t in torch.autograd.grad(y, (xt, wt), torch.from_numpy(g))]
+        ours = reference_conv2d_gradients(x, w, g, stride=(2, 1), padding=((2, 1), (0, 1)), dilation=(1, 2),
+                                          groups=2, padding_mode="reflect")
+        for got, want in zip(ours, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fastconv import backends, config
-from fastconv.auto import tuning_cache
+from fastconv.auto import passes, tuning_cache
 from fastconv.auto.choice import decline_reason, estimate, fastest, measure, model_choice, weight_decline_reason
 from fastconv.auto.choice import weight_rank
 from fastconv.auto.constants import constants_source
@@ -125,7 +125,7 @@ class Explanation:
     def __repr__(self) -> str:
         spec = self.spec
         footnotes = _Footnotes()
-        lines = [f"conv2d input {spec.input_shape} weight {spec.weight_shape} stride {spec.stride} "
+        lines = [f"{self.extra.get('op', 'conv2d')} input {spec.input_shape} weight {spec.weight_shape} stride {spec.stride} "
                  f"padding {spec.padding} dilation {spec.dilation} groups {spec.groups} {spec.dtype}"
                  + ("" if self.rank is None else f", kernel rank {self.rank}"),
                  f"{'backend':<{_NAME_WIDTH}} {'supported':<{_STATUS_WIDTH}} {'estimated':>{_TIME_WIDTH}} "
@@ -145,6 +145,7 @@ class Explanation:
             lines.append(f"{row.name:<{_NAME_WIDTH}} {status:<{_STATUS_WIDTH}} {estimated:>{_TIME_WIDTH}} "
                          f"{measured:>{_TIME_WIDTH}}{mark}")
         lines += footnotes.lines()
+        lines += self.extra.get("notes", [])
         measured_line = self._measured_line()
         if measured_line:
             lines.append(measured_line)
@@ -176,7 +177,7 @@ def _compute_dtype(dtype, arrays) -> np.dtype:
 
 
 def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-            padding_mode="zeros", dtype=None, tune=False) -> Explanation:
+            padding_mode="zeros", dtype=None, tune=False, op="conv2d") -> Explanation:
     """Show how ``backend="auto"`` chooses for a call: every backend, supported or why not, its
     estimated time, its measured time if tuned, and the pick with its reason.
 
@@ -195,7 +196,11 @@ def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dila
         float64 when only shapes are given.
     tune : bool
         Time every eligible backend now (on the arrays, or on random data of the shapes) and
-        record the result in the autotuning cache.
+        record the result in the autotuning cache (the forward pass only).
+    op : {"conv2d", "conv2d_input", "conv2d_weight"}
+        The forward pass, or one of its backward passes (the gradient with respect to the input
+        or to the weight of the conv2d call described): then one row per backend says how it
+        would run the pass (see :mod:`fastconv.auto.passes`) and what it would cost.
 
     Returns
     -------
@@ -211,7 +216,12 @@ def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dila
     ('naive', dtype('float32'))
     >>> print(repr(report).splitlines()[-2].startswith("auto picks"))
     True
+    >>> weight_pass = fastconv.explain((1, 3, 32, 32), (8, 3, 3, 3), padding=1, op="conv2d_weight")
+    >>> weight_pass.choice in [row.name for row in weight_pass.rows if row.supported]
+    True
     """
+    if op not in ("conv2d", *passes.PASS_NAMES.values()):
+        raise ValueError(f"op must be 'conv2d' or one of {tuple(passes.PASS_NAMES.values())}, got {op!r}")
     x_shape, x = _shape_or_array(x_or_shape)
     w_shape, weight = _shape_or_array(weight_or_shape)
     if len(x_shape) == 3:
@@ -221,6 +231,11 @@ def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dila
     full_spec = make_spec(x_shape, w_shape, stride=stride, padding=padding, dilation=dilation, groups=groups,
                           padding_mode=padding_mode, dtype=compute_dtype)
     spec = backend_spec(full_spec)
+    if op != "conv2d":
+        if tune:
+            raise ValueError("tune=True times the forward pass only; measure a backward pass with "
+                             "`fastconv explain --pass input|weight --measure`")
+        return _explain_pass(op, full_spec, spec)
     rng = np.random.default_rng(0)
     if weight is None:  # validated above: the shape is a sane one to draw
         weight = rng.standard_normal(w_shape)
@@ -276,3 +291,30 @@ def explain(x_or_shape, weight_or_shape, bias=None, *, stride=1, padding=0, dila
         if timed:
             why += "; measurements above are not used unless autotuning is on"
     return Explanation(spec, rows, choice, why, constants_source(), rank)
+
+
+def _explain_pass(op: str, full_spec: ConvSpec, spec: ConvSpec) -> Explanation:
+    """:func:`explain` of a backward pass: one row per backend that can run it, and auto's route."""
+    pass_ = next(name for name, function in passes.PASS_NAMES.items() if function == op)
+    rows, routes = [], {}
+    for name in passes.pass_backends(pass_):
+        reason = backends.unavailable_reason(name)
+        route = None
+        if reason is None:
+            route = passes.route(pass_, name, spec)
+            reason = passes.decline_reason(route, auto=True)
+        routes[name] = route
+        rows.append(ExplainRow(name, reason is None, reason or "",
+                               None if reason is not None else passes.estimate(route)))
+    chosen = passes.choose(pass_, spec)
+    estimates = sorted((row.estimated_seconds, row.name) for row in rows if row.supported)
+    runner_up = [f"{name} {format_seconds(seconds)}" for seconds, name in estimates if name != chosen.backend][:1]
+    why = f"lowest estimated time ({format_seconds(passes.estimate(chosen))}"
+    why += f"; next best {runner_up[0]})" if runner_up else "; the only candidate)"
+    forms = {}
+    for row in rows:
+        if row.supported:
+            forms.setdefault(routes[row.name].describe(), []).append(row.name)
+    notes = [f"{', '.join(names)}: {form}" for form, names in forms.items()]
+    return Explanation(full_spec, rows, chosen.backend, why, constants_source(),
+                       extra={"op": f"{op} (the {pass_} pass) of conv2d", "notes": notes})

@@ -37,11 +37,26 @@ from fastconv.geometry import TransposeSpec
 
 name = "col2im"
 
-__all__ = ["name", "available", "run_transpose"]
+__all__ = ["name", "available", "run_transpose", "transpose_cost_terms", "COST_CONSTANTS"]
+
+#: Seconds per unit of each term of :func:`transpose_cost_terms` (measured as described in
+#: docs/performance/training.md; ``fastconv tune --calibrate`` fits conv2d backends only).
+COST_CONSTANTS = {"call": 1.5e-05, "gemm_flop": 3.5e-12, "scatter_byte": 1.5e-10, "byte": 1e-10,
+                  "float64_factor": 1.6}
 
 
 def available() -> str | None:
     return None
+
+
+def transpose_cost_terms(spec: TransposeSpec) -> dict[str, float]:
+    """One GEMM per group (the scattered contributions), then the scatter-add of its columns."""
+    size = spec.dtype.itemsize
+    columns = spec.out_channels * spec.kernel_height * spec.kernel_width * spec.batch * spec.in_height * spec.in_width
+    inputs = spec.batch * spec.in_channels * spec.in_height * spec.in_width
+    outputs = spec.batch * spec.out_channels * spec.out_height * spec.out_width
+    return {"call": float(spec.groups), "gemm_flop": float(spec.flops) * (4.0 if spec.dtype.kind == "c" else 1.0),
+            "scatter_byte": float(columns * size), "byte": float((2 * inputs + outputs) * size)}
 
 
 @njit(cache=True)

@@ -45,16 +45,18 @@ array([[45., 54.],
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from fastconv import config
-from fastconv.thread_pools import blas_threads
-from fastconv.backends.work import dtype_work, io_bytes
+from fastconv.backends import FAST_MATH
+from fastconv.thread_pools import ParallelKernel, blas_threads
+from fastconv.backends.work import direct_macs, dtype_work, io_bytes
 from fastconv.geometry import ConvSpec
 
 name = "im2col"
 
-__all__ = ["name", "available", "supports", "run", "column_bytes", "plan_tiles"]
+__all__ = ["name", "available", "supports", "run", "run_weight_grad", "weight_grad_cost_terms", "column_bytes",
+           "plan_tiles"]
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
@@ -270,3 +272,116 @@ def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
         "gemm_call": float(spec.groups * tiles),
         "byte": io_bytes(spec),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# the weight gradient (backward-filter)
+
+
+def run_weight_grad(x: np.ndarray, grad_output: np.ndarray, spec: ConvSpec,
+                    workspace_bytes: int | None = None) -> np.ndarray:
+    """weight pass: the output gradient times the forward convolution's unfolded input.
+
+    ``dw[g] = sum over tiles of grad[g] (Kg, P) @ cols[g]ᵀ (P, Cg·kh·kw)``, with the column matrix
+    of the forward convolution (same tiles, same workspace bound): the GEMM's inner dimension is
+    the pixels, long and BLAS-friendly. Groups of one input channel (depthwise) would make each
+    product a handful of dot products; those are summed straight from the input instead
+    (:func:`_depthwise_weight_grad`), without unfolding it. Returns (K, C // groups, kh, kw).
+    """
+    groups, k_per_group = spec.groups, spec.out_channels_per_group
+    rows_per_group = spec.in_channels_per_group * spec.kernel_height * spec.kernel_width
+    image = spec.out_height * spec.out_width
+    if spec.in_channels_per_group == 1 and k_per_group <= 4:
+        dw = np.zeros(spec.weight_shape, dtype=spec.dtype)
+        _depthwise_weight_grad(x, grad_output, dw, *spec.stride, *spec.dilation, spec.padding[0][0],
+                               spec.padding[1][0])
+        return dw
+    dw = np.zeros((groups, k_per_group, rows_per_group), dtype=spec.dtype)
+    grads = grad_output.reshape(spec.batch, groups, k_per_group, image)
+    with blas_threads(config.threads), np.errstate(invalid="ignore", over="ignore"):
+        if _is_pointwise(spec):
+            inputs = x.reshape(spec.batch, groups, spec.in_channels_per_group, image)
+            for n in range(spec.batch):
+                dw += np.matmul(grads[n], inputs[n].transpose(0, 2, 1))
+        else:
+            tiles = plan_tiles(spec, workspace_bytes)
+            largest = max((stop - first for first, stop in tiles), default=0)
+            buffer = np.empty(groups * rows_per_group * largest, dtype=spec.dtype)
+            for first, stop in tiles:
+                pixels = stop - first
+                cols = buffer[:groups * rows_per_group * pixels].reshape(groups * rows_per_group, pixels)
+                n, offset = divmod(first, image)
+                unfold = _im2col_images if offset == 0 and pixels % image == 0 else _im2col_pixels
+                unfold(x, cols, n if unfold is _im2col_images else first, spec.out_height, spec.out_width,
+                       spec.kernel_height, spec.kernel_width, *spec.stride, *spec.dilation,
+                       spec.padding[0][0], spec.padding[1][0])
+                cols = cols.reshape(groups, rows_per_group, pixels)
+                if pixels <= image - offset:
+                    tile = grads[n, :, :, offset:offset + pixels]
+                else:  # whole images: (images, G, Kg, P) -> (G, Kg, images * P), the columns' order
+                    tile = grads[n:n + pixels // image].transpose(1, 2, 0, 3).reshape(groups, k_per_group, pixels)
+                dw += np.matmul(tile, cols.transpose(0, 2, 1))
+    return dw.reshape(spec.weight_shape)
+
+
+def weight_grad_cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
+    """The forward convolution's unfold and GEMM (the same column matrix, a product of the same
+    size). Depthwise layers, summed straight from the input, run at about the rate the unfold
+    copies bytes: one ``unfold_byte`` per multiply-add (measured on MobileNetV2's 3×3 layers)."""
+    if spec.in_channels_per_group == 1 and spec.out_channels_per_group <= 4:
+        macs = direct_macs(spec) * dtype_work(spec.dtype)
+        return {"call": 1.0, "unfold_byte": float(macs)}
+    return {term: value * (WEIGHT_GRAD_SLOWDOWN if term != "call" else 1.0)
+            for term, value in cost_terms(spec, rank).items()}
+
+
+#: The weight pass's time over the forward model's estimate of the same unfold and GEMM: its GEMM
+#: has few output rows (K per group) and the pixels as inner dimension, which BLAS runs at a lower
+#: rate than the forward's, and the product is accumulated into the result. Measured with
+#: ``fastconv bench --suite cnn --pass weight`` (2 threads, float32): 1.3-2.2x, median 1.6x.
+WEIGHT_GRAD_SLOWDOWN = 1.6
+
+
+@ParallelKernel
+@njit(cache=True, parallel=True, fastmath=FAST_MATH)
+def _depthwise_weight_grad(x, grad, dw, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left):
+    """dw[k, 0, u, v] = sum over (n, oh, ow) of grad[n, k, oh, ow] · x[n, k // Kg, oh·sh + u·dh - pt, ...].
+
+    One output channel per task. Each row of the output gradient is read once and multiplied into
+    every tap's row of partial sums (elementwise, so it vectorises without a horizontal sum per
+    row); the partial sums are added up at the end.
+    """
+    batch, channels, height, width = x.shape
+    out_channels, _, kernel_h, kernel_w = dw.shape
+    out_h, out_w = grad.shape[2], grad.shape[3]
+    per_group = out_channels // channels
+    lows = np.empty(kernel_w, dtype=np.int64)
+    highs = np.empty(kernel_w, dtype=np.int64)
+    for v in range(kernel_w):
+        lows[v], highs[v] = _inside(v * dilation_w - pad_left, stride_w, width, out_w)
+    for k in prange(out_channels):
+        c = k // per_group
+        partial = np.zeros((kernel_h, kernel_w, out_w), dtype=dw.dtype)
+        for n in range(batch):
+            for oh in range(out_h):
+                g_row = grad[n, k, oh]
+                for u in range(kernel_h):
+                    iy = oh * stride_h + u * dilation_h - pad_top
+                    if iy < 0 or iy >= height:
+                        continue
+                    x_row = x[n, c, iy]
+                    for v in range(kernel_w):
+                        lo, hi = lows[v], highs[v]
+                        shift = v * dilation_w - pad_left
+                        sums = partial[u, v, lo:hi]
+                        gs = g_row[lo:hi]
+                        if stride_w == 1:  # contiguous on both sides
+                            xs = x_row[lo + shift:hi + shift]
+                            for j in range(hi - lo):
+                                sums[j] += gs[j] * xs[j]
+                        else:
+                            for j in range(hi - lo):
+                                sums[j] += gs[j] * x_row[(lo + j) * stride_w + shift]
+        for u in range(kernel_h):
+            for v in range(kernel_w):
+                dw[k, 0, u, v] = partial[u, v].sum()

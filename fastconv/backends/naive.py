@@ -59,6 +59,12 @@ def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
     return {"call": 1.0, "mac": float(direct_macs(spec))}
 
 
+def transpose_cost_terms(spec: TransposeSpec) -> dict[str, float]:
+    """The gather visits every tap of every output pixel, and multiplies where a source pixel lies."""
+    visits = spec.batch * spec.out_channels * spec.out_height * spec.out_width * (spec.in_channels // spec.groups)
+    return {"call": 1.0, "mac": float(visits * spec.kernel_height * spec.kernel_width)}
+
+
 @njit(cache=True)
 def _naive_conv2d(x_padded, weight, out, stride_h, stride_w, dilation_h, dilation_w, groups):
     batch, _, _, _ = x_padded.shape

@@ -377,7 +377,8 @@ def _block_kernel(rows: int, cols: int):
                     lane += count
                     j += count
             first_block = chunk * blocks_per_chunk
-            last_block = min(blocks, first_block + blocks_per_chunk)
+            # with chunks not dividing the blocks evenly, the last chunks can start past the end: no work
+            last_block = max(first_block, min(blocks, first_block + blocks_per_chunk))
             block_size = block_rows * block_cols * lanes
             # the reduction runs over slices of the input channels small enough for the tile's
             # input window to stay in L1 while every block of the task reads it; the blocks keep

@@ -11,6 +11,8 @@ module                 what                                         spec
 ``conv``               conv2d: padding rules, what backends read    :class:`ConvSpec`
 ``transpose``          conv_transpose2d                             :class:`TransposeSpec`
 ``pooling``            max_pool2d, avg_pool2d                       :class:`PoolSpec`
+``grad``               conv2d's backward passes as conv2d / the     :class:`ConvSpec`
+                       transposed convolution
 ``signal``             scipy-style convolve2d / correlate2d         —
 ``variants``           local, tiled, depthwise-separable weights    :class:`ConvSpec`
 ``output_shape``       the result's shape of any operation          —
@@ -29,6 +31,9 @@ from fastconv.geometry.arguments import GEOMETRY_LIMIT, as_int, check_dtype, int
 from fastconv.geometry.conv import (NUMPY_PAD_MODE, PADDING_MODES, PADDING_STRINGS, ConvSpec, backend_input,
                                     backend_spec, gathered_spec, interior_range, make_spec, pad_input,
                                     padded_source, read_positions)
+from fastconv.geometry.grad import (PASSES, cropped_rows, flipped_weight, fold_input_gradient, input_pass_as_conv,
+                                    input_pass_as_transpose, make_grad_spec, stuffed_grad_output,
+                                    swapped_grad_output, swapped_input, weight_pass_as_conv)
 from fastconv.geometry.limits import check_extent, check_fits, memory_limit_bytes
 from fastconv.geometry.output_shape import OUTPUT_SHAPE_OPS, output_shape
 from fastconv.geometry.pooling import PoolSpec, make_pool_spec
@@ -43,5 +48,7 @@ __all__ = [
     "GEOMETRY_LIMIT", "as_int", "int_pair", "shape_tuple", "resolve_dtypes", "check_dtype",
     "check_extent", "check_fits", "memory_limit_bytes",
     "backend_input", "backend_spec", "gathered_spec", "padded_source", "read_positions", "pad_input",
-    "interior_range",
+    "interior_range", "PASSES", "make_grad_spec", "input_pass_as_conv", "input_pass_as_transpose",
+    "weight_pass_as_conv", "stuffed_grad_output", "flipped_weight", "swapped_input", "swapped_grad_output",
+    "cropped_rows", "fold_input_gradient",
 ]

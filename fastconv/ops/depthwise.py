@@ -27,8 +27,9 @@ import numpy as np
 from fastconv.geometry import make_separable_specs
 from fastconv.ops.operands import batched_operands, check_bias
 from fastconv.ops.conv2d import conv2d
+from fastconv.ops.grad import check_needs, conv2d_backward, conv2d_input, pass_backend
 
-__all__ = ["depthwise_separable_conv2d"]
+__all__ = ["depthwise_separable_conv2d", "depthwise_separable_conv2d_backward"]
 
 
 def depthwise_separable_conv2d(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1, padding=0,
@@ -77,3 +78,72 @@ def depthwise_separable_conv2d(x, depthwise_weight, pointwise_weight, bias=None,
                  backend=backend)
     out = out.astype(out_dtype, copy=False)
     return out[0] if unbatched else out
+
+
+def depthwise_separable_conv2d_backward(x, depthwise_weight, pointwise_weight, grad_output, *, stride=1, padding=0,
+                                        dilation=1, padding_mode="zeros", needs=(True, True, True, True),
+                                        backend="auto"):
+    """The gradients of :func:`depthwise_separable_conv2d` with respect to its four operands.
+
+    The chain rule through the two convolutions: the pointwise step's gradients (its input is the
+    depthwise result, computed again here when the pointwise weight's gradient is needed), then
+    the depthwise step's, each with :func:`fastconv.conv2d_backward`.
+
+    Parameters
+    ----------
+    x, depthwise_weight, pointwise_weight : array_like
+        The forward call's operands.
+    grad_output : array_like, shape of ``depthwise_separable_conv2d``'s result
+        The gradient of the loss with respect to its output.
+    stride, padding, dilation, padding_mode
+        Those of the forward call (of its depthwise step).
+    needs : (bool, bool, bool, bool)
+        Which of (input, depthwise weight, pointwise weight, bias) gradients to compute.
+    backend : str or (str, str)
+        As for :func:`fastconv.conv2d_backward`, for both steps.
+
+    Returns
+    -------
+    (grad_input, grad_depthwise_weight, grad_pointwise_weight, grad_bias)
+        Shaped as the operands (the bias's as (K,)); None where ``needs`` says so.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.ones((1, 2, 4, 4)); depthwise = np.ones((2, 1, 3, 3)); pointwise = np.ones((3, 2, 1, 1))
+    >>> grads = fastconv.depthwise_separable_conv2d_backward(x, depthwise, pointwise, np.ones((1, 3, 2, 2)))
+    >>> [g.shape for g in grads]
+    [(1, 2, 4, 4), (2, 1, 3, 3), (3, 2, 1, 1), (3,)]
+    """
+    needs = check_needs(needs, 4)
+    x, (depthwise_weight, pointwise_weight, grad_output), _, unbatched, compute_dtype, out_dtype = batched_operands(
+        x, {"depthwise_weight": depthwise_weight, "pointwise_weight": pointwise_weight, "grad_output": grad_output},
+        None)
+    depthwise, pointwise = make_separable_specs(x.shape, depthwise_weight.shape, pointwise_weight.shape, stride=stride,
+                                                padding=padding, dilation=dilation, padding_mode=padding_mode)
+    expected = pointwise.out_shape[1:] if unbatched else pointwise.out_shape
+    if grad_output.shape != expected:
+        raise ValueError(f"depthwise_separable_conv2d_backward: grad_output has shape {grad_output.shape}, but the "
+                         f"forward call's output has shape {expected}")
+    cast = {"dtype": compute_dtype}
+    g = np.asarray(grad_output[None] if unbatched else grad_output, **cast)
+    x, depthwise_weight = np.asarray(x, **cast), np.asarray(depthwise_weight, **cast)
+    pointwise_weight = np.asarray(pointwise_weight, **cast)
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=depthwise.groups,
+                    padding_mode=padding_mode)
+    grad_input = grad_depthwise = grad_pointwise = grad_bias = None
+    if needs[2]:
+        hidden = conv2d(x, depthwise_weight, backend=pass_backend(backend, "input"), **geometry)
+        _, grad_pointwise, _ = conv2d_backward(hidden, pointwise_weight, g, needs=(False, True, False),
+                                               backend=backend)
+    if needs[3]:
+        grad_bias = g.sum(axis=(0, 2, 3))
+    if needs[0] or needs[1]:
+        grad_hidden = conv2d_input(depthwise.out_shape, pointwise_weight, g, backend=pass_backend(backend, "input"))
+        grad_input, grad_depthwise, _ = conv2d_backward(x, depthwise_weight, grad_hidden, needs=(needs[0], needs[1], False),
+                                                        backend=backend, **geometry)
+    results = [grad_input, grad_depthwise, grad_pointwise, grad_bias]
+    results = [None if value is None else value.astype(out_dtype, copy=False) for value in results]
+    if unbatched and results[0] is not None:
+        results[0] = results[0][0]
+    return tuple(results)

@@ -35,10 +35,10 @@ import numpy as np
 from numba import njit, prange
 
 from fastconv.thread_pools import ParallelKernel
-from fastconv.geometry import PoolSpec, as_int, make_pool_spec, resolve_dtypes
+from fastconv.geometry import PoolSpec, as_int, make_pool_spec, resolve_dtypes, shape_tuple
 from fastconv.ops.operands import as_numeric_array
 
-__all__ = ["avg_pool2d", "max_pool2d"]
+__all__ = ["avg_pool2d", "avg_pool2d_backward", "max_pool2d", "max_pool2d_backward"]
 
 
 @njit(cache=True)
@@ -155,6 +155,18 @@ def _prepare(x, name):
     return x, out_dtype, unbatched
 
 
+def _divisor(divisor_override, name) -> int:
+    """``divisor_override`` as the kernels take it: 0 for None, else a non-zero int64."""
+    if divisor_override is None:
+        return 0
+    override = as_int("divisor_override", divisor_override)
+    if override == 0:
+        raise ValueError(f"{name}: divisor_override must be None or a non-zero int, got 0")
+    if abs(override) >= 2**62:  # the kernel takes it as an int64
+        raise ValueError(f"{name}: divisor_override must be below 2**62 in magnitude, got {override}")
+    return override
+
+
 def _finish(out, out_dtype, unbatched):
     out = out.astype(out_dtype, copy=False)
     return out[0] if unbatched else out
@@ -241,13 +253,191 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
                                     op="avg_pool2d", dtype=x.dtype)
     if not isinstance(count_include_pad, (bool, np.bool_)):
         raise TypeError(f"avg_pool2d: count_include_pad must be True or False, got {count_include_pad!r}")
-    override = 0
-    if divisor_override is not None:
-        override = as_int("divisor_override", divisor_override)
-        if override == 0:
-            raise ValueError("avg_pool2d: divisor_override must be None or a non-zero int, got 0")
-        if abs(override) >= 2**62:  # the kernel takes it as an int64
-            raise ValueError(f"avg_pool2d: divisor_override must be below 2**62 in magnitude, got {override}")
+    override = _divisor(divisor_override, "avg_pool2d")
     out = np.empty(spec.out_shape, dtype=x.dtype)
     _avg_pool2d(x, out, *spec.kernel_size, *spec.stride, *spec.padding, bool(count_include_pad), override)
     return _finish(out, out_dtype, unbatched)
+
+
+# --------------------------------------------------------------------------------------------
+# gradients
+
+
+@ParallelKernel
+@njit(cache=True, parallel=True)
+def _max_pool2d_backward(x, grad, grad_in, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                         dilation_w):
+    """Add each window's output gradient to the input pixel holding its maximum (torch's argmax)."""
+    batch, channels, in_h, in_w = x.shape
+    out_h, out_w = grad.shape[2], grad.shape[3]
+    for plane in prange(batch * channels):
+        n = plane // channels
+        c = plane % channels
+        image = x[n, c]
+        target = grad_in[n, c]
+        for oy in range(out_h):
+            top = oy * stride_h - pad_h
+            first_u = max(0, (dilation_h - 1 - top) // dilation_h)
+            last_u = min(kernel_h, (in_h - 1 - top) // dilation_h + 1)
+            for ox in range(out_w):
+                left = ox * stride_w - pad_w
+                first_v = max(0, (dilation_w - 1 - left) // dilation_w)
+                last_v = min(kernel_w, (in_w - 1 - left) // dilation_w + 1)
+                if first_u >= last_u or first_v >= last_v:
+                    continue  # a window of padding only (its maximum is -inf): no input pixel to credit
+                # torch's scan: row by row, the first maximum wins a tie, a NaN wins over numbers
+                # and a later NaN over an earlier one; a window of -inf credits its first pixel
+                best_y, best_x = top + first_u * dilation_h, left + first_v * dilation_w
+                best = -np.inf
+                for u in range(first_u, last_u):
+                    iy = top + u * dilation_h
+                    for v in range(first_v, last_v):
+                        ix = left + v * dilation_w
+                        value = image[iy, ix]
+                        if value > best or value != value:
+                            best, best_y, best_x = value, iy, ix
+                target[best_y, best_x] += grad[n, c, oy, ox]
+
+
+@ParallelKernel
+@njit(cache=True, parallel=True)
+def _avg_pool2d_backward(grad, grad_in, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, count_include_pad,
+                         divisor_override):
+    """Spread each window's output gradient, over its divisor, evenly on the input pixels it averaged."""
+    batch, channels, in_h, in_w = grad_in.shape
+    out_h, out_w = grad.shape[2], grad.shape[3]
+    rows = np.empty(out_h, dtype=grad.dtype)  # the divisor factors, as the forward kernel counts them
+    for oy in range(out_h):
+        start = oy * stride_h - pad_h
+        end = min(start + kernel_h, in_h + pad_h)
+        rows[oy] = end - start if count_include_pad else min(end, in_h) - max(start, 0)
+    cols = np.empty(out_w, dtype=grad.dtype)
+    for ox in range(out_w):
+        start = ox * stride_w - pad_w
+        end = min(start + kernel_w, in_w + pad_w)
+        cols[ox] = end - start if count_include_pad else min(end, in_w) - max(start, 0)
+    for plane in prange(batch * channels):
+        n = plane // channels
+        c = plane % channels
+        target = grad_in[n, c]
+        row_sum = np.zeros(in_w, dtype=grad.dtype)  # one output row spread over the input columns
+        for oy in range(out_h):
+            row_sum[:] = 0
+            for ox in range(out_w):
+                divisor = divisor_override if divisor_override != 0 else rows[oy] * cols[ox]
+                value = grad[n, c, oy, ox] / divisor
+                left = ox * stride_w - pad_w
+                for ix in range(max(0, left), min(in_w, left + kernel_w)):
+                    row_sum[ix] += value
+            top = oy * stride_h - pad_h
+            for iy in range(max(0, top), min(in_h, top + kernel_h)):
+                target[iy] += row_sum
+
+
+def _pool_gradient_operands(name, x_or_shape, grad_output, spec_of):
+    """Validate a pooling gradient's operands; (x or None, grad_output, spec, output dtype, unbatched).
+
+    ``x_or_shape`` is the forward input (max pooling) or its shape (average pooling);
+    ``spec_of(batched input shape, compute dtype)`` validates the geometry.
+    """
+    arrays = {"grad_output": as_numeric_array("grad_output", grad_output)}
+    if isinstance(x_or_shape, (tuple, list)):
+        input_shape = shape_tuple("input_shape", x_or_shape)
+    else:
+        arrays["x"] = as_numeric_array("x", x_or_shape)
+        input_shape = arrays["x"].shape
+    for label, array in arrays.items():
+        if array.dtype.kind == "c":
+            raise TypeError(f"{name}: {label} has dtype {array.dtype}; pooling needs real values "
+                            f"(accepted: bool, integer, float16, float32, float64)")
+    if len(input_shape) not in (3, 4):
+        raise ValueError(f"{name}: the input must have shape (N, C, H, W) or (C, H, W), got shape {input_shape}")
+    unbatched = len(input_shape) == 3
+    compute_dtype, out_dtype = resolve_dtypes(*(array.dtype for array in arrays.values()))
+    spec = spec_of((1, *input_shape) if unbatched else input_shape, compute_dtype)
+    expected = spec.out_shape[1:] if unbatched else spec.out_shape
+    if arrays["grad_output"].shape != expected:
+        raise ValueError(f"{name}: grad_output has shape {arrays['grad_output'].shape}, but the pooling of an input "
+                         f"of shape {input_shape} has output shape {expected}")
+    batched = {label: np.ascontiguousarray(array[None] if unbatched else array, dtype=compute_dtype)
+               for label, array in arrays.items()}
+    return batched.get("x"), batched["grad_output"], spec, out_dtype, unbatched
+
+
+def max_pool2d_backward(x, grad_output, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """The gradient of :func:`max_pool2d` with respect to its input.
+
+    Each window's output gradient goes to the input pixel that holds the window's maximum, as
+    torch picks it: scanning the window row by row, the first of equal maxima, or the last NaN;
+    overlapping windows add up.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W) or (C, H, W)
+        The forward call's input.
+    grad_output : array_like, shape of ``max_pool2d``'s result
+        The gradient of the loss with respect to the pooled output.
+    kernel_size, stride, padding, dilation, ceil_mode
+        Those of the forward :func:`max_pool2d` call.
+
+    Returns
+    -------
+    numpy.ndarray of ``x``'s shape
+        Dtype as conv2d's rules give for ``x`` and ``grad_output``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.array([[[1.0, 3.0], [3.0, 2.0]]])
+    >>> fastconv.max_pool2d_backward(x, np.ones((1, 1, 1)), 2)[0]   # a tie: the first maximum
+    array([[0., 1.],
+           [0., 0.]])
+    """
+    x, grad_output, spec, out_dtype, unbatched = _pool_gradient_operands(
+        "max_pool2d_backward", x, grad_output,
+        lambda shape, dtype: make_pool_spec(shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                                            ceil_mode=ceil_mode, op="max_pool2d_backward", dtype=dtype))
+    grad_in = np.zeros(x.shape, dtype=x.dtype)
+    _max_pool2d_backward(x, grad_output, grad_in, *spec.kernel_size, *spec.stride, *spec.padding, *spec.dilation)
+    return _finish(grad_in, out_dtype, unbatched)
+
+
+def avg_pool2d_backward(input_shape, grad_output, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True, divisor_override=None):
+    """The gradient of :func:`avg_pool2d` with respect to its input.
+
+    Each window's output gradient, divided as the forward call divided its sum, is added to every
+    input pixel of the window (padding receives nothing).
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        The forward call's input shape, (N, C, H, W) or (C, H, W).
+    grad_output : array_like, shape of ``avg_pool2d``'s result
+        The gradient of the loss with respect to the pooled output.
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        Those of the forward :func:`avg_pool2d` call.
+
+    Returns
+    -------
+    numpy.ndarray of ``input_shape``
+        Dtype as conv2d's rules give for ``grad_output``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fastconv.avg_pool2d_backward((1, 2, 4), np.ones((1, 1, 2)), 2)[0]
+    array([[0.25, 0.25, 0.25, 0.25],
+           [0.25, 0.25, 0.25, 0.25]])
+    """
+    override = _divisor(divisor_override, "avg_pool2d_backward")
+    if not isinstance(count_include_pad, (bool, np.bool_)):
+        raise TypeError(f"avg_pool2d_backward: count_include_pad must be True or False, got {count_include_pad!r}")
+    _, grad_output, spec, out_dtype, unbatched = _pool_gradient_operands(
+        "avg_pool2d_backward", input_shape if isinstance(input_shape, (tuple, list)) else tuple(input_shape), grad_output,
+        lambda shape, dtype: make_pool_spec(shape, kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                                            op="avg_pool2d_backward", dtype=dtype))
+    grad_in = np.zeros((spec.batch, spec.channels, spec.in_height, spec.in_width), dtype=grad_output.dtype)
+    _avg_pool2d_backward(grad_output, grad_in, *spec.kernel_size, *spec.stride, *spec.padding,
+                         bool(count_include_pad), override)
+    return _finish(grad_in, out_dtype, unbatched)

@@ -28,11 +28,12 @@ from __future__ import annotations
 import numpy as np
 
 from fastconv import backends
-from fastconv.geometry import make_transpose_spec
+from fastconv.geometry import backend_input, backend_spec, make_transpose_spec
+from fastconv.ops.conv2d import conv2d, preferred_backend
+from fastconv.ops.grad import check_needs, pass_backend, pass_routes, run_weight_pass
 from fastconv.ops.operands import batched_operands, check_bias
-from fastconv.ops.conv2d import preferred_backend
 
-__all__ = ["conv_transpose2d"]
+__all__ = ["conv_transpose2d", "conv_transpose2d_backward"]
 
 
 def _pick_backend(backend) -> str:
@@ -109,3 +110,80 @@ def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
         bias = np.ascontiguousarray(bias, dtype=compute_dtype)
     out = run(x, weight, bias, spec).astype(out_dtype, copy=False)
     return out[0] if unbatched else out
+
+
+def conv_transpose2d_backward(x, weight, grad_output, *, stride=1, padding=0, output_padding=0, groups=1,
+                              dilation=1, needs=(True, True, True), backend="auto"):
+    """The gradients of :func:`conv_transpose2d` with respect to its input, weight and bias.
+
+    A transposed convolution is the adjoint of a convolution, so its input gradient *is* that
+    convolution (:func:`fastconv.conv2d` of the output gradient with the same weight, stride,
+    padding and dilation), and its weight gradient is that convolution's weight pass with the
+    roles of input and output exchanged (see :func:`fastconv.conv2d_weight`).
+
+    Parameters
+    ----------
+    x, weight : array_like
+        The forward call's operands: (N, C, H, W) or (C, H, W), and (C, K // groups, kh, kw).
+    grad_output : array_like, shape of ``conv_transpose2d``'s result
+        The gradient of the loss with respect to the transposed convolution's output.
+    stride, padding, output_padding, groups, dilation
+        Those of the forward call.
+    needs : (bool, bool, bool)
+        Which of (input, weight, bias) gradients to compute; the others are returned as None.
+    backend : str or (str, str)
+        ``"auto"``, a conv2d backend for both gradients, or a pair (input gradient, weight
+        gradient): the input gradient is a conv2d, the weight gradient a conv2d weight pass.
+
+    Returns
+    -------
+    (grad_input, grad_weight, grad_bias)
+        Shaped as ``x``, ``weight`` and (K,); None where ``needs`` says so. Dtype rules as
+        :func:`fastconv.conv2d`; for complex dtypes, the gradients torch's autograd returns.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.ones((1, 2, 3, 3)); w = np.ones((2, 1, 2, 2)); g = np.ones((1, 1, 6, 6))
+    >>> dx, dw, db = fastconv.conv_transpose2d_backward(x, w, g, stride=2)
+    >>> dx[0, 0], dw[0, 0], db
+    (array([[4., 4., 4.],
+           [4., 4., 4.],
+           [4., 4., 4.]]), array([[9., 9.],
+           [9., 9.]]), array([36.]))
+    """
+    needs = check_needs(needs, 3)
+    x, (weight, grad_output), _, unbatched, compute_dtype, out_dtype = batched_operands(
+        x, {"weight": weight, "grad_output": grad_output}, None)
+    if weight.ndim != 4:
+        raise ValueError(f"weight must have shape (C, K // groups, kh, kw), got {weight.ndim} dimensions: "
+                         f"shape {weight.shape}")
+    spec = make_transpose_spec(x.shape, weight.shape, stride=stride, padding=padding, output_padding=output_padding,
+                               dilation=dilation, groups=groups, dtype=compute_dtype, out_dtype=out_dtype)
+    expected = spec.out_shape[1:] if unbatched else spec.out_shape
+    if grad_output.shape != expected:
+        raise ValueError(f"conv_transpose2d_backward: grad_output has shape {grad_output.shape}, but the transposed "
+                         f"convolution of an input of shape {x.shape[1:] if unbatched else x.shape} with a weight of "
+                         f"shape {weight.shape} has output shape {expected}")
+    forward = spec.forward  # the convolution this is the adjoint of: grad_output's shape -> x's shape (or more)
+    routes = pass_routes(backend_spec(forward), backend, ("weight",)) if needs[1] else {}
+    cast = {"dtype": compute_dtype}
+    g = np.ascontiguousarray(grad_output[None] if unbatched else grad_output, **cast)
+    w = np.ascontiguousarray(weight, **cast)
+    conjugate = compute_dtype.kind == "c"  # gradients of a real loss: the adjoint (torch's convention)
+    grad_input = grad_weight = grad_bias = None
+    if needs[0]:
+        full = conv2d(g, w.conj() if conjugate else w, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
+                      groups=spec.groups, backend=pass_backend(backend, "input"))
+        grad_input = np.ascontiguousarray(full[:, :, :spec.in_height, :spec.in_width]).astype(out_dtype, copy=False)
+        grad_input = grad_input[0] if unbatched else grad_input
+    if needs[1]:
+        # the forward convolution's outputs beyond x's rows (output_padding >= stride) had no input
+        images = np.zeros(forward.out_shape, **cast)
+        images[:, :, :spec.in_height, :spec.in_width] = x.conj() if conjugate else x
+        g_read = backend_input(g, forward)[0]
+        grad_weight = run_weight_pass(routes["weight"], backend_spec(forward), g_read, images)
+        grad_weight = grad_weight.astype(out_dtype, copy=False)
+    if needs[2]:
+        grad_bias = g.sum(axis=(0, 2, 3)).astype(out_dtype, copy=False)
+    return grad_input, grad_weight, grad_bias

@@ -45,9 +45,10 @@ from importlib import metadata
 import numpy as np
 
 from fastconv import backends, config
-from fastconv.geometry import pad_input
+from fastconv.geometry import backend_spec, pad_input
+from fastconv.auto import passes
 from fastconv.auto.timing import steady_state_times, timed
-from fastconv.tools.cases import Case, Skip, make_inputs
+from fastconv.tools.cases import PASS_OPS, Case, Skip, make_grad_output, make_inputs
 
 __all__ = [
     "AUTO",
@@ -89,9 +90,31 @@ _OPENCV_MAX_CHANNELS = 512
 AUTO = "auto"
 
 
+def _pass_of(op: str) -> str:
+    """``"input"`` or ``"weight"`` for a backward-pass operation."""
+    return "input" if op == "conv2d_input" else "weight"
+
+
+def _fastconv_pass_call(case: Case, backend: str, x, w):
+    import fastconv
+
+    route = passes.route(_pass_of(case.op), backend, backend_spec(case.spec()))
+    reason = passes.decline_reason(route)
+    if reason is not None:
+        raise Skip(f"{'unavailable' if backends.unavailable_reason(backend) else 'declines'}: {reason}")
+    if backends.is_reference(backend) and case.flops > REFERENCE_MAX_FLOPS:
+        raise Skip(f"{case.flops / 1e9:.1f} GFLOP: too slow for the reference loops (limit {REFERENCE_MAX_FLOPS / 1e9:.1f} GFLOP)")
+    g = make_grad_output(case)
+    if case.op == "conv2d_input":
+        return functools.partial(fastconv.conv2d_input, x.shape, w, g, backend=backend, **case.conv_kwargs())
+    return functools.partial(fastconv.conv2d_weight, x, w.shape, g, backend=backend, **case.conv_kwargs())
+
+
 def _fastconv_call(case: Case, backend: str, x, w):
     import fastconv
 
+    if case.op in PASS_OPS:
+        return _fastconv_pass_call(case, backend, x, w)
     if backend == AUTO:
         if not hasattr(fastconv, case.op):
             raise Skip(f"fastconv.{case.op} is not in this version of fastconv")
@@ -132,6 +155,14 @@ def _torch_call(case: Case, x, w):
     pre_pad = None if symmetric else (left, right, top, bottom)
     pad_mode = "constant" if spec.padding_mode == "zeros" else spec.padding_mode  # torch's other names match
     padding = (top, left) if symmetric else 0
+    if case.op in PASS_OPS:
+        # the forward call recorded once; each timed call is the backward pass alone, computing only
+        # the gradient asked for (autograd skips the other), as a training step's backward runs it
+        wanted = x.requires_grad_() if case.op == "conv2d_input" else w.requires_grad_()
+        inputs = x if symmetric else F.pad(x, pre_pad, mode=pad_mode)
+        y = F.conv2d(inputs, w, None, spec.stride, padding, spec.dilation, spec.groups)
+        g = torch.from_numpy(make_grad_output(case))
+        return functools.partial(torch.autograd.grad, y, [wanted], g, retain_graph=True)
 
     def call():  # asymmetric padding ("same" with an even extent) or a padding mode: pad first, as torch users do
         inputs = x if symmetric else F.pad(x, pre_pad, mode=pad_mode)
@@ -317,6 +348,8 @@ def machine_info() -> dict:
 
 
 def _auto_choice(case: Case) -> str | None:
+    if case.op in PASS_OPS:
+        return passes.choose(_pass_of(case.op), backend_spec(case.spec())).backend
     if case.op != "conv2d":
         return None
     from fastconv.ops.conv2d import choose_backend
@@ -384,8 +417,10 @@ def op_backends(op: str, requested=None) -> list[str]:
 
     >>> op_backends("conv_transpose2d", ["naive", "im2col"])
     ['naive']
+    >>> op_backends("conv2d_input", ["col2im", "winograd"])
+    ['col2im', 'winograd']
     """
-    registered = backends.backend_names(op)
+    registered = passes.pass_backends(_pass_of(op)) if op in PASS_OPS else backends.backend_names(op)
     if requested is None:
         return list(registered)
     return [name for name in requested if name in registered or name == AUTO]

@@ -24,12 +24,15 @@ import numpy as np
 
 from fastconv.geometry import make_spec
 
-__all__ = ["Case", "EXTRA_CNN_LAYERS", "KERNELS", "Skip", "SUITES", "OPS", "call_overhead_case", "canonical_layers",
-           "image_filter", "make_inputs", "shapes", "suite_cases"]
+__all__ = ["Case", "EXTRA_CNN_LAYERS", "KERNELS", "Skip", "SUITES", "OPS", "PASS_OPS", "PASSES", "call_overhead_case",
+           "canonical_layers", "image_filter", "make_inputs", "make_grad_output", "pass_cases", "shapes", "suite_cases"]
 
 SUITES = ("default", "cnn", "image", "depthwise", "transposed", "calls", "all")
 
-OPS = ("conv2d", "conv_transpose2d")
+#: The backward passes of conv2d, as operations a case can time (their geometry is conv2d's).
+PASS_OPS = ("conv2d_input", "conv2d_weight")
+
+OPS = ("conv2d", "conv_transpose2d", *PASS_OPS)
 
 #: Kinds of kernel a case's weight can be (see :func:`make_inputs`).
 KERNELS = ("random", "gaussian")
@@ -72,8 +75,9 @@ class Case:
         return kwargs
 
     def spec(self):
-        """The :class:`~fastconv.geometry.ConvSpec` of a conv2d case (validates it)."""
-        if self.op != "conv2d":
+        """The :class:`~fastconv.geometry.ConvSpec` of a conv2d case, or of the conv2d whose
+        backward pass a ``conv2d_input`` / ``conv2d_weight`` case is (validates it)."""
+        if self.op not in ("conv2d", *PASS_OPS):
             raise ValueError(f"case {self.name!r} is a {self.op}, not a conv2d")
         return make_spec(self.input_shape, self.weight_shape, dtype=np.dtype(self.dtype), **self.conv_kwargs())
 
@@ -85,7 +89,7 @@ class Case:
     @property
     def flops(self) -> int:
         """Flops of the direct algorithm: one multiply and one add per tap (GFLOP/s uses these)."""
-        if self.op == "conv2d":
+        if self.op in ("conv2d", *PASS_OPS):  # each pass does the forward's multiply-adds
             return self.spec().flops
         # transposed: every input value is scattered through (K / groups) * kh * kw taps
         _, out_per_group, kernel_h, kernel_w = self.weight_shape
@@ -254,6 +258,30 @@ def suite_cases(name: str = "default", quick: bool = False, dtype: str = "float3
     else:
         cases = _full_suite(name)
     return [dataclasses.replace(case, dtype=dtype) for case in cases]
+
+
+#: The passes ``fastconv bench --pass`` times: the forward call, or one of conv2d's backward passes.
+PASSES = {"forward": "conv2d", "input": "conv2d_input", "weight": "conv2d_weight"}
+
+
+def pass_cases(cases, pass_: str) -> list[Case]:
+    """``cases`` for timing pass ``pass_`` (a key of :data:`PASSES`): as they are for ``"forward"``,
+    else their conv2d cases as that backward pass (other operations' cases are left out).
+
+    >>> [case.op for case in pass_cases(suite_cases("cnn")[:1], "weight")]
+    ['conv2d_weight']
+    """
+    if pass_ not in PASSES:
+        raise ValueError(f"pass must be one of {tuple(PASSES)}, got {pass_!r}")
+    if pass_ == "forward":
+        return list(cases)
+    return [dataclasses.replace(case, op=PASSES[pass_]) for case in cases if case.op == "conv2d"]
+
+
+def make_grad_output(case: Case, seed: int = 1) -> np.ndarray:
+    """A standard normal output gradient for a backward-pass case, from a fixed seed."""
+    shape = case.spec().out_shape
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.dtype(case.dtype))
 
 
 def make_inputs(case: Case, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

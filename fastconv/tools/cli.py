@@ -23,7 +23,7 @@ import textwrap
 
 from fastconv import backends
 from fastconv.tools import bench, networks
-from fastconv.tools.cases import KERNELS, SUITES, Case, make_inputs, suite_cases
+from fastconv.tools.cases import KERNELS, PASSES, SUITES, Case, make_inputs, pass_cases, suite_cases
 
 _SHAPE_HELP = "a shape written like 1x64x56x56"
 
@@ -205,7 +205,7 @@ def _selected_backends(requested, ops) -> tuple[list[str], list[str], list[str]]
     backend of no operation, or one unavailable here, is an error; one that does not implement an
     operation of ``ops`` is said so, and an operation none of them implements is left out.
     """
-    registered = {op: backends.backend_names(op) for op in backends.OPERATIONS}
+    registered = {op: bench.op_backends(op) for op in dict.fromkeys((*backends.OPERATIONS, *ops))}
     every = list(dict.fromkeys(name for names in registered.values() for name in names))
     if not requested:
         relevant = [name for name in every if any(name in registered[op] for op in ops)]
@@ -266,24 +266,16 @@ def _suite_ops(cases) -> list[str]:
     return list(dict.fromkeys(case.op for case in cases))
 
 
-def _bench_networks(args) -> int:
-    peers, peer_notes = _selected_peers(args.peers)
-    libraries = ["auto", *(args.backends or [])] + [peer for peer in peers if peer == "torch"]
-    for note in peer_notes:
-        print(note)
-    side = 32 if args.quick else 224
-    results = networks.compare(args.networks, libraries, side=side, repeat=args.repeat or (1 if args.quick else 5))
-    print(f"every conv layer of each network in sequence, batch 1, {side}x{side} float32; "
-          "each library in its own process; median time per pass")
-    print(networks.format_comparison(results, peer="torch" if "torch" in libraries else libraries[0]))
-    return 0
-
-
 def _bench(args) -> int:
-    if args.networks:
-        return _bench_networks(args)
     peers, peer_notes = _selected_peers(args.peers)
-    cases = suite_cases(args.suite, quick=args.quick, dtype=args.dtype)
+    if args.networks:
+        print("\n".join(peer_notes + [networks.bench_text(args.networks, args.backends or [], "torch" in peers,
+                                                          args.quick, args.repeat)]))
+        return 0
+    suite = suite_cases(args.suite, quick=args.quick, dtype=args.dtype)
+    cases = pass_cases(suite, args.pass_)
+    if len(cases) < len(suite):
+        print(f"--pass {args.pass_}: {len(suite) - len(cases)} cases of other operations than conv2d left out")
     backend_names, ops, notes = _selected_backends(args.backends, _suite_ops(cases))
     if args.suite == "calls" and not args.backends:
         backend_names = [bench.AUTO, *backend_names]  # what a call costs as users make it, beside each backend
@@ -324,7 +316,7 @@ def explain_case(case: Case):
     import fastconv
 
     _, weight = make_inputs(case)
-    return fastconv.explain(case.input_shape, weight, dtype=case.dtype, **case.conv_kwargs())
+    return fastconv.explain(case.input_shape, weight, dtype=case.dtype, op=case.op, **case.conv_kwargs())
 
 
 def _explain(args) -> int:
@@ -338,13 +330,13 @@ def _explain(args) -> int:
                                f"got {'x'.join(map(str, args.weight))}")
     case = Case("explain", input_shape, args.weight, stride=args.stride, padding=args.padding,
                 dilation=args.dilation, groups=args.groups, padding_mode=args.padding_mode, kernel=args.kernel,
-                dtype=args.dtype)
+                dtype=args.dtype, op=PASSES[args.pass_])
     try:
         spec = case.spec()
     except (ValueError, TypeError) as error:
         raise CommandLineError(str(error)) from None
     if args.measure:
-        backend_names, _, notes = _selected_backends(args.backends, ["conv2d"])
+        backend_names, _, notes = _selected_backends(args.backends, [case.op])
         peers, peer_notes = _selected_peers(args.peers)
         for note in notes + peer_notes:
             print(note)
@@ -433,6 +425,12 @@ def _add_measurement_options(parser, repeat_default_help: str) -> None:
                         help=f"timed calls per measurement, after one warm-up call ({repeat_default_help})")
 
 
+def _add_pass_option(parser) -> None:
+    parser.add_argument("--pass", dest="pass_", choices=tuple(PASSES), default="forward",
+                        help="the forward conv2d call (default), or its gradient with respect to the input or the "
+                             "weight (torch's peer: torch.autograd.grad)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastconv", description="2-D convolution backends and benchmarks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -449,10 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(default: all available); 'auto' times backend='auto' as a row of its own")
     bench_parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     bench_parser.add_argument("--json", metavar="FILE", help="also write every measurement to FILE as JSON")
+    _add_pass_option(bench_parser)
     bench_parser.add_argument("--quick", action="store_true", help="tiny problems, one timed call: a smoke test")
     bench_parser.add_argument("--networks", nargs="+", choices=tuple(networks.NETWORKS), metavar="NET",
-                              help="instead of a suite, time every conv layer of whole networks in sequence "
-                                   "(" + ", ".join(networks.NETWORKS) + ") with auto, --backends and torch")
+                              help="time every conv layer of whole networks in sequence instead of a suite")
     _add_measurement_options(bench_parser, "default 5; 1 with --quick")
     bench_parser.set_defaults(run=_bench, fail=bench_parser.error)
 
@@ -474,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--kernel", choices=KERNELS, default="random",
                          help="the weight values, which decide whether separable can run: random (full rank, "
                               "like learned filters; the default) or gaussian (rank 1), as fastconv bench makes them")
+    _add_pass_option(explain)
     explain.add_argument("--measure", action="store_true",
                          help="also time the backends (and peers) as fastconv bench does: the measured column")
     explain.add_argument("--backends", nargs="+", metavar="NAME", help="with --measure: backends to time (default: all available)")

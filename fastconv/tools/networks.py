@@ -24,7 +24,7 @@ import dataclasses
 
 from fastconv.tools.cases import Case, Skip, make_inputs
 
-__all__ = ["NETWORKS", "compare", "format_comparison", "network_call", "network_layers"]
+__all__ = ["NETWORKS", "bench_text", "compare", "format_comparison", "network_call", "network_layers"]
 
 #: The networks this module knows, with what each exercises.
 NETWORKS = {
@@ -176,3 +176,16 @@ def format_comparison(results: dict, peer: str = "torch") -> str:
             cells.append(cell)
         lines.append(f"| {network} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def bench_text(names, backends, with_torch: bool, quick: bool = False, repeat: int | None = None) -> str:
+    """``fastconv bench --networks``: auto, ``backends`` and torch on the ``names`` networks, as text.
+
+    ``quick`` runs 32×32 inputs once each (a smoke test) instead of 224×224.
+    """
+    libraries = ["auto", *backends] + (["torch"] if with_torch else [])
+    side = 32 if quick else 224
+    results = compare(names, libraries, side=side, repeat=repeat or (1 if quick else 5))
+    return (f"every conv layer of each network in sequence, batch 1, {side}x{side} float32; each library in its "
+            f"own process; median time per pass\n"
+            + format_comparison(results, peer="torch" if with_torch else libraries[0]))

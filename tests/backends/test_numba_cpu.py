@@ -137,3 +137,20 @@ def test_small_calls_run_on_the_calling_thread_and_large_ones_in_parallel(monkey
     monkeypatch.setattr(config, "threads", 1)
     small = _check((1, 1, 8, 8), (1, 1, 3, 3))
     assert small.flops < 2 * numba_cpu.SERIAL_MACS and requested == []  # no parallel region entered
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunks_past_the_last_block_do_nothing(threads):
+    """Tasks split a tile's channel blocks into chunks; when the chunks do not divide the blocks
+    evenly the last ones start past the end (e.g. 9 blocks in 8 chunks of 2) and must do no work.
+    Small outputs with many filters reach them (the weight gradient's swapped-axes problems do)."""
+    rng = np.random.default_rng(0)
+    previous = config.threads
+    config.set_threads(threads)
+    try:
+        for filters in (43, 50, 57, 131):
+            x, w = rng.standard_normal((1, 2, 3, 3)), rng.standard_normal((filters, 2, 3, 3))
+            got = fastconv.conv2d(x, w, backend="numba_cpu")
+            np.testing.assert_allclose(got, np.einsum("nchw,kchw->nk", x, w)[..., None, None], rtol=1e-10)
+    finally:
+        config.set_threads(previous)

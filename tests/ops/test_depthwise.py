@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import fastconv
 from reference import explicit_padding, reference_conv2d, relative_error
@@ -56,3 +56,49 @@ def test_matches_torch_mobilenet_block():
 def test_bad_weights_raise_with_a_message_that_names_them(shapes, pattern):
     with pytest.raises(ValueError, match=pattern):
         fastconv.depthwise_separable_conv2d(np.zeros((1, 2, 6, 6)), np.zeros(shapes[0]), np.zeros(shapes[1]))
+
+
+@settings(max_examples=15)
+@given(data=st.data())
+def test_backward_is_the_adjoint(data):
+    """<f(x, dw, pw) - b, g> is bilinear in (x, pw) and in (dw, pw): the gradients, with no torch."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    channels, multiplier, filters = (data.draw(st.integers(1, 3)) for _ in range(3))
+    mode = data.draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
+    stride = data.draw(st.integers(1, 2))
+    x = rng.standard_normal((2, channels, 6, 5))
+    depthwise = rng.standard_normal((channels * multiplier, 1, 3, 2))
+    pointwise = rng.standard_normal((filters, channels * multiplier, 1, 1))
+    y = fastconv.depthwise_separable_conv2d(x, depthwise, pointwise, stride=stride, padding=1, padding_mode=mode)
+    g = rng.standard_normal(y.shape)
+    dx, ddw, dpw, db = fastconv.depthwise_separable_conv2d_backward(x, depthwise, pointwise, g, stride=stride,
+                                                                    padding=1, padding_mode=mode)
+    total = np.vdot(y, g)
+    scale = np.abs(y).sum() * np.abs(g).max()
+    for operand, gradient in ((x, dx), (depthwise, ddw), (pointwise, dpw)):
+        assert gradient.shape == operand.shape
+        assert abs(np.vdot(operand, gradient) - total) <= 1e-10 * scale
+    np.testing.assert_allclose(db, g.sum(axis=(0, 2, 3)))
+
+
+def test_backward_matches_torch_autograd():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    x, depthwise = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((6, 1, 3, 3))
+    pointwise, bias = rng.standard_normal((4, 6, 1, 1)), rng.standard_normal(4)
+    tensors = [torch.from_numpy(a).requires_grad_() for a in (x, depthwise, pointwise, bias)]
+    hidden = torch.nn.functional.conv2d(torch.nn.functional.pad(tensors[0], (1, 1, 1, 1), mode="reflect"),
+                                        tensors[1], stride=2, groups=3)
+    y = torch.nn.functional.conv2d(hidden, tensors[2], tensors[3])
+    g = rng.standard_normal(tuple(y.shape))
+    expected = [t.numpy() for t in torch.autograd.grad(y, tensors, torch.from_numpy(g))]
+    got = fastconv.depthwise_separable_conv2d_backward(x, depthwise, pointwise, g, stride=2, padding=1,
+                                                       padding_mode="reflect")
+    for ours, want in zip(got, expected):
+        assert relative_error(ours, want) <= 1e-10
+    unbatched = fastconv.depthwise_separable_conv2d_backward(x[0], depthwise, pointwise, g[0], stride=2, padding=1,
+                                                             padding_mode="reflect", needs=(True, False, True, False))
+    assert unbatched[1] is None and unbatched[3] is None
+    assert relative_error(unbatched[0], expected[0][0]) <= 1e-10
+    with pytest.raises(ValueError, match="grad_output has shape"):
+        fastconv.depthwise_separable_conv2d_backward(x, depthwise, pointwise, g[:, :3], stride=2, padding=1)

@@ -175,3 +175,120 @@ def test_matches_torch(kind):
 def test_bad_input_raises_with_a_message_that_names_it(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()
+
+
+# --------------------------------------------------------------------------------------------
+# gradients
+
+
+def brute_force_pool_gradient(x, grad, kind, kernel, stride, padding, dilation=(1, 1), ceil_mode=False,
+                              count_include_pad=True, divisor_override=None):
+    """One window at a time: max pooling credits torch's argmax (scanning rows, the first of equal
+    maxima, the last NaN); average pooling spreads the gradient over the window's input pixels."""
+    x = np.asarray(x, dtype=np.float64)
+    batch, channels, height, width = x.shape
+    out = np.zeros_like(x)
+    for n in range(batch):
+        for c in range(channels):
+            for i in range(grad.shape[2]):
+                for j in range(grad.shape[3]):
+                    top, left = i * stride[0] - padding[0], j * stride[1] - padding[1]
+                    rows = [r for r in (top + u * dilation[0] for u in range(kernel[0])) if 0 <= r < height]
+                    cols = [q for q in (left + v * dilation[1] for v in range(kernel[1])) if 0 <= q < width]
+                    if not rows or not cols:
+                        continue
+                    if kind == "max":
+                        best, where = -np.inf, (rows[0], cols[0])
+                        for r in rows:
+                            for q in cols:
+                                if x[n, c, r, q] > best or np.isnan(x[n, c, r, q]):
+                                    best, where = x[n, c, r, q], (r, q)
+                        out[n, c, where[0], where[1]] += grad[n, c, i, j]
+                        continue
+                    ones = np.zeros((1, 1, height, width))
+                    ones[0, 0, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = 1
+                    mean = brute_force_pool(ones, "avg", kernel, stride, padding, ceil_mode=ceil_mode,
+                                            count_include_pad=count_include_pad,
+                                            divisor_override=divisor_override)[0, 0, i, j]
+                    out[n, c, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] += grad[n, c, i, j] * mean / (
+                        len(rows) * len(cols))
+    return out
+
+
+def _pool_gradient_problem(kind, problem, ties):
+    x, kwargs = problem
+    if ties:  # few distinct values: ties in most windows
+        x = np.round(x)
+    out = getattr(fastconv, f"{kind}_pool2d")(x, **kwargs)
+    g = np.random.default_rng(out.size).standard_normal(out.shape).astype(x.dtype)
+    return x, kwargs, g
+
+
+@given(problem=pool_problems("max"), ties=st.booleans())
+def test_max_pool_gradient_matches_brute_force(problem, ties):
+    x, kwargs, g = _pool_gradient_problem("max", problem, ties)
+    before = x.copy()
+    got = fastconv.max_pool2d_backward(x, g, **kwargs)
+    kernel, stride = kwargs.pop("kernel_size"), kwargs.pop("stride")
+    expected = brute_force_pool_gradient(x, g, "max", kernel, stride, kwargs.pop("padding"), **kwargs)
+    assert got.dtype == x.dtype and got.shape == x.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(g).max())
+    np.testing.assert_array_equal(x, before)
+
+
+@given(problem=pool_problems("avg"))
+def test_avg_pool_gradient_is_the_adjoint(problem):
+    """<avg_pool2d(x), g> = <x, avg_pool2d_backward(g)>, and the brute force agrees."""
+    x, kwargs, g = _pool_gradient_problem("avg", problem, False)
+    got = fastconv.avg_pool2d_backward(x.shape, g, **kwargs)
+    assert got.dtype == x.dtype and got.shape == x.shape
+    total = np.vdot(fastconv.avg_pool2d(x.astype(np.float64), **kwargs), g.astype(np.float64))
+    assert abs(np.vdot(x.astype(np.float64), got.astype(np.float64)) - total) <= 1e-4 * (np.abs(x).sum() + 1)
+    kernel, stride = kwargs.pop("kernel_size"), kwargs.pop("stride")
+    expected = brute_force_pool_gradient(x, g, "avg", kernel, stride, kwargs.pop("padding"), **kwargs)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(g).max())
+
+
+def test_max_pool_gradient_ties_and_nan_as_torch():
+    x = np.array([[[1.0, 3.0, 3.0], [3.0, 0.0, np.nan], [np.nan, 2.0, 1.0]]])
+    got = fastconv.max_pool2d_backward(x, np.ones((1, 2, 2)), 2, stride=1)
+    # 2x2 windows: the first of two 3s; a NaN over 3s; the NaN; the NaN
+    np.testing.assert_array_equal(got[0], [[0, 1, 0], [0, 0, 2], [1, 0, 0]])
+    torch = pytest.importorskip("torch")
+    xt = torch.from_numpy(x[None].copy()).requires_grad_()
+    y = torch.nn.functional.max_pool2d(xt, 2, stride=1)
+    (expected,) = torch.autograd.grad(y, xt, torch.ones_like(y))
+    np.testing.assert_array_equal(got, expected.numpy()[0])
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool_gradients_match_torch(kind):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    x = np.round(rng.standard_normal((2, 3, 11, 10)) * 2)
+    for kwargs in (dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), dict(kernel_size=(2, 3), stride=1)):
+        if kind == "avg":
+            kwargs.update(count_include_pad=False, divisor_override=None)
+        xt = torch.from_numpy(x).requires_grad_()
+        y = getattr(torch.nn.functional, f"{kind}_pool2d")(xt, **kwargs)
+        g = rng.standard_normal(tuple(y.shape))
+        (expected,) = torch.autograd.grad(y, xt, torch.from_numpy(g))
+        function = getattr(fastconv, f"{kind}_pool2d_backward")
+        got = function(x if kind == "max" else x.shape, g, **kwargs)
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_pool_gradient_validation_and_dtypes():
+    x = np.ones((2, 4, 4), dtype=np.float32)
+    assert fastconv.max_pool2d_backward(x, np.ones((2, 2, 2), np.float32), 2).dtype == np.float32
+    assert fastconv.avg_pool2d_backward([2, 4, 4], np.ones((2, 2, 2), np.float16), 2).dtype == np.float16
+    with pytest.raises(ValueError, match="grad_output has shape"):
+        fastconv.max_pool2d_backward(x, np.ones((2, 3, 3)), 2)
+    with pytest.raises(ValueError, match="padding must be at most half"):
+        fastconv.avg_pool2d_backward(x.shape, np.ones((2, 2, 2)), 2, padding=2)
+    with pytest.raises(TypeError, match="grad_output has dtype complex"):
+        fastconv.max_pool2d_backward(x, np.ones((2, 2, 2), np.complex64), 2)
+    with pytest.raises(ValueError, match="divisor_override"):
+        fastconv.avg_pool2d_backward(x.shape, np.ones((2, 2, 2)), 2, divisor_override=0)
+    with pytest.raises(TypeError, match="input_shape"):
+        fastconv.avg_pool2d_backward((2, "4", 4), np.ones((2, 2, 2)), 2)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import fastconv
 from fastconv import backends
@@ -180,3 +180,55 @@ def test_bad_input_raises_with_a_message_that_names_it(kwargs, error, pattern):
     args.update(kwargs)
     with pytest.raises(error, match=pattern):
         fastconv.conv_transpose2d(args.pop("x"), args.pop("weight"), args.pop("bias"), **args)
+
+
+@settings(max_examples=15)
+@given(problem=transpose_problems(), data=st.data())
+def test_backward_is_the_adjoint(problem, data):
+    """<conv_transpose2d(x, w), g> = <x, dx> = <w, dw>, db = sum of g: the gradients, with no torch."""
+    x, weight, _, kwargs = problem
+    backend = data.draw(st.sampled_from(["auto", "im2col", "naive"]))
+    wide = [np.asarray(a, dtype=np.float64) for a in (x, weight)]
+    y = reference_conv_transpose2d(*wide, None, **kwargs)
+    g = np.random.default_rng(y.size).standard_normal(y.shape).astype(x.dtype)
+    before = (x.copy(), weight.copy(), g.copy())
+    dx, dw, db = fastconv.conv_transpose2d_backward(x, weight, g, backend=backend, **kwargs)
+    assert dx.shape == x.shape and dw.shape == weight.shape and db.shape == (y.shape[1],)
+    assert dx.dtype == dw.dtype == db.dtype == x.dtype
+    total = np.vdot(y, g)
+    scale = np.abs(y).sum() * np.abs(g).max() + 1e-300
+    tolerance = 1e-10 if x.dtype == np.float64 else 1e-5
+    assert abs(np.vdot(wide[0], dx) - total) <= tolerance * scale
+    assert abs(np.vdot(wide[1], dw) - total) <= tolerance * scale
+    np.testing.assert_allclose(db, g.sum(axis=(0, 2, 3)), rtol=tolerance, atol=tolerance * np.abs(g).sum())
+    for array, saved in zip((x, weight, g), before):
+        np.testing.assert_array_equal(array, saved)
+
+
+@settings(max_examples=15)
+@given(problem=transpose_problems(dtypes=(np.float64,)))
+def test_backward_matches_torch_autograd(problem):
+    torch = pytest.importorskip("torch")
+    x, weight, _, kwargs = problem
+    xt, wt = torch.from_numpy(x.copy()).requires_grad_(), torch.from_numpy(weight.copy()).requires_grad_()
+    bt = torch.zeros(weight.shape[1] * kwargs["groups"], dtype=torch.float64, requires_grad=True)
+    y = torch.nn.functional.conv_transpose2d(xt, wt, bt, **kwargs)
+    g = np.random.default_rng(0).standard_normal(tuple(y.shape))
+    expected = [t.numpy() for t in torch.autograd.grad(y, (xt, wt, bt), torch.from_numpy(g))]
+    for got, want in zip(fastconv.conv_transpose2d_backward(x, weight, g, **kwargs), expected):
+        assert relative_error(got, want) <= 1e-10
+
+
+def test_backward_unbatched_needs_and_validation():
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((4, 3, 3)), rng.standard_normal((4, 2, 3, 3))
+    g = rng.standard_normal((2, 7, 7))
+    dx, dw, db = fastconv.conv_transpose2d_backward(x, w, g, stride=2, padding=0)
+    bx, bw, _ = fastconv.conv_transpose2d_backward(x[None], w, g[None], stride=2)
+    np.testing.assert_allclose(dx, bx[0], rtol=1e-12)
+    np.testing.assert_allclose(dw, bw, rtol=1e-12)
+    assert fastconv.conv_transpose2d_backward(x, w, g, stride=2, needs=(True, False, False))[1:] == (None, None)
+    with pytest.raises(ValueError, match="grad_output has shape"):
+        fastconv.conv_transpose2d_backward(x, w, g[:, :6], stride=2)
+    with pytest.raises(ValueError, match="needs must be"):
+        fastconv.conv_transpose2d_backward(x, w, g, stride=2, needs=True)

@@ -230,3 +230,36 @@ def test_auto_is_timed_as_users_call_it_and_is_never_the_fastest_backend():
     entry["results"][bench.AUTO]["median_s"] = 5e-7
     assert bench.call_overhead_summary(results) == (f"{case.name}: conv2d(backend='auto') 0.50 µs per call, torch "
                                                     f"1.00 µs: 0.50× torch's time")
+
+
+@pytest.mark.parametrize("pass_", ["input", "weight"])
+@pytest.mark.parametrize("case", PEER_CASES, ids=lambda case: case.name)
+def test_torch_autograd_peer_computes_the_pass_fastconv_computes(pass_, case):
+    pytest.importorskip("torch")
+    from fastconv.tools.cases import make_grad_output, pass_cases
+
+    case = pass_cases([case], pass_)[0]
+    x, w = make_inputs(case)
+    (got,) = bench.prepare_call(case, "torch", x, w)()
+    g = make_grad_output(case)
+    if pass_ == "input":
+        expected = fastconv.conv2d_input(x.shape, w, g, backend="naive", **case.conv_kwargs())
+    else:
+        expected = fastconv.conv2d_weight(x, w.shape, g, backend="naive", **case.conv_kwargs())
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
+    measured = bench.measure([case], ["naive", "col2im" if pass_ == "input" else "im2col"], repeat=1,
+                             progress=False)["cases"][0]
+    assert measured["auto"] in bench.op_backends(case.op)
+    assert all(result["status"] == "ok" for result in measured["results"].values())
+
+
+def test_pass_cases_keep_conv2d_cases_only():
+    from fastconv.tools.cases import pass_cases
+
+    cases = suite_cases("default", quick=True)
+    assert pass_cases(cases, "forward") == cases
+    weight_cases = pass_cases(cases, "weight")
+    assert {case.op for case in weight_cases} == {"conv2d_weight"}
+    assert len(weight_cases) == sum(case.op == "conv2d" for case in cases)
+    with pytest.raises(ValueError, match="pass must be one of"):
+        pass_cases(cases, "bias")

@@ -219,3 +219,14 @@ def test_bad_arguments_exit_2_with_a_one_line_error(arguments):
     command = arguments[0] if arguments and arguments[0] in ("bench", "explain", "report", "backends", "tune") else ""
     assert result.stderr.startswith(f"fastconv {command}: error: ".replace(" :", ":")), result.stderr
     assert result.stderr.rstrip().endswith("--help)")
+
+
+def test_bench_and_explain_time_a_backward_pass():
+    result = fastconv_cli("bench", "--quick", "--suite", "cnn", "--pass", "input", "--no-peers", "--backends",
+                          "naive", "col2im", "--repeat", "1")
+    assert result.returncode == 0, result.stderr
+    assert "conv2d_input input 1x8x16x16" in result.stdout and "| col2im " in result.stdout
+    result = fastconv_cli("explain", "--input", "1x8x16x16", "--weight", "8x8x3x3", "--padding", "same",
+                          "--pass", "weight", "--measure", "--no-peers", "--backends", "naive", "im2col")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("conv2d_weight") >= 2 and "auto picks" in result.stdout
