@@ -97,6 +97,18 @@ def _max_pool2d(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, di
                     result[ox] = value if (value > current or value != value) else current
 
 
+@njit(cache=True)
+def _window_extents(extents, kernel, stride, pad, size, count_include_pad):
+    """Fill ``extents[o]`` with how many input positions along one axis window ``o`` averages over
+    (torch's rule: the padding counts with ``count_include_pad``, the part of a ceil_mode window
+    beyond the padded input never does); returns ``extents``."""
+    for o in range(extents.shape[0]):
+        start = o * stride - pad
+        end = min(start + kernel, size + pad)
+        extents[o] = end - start if count_include_pad else min(end, size) - max(start, 0)
+    return extents
+
+
 @ParallelKernel
 @njit(cache=True, parallel=True)
 def _avg_pool2d(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, count_include_pad, divisor_override):
@@ -105,18 +117,9 @@ def _avg_pool2d(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, co
     padded_w_read = (out_w - 1) * stride_w + kernel_w
     used_w = max(min(in_w, padded_w_read - pad_w), 1)
     first_v, last_v = _column_taps(kernel_w, out_w, stride_w, pad_w, 1, used_w)
-    # Window sizes factor into a row count times a column count; torch counts the padding inside
-    # the padded input (count_include_pad) but never the part of a ceil_mode window beyond it.
-    rows = np.empty(out_h, dtype=x.dtype)
-    for oy in range(out_h):
-        start = oy * stride_h - pad_h
-        end = min(start + kernel_h, in_h + pad_h)
-        rows[oy] = end - start if count_include_pad else min(end, in_h) - max(start, 0)
-    cols = np.empty(out_w, dtype=x.dtype)
-    for ox in range(out_w):
-        start = ox * stride_w - pad_w
-        end = min(start + kernel_w, in_w + pad_w)
-        cols[ox] = end - start if count_include_pad else min(end, in_w) - max(start, 0)
+    # window sizes factor into a row count times a column count
+    rows = _window_extents(np.empty(out_h, dtype=x.dtype), kernel_h, stride_h, pad_h, in_h, count_include_pad)
+    cols = _window_extents(np.empty(out_w, dtype=x.dtype), kernel_w, stride_w, pad_w, in_w, count_include_pad)
     for plane in prange(batch * channels):
         n = plane // channels
         c = plane % channels
@@ -306,16 +309,9 @@ def _avg_pool2d_backward(grad, grad_in, kernel_h, kernel_w, stride_h, stride_w, 
     """Spread each window's output gradient, over its divisor, evenly on the input pixels it averaged."""
     batch, channels, in_h, in_w = grad_in.shape
     out_h, out_w = grad.shape[2], grad.shape[3]
-    rows = np.empty(out_h, dtype=grad.dtype)  # the divisor factors, as the forward kernel counts them
-    for oy in range(out_h):
-        start = oy * stride_h - pad_h
-        end = min(start + kernel_h, in_h + pad_h)
-        rows[oy] = end - start if count_include_pad else min(end, in_h) - max(start, 0)
-    cols = np.empty(out_w, dtype=grad.dtype)
-    for ox in range(out_w):
-        start = ox * stride_w - pad_w
-        end = min(start + kernel_w, in_w + pad_w)
-        cols[ox] = end - start if count_include_pad else min(end, in_w) - max(start, 0)
+    # the divisor factors, as the forward kernel counts them
+    rows = _window_extents(np.empty(out_h, dtype=grad.dtype), kernel_h, stride_h, pad_h, in_h, count_include_pad)
+    cols = _window_extents(np.empty(out_w, dtype=grad.dtype), kernel_w, stride_w, pad_w, in_w, count_include_pad)
     for plane in prange(batch * channels):
         n = plane // channels
         c = plane % channels
