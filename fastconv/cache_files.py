@@ -13,7 +13,9 @@ are:
 - reads return :data:`NO_DOCUMENT` when there is nothing usable, after a warning when a file
   was there but unreadable (a directory, no permission, binary garbage, truncated, nested too
   deeply to parse);
-- a failed write is described in words (:func:`describe_write_error`) for the caller's warning.
+- a failed write is described in words (:func:`describe_write_error`) for the caller's warning;
+- what a file learnt holds for one machine and set of library versions only, which
+  :func:`machine_key` identifies.
 
 Examples
 --------
@@ -35,7 +37,7 @@ import os
 import tempfile
 import time
 
-__all__ = ["NO_DOCUMENT", "describe_write_error", "file_lock", "is_seconds", "read_json", "write_atomically",
+__all__ = ["NO_DOCUMENT", "describe_write_error", "file_lock", "is_seconds", "machine_key", "read_json", "write_atomically",
            "write_json_atomically"]
 
 #: What :func:`read_json` returns when there is no document to use.
@@ -131,3 +133,29 @@ def read_json(path, warn) -> object:
 def is_seconds(value) -> bool:
     """A measured time as files hold it: a finite, non-negative int or float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def machine_key() -> dict:
+    """What identifies this machine and software for cached measurements (CPU, cores, versions)."""
+    import platform
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("fastconv", "numpy", "numba", "scipy", "pyfftw"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    import fastconv
+
+    versions["fastconv"] = fastconv.__version__  # the source tree's, even when not installed
+    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "versions": versions}

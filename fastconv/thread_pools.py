@@ -29,6 +29,10 @@ Wrapped in :class:`ParallelKernel`, a kernel
   The serial build is compiled once (numba's disk cache keeps it) and uses one core per
   process, which is what a pool of worker processes wants anyway.
 
+**Which pool ran last** (:func:`note_pool`, :func:`last_pool`). :func:`fastconv.conv2d` notes the
+pool of every backend it runs (the backend's ``thread_pool``); ``backend="auto"`` charges a
+backend on another pool what the switch costs (:mod:`fastconv.auto.pool_switches`).
+
 **Locks after fork** (:func:`reinitialise_after_fork`). A lock that another thread held when the
 process forked stays held forever in the child; fastconv's caches register their locks here and
 get fresh ones in a forked child.
@@ -49,7 +53,7 @@ import weakref
 
 from fastconv import config
 
-__all__ = ["ParallelKernel", "blas_threads", "reinitialise_after_fork", "parallel_unusable_after_fork", "run_on_threads"]
+__all__ = ["ParallelKernel", "blas_threads", "last_pool", "note_pool", "reinitialise_after_fork", "parallel_unusable_after_fork", "run_on_threads"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,6 +106,24 @@ def run_on_threads(threads: int, task) -> None:
     finally:
         for future in futures:
             future.result()
+
+
+# --------------------------------------------------------------------------------------------
+# which pool ran last
+
+_last_pool: str | None = None
+
+
+def note_pool(pool: str | None) -> None:
+    """Record that work just ran on thread pool ``pool`` (a backend's ``thread_pool``)."""
+    global _last_pool
+    _last_pool = pool
+
+
+def last_pool() -> str | None:
+    """The thread pool of the last backend call in this process (None before any, or for a
+    backend that runs on the calling thread alone): what ``auto`` compares a candidate's pool with."""
+    return _last_pool
 
 
 # --------------------------------------------------------------------------------------------

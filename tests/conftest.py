@@ -36,15 +36,17 @@ def cost_probe_stub(tmp_path, monkeypatch):
     a test changes them) are what it "measures"; ``stub.calls`` counts its runs. A fresh cache
     directory, and no decisions remembered from earlier tests."""
     from fastconv import config
-    from fastconv.auto import choice, constants, probe
+    from fastconv.auto import choice, constants, pool_switches, probe
 
-    stub = types.SimpleNamespace(quantities=dict(constants.REFERENCE_MACHINE["quantities"]), calls=[])
+    stub = types.SimpleNamespace(quantities=dict(constants.REFERENCE_MACHINE["quantities"]), calls=[],
+                                 switches=dict(pool_switches.SHIPPED_SWITCH_SECONDS))
 
     def measure(threads=None):
         stub.calls.append(threads)
         return dict(stub.quantities)
 
     monkeypatch.setattr(probe, "measure", measure)
+    monkeypatch.setattr(probe, "measure_switches", lambda threads=None: dict(stub.switches))
     monkeypatch.setattr(config, "cache_dir", tmp_path / "cache")
     monkeypatch.setattr(config, "cost_probe", True)
     monkeypatch.setattr(constants, "_loaded", None)

@@ -87,6 +87,17 @@ def calibration_grid():
         ((1, 3, 128, 128), (32, 3, 11, 11), {"padding": 5, "stride": 2}, "float32", False),
         ((1, 3, 384, 384), (8, 3, 7, 7), {"padding": 3}, "float32", False),
         ((1, 128, 14, 14), (128, 16, 3, 3), {"padding": 1, "groups": 8}, "float32", False),
+        # the layers of whole networks: deep channels on small maps, where GEMM and direct kernels
+        # are bound by their arithmetic, and MobileNet's 1x1 expansions and depthwise layers
+        ((1, 256, 14, 14), (256, 256, 3, 3), {"padding": 1}, "float32", False),
+        ((1, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, "float32", False),
+        ((1, 128, 28, 28), (256, 128, 3, 3), {"padding": 1, "stride": 2}, "float32", False),
+        ((1, 96, 56, 56), (24, 96, 1, 1), {}, "float32", False),
+        ((1, 24, 56, 56), (144, 24, 1, 1), {}, "float32", False),
+        ((1, 576, 14, 14), (96, 576, 1, 1), {}, "float32", False),
+        ((1, 960, 7, 7), (160, 960, 1, 1), {}, "float32", False),
+        ((1, 144, 56, 56), (144, 1, 3, 3), {"padding": 1, "groups": 144}, "float32", False),
+        ((1, 960, 7, 7), (960, 1, 3, 3), {"padding": 1, "groups": 960}, "float32", False),
     ]
     return grid
 

@@ -9,7 +9,9 @@ The choice for one call, in order:
    the first call of each problem signature times every eligible backend and remembers the
    fastest, in memory and in a JSON file in :data:`fastconv.config.cache_dir`, so later processes
    on the same machine reuse it (as FFTW's wisdom and cuDNN's benchmark mode do).
-4. Otherwise the backend with the lowest time estimated by :mod:`fastconv.auto.cost`.
+4. Otherwise the backend with the lowest time estimated by :mod:`fastconv.auto.cost`, plus,
+   for a backend on another thread pool than the previous call's, what switching pools costs
+   (:mod:`fastconv.auto.pool_switches`).
 
 Only backends that are available and do not decline the call (their ``supports(spec)``) are ever
 candidates. Ties go to the backend registered first, so the choice is deterministic. Decisions
@@ -36,6 +38,7 @@ import numpy as np
 from fastconv import backends, config
 from fastconv.auto import cost, timing, tuning_cache
 from fastconv.auto.constants import constants_token
+from fastconv.auto.pool_switches import switch_seconds
 from fastconv.auto.timing import format_seconds
 from fastconv.thread_pools import reinitialise_after_fork
 from fastconv.geometry import ConvSpec
@@ -171,12 +174,13 @@ def _ranked(spec: ConvSpec, rank: int | None) -> list[tuple[float, int, str]]:
     return sorted((estimate(name, spec, rank), order.index(name), name) for name in _host_candidates(spec))
 
 
-def model_choice(spec: ConvSpec, weight: np.ndarray | None) -> str:
-    """The backend with the lowest estimated time for ``spec`` (and this weight, where it matters)."""
-    return _model_choice(spec, weight)[0]
+def model_choice(spec: ConvSpec, weight: np.ndarray | None, previous_pool: str | None = None) -> str:
+    """The backend with the lowest estimated time for ``spec`` (and this weight, where it matters),
+    counting the cost of switching from thread pool ``previous_pool`` (:mod:`fastconv.auto.pool_switches`)."""
+    return _model_choice(spec, weight, previous_pool)[0]
 
 
-def _model_choice(spec: ConvSpec, weight: np.ndarray | None) -> tuple[str, bool]:
+def _model_choice(spec: ConvSpec, weight: np.ndarray | None, previous_pool: str | None = None) -> tuple[str, bool]:
     """(the model's pick, whether the weight's values took part in it)."""
     key = (spec, config.threads, constants_token())
     ranking = _decisions.get(key)
@@ -193,6 +197,7 @@ def _model_choice(spec: ConvSpec, weight: np.ndarray | None) -> tuple[str, bool]
             if weight_decline_reason(name, weight, spec) is not None:
                 continue
             seconds = estimate(name, spec, weight_rank(weight))
+        seconds += switch_seconds(previous_pool, name)
         if best is None or (seconds, index) < best[:2]:
             best = (seconds, index, name)
     if best is None:
@@ -233,11 +238,15 @@ def choose(spec: ConvSpec, weight: np.ndarray | None = None, *, preferred: str |
 
 def choose_for_call(spec: ConvSpec, weight: np.ndarray | None = None, *, preferred: str | None = None,
                     on_device: bool = False, tune: bool | None = None, operands=None,
-                    layout: str = "C") -> tuple[str, bool]:
+                    layout: str = "C", previous_pool: str | None = None) -> tuple[str, bool]:
     """:func:`choose`'s pick, and whether it depends on the weight's values (not just on the spec).
 
+    ``previous_pool`` is the thread pool the previous call ran on
+    (:func:`fastconv.thread_pools.last_pool`): the model charges a backend on another pool the
+    switch (:mod:`fastconv.auto.pool_switches`), so a close call stays on the pool that is awake.
     A call that repeats a problem whose pick did not depend on the weight can reuse the pick;
-    :func:`fastconv.conv2d` keeps such picks per call signature (see :func:`remembered_call`).
+    :func:`fastconv.conv2d` keeps such picks per call signature and previous pool (see
+    :func:`remembered_call`).
     """
     if on_device:
         device = backends.device_backend()  # ValueError (why) when no GPU backend is available
@@ -254,7 +263,7 @@ def choose_for_call(spec: ConvSpec, weight: np.ndarray | None = None, *, preferr
     if tune and operands is not None:
         name = _tuned_choice(spec, operands, layout)
         return name, _weight_dependent(name)
-    return _model_choice(spec, weight)
+    return _model_choice(spec, weight, previous_pool)
 
 
 # --------------------------------------------------------------------------------------------

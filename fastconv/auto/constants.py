@@ -14,11 +14,13 @@ The constants ``backend="auto"`` uses, for each backend, are the first of:
    :data:`fastconv.config.cache_dir`, tagged with the machine (:func:`machine_key`); a file
    fitted elsewhere, by other library versions, or damaged is ignored with a warning;
 2. **probed**: the shipped constants scaled to this machine. The first time ``auto`` needs
-   constants, the cost probe (:mod:`fastconv.auto.probe`, well under a second plus a one-off
-   compilation) measures this machine's speed at each resource of :data:`RESOURCES`; each
-   constant is multiplied by (the reference machine's speed / this machine's speed) at the
-   resource its term uses (:func:`term_resource`). So a machine twice as fast at GEMM halves the
-   constants of the GEMM terms and leaves the others alone. The measurements are kept in
+   constants, the cost probe (:mod:`fastconv.auto.probe`, about a second plus a one-off
+   compilation) measures this machine's speed at each resource of :data:`RESOURCES`, and what
+   switching between thread pools costs (:mod:`fastconv.auto.pool_switches`); each constant is multiplied by
+   (the reference machine's speed / this machine's speed) at the resource its term uses
+   (:func:`term_resource`), less the spread two probes of one machine show
+   (:func:`resource_factors`). So a machine three times as fast at GEMM halves the constants of
+   the GEMM terms and leaves the others alone. The measurements are kept in
    ``cost-probe.json`` in the cache directory, per machine (:func:`machine_key`) and thread
    count, so later processes read them instead of probing: processes that start at once take a
    file lock, one probes, the others wait and read its result. A damaged file is a warning and a
@@ -37,9 +39,10 @@ Examples
 >>> constants_for("naive", backends.get("naive"))["mac"] > 0
 True
 >>> reference = REFERENCE_MACHINE["quantities"]
->>> twice_the_gemm = dict(reference, gemm=2 * reference["gemm"])
->>> scale_constants({"gemm_flop": 4e-12, "mac": 1e-10}, twice_the_gemm, reference)
-{'gemm_flop': 2e-12, 'mac': 1e-10}
+>>> three_times_the_gemm = dict(reference, gemm=3 * reference["gemm"])
+>>> scaled = scale_constants({"gemm_flop": 4e-12, "mac": 1e-10}, three_times_the_gemm, reference)
+>>> round(scaled["gemm_flop"], 15), scaled["mac"]
+(2e-12, 1e-10)
 """
 
 from __future__ import annotations
@@ -53,11 +56,11 @@ import time
 import warnings
 
 from fastconv import config
-from fastconv.cache_files import NO_DOCUMENT, describe_write_error, file_lock, is_seconds, read_json
+from fastconv.cache_files import NO_DOCUMENT, describe_write_error, file_lock, is_seconds, machine_key, read_json
 from fastconv.cache_files import write_json_atomically
 from fastconv.thread_pools import reinitialise_after_fork
 
-__all__ = ["DEFAULT_THREADS", "CONSTANTS_FILE", "PROBE_FILE", "REFERENCE_MACHINE", "RESOURCES", "machine_key",
+__all__ = ["DEFAULT_THREADS", "CONSTANTS_FILE", "PROBE_FILE", "PROBE_SPREAD", "REFERENCE_MACHINE", "RESOURCES", "machine_key",
            "constants_for", "constants_source", "constants_threads", "constants_token", "fitted_constants", "format_quantity", "probe_path",
            "probe_result", "probe_threads", "rerun_probe", "resource_factors", "save_constants", "scale_constants",
            "shipped_constants", "term_resource"]
@@ -92,39 +95,13 @@ RESOURCES = {
 REFERENCE_MACHINE = {
     "name": "2-core AMD EPYC virtual machine (AVX-512); numpy 2.4 / OpenBLAS, numba 0.68, pyFFTW 0.15",
     "threads": DEFAULT_THREADS,
-    "quantities": {"gemm": 1.72e11, "fft": 4.06e10, "memory": 7.68e10, "compute": 3.43e10,
-                   "serial_compute": 1.43e10, "call": 6.87e6},
+    "quantities": {"gemm": 1.65e11, "fft": 4.11e10, "memory": 9.98e10, "compute": 3.46e10,
+                   "serial_compute": 2.05e10, "call": 6.91e6},
 }
 
 _loaded: dict | None = None  # what is in use; see _load
 _lock = reinitialise_after_fork(threading.RLock())
 _generations = itertools.count(1)  # numbers each _load, for constants_token
-
-
-def machine_key() -> dict:
-    """What identifies this machine and software for cached measurements (CPU, cores, versions)."""
-    import platform
-    from importlib import metadata
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    versions = {}
-    for package in ("fastconv", "numpy", "numba", "scipy", "pyfftw"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    import fastconv
-
-    versions["fastconv"] = fastconv.__version__  # the source tree's, even when not installed
-    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "versions": versions}
 
 
 def probe_threads() -> int:
@@ -178,15 +155,34 @@ def term_resource(term: str, declared: dict | None = None) -> str | None:
     return "compute"
 
 
-def resource_factors(quantities: dict, reference: dict | None = None) -> dict[str, float]:
-    """Per resource, the factor the constants of its terms are multiplied by: reference / here.
+#: How far apart two probes of one machine measure a resource: three probes of one 2-vCPU virtual
+#: machine within an hour measured BLAS at 107-165 Gflop/s, memory at 72-144 GB/s.
+PROBE_SPREAD = 1.5
 
-    ``reference`` defaults to :data:`REFERENCE_MACHINE`'s quantities. A resource missing from
-    either side keeps factor 1.
+
+def resource_factors(quantities: dict, reference: dict | None = None) -> dict[str, float]:
+    """Per resource, the factor the constants of its terms are multiplied by: about reference / here.
+
+    A ratio within :data:`PROBE_SPREAD` of 1 is noise and counts as 1 (rescaling on noise would
+    swing picks between near-equal backends from one probe to the next); a larger one is shrunk
+    by that spread (3× faster: constants halved). ``reference`` defaults to
+    :data:`REFERENCE_MACHINE`'s quantities; a resource missing from either side keeps factor 1.
+
+    >>> reference = REFERENCE_MACHINE["quantities"]
+    >>> factors = resource_factors(dict(reference, gemm=1.2 * reference["gemm"], memory=reference["memory"] / 3))
+    >>> round(factors["gemm"], 3), round(factors["memory"], 3), factors["fft"]
+    (1.0, 2.0, 1.0)
     """
     reference = REFERENCE_MACHINE["quantities"] if reference is None else reference
-    return {resource: reference[resource] / quantities[resource] if resource in quantities and resource in reference
-            else 1.0 for resource in RESOURCES}
+    spread = math.log(PROBE_SPREAD)
+    factors = {}
+    for resource in RESOURCES:
+        if resource not in quantities or resource not in reference:
+            factors[resource] = 1.0
+            continue
+        ratio = math.log(reference[resource] / quantities[resource])
+        factors[resource] = math.exp(math.copysign(max(abs(ratio) - spread, 0.0), ratio))
+    return factors
 
 
 def scale_constants(table: dict, quantities: dict, reference: dict | None = None,
@@ -197,11 +193,7 @@ def scale_constants(table: dict, quantities: dict, reference: dict | None = None
     (:func:`term_resource`, with the backend's ``COST_RESOURCES`` as ``declared``).
     """
     factors = resource_factors(quantities, reference)
-    scaled = {}
-    for term, value in table.items():
-        resource = term_resource(term, declared)
-        scaled[term] = value if resource is None else value * factors.get(resource, 1.0)
-    return scaled
+    return {term: value * factors.get(term_resource(term, declared), 1.0) for term, value in table.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,8 +265,13 @@ def _clean_probe_entry(entry) -> dict | None:
     if not isinstance(quantities, dict) or not quantities \
             or not all(resource in RESOURCES and _is_rate(value) for resource, value in quantities.items()):
         return None
+    switches = entry.get("switches", {})  # (what switching thread pools costs; files from before lack it)
+    if not isinstance(switches, dict) or not all(isinstance(pair, str) and pair.count(">") == 1 and (
+            value == 0 or _is_rate(value)) and value < 1 for pair, value in switches.items()):
+        return None
     return {"date": entry["date"], "seconds": float(entry["seconds"]),
-            "quantities": {resource: float(value) for resource, value in quantities.items()}}
+            "quantities": {resource: float(value) for resource, value in quantities.items()},
+            "switches": {pair: float(value) for pair, value in switches.items()}}
 
 
 def _probe_entries(document, warn) -> dict[str, dict]:
@@ -304,8 +301,9 @@ def _measure(threads: int) -> dict:
 
     started = time.perf_counter()
     quantities = probe.measure(threads)
+    switches = probe.measure_switches(threads)
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "seconds": round(time.perf_counter() - started, 3), "quantities": quantities}
+            "seconds": round(time.perf_counter() - started, 3), "quantities": quantities, "switches": switches}
 
 
 def _store_probe(path: str, threads: int, entry: dict) -> None:

@@ -60,7 +60,7 @@ __all__ = ["UNSCALED_TERMS", "GENERIC_CONSTANTS", "work_terms", "estimate_second
 
 #: Terms whose cost depends neither on the compute dtype nor on the thread count: the per-call
 #: overhead, and separable's kernel factorisation (a float64 LAPACK SVD whatever the dtype).
-UNSCALED_TERMS = frozenset({"call", "kernel", "svd_entry", "svd_flop"})
+UNSCALED_TERMS = frozenset({"call", "parallel_call", "kernel", "svd_entry", "svd_flop"})
 
 #: What a backend without ``cost_terms`` is charged: its direct-convolution work at the rate of
 #: a modest compiled kernel (10 GMAC/s), so that auto ranks it rather than ignoring it.

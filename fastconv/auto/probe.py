@@ -47,14 +47,14 @@ import threading
 import time
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from fastconv import config
 from fastconv.auto.constants import RESOURCES, probe_threads
 from fastconv.backends import FAST_MATH
-from fastconv.thread_pools import blas_threads
+from fastconv.thread_pools import ParallelKernel, blas_threads, run_on_threads
 
-__all__ = ["RESOURCES", "measure", "probe_threads"]
+__all__ = ["POOLS", "RESOURCES", "measure", "measure_switches", "probe_threads"]
 
 # Untimed calls before each timing, for this long: after an idle moment a 2-vCPU virtual machine
 # runs the other core's thread several times slower for ~20 ms (see fastconv.auto.timing); the
@@ -234,6 +234,91 @@ def _fft_rate(threads: int):
 
     points = side * side
     return lambda: 2 * batch * 2.5 * points * math.log2(points) / _best(run)
+
+
+@njit(cache=True, parallel=True, fastmath=FAST_MATH)
+def _parallel_row_multiply_adds(x, weights, out, repeats):  # pragma: no cover - compiled
+    """:func:`_row_multiply_adds` with its rows spread over numba's OpenMP threads."""
+    for r in prange(out.shape[0]):
+        for _ in range(repeats):
+            for v in range(weights.shape[0]):
+                weight = weights[v]
+                for j in range(out.shape[1]):
+                    out[r, j] += x[r, j + v] * weight
+
+
+#: The thread pools whose switches :func:`measure_switches` times (see ``thread_pool`` in
+#: :mod:`fastconv.backends`).
+POOLS = ("openmp", "blas", "python", "fftw")
+# Times each ordered pair of pools is timed (interleaved); the median is kept.
+_SWITCH_REPEATS = 15
+
+
+def _pool_calls(threads: int) -> dict:
+    """A call of about 0.1-0.3 ms on each pool (``threads`` threads), by pool name."""
+    rows, columns, taps, repeats = 16 * threads, 256, 8, 48
+    weights = np.full(taps, 1.0 / taps, np.float32)
+    x = np.ones((rows, columns + taps - 1), np.float32)
+    out = np.zeros((rows, columns), np.float32)
+    share = rows // threads
+    parallel = ParallelKernel(_parallel_row_multiply_adds)
+    a, b = np.ones((128, 256), np.float32), np.ones((256, 512), np.float32)
+    product = np.empty((128, 512), np.float32)
+
+    def on_openmp():
+        parallel(x, weights, out, repeats)
+
+    def on_blas():
+        with blas_threads(threads):
+            np.matmul(a, b, out=product)
+
+    def on_python():
+        parts = iter(range(threads))
+        lock = threading.Lock()
+
+        def task():
+            with lock:
+                part = slice(next(parts) * share, None)
+            _row_multiply_adds(x[part][:share], weights, out[part][:share], repeats)
+
+        run_on_threads(threads, task)
+
+    calls = {"openmp": on_openmp, "blas": on_blas, "python": on_python}
+    try:
+        import pyfftw
+    except ImportError:
+        return calls
+    real = pyfftw.empty_aligned((4, 128, 128), np.float32)
+    spectrum = pyfftw.empty_aligned((4, 128, 65), np.complex64)
+    forward = pyfftw.FFTW(real, spectrum, axes=(-2, -1), flags=(config.fftw_planner,), threads=threads)
+    real[:] = 0
+    calls["fftw"] = forward.execute
+    return calls
+
+
+def measure_switches(threads: int | None = None, repeats: int = _SWITCH_REPEATS) -> dict[str, float]:
+    """Seconds a call on one thread pool loses when the call before it ran on another, per
+    ordered pair ``"previous>next"`` of :data:`POOLS` (pools missing here are left out).
+
+    Each pool's call is timed right after a call on every pool, itself included, the pairs
+    interleaved; a switch costs the median time after the other pool minus the median after the
+    same pool (never below zero). On two cores this is mostly the previous pool's idle threads
+    still spinning on a core the next pool's threads need.
+    """
+    threads = probe_threads() if threads is None else threads
+    calls = _pool_calls(threads)
+    for call in calls.values():  # compile, plan, start each pool
+        call()
+    times = {(first, then): [] for first in calls for then in calls}
+    for _ in range(repeats):
+        for first, then in times:
+            calls[first]()
+            started = time.perf_counter()
+            calls[then]()
+            times[first, then].append(time.perf_counter() - started)
+    median = {pair: float(np.median(values)) for pair, values in times.items()}
+    return {f"{first}>{then}": max(0.0, median[first, then] - median[then, then])
+            for first, then in times if first != then}
 
 
 def measure(threads: int | None = None, rounds: int = _ROUNDS) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """The autotuning cache: the backend measured fastest per problem signature, kept across processes.
 
 One JSON file, ``autotune.json`` in :data:`fastconv.config.cache_dir`, tagged with the machine
-and library versions (:func:`fastconv.auto.constants.machine_key`): a file written elsewhere is
+and library versions (:func:`fastconv.cache_files.machine_key`): a file written elsewhere is
 ignored. Writers lock, re-read, merge and replace it atomically, so processes tuning at once keep
 each other's entries; a damaged file or entry is dropped with a warning and replaced by the next
 write (:mod:`fastconv.cache_files`).

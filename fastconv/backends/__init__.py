@@ -57,6 +57,14 @@ Choosing (what ``backend="auto"`` and :func:`fastconv.explain` read)
     True for the plain reference loops (``naive``): ``auto`` runs them only where no other
     backend can run the call.
 
+``thread_pool : str`` (optional, default None)
+    The pool of threads the backend's work runs on: ``"openmp"`` (numba's parallel kernels),
+    ``"blas"`` (BLAS's own threads), ``"python"`` (Python threads that sleep when idle, running
+    code that releases the GIL) or ``"fftw"`` (FFTW's threads); None for a backend that runs on
+    the calling thread alone. Idle pools spin for a while before they sleep, so a call on another
+    pool than the previous call's pays for it: ``auto`` adds the switch's cost, measured on the
+    machine (:func:`fastconv.auto.cost.switch_seconds`), to the estimate.
+
 Placement
 
 ``placement : str`` (optional, default ``"host"``)

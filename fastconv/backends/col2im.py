@@ -36,8 +36,9 @@ from fastconv.backends.naive import output_with_bias
 from fastconv.geometry import TransposeSpec
 
 name = "col2im"
+thread_pool = "blas"  # see fastconv.backends: what auto charges for switching pools
 
-__all__ = ["name", "available", "run_transpose", "transpose_cost_terms", "COST_CONSTANTS"]
+__all__ = ["name", "thread_pool", "available", "run_transpose", "transpose_cost_terms", "COST_CONSTANTS"]
 
 #: Seconds per unit of each term of :func:`transpose_cost_terms` (measured as described in
 #: docs/performance/training.md; ``fastconv tune --calibrate`` fits conv2d backends only).

@@ -102,6 +102,7 @@ from fastconv.backends.work import dtype_work, io_bytes
 from fastconv.geometry import ConvSpec, check_fits
 
 name = "fft"
+thread_pool = "fftw"  # see fastconv.backends: what auto charges for switching pools
 
 __all__ = ["available", "supports", "run", "fast_even_length", "clear_caches", "cache_info"]
 
@@ -134,9 +135,9 @@ _MAX_SUB_IMAGES = 4096
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"bin_flop": 1.15e-10, "bin_gemm": 8.3e-08, "bin_gemm_flop": 7.38e-11, "byte": 3.82e-11,
-                  "call": 5.26e-05, "fft_flop": 4.38e-11, "filter_spectrum_byte": 2.79e-11, "float64_factor": 1.18,
-                  "tile": 4.95e-06}
+COST_CONSTANTS = {"bin_flop": 3.57e-17, "bin_gemm": 8.23e-08, "bin_gemm_flop": 5.83e-11, "byte": 1.26e-10,
+                  "call": 8.57e-05, "fft_flop": 4.05e-11, "filter_spectrum_byte": 1.01e-12, "float64_factor": 1.04,
+                  "streamed_tile": 1.94e-05, "tile": 1.07e-11}
 
 #: The resource each term's constant scales with where the term's name does not say (see
 #: :func:`fastconv.auto.constants.term_resource`): ``bin_gemm`` counts the small GEMMs, one

@@ -54,14 +54,15 @@ from fastconv.backends.work import direct_macs, dtype_work, io_bytes
 from fastconv.geometry import ConvSpec
 
 name = "im2col"
+thread_pool = "blas"  # see fastconv.backends: what auto charges for switching pools
 
-__all__ = ["name", "available", "supports", "run", "run_weight_grad", "weight_grad_cost_terms", "column_bytes",
+__all__ = ["name", "thread_pool", "available", "supports", "run", "run_weight_grad", "weight_grad_cost_terms", "column_bytes",
            "plan_tiles"]
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"byte": 2.24e-11, "call": 1.37e-05, "float64_factor": 0.874, "gemm_byte": 3.67e-11,
-                  "gemm_call": 3.78e-06, "gemm_flop": 5.13e-12, "unfold_byte": 1.1e-10}
+COST_CONSTANTS = {"byte": 6.87e-20, "call": 1.63e-05, "float64_factor": 0.886, "gemm_byte": 4.1e-12,
+                  "gemm_call": 5.37e-07, "gemm_flop": 5.98e-12, "unfold_byte": 1.41e-10}
 
 
 def available() -> str | None:

@@ -79,8 +79,9 @@ from fastconv.geometry import ConvSpec, check_fits
 from fastconv.thread_pools import ParallelKernel
 
 name = "numba_cpu"
+thread_pool = "openmp"  # see fastconv.backends: what auto charges for switching pools
 
-__all__ = ["name", "available", "supports", "run", "plan", "uses_plane_kernel", "cost_terms", "COST_CONSTANTS",
+__all__ = ["name", "thread_pool", "available", "supports", "run", "plan", "uses_plane_kernel", "cost_terms", "COST_CONSTANTS",
            "COST_RESOURCES", "SERIAL_MACS"]
 
 #: Below this many multiply-adds a call runs on one thread: waking the others (microseconds)
@@ -643,8 +644,9 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"block_flop": 7.17e-12, "byte": 7.44e-12, "call": 1.72e-06, "float64_factor": 1.88,
-                  "pack_byte": 7.47e-12, "plane_flop": 4.58e-12, "task": 9.66e-08}
+COST_CONSTANTS = {"block_flop": 2.88e-12, "block_load": 1.5e-10, "byte": 6.21e-12, "call": 1.77e-06,
+                  "float64_factor": 1.3, "pack_byte": 1.17e-11, "parallel_call": 6.31e-06, "plane_flop": 4.22e-12,
+                  "task": 2.37e-08}
 
 #: The resource each term's constant scales with on another machine (see
 #: :func:`fastconv.auto.constants.term_resource`): the kernels are bound by the vector FMA rate
@@ -664,6 +666,7 @@ def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
     copied input written; ``task``: the parallel tasks; ``byte``: input, output and weight.
     """
     work = dtype_work(spec.dtype)  # (complex is declined; kept for the protocol's sake)
+    serial = spec.flops < 2 * SERIAL_MACS
     if uses_plane_kernel(spec):
         layout = _plane_plan(spec, config.threads)
         block_rows = _ceil_div(layout.band_rows, layout.rows) * layout.bands
@@ -671,11 +674,15 @@ def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
         flops = 2.0 * spec.batch * spec.out_channels * vectors * layout.lanes * spec.kernel_height * spec.kernel_width
         copied = (spec.batch * spec.in_channels * layout.bands * layout.scratch_rows * layout.strip_pitch
                   * _ceil_div(layout.column_tiles, layout.strip_tiles)) if layout.strip_pitch else 0
-        return {"call": 1.0, "plane_flop": flops * work, "pack_byte": float(copied * spec.dtype.itemsize),
+        return {"call": 1.0, "parallel_call": 0.0 if serial else 1.0, "plane_flop": flops * work,
+                "pack_byte": float(copied * spec.dtype.itemsize),
                 "task": float(spec.batch * spec.in_channels * layout.bands), "byte": io_bytes(spec)}
     layout = plan(spec)
-    flops = (2.0 * spec.batch * spec.groups * layout.blocks * layout.rows * layout.tiles * layout.cols * layout.lanes
-             * spec.in_channels_per_group * spec.kernel_height * spec.kernel_width)
-    return {"call": 1.0, "block_flop": flops * work, "pack_byte": float(layout.buffer_size * spec.dtype.itemsize),
+    steps = (spec.batch * spec.groups * layout.blocks * layout.tiles * spec.in_channels_per_group
+             * spec.kernel_height * spec.kernel_width)
+    flops = 2.0 * steps * layout.rows * layout.cols * layout.lanes
+    return {"call": 1.0, "parallel_call": 0.0 if serial else 2.0, "block_flop": flops * work,
+            "block_load": float(steps * (layout.rows + layout.cols)),
+            "pack_byte": float(layout.buffer_size * spec.dtype.itemsize),
             "task": float(spec.batch * spec.groups * layout.tiles * layout.blocks), "byte": io_bytes(spec)}
 

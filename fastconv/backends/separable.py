@@ -80,6 +80,7 @@ from fastconv.backends.work import dtype_work, io_bytes
 from fastconv.geometry import ConvSpec, pad_input
 
 name = "separable"
+thread_pool = "openmp"  # see fastconv.backends: what auto charges for switching pools
 
 __all__ = ["available", "supports", "supports_weight", "run", "clear_caches", "cost_terms", "factor_kernels",
            "default_tolerance"]
@@ -135,9 +136,9 @@ _factors = WeightCache(max_entries=8, max_bytes=_FACTOR_CACHE_BYTES)
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"byte": 2.65e-11, "call": 1.79e-05, "float64_factor": 1.59, "horizontal_mac": 2.0e-11,
-                  "kernel": 1.07e-06, "mac": 3.08e-11, "svd_entry": 1.18e-07, "svd_flop": 8.83e-11, "task": 1e-07,
-                  "vertical_mac": 1.0e-11}
+COST_CONSTANTS = {"byte": 2.49e-20, "call": 1.65e-05, "float64_factor": 1.71, "horizontal_mac": 2.43e-11,
+                  "kernel": 1.07e-06, "mac": 3.08e-11, "svd_entry": 1.18e-07, "svd_flop": 8.83e-11, "task": 5.19e-07,
+                  "vertical_mac": 3.26e-11}
 
 #: The resource each term's constant scales with where the term's name does not say (see
 #: :func:`fastconv.auto.constants.term_resource`): the kernels are factored by LAPACK on one thread;

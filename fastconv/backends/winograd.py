@@ -100,6 +100,7 @@ from fastconv.backends.work import dtype_work, io_bytes
 from fastconv.geometry import ConvSpec
 
 name = "winograd"
+thread_pool = "python"  # see fastconv.backends: what auto charges for switching pools
 
 __all__ = ["available", "choose_tile", "estimate_flops", "run", "stages", "supports", "transform_matrices"]
 
@@ -198,8 +199,8 @@ def supports(spec: ConvSpec) -> str | None:
 # GEMMs stream the transformed filters when few tiles share them. Only their ratio matters.
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
 #: :mod:`fastconv.auto.constants` for where and how the shipped values were measured).
-COST_CONSTANTS = {"byte": 1.83e-10, "call": 0.000125, "float64_factor": 0.593, "gemm_flop": 1.23e-19, "piece": 7.83e-06,
-                  "transform_flop": 4.99e-11}
+COST_CONSTANTS = {"byte": 2.45e-10, "call": 0.000125, "float64_factor": 0.5, "gemm_flop": 1.97e-12,
+                  "piece": 7.14e-06, "transform_flop": 7.81e-19}
 
 #: The resource each term's constant scales with where the term's name does not say (see
 #: :func:`fastconv.auto.constants.term_resource`): ``piece`` is a fixed cost per dilation sub-image.

@@ -18,6 +18,7 @@ from fastconv.auto.constants import constants_token
 from fastconv.geometry import ConvSpec, backend_input, make_spec, resolve_dtypes
 from fastconv.geometry import backend_spec as backend_spec_of
 from fastconv.ops.operands import as_numeric_array, check_bias, in_gpu_memory, memory_layout
+from fastconv.thread_pools import last_pool, note_pool
 
 __all__ = ["conv2d", "use_backend", "choose_backend", "preferred_backend"]
 
@@ -171,7 +172,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 class _Plan:
     """What conv2d validated and chose for one call signature, to run it again without re-checking."""
 
-    __slots__ = ("called_spec", "spec", "backend", "tune", "layout", "unbatched", "gathers", "run_backend",
+    __slots__ = ("called_spec", "spec", "backend", "tune", "layout", "unbatched", "gathers", "chosen",
                  "weight_dependent")
 
     def __init__(self, called_spec: ConvSpec, backend: str, tune, layout: str, unbatched: bool):
@@ -181,7 +182,9 @@ class _Plan:
         # padding dwarfs what the outputs read gathered (see fastconv.geometry.backend_input)
         self.spec = spec = backend_spec_of(called_spec)
         self.gathers = spec is not called_spec
-        self.run_backend, self.weight_dependent = None, False
+        # (the backend's run, its thread pool) by the pool the previous call ran on: auto charges a
+        # switch of pools, so its pick may differ after a call on another pool
+        self.chosen, self.weight_dependent = {}, False
 
     def _operands(self, x, weight, bias):
         spec = self.called_spec
@@ -195,11 +198,12 @@ class _Plan:
             bias = np.ascontiguousarray(bias, dtype=spec.dtype)
         return x, weight, bias
 
-    def _choose(self, x, weight, bias) -> str:
+    def _choose(self, x, weight, bias, previous_pool) -> str:
         spec = self.spec
         if self.backend == "auto":
             name, weight_dependent = choose_for_call(spec, weight, preferred=_preferred_backend.get(),
-                                                     tune=self.tune, operands=(x, weight, bias), layout=self.layout)
+                                                     tune=self.tune, operands=(x, weight, bias), layout=self.layout,
+                                                     previous_pool=previous_pool)
             self.weight_dependent = self.weight_dependent or weight_dependent  # once it depended, always ask
             return name
         name = self.backend
@@ -221,14 +225,20 @@ class _Plan:
         return out[0] if self.unbatched else out
 
     def run(self, x, weight, bias):
-        """Run the call; the backend is chosen on the first call, and again only when the choice
-        depends on the weight's values (those verdicts are remembered per weight content)."""
+        """Run the call; the backend is chosen on the first call after a call on each thread pool,
+        and again only when the choice depends on the weight's values (those verdicts are
+        remembered per weight content)."""
         x, weight, bias = self._operands(x, weight, bias)
-        run_backend = self.run_backend
-        if run_backend is None or self.weight_dependent:
+        previous_pool = last_pool() if self.backend == "auto" else None
+        chosen = self.chosen.get(previous_pool)
+        if chosen is None or self.weight_dependent:
             # (a local: another thread's weight may choose differently for the plan meanwhile)
-            run_backend = self.run_backend = backends.get(self._choose(x, weight, bias)).run
-        return self._finish(run_backend(x, weight, bias, self.spec))
+            module = backends.get(self._choose(x, weight, bias, previous_pool))
+            chosen = self.chosen[previous_pool] = (module.run, getattr(module, "thread_pool", None))
+        run_backend, pool = chosen
+        out = run_backend(x, weight, bias, self.spec)
+        note_pool(pool)
+        return self._finish(out)
 
 
 def _plain(value) -> bool:

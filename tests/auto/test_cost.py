@@ -193,3 +193,28 @@ def test_fft_models_space_to_batch_for_large_dilations():
     aspp = spec((1, 256, 65, 65), (256, 256, 3, 3), padding=12, dilation=12)
     assert fft._dilation_phases(aspp) == (12, 12)
     assert cost.work_terms("fft", aspp, module=fft)["tile"] >= 144  # one undilated problem per sub-image
+
+
+def test_auto_stays_on_the_pool_that_ran_last_when_switching_costs_more_than_it_saves(cost_probe_stub):
+    from fastconv.auto import choice
+
+    # a 1x1 layer that BLAS runs fastest when nothing ran before
+    spec = make_spec((1, 960, 7, 7), (160, 960, 1, 1), dtype="float32")
+    assert choice.model_choice(spec, None) == "im2col"
+    cost_probe_stub.switches = {"openmp>blas": 0.5, "blas>openmp": 0.5}
+    assert choice.model_choice(spec, None, previous_pool="openmp") == "numba_cpu"
+    assert choice.model_choice(spec, None, previous_pool="blas") == "im2col"
+
+
+def test_conv2d_remembers_a_pick_per_previous_pool(cost_probe_stub):
+    import fastconv
+    from fastconv.thread_pools import last_pool
+
+    cost_probe_stub.switches = {"openmp>blas": 0.5, "blas>openmp": 0.5}
+    x = np.ones((1, 960, 7, 7), np.float32)
+    w = np.ones((160, 960, 1, 1), np.float32)
+    for warm_up, pool in [("numba_cpu", "openmp"), ("im2col", "blas"), ("numba_cpu", "openmp")]:
+        expected = fastconv.conv2d(x, w, backend=warm_up)
+        assert last_pool() == pool
+        np.testing.assert_allclose(fastconv.conv2d(x, w), expected, rtol=1e-5)
+        assert last_pool() == pool  # auto took the backend on the pool that was awake
