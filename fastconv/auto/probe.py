@@ -29,9 +29,13 @@ Every quantity is a rate (higher is faster). Each timing is the best of several 
 resource is timed in up to three rounds, in turn with the others, keeping its best: a slow spell
 of the machine then lowers no one resource against the others. The probe's threads are
 :func:`~fastconv.auto.constants.probe_threads`: :data:`fastconv.config.threads`, at most the
-number of cores. The numba kernels run on Python threads (they release the GIL), so the probe
-starts no OpenMP runtime in the process, and they are compiled with ``cache=True``, so a later
-process loads them from disk.
+number of cores. The rate kernels run on Python threads (they release the GIL); they are compiled
+with ``cache=True``, so a later process loads them from disk.
+
+:func:`measure_switches` then times what a call on each thread pool loses right after a call on
+another (:mod:`fastconv.auto.pool_switches`): it runs one small call on numba's OpenMP threads,
+BLAS's, Python threads and FFTW's, so those pools are started in a process that uses ``auto``
+(as the backends ``auto`` picks would start them).
 
 Examples
 --------
