@@ -831,6 +831,180 @@ def _weight_grad_kernel(rows: int, cols: int):
     return ParallelKernel(kernel)
 
 
+@dataclass(frozen=True)
+class ChannelLanesPlan:
+    """How the weight gradient runs with output channels in the lanes (sizes in elements)."""
+
+    layout: Plan            # the packed input (the forward's)
+    rows: int               # input channels per register block (broadcast input values)
+    cols: int               # vectors of output channels per register block
+    k_blocks: int           # blocks of cols · lanes output channels per group
+    k_blocks_per_task: int
+    c_blocks_per_task: int
+    tasks: int
+    chunk: int              # pixels per pass over a task's blocks (their gradient stays in L2)
+
+
+@functools.lru_cache(maxsize=256)
+def _channel_lanes_plan(spec: ConvSpec, threads: int) -> ChannelLanesPlan:
+    layout = plan(spec)
+    lanes = layout.lanes
+    k_vectors = _ceil_div(spec.out_channels_per_group, lanes)
+    rows, cols = _weight_grad_block_shape(spec.in_channels_per_group, k_vectors)
+    k_blocks = _ceil_div(k_vectors, cols)
+    c_blocks = _ceil_div(spec.in_channels_per_group, rows)
+    wanted = _ceil_div(4 * threads, spec.groups)
+    k_tasks = min(k_blocks, wanted)
+    k_blocks_per_task = _ceil_div(k_blocks, k_tasks)
+    k_tasks = _ceil_div(k_blocks, k_blocks_per_task)
+    c_tasks = min(c_blocks, _ceil_div(wanted, k_tasks))
+    c_blocks_per_task = _ceil_div(c_blocks, c_tasks)
+    c_tasks = _ceil_div(c_blocks, c_blocks_per_task)
+    chunk = max(64, L2_WINDOW_BYTES // (cols * simd.VECTOR_BYTES))
+    chunk = _ceil_div(layout.pixels, _ceil_div(layout.pixels, chunk))
+    return ChannelLanesPlan(layout, rows, cols, k_blocks, k_blocks_per_task, c_blocks_per_task,
+                            spec.groups * k_tasks * c_tasks, chunk)
+
+
+#: Seconds one pass of a register block costs besides its steps (partial sums loaded and stored,
+#: operands' addresses set up): it decides between the two forms on layers of few pixels.
+_BLOCK_PASS_SECONDS = 1e-7
+
+
+def _weight_grad_work(spec: ConvSpec, form: str) -> tuple[float, float, float]:
+    """(flops issued, block passes, elements packed) of the weight pass in ``form``
+    (``"pixel_lanes"``: :func:`weight_grad_plan`, ``"channel_lanes"``: the transposed form)."""
+    taps = spec.kernel_height * spec.kernel_width
+    columns = spec.in_channels_per_group * taps
+    if form == "pixel_lanes":
+        layout = weight_grad_plan(spec, config.threads)
+        lanes = layout.layout.lanes
+        row_blocks = _ceil_div(spec.out_channels_per_group, layout.rows)
+        col_blocks = _ceil_div(columns, layout.cols)
+        pixels = layout.vectors * lanes + (layout.layout.pixels % lanes if layout.in_place else 0)
+        flops = 2.0 * spec.batch * spec.groups * row_blocks * layout.rows * col_blocks * layout.cols * pixels
+        passes = spec.batch * spec.groups * row_blocks * col_blocks * _ceil_div(max(layout.vectors, 1), layout.chunk)
+        packed = layout.layout.buffer_size + (0 if layout.in_place else spec.batch * spec.out_channels
+                                              * layout.grad_pitch)
+        return flops, float(passes), float(packed)
+    layout = _channel_lanes_plan(spec, config.threads)
+    k_blocks = layout.k_blocks
+    c_blocks = _ceil_div(spec.in_channels_per_group, layout.rows)
+    pixels = layout.layout.pixels
+    flops = (2.0 * spec.batch * spec.groups * k_blocks * layout.cols * layout.layout.lanes * c_blocks * layout.rows
+             * taps * pixels)
+    passes = spec.batch * spec.groups * k_blocks * c_blocks * taps * _ceil_div(pixels, layout.chunk)
+    packed = layout.layout.buffer_size + spec.batch * spec.groups * pixels * k_blocks * layout.cols * layout.layout.lanes
+    return flops, float(passes), float(packed)
+
+
+@functools.lru_cache(maxsize=256)
+def weight_grad_form(spec: ConvSpec, threads: int) -> str:
+    """``"pixel_lanes"`` or ``"channel_lanes"``: the form of the weight pass that costs less."""
+    def seconds(form):
+        flops, passes, packed = _weight_grad_work(spec, form)
+        return flops / _FLOP_RATE + passes * _BLOCK_PASS_SECONDS + packed * spec.dtype.itemsize / _PACK_RATE
+
+    return min(("pixel_lanes", "channel_lanes"), key=seconds)
+
+
+@functools.lru_cache(maxsize=None)
+def _transposed_grad_packer(simd_version: int):
+    """The packing of the output gradient with the channels last (closure over the simd version)."""
+    version = simd_version
+
+    @njit(parallel=True, fastmath=FAST_MATH, cache=True)
+    def pack(grad, packed, groups, plane_width, pixels, k_width):
+        """packed[((n·G + g)·blocks + b)·pixels + i·plane_width + j, t] = grad[n, g·Kg + b·k_width + t, i, j]:
+        per image, group and block of ``k_width`` output channels, a run over the pixels (contiguous,
+        so that a block's gradient is one stream); zeros for the pixels the runs cross between rows
+        and for channels past Kg."""
+        version  # noqa: B018 (keeps the simd version in the closure, so in numba's cache key)
+        batch, channels, out_h, out_w = grad.shape
+        per_group = channels // groups
+        blocks = (per_group + k_width - 1) // k_width
+        for task in prange(batch * groups * blocks * out_h):
+            i = task % out_h
+            run = task // out_h
+            block = run % blocks
+            image_group = run // blocks
+            image, group = image_group // groups, image_group % groups
+            first = group * per_group + block * k_width
+            valid = min(k_width, per_group - block * k_width)
+            row = (run * pixels + i * plane_width) * k_width
+            width = min(plane_width, pixels - i * plane_width)
+            for j in range(width):
+                at = row + j * k_width
+                if j < out_w:
+                    for t in range(valid):
+                        packed[at + t] = grad[image, first + t, i, j]
+                    for t in range(valid, k_width):
+                        packed[at + t] = 0
+                else:
+                    for t in range(k_width):
+                        packed[at + t] = 0
+
+    return ParallelKernel(pack)
+
+
+@functools.lru_cache(maxsize=None)
+def _channel_lanes_kernel(rows: int, cols: int):
+    """The weight-gradient kernel with output channels in the lanes, for a ``rows × cols`` block."""
+    block_rows, block_cols, version = rows, cols, simd.SOURCE_VERSION
+
+    @njit(parallel=True, fastmath=FAST_MATH, cache=True)
+    def kernel(packed, grads, dw, tap_offsets, one_offset, batch, channels_per_group, out_per_group, groups,
+               channel_stride, pixels, k_blocks, k_blocks_per_task, c_blocks_per_task, chunk):
+        version  # noqa: B018 (the simd version in the closure: part of numba's cache key)
+        lanes = simd.lanes(packed.dtype)
+        taps = tap_offsets.shape[0]
+        k_width = block_cols * lanes
+        c_blocks = (channels_per_group + block_rows - 1) // block_rows
+        k_tasks = (k_blocks + k_blocks_per_task - 1) // k_blocks_per_task
+        c_tasks = (c_blocks + c_blocks_per_task - 1) // c_blocks_per_task
+        block_size = block_rows * block_cols * lanes
+        for task in prange(groups * k_tasks * c_tasks):
+            c_task = task % c_tasks
+            k_task = (task // c_tasks) % k_tasks
+            group = task // (c_tasks * k_tasks)
+            first_kb = k_task * k_blocks_per_task
+            kb_count = min(k_blocks, first_kb + k_blocks_per_task) - first_kb
+            first_cb = c_task * c_blocks_per_task
+            cb_count = min(c_blocks, first_cb + c_blocks_per_task) - first_cb
+            partial = np.zeros(kb_count * taps * cb_count * block_size, dtype=packed.dtype)
+            for image in range(batch):
+                input_base = (image * groups + group) * channels_per_group * channel_stride
+                grad_base = (image * groups + group) * k_blocks * pixels * k_width
+                for q0 in range(0, pixels, chunk):
+                    count = min(chunk, pixels - q0)
+                    for kb in range(kb_count):
+                        k0 = (first_kb + kb) * k_width
+                        for t in range(taps):
+                            for cb in range(cb_count):
+                                c0 = (first_cb + cb) * block_rows
+                                saved = ((kb * taps + t) * cb_count + cb) * block_size
+                                acc = simd.block_load(partial, saved, simd.block_zero(block_rows, block_cols, packed))
+                                acc = simd.block_fma_loop(acc, packed, input_base + c0 * channel_stride
+                                                          + tap_offsets[t] + q0, channel_stride,
+                                                          channels_per_group - c0, grads,
+                                                          grad_base + ((first_kb + kb) * pixels + q0) * k_width,
+                                                          lanes, one_offset, count, k_width)
+                                simd.block_store(partial, saved, acc)
+            for kb in range(kb_count):
+                k0 = (first_kb + kb) * k_width
+                for t in range(taps):
+                    for cb in range(cb_count):
+                        c0 = (first_cb + cb) * block_rows
+                        saved = ((kb * taps + t) * cb_count + cb) * block_size
+                        for m in range(min(block_rows, channels_per_group - c0)):
+                            for lane in range(min(k_width, out_per_group - k0)):
+                                k = group * out_per_group + k0 + lane
+                                dw[(k * channels_per_group + c0 + m) * taps + t] = \
+                                    partial[saved + m * block_cols * lanes + lane]
+
+    return ParallelKernel(kernel)
+
+
 def run_weight_grad(x: np.ndarray, grad_output: np.ndarray, spec: ConvSpec) -> np.ndarray:
     """weight pass: a direct kernel, the sums over pixels kept in SIMD register blocks.
 
@@ -860,26 +1034,47 @@ def run_weight_grad(x: np.ndarray, grad_output: np.ndarray, spec: ConvSpec) -> n
 
     x = np.ascontiguousarray(x)
     grad_output = np.ascontiguousarray(grad_output)
+    channel_lanes = weight_grad_form(spec, config.threads) == "channel_lanes"
+    if channel_lanes:
+        transposed = _channel_lanes_plan(spec, config.threads)
+        geometry = transposed.layout
     packed = _workspace(geometry.buffer_size, spec.dtype)
     launcher(_input_packer(simd.SOURCE_VERSION))(
         x, packed, np.array(geometry.row_phases, dtype=np.int64), np.array(geometry.col_phases, dtype=np.int64),
         geometry.plane_height, geometry.plane_width, *spec.stride, spec.padding[0][0], spec.padding[1][0])
+    phases = len(geometry.row_phases) * len(geometry.col_phases)
+    if channel_lanes:
+        pixels, k_width = geometry.pixels, transposed.cols * geometry.lanes
+        grads = _workspace(spec.batch * spec.groups * transposed.k_blocks * pixels * k_width, spec.dtype, "gradient")
+        launcher(_transposed_grad_packer(simd.SOURCE_VERSION))(grad_output, grads, spec.groups,
+                                                               geometry.plane_width, pixels, k_width)
+        launcher(_channel_lanes_kernel(transposed.rows, transposed.cols))(
+            packed, grads, dw.reshape(-1), np.array(geometry.tap_offsets, dtype=np.int64), np.zeros(1, np.int64),
+            spec.batch, spec.in_channels_per_group, spec.out_channels_per_group, spec.groups,
+            phases * geometry.plane_size, pixels, transposed.k_blocks, transposed.k_blocks_per_task,
+            transposed.c_blocks_per_task, transposed.chunk)
+        return _finite_or_exact(dw, x, grad_output, spec)
     if layout.in_place:
         grads = grad_output.reshape(-1)
     else:
         grads = _workspace(spec.batch * spec.out_channels * layout.grad_pitch, spec.dtype, "gradient")
         launcher(_grad_packer(simd.SOURCE_VERSION))(grad_output, grads, geometry.plane_width, layout.grad_pitch)
-    phases = len(geometry.row_phases) * len(geometry.col_phases)
     launcher(_weight_grad_kernel(layout.rows, layout.cols))(
         packed, grads, dw.reshape(-1), np.array(geometry.tap_offsets, dtype=np.int64), spec.batch,
         spec.in_channels_per_group, spec.out_channels_per_group, spec.groups, phases * geometry.plane_size,
         layout.grad_pitch, layout.vectors, geometry.pixels, layout.row_blocks_per_task, layout.col_blocks_per_task,
         layout.chunk)
-    if not np.isfinite(dw).all():
-        from fastconv.backends import im2col
+    return _finite_or_exact(dw, x, grad_output, spec)
 
-        return im2col.run_weight_grad(x, grad_output, spec)
-    return dw
+
+def _finite_or_exact(dw, x, grad_output, spec):
+    """``dw``, or where it is not finite, the pass recomputed by reading only the taps each output
+    reads (``im2col``'s): the runs' extra pixels may have met an inf or NaN input."""
+    if np.isfinite(dw).all():
+        return dw
+    from fastconv.backends import im2col
+
+    return im2col.run_weight_grad(x, grad_output, spec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -926,19 +1121,17 @@ def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
 
 
 def weight_grad_cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
-    """The work of :func:`run_weight_grad`, in the forward's terms.
+    """The work of :func:`run_weight_grad` in the form it takes, in the forward's terms.
 
     ``block_flop``: the multiply-adds its register blocks issue, waste included (rows and columns
     padding a group to whole blocks, the pixels the runs cross between rows and past the last);
-    ``pack_byte``: the packed input and output gradient written; ``task``; ``byte``: input,
-    output gradient and weight gradient.
+    ``pack_byte``: the packed input and output gradient written; ``task``: the parallel tasks and
+    the register blocks' passes over the pixels (each a fixed cost of about the same size);
+    ``byte``: input, output gradient and weight gradient.
     """
-    layout = weight_grad_plan(spec, config.threads)
-    columns = spec.in_channels_per_group * spec.kernel_height * spec.kernel_width
-    flops = (2.0 * spec.batch * spec.groups * _ceil_div(spec.out_channels_per_group, layout.rows) * layout.rows
-             * _ceil_div(columns, layout.cols) * layout.cols
-             * (layout.vectors * simd.lanes(spec.dtype) + (layout.layout.pixels % simd.lanes(spec.dtype)
-                                                          if layout.in_place else 0)))
-    packed = layout.layout.buffer_size + (0 if layout.in_place else spec.batch * spec.out_channels * layout.grad_pitch)
-    return {"call": 1.0, "block_flop": flops, "pack_byte": float(packed * spec.dtype.itemsize),
-            "task": float(layout.tasks), "byte": io_bytes(spec)}
+    form = weight_grad_form(spec, config.threads)
+    flops, passes, packed = _weight_grad_work(spec, form)
+    layout = weight_grad_plan(spec, config.threads) if form == "pixel_lanes" else \
+        _channel_lanes_plan(spec, config.threads)
+    return {"call": 1.0, "block_flop": flops, "pack_byte": packed * spec.dtype.itemsize,
+            "task": float(layout.tasks) + passes, "byte": io_bytes(spec)}

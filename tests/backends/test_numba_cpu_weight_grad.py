@@ -1,5 +1,5 @@
-"""numba_cpu's weight-gradient kernel against the float64 reference: both register-block shapes
-families (dense and grouped, depthwise with a channel multiplier), strides, dilations,
+"""numba_cpu's weight-gradient kernels against the float64 reference: both forms (pixels or
+output channels in the lanes), dense, grouped and depthwise with a channel multiplier, strides, dilations,
 asymmetric padding, tails of every kind, both packed layouts, float32 and float64, non-finite
 inputs, non-contiguous operands; and the SIMD reduction it is built on."""
 
@@ -44,6 +44,19 @@ def _check(x_shape, w_shape, dtype=np.float32, seed=0, **kwargs):
     ((3, 2, 20, 19), (5, 2, 3, 3), dict(stride=1)),                                 # batch, no padding
 ])
 def test_matches_the_reference(dtype, x_shape, w_shape, kwargs):
+    _check(x_shape, w_shape, dtype, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", [
+    ((1, 3, 9, 9), (5, 3, 3, 3), dict(padding=1)),
+    ((2, 8, 11, 10), (6, 4, 3, 2), dict(padding=((1, 0), (2, 1)), stride=(2, 3), dilation=(2, 1), groups=2)),
+    ((1, 6, 7, 7), (12, 1, 3, 3), dict(padding=1, groups=6)),
+    ((2, 20, 5, 6), (70, 10, 3, 3), dict(padding=1, groups=2)),                    # several channel blocks
+])
+def test_output_channels_in_lanes_match_the_reference(monkeypatch, dtype, x_shape, w_shape, kwargs):
+    """The form for few pixels and many channels: output channels in the lanes, a pixel a step."""
+    monkeypatch.setattr(numba_cpu, "weight_grad_form", lambda spec, threads: "channel_lanes")
     _check(x_shape, w_shape, dtype, **kwargs)
 
 
