@@ -866,6 +866,12 @@ def _channel_lanes_plan(spec: ConvSpec, threads: int) -> ChannelLanesPlan:
                             spec.groups * k_tasks * c_tasks, chunk)
 
 
+#: The output-channels-in-lanes form's time per multiply-add over the pixels-in-lanes form's: its
+#: steps are as many loads and FMAs, but each reads one pixel of a gradient run spread over the
+#: block's channels, and it ran at about 70% of the other's rate per flop (VGG's 14×14×512 and
+#: ResNet-50's strided 1×1 and 3×3 layers, 2 threads, float32). Counted as extra flops.
+CHANNEL_LANES_SLOWDOWN = 1.4
+
 #: Seconds one pass of a register block costs besides its steps (partial sums loaded and stored,
 #: operands' addresses set up): it decides between the two forms on layers of few pixels.
 _BLOCK_PASS_SECONDS = 1e-7
@@ -892,7 +898,7 @@ def _weight_grad_work(spec: ConvSpec, form: str) -> tuple[float, float, float]:
     c_blocks = _ceil_div(spec.in_channels_per_group, layout.rows)
     pixels = layout.layout.pixels
     flops = (2.0 * spec.batch * spec.groups * k_blocks * layout.cols * layout.layout.lanes * c_blocks * layout.rows
-             * taps * pixels)
+             * taps * pixels * CHANNEL_LANES_SLOWDOWN)
     passes = spec.batch * spec.groups * k_blocks * c_blocks * taps * _ceil_div(pixels, layout.chunk)
     packed = layout.layout.buffer_size + spec.batch * spec.groups * pixels * k_blocks * layout.cols * layout.layout.lanes
     return flops, float(passes), float(packed)
