@@ -44,6 +44,24 @@ masked loads at the borders reading the padding as zeros (packing 56- or 28-pixe
 than the arithmetic); rows of 2 KiB or more are read from a per-task copy of a column strip
 whose pitch is an odd number of cache lines, since rows 8 KiB apart share L1 sets.
 
+**The weight gradient** (:func:`run_weight_grad`, the backward-filter pass) is the same matrix
+product with the pixels as its inner dimension, ``dw[k, (c, u, v)] = sum_pixel g[k, pixel] ·
+x[c, pixel shifted by tap (u, v)]``, on the same packed input, in one of two forms, whichever
+:func:`weight_grad_form` estimates cheaper:
+
+- **pixels in the lanes** (planes of many pixels): a block of ``rows`` output channels ×
+  ``cols`` (channel, tap) columns loads ``rows`` gradient vectors and ``cols`` input vectors a
+  step and multiplies each pair lane by lane (:func:`fastconv.backends.simd.block_dot_loop`); the
+  lanes hold partial sums over pixels, added up once at the end. The gradient is read where it is
+  when the runs are its rows (column copies), else packed into runs of the planes' pitch with
+  zeros where they cross a row end. Depthwise layers are the one-row case (a 1×9 block per
+  channel for 3×3 kernels).
+- **output channels in the lanes** (planes of few pixels, where the first form's reductions are
+  a dozen vectors long): the forward's broadcast step, input values against vectors of output
+  channels, a pixel a step, the gradient packed channels-last per block of output channels.
+
+Three block shapes (4, 2 or 1 rows) serve every geometry, so few kernels are compiled.
+
 **Threads**: :data:`fastconv.config.threads`, through :class:`fastconv.thread_pools.ParallelKernel`
 (safe from several threads and in forked children); a problem of less than :data:`SERIAL_MACS`
 multiply-adds runs on the calling thread, since waking the other threads costs more than it
