@@ -60,11 +60,8 @@ def test_output_channels_in_lanes_match_the_reference(monkeypatch, dtype, x_shap
     _check(x_shape, w_shape, dtype, **kwargs)
 
 
-@pytest.mark.parametrize("copies", [False, True])
-def test_both_layouts_and_split_passes(monkeypatch, copies):
-    """Phase planes (the gradient packed into runs crossing row ends) and column copies (read in
-    place, with a tail of single pixels), over several pixel passes, in parallel."""
-    spec = make_spec((1, 5, 23, 21), (18, 5, 3, 3), padding=1, dtype=np.float32)
+def _force_layout(monkeypatch, spec, copies, chunk=None):
+    """Make the pixels-in-lanes plan use phase planes or column copies (and ``chunk``)."""
     layout = numba_cpu._layout(spec, copies)
     real = numba_cpu.weight_grad_plan.__wrapped__
 
@@ -75,9 +72,18 @@ def test_both_layouts_and_split_passes(monkeypatch, copies):
         vectors = layout.pixels // lanes if in_place else -(-layout.pixels // lanes)
         return numba_cpu.WeightGradPlan(layout, plan.rows, plan.cols,
                                         spec.out_height * spec.out_width if in_place else vectors * lanes,
-                                        vectors, in_place, plan.row_blocks_per_task, 1, plan.tasks, 3)
+                                        vectors, in_place, plan.row_blocks_per_task, 1, plan.tasks,
+                                        chunk or plan.chunk)
 
     monkeypatch.setattr(numba_cpu, "weight_grad_plan", forced)
+
+
+@pytest.mark.parametrize("copies", [False, True])
+def test_both_layouts_and_split_passes(monkeypatch, copies):
+    """Phase planes (the gradient packed into runs crossing row ends) and column copies (read in
+    place, with a tail of single pixels), over several pixel passes, in parallel."""
+    spec = make_spec((1, 5, 23, 21), (18, 5, 3, 3), padding=1, dtype=np.float32)
+    _force_layout(monkeypatch, spec, copies, chunk=3)
     monkeypatch.setattr(numba_cpu, "SERIAL_MACS", 0)
     _check((1, 5, 23, 21), (18, 5, 3, 3), padding=1)
 
@@ -100,12 +106,16 @@ def test_thread_counts_and_non_contiguous_operands():
     assert relative_error(results[0], expected) <= 5e-6
 
 
-def test_inf_the_runs_cross_only_between_rows_does_not_reach_the_sum():
-    """Runs crossing row ends multiply a zero gradient by inputs no tap of theirs reads: an inf
-    there must not turn a finite gradient into NaN (as torch's would not)."""
+@pytest.mark.parametrize("form", ["pixel_lanes", "channel_lanes"])
+def test_inf_the_runs_cross_only_between_rows_does_not_reach_the_sum(monkeypatch, form):
+    """Runs crossing row ends (phase planes) multiply a zero gradient by inputs no tap of theirs
+    reads: an inf there must not turn a finite gradient into NaN (as torch's would not)."""
     x = np.ones((1, 1, 6, 6))
     x[0, 0, 2, 0] = np.inf  # read only by tap v = 0 (no padding)
     spec = make_spec(x.shape, (1, 1, 3, 3), dtype=np.float64)
+    _force_layout(monkeypatch, spec, copies=False)
+    monkeypatch.setattr(numba_cpu, "weight_grad_form", lambda spec, threads: form)
+    monkeypatch.setattr(numba_cpu, "plan", lambda spec: numba_cpu._layout(spec, False))
     g = np.ones(spec.out_shape)
     dw = _weight_grad(x, g, spec)
     _, expected = reference_conv2d_gradients(x, np.zeros((1, 1, 3, 3)), g)
