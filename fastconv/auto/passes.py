@@ -11,12 +11,15 @@ input             the transposed convolution of the output         those of ``co
 input             conv2d of the output gradient (zero-stuffed      every other conv2d backend
                   when strided) with the flipped weight
                   (``"conv"``)
-weight            conv2d with batch and channel axes swapped,      every conv2d backend
+weight            the backend's own weight gradient                those with ``run_weight_grad``
+                  (``"native"``)                                   (``im2col``, ``numba_cpu``)
+weight            conv2d with batch and channel axes swapped,      every other conv2d backend
                   the output gradient as the kernel (``"conv"``)
 ================  ===============================================  ====================================
 
 Each route is estimated as its backend's own cost model says for the problem it receives (the
-backend's ``cost_terms``, or ``transpose_cost_terms`` for a transposed convolution, times its
+backend's ``cost_terms``, ``weight_grad_cost_terms`` for a native weight gradient, or
+``transpose_cost_terms`` for a transposed convolution, times its
 constants) plus the bytes the rewrite copies (:data:`COPY_SECONDS_PER_BYTE`); ``auto`` takes the
 cheapest route a backend accepts. Backends whose fitness depends on the kernel's values
 (``supports_weight``: ``separable``) and backends of GPU arrays are left to explicit requests:

@@ -44,6 +44,24 @@ masked loads at the borders reading the padding as zeros (packing 56- or 28-pixe
 than the arithmetic); rows of 2 KiB or more are read from a per-task copy of a column strip
 whose pitch is an odd number of cache lines, since rows 8 KiB apart share L1 sets.
 
+**The weight gradient** (:func:`run_weight_grad`, the backward-filter pass) is the same matrix
+product with the pixels as its inner dimension, ``dw[k, (c, u, v)] = sum_pixel g[k, pixel] ·
+x[c, pixel shifted by tap (u, v)]``, on the same packed input, in one of two forms, whichever
+:func:`weight_grad_form` estimates cheaper:
+
+- **pixels in the lanes** (planes of many pixels): a block of ``rows`` output channels ×
+  ``cols`` (channel, tap) columns loads ``rows`` gradient vectors and ``cols`` input vectors a
+  step and multiplies each pair lane by lane (:func:`fastconv.backends.simd.block_dot_loop`); the
+  lanes hold partial sums over pixels, added up once at the end. The gradient is read where it is
+  when the runs are its rows (column copies), else packed into runs of the planes' pitch with
+  zeros where they cross a row end. Depthwise layers are the one-row case (a 1×9 block per
+  channel for 3×3 kernels).
+- **output channels in the lanes** (planes of few pixels, where the first form's reductions are
+  a dozen vectors long): the forward's broadcast step, input values against vectors of output
+  channels, a pixel a step, the gradient packed channels-last per block of output channels.
+
+Three block shapes (4, 2 or 1 rows) serve every geometry, so few kernels are compiled.
+
 **Threads**: :data:`fastconv.config.threads`, through :class:`fastconv.thread_pools.ParallelKernel`
 (safe from several threads and in forked children); a problem of less than :data:`SERIAL_MACS`
 multiply-adds runs on the calling thread, since waking the other threads costs more than it
@@ -81,8 +99,8 @@ from fastconv.thread_pools import ParallelKernel
 name = "numba_cpu"
 thread_pool = "openmp"  # see fastconv.backends: what auto charges for switching pools
 
-__all__ = ["name", "thread_pool", "available", "supports", "run", "plan", "uses_plane_kernel", "cost_terms", "COST_CONSTANTS",
-           "COST_RESOURCES", "SERIAL_MACS"]
+__all__ = ["name", "thread_pool", "available", "supports", "run", "run_weight_grad", "plan", "weight_grad_plan",
+           "uses_plane_kernel", "cost_terms", "weight_grad_cost_terms", "COST_CONSTANTS", "COST_RESOURCES", "SERIAL_MACS"]
 
 #: Below this many multiply-adds a call runs on one thread: waking the others (microseconds)
 #: would cost more than the work.
@@ -313,19 +331,19 @@ def _input_packer(simd_version: int):
 _workspaces = threading.local()
 
 
-def _workspace(size: int, dtype: np.dtype) -> np.ndarray:
+def _workspace(size: int, dtype: np.dtype, slot: str = "array") -> np.ndarray:
     """A scratch array of ``size`` elements, kept for the next call of this thread.
 
     The packed input is about as large as the input, and fresh pages cost more to fault in than
     the packing itself (1 ms of a 3 ms layer when measured), so each thread keeps its largest
     workspace up to ``config.workspace_bytes``.
     """
-    kept = getattr(_workspaces, "array", None)
+    kept = getattr(_workspaces, slot, None)
     if kept is not None and kept.dtype == dtype and kept.size >= size:
         return kept[:size]
     array = np.empty(size, dtype=dtype)
     if array.nbytes <= config.workspace_bytes:
-        _workspaces.array = array
+        setattr(_workspaces, slot, array)
     return array
 
 
@@ -640,6 +658,451 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
 
 
 # ---------------------------------------------------------------------------------------------
+# the weight gradient (backward-filter)
+
+
+@dataclass(frozen=True)
+class WeightGradPlan:
+    """How the weight-gradient kernel runs one spec (sizes in elements)."""
+
+    layout: Plan            # the packed input: the forward's phase planes or column copies
+    rows: int               # output channels per register block (output-gradient vectors)
+    cols: int               # (input channel, tap) columns per register block (input vectors)
+    grad_pitch: int         # elements per output-gradient plane (packed: whole vectors of pixels)
+    vectors: int            # whole vectors of pixels the register blocks run over
+    in_place: bool          # the output gradient is read where it is (the runs are its rows)
+    row_blocks_per_task: int
+    col_blocks_per_task: int
+    tasks: int
+    chunk: int              # vectors of pixels per pass over a task's blocks (its rows stay in L2)
+
+
+def _weight_grad_block_shape(out_per_group: int, columns: int) -> tuple[int, int]:
+    """(rows, cols) of the weight gradient's register block, from a menu of three shapes.
+
+    A step loads ``rows + cols`` vectors and issues ``rows · cols`` FMAs, and the ``rows · cols``
+    accumulators and the loaded vectors must fit the registers (one spare). The menu (4, 2 or 1
+    rows, as many columns as fit, at most 9: a 3×3 kernel's taps) keeps the compiled kernels few;
+    the shape with the most useful FMAs per load wins (rows past a group's output channels and
+    columns past its ``C/g · kh · kw`` are waste).
+    """
+    registers = simd.VECTOR_REGISTERS - 1
+    best = None
+    for rows in (4, 2, 1):
+        cols = min(9, (registers - rows) // (rows + 1))
+        used = (out_per_group / (_ceil_div(out_per_group, rows) * rows)
+                * columns / (_ceil_div(columns, cols) * cols))
+        score = used * rows * cols / (rows + cols)
+        if best is None or score > best[0] + 1e-9:
+            best = (score, rows, cols)
+    return best[1], best[2]
+
+
+#: Bytes of output gradient a task's blocks read per pass over the pixels: they stay in L2.
+L2_WINDOW_BYTES = 128 << 10
+
+
+def _weight_grad_seconds(spec: ConvSpec, layout: Plan) -> float:
+    """Estimated single-thread time of the weight pass on ``layout``: the FMAs over the pixel runs
+    (as wide as the planes' rows), the input packed, and the output gradient packed where the
+    runs are wider than its rows (else it is read where it is)."""
+    columns = spec.in_channels_per_group * spec.kernel_height * spec.kernel_width
+    computed = 2 * spec.batch * spec.out_channels * columns * layout.pixels
+    packed = layout.buffer_size
+    if layout.plane_width != spec.out_width:
+        packed += 2 * spec.batch * spec.out_channels * layout.pixels
+    return computed / _FLOP_RATE + packed * spec.dtype.itemsize / _PACK_RATE
+
+
+@functools.lru_cache(maxsize=256)
+def weight_grad_plan(spec: ConvSpec, threads: int) -> WeightGradPlan:
+    """The :class:`WeightGradPlan` of ``spec`` for ``threads`` threads (cached)."""
+    layout = min((_layout(spec, copies) for copies in (False, True)),
+                 key=lambda candidate: _weight_grad_seconds(spec, candidate))
+    lanes = layout.lanes
+    columns = spec.in_channels_per_group * spec.kernel_height * spec.kernel_width
+    rows, cols = _weight_grad_block_shape(spec.out_channels_per_group, columns)
+    row_blocks = _ceil_div(spec.out_channels_per_group, rows)
+    col_blocks = _ceil_div(columns, cols)
+    # A task holds at most 16 output channels (their pixels are re-read from L2 by each of its
+    # column blocks). Tasks are split until every thread has several: across output channels
+    # (each task re-reads the input) or across columns (each re-reads the output gradient),
+    # whichever re-reads less.
+    row_blocks_per_task = min(row_blocks, max(1, 16 // rows))
+    wanted = _ceil_div(4 * threads, spec.groups)
+    input_bytes = spec.in_channels_per_group * layout.buffer_size / max(1, spec.in_channels)
+    grad_bytes = spec.out_channels_per_group * layout.pixels
+    if grad_bytes > input_bytes:
+        row_blocks_per_task = min(row_blocks_per_task, max(1, _ceil_div(row_blocks, wanted)))
+    row_tasks = _ceil_div(row_blocks, row_blocks_per_task)
+    col_tasks = min(col_blocks, _ceil_div(wanted, row_tasks))
+    col_blocks_per_task = _ceil_div(col_blocks, col_tasks)
+    col_tasks = _ceil_div(col_blocks, col_blocks_per_task)
+    in_place = layout.plane_width == spec.out_width
+    vectors = layout.pixels // lanes if in_place else _ceil_div(layout.pixels, lanes)
+    chunk = max(16, L2_WINDOW_BYTES // (row_blocks_per_task * rows * simd.VECTOR_BYTES))
+    chunk = _ceil_div(vectors, max(1, _ceil_div(vectors, chunk)))  # passes of equal length
+    grad_pitch = spec.out_height * spec.out_width if in_place else _ceil_div(layout.pixels, lanes) * lanes
+    return WeightGradPlan(layout, rows, cols, grad_pitch, vectors, in_place, row_blocks_per_task,
+                          col_blocks_per_task, spec.groups * row_tasks * col_tasks, max(1, chunk))
+
+
+@functools.lru_cache(maxsize=None)
+def _grad_packer(simd_version: int):
+    """The output-gradient packing kernel (closure over the simd version, as :func:`_input_packer`)."""
+    version = simd_version
+
+    @njit(parallel=True, fastmath=FAST_MATH, cache=True)
+    def pack(grad, packed, plane_width, pitch):
+        """packed[n·K + k, i·plane_width + j] = grad[n, k, i, j], zeros past each row's outputs and
+        past the last: the pixels laid out as the packed input's flattened runs."""
+        version  # noqa: B018 (keeps the simd version in the closure, so in numba's cache key)
+        batch, channels, out_h, out_w = grad.shape
+        for plane in prange(batch * channels):
+            image, channel = plane // channels, plane % channels
+            base = plane * pitch
+            for i in range(out_h):
+                row = base + i * plane_width
+                for j in range(out_w):
+                    packed[row + j] = grad[image, channel, i, j]
+                end = min(row + plane_width, base + pitch)
+                for q in range(row + out_w, end):
+                    packed[q] = 0
+            for q in range(base + min(pitch, out_h * plane_width), base + pitch):
+                packed[q] = 0
+
+    return ParallelKernel(pack)
+
+
+@functools.lru_cache(maxsize=None)
+def _weight_grad_kernel(rows: int, cols: int):
+    """The weight-gradient kernel for a ``rows × cols`` register block (compile-time constants)."""
+    block_rows, block_cols, version = rows, cols, simd.SOURCE_VERSION
+
+    @njit(parallel=True, fastmath=FAST_MATH, cache=True)
+    def kernel(packed, grads, dw, tap_offsets, batch, channels_per_group, out_per_group, groups, channel_stride,
+               grad_pitch, vectors, pixels, row_blocks_per_task, col_blocks_per_task, chunk):
+        version  # noqa: B018 (the simd version in the closure: part of numba's cache key)
+        lanes = simd.lanes(packed.dtype)
+        taps = tap_offsets.shape[0]
+        columns = channels_per_group * taps
+        row_blocks = (out_per_group + block_rows - 1) // block_rows
+        col_blocks = (columns + block_cols - 1) // block_cols
+        row_tasks = (row_blocks + row_blocks_per_task - 1) // row_blocks_per_task
+        col_tasks = (col_blocks + col_blocks_per_task - 1) // col_blocks_per_task
+        block_size = block_rows * block_cols * lanes
+        for task in prange(groups * row_tasks * col_tasks):
+            col_task = task % col_tasks
+            row_task = (task // col_tasks) % row_tasks
+            group = task // (col_tasks * row_tasks)
+            first_row_block = row_task * row_blocks_per_task
+            row_count = min(row_blocks, first_row_block + row_blocks_per_task) - first_row_block
+            first_col_block = col_task * col_blocks_per_task
+            col_count = min(col_blocks, first_col_block + col_blocks_per_task) - first_col_block
+            # each column (c, tap) of the task's blocks: where its input run starts in a packed
+            # image's group; columns past the last repeat it (their sums are discarded)
+            offsets = np.empty(col_count * block_cols, dtype=np.int64)
+            for n in range(col_count * block_cols):
+                column = min(first_col_block * block_cols + n, columns - 1)
+                c = column // taps
+                offsets[n] = c * channel_stride + tap_offsets[column - c * taps]
+            partial = np.zeros(row_count * col_count * block_size, dtype=packed.dtype)
+            for image in range(batch):
+                input_base = (image * groups + group) * channels_per_group * channel_stride
+                grad_base = (image * groups + group) * out_per_group * grad_pitch
+                for s0 in range(0, vectors, chunk):
+                    count = min(chunk, vectors - s0)
+                    for b in range(col_count):
+                        for r in range(row_count):
+                            saved = (r * col_count + b) * block_size
+                            first_k = (first_row_block + r) * block_rows
+                            acc = simd.block_load(partial, saved, simd.block_zero(block_rows, block_cols, packed))
+                            acc = simd.block_dot_loop(acc, grads, grad_base + first_k * grad_pitch + s0 * lanes,
+                                                      grad_pitch, out_per_group - first_k, packed,
+                                                      input_base + s0 * lanes, offsets, b * block_cols, count)
+                            simd.block_store(partial, saved, acc)
+                # pixels past the last whole vector (a gradient read in place): one at a time,
+                # into lane 0
+                for q in range(vectors * lanes, pixels):
+                    for b in range(col_count):
+                        for r in range(row_count):
+                            saved = (r * col_count + b) * block_size
+                            first_k = (first_row_block + r) * block_rows
+                            for m in range(min(block_rows, out_per_group - first_k)):
+                                g = grads[grad_base + (first_k + m) * grad_pitch + q]
+                                for n in range(block_cols):
+                                    partial[saved + (m * block_cols + n) * lanes] += \
+                                        g * packed[input_base + offsets[b * block_cols + n] + q]
+            # the lanes of each accumulator are partial sums over pixels: add them up
+            for r in range(row_count):
+                first_k = (first_row_block + r) * block_rows
+                for b in range(col_count):
+                    saved = (r * col_count + b) * block_size
+                    for m in range(min(block_rows, out_per_group - first_k)):
+                        k = group * out_per_group + first_k + m
+                        for n in range(block_cols):
+                            column = (first_col_block + b) * block_cols + n
+                            if column >= columns:
+                                break
+                            at = saved + (m * block_cols + n) * lanes
+                            dw[k * columns + column] = simd.hsum(simd.load(partial, at))
+
+    return ParallelKernel(kernel)
+
+
+@dataclass(frozen=True)
+class ChannelLanesPlan:
+    """How the weight gradient runs with output channels in the lanes (sizes in elements)."""
+
+    layout: Plan            # the packed input (the forward's)
+    rows: int               # input channels per register block (broadcast input values)
+    cols: int               # vectors of output channels per register block
+    k_blocks: int           # blocks of cols · lanes output channels per group
+    k_blocks_per_task: int
+    c_blocks_per_task: int
+    tasks: int
+    chunk: int              # pixels per pass over a task's blocks (their gradient stays in L2)
+
+
+@functools.lru_cache(maxsize=256)
+def _channel_lanes_plan(spec: ConvSpec, threads: int) -> ChannelLanesPlan:
+    layout = plan(spec)
+    lanes = layout.lanes
+    k_vectors = _ceil_div(spec.out_channels_per_group, lanes)
+    rows, cols = _weight_grad_block_shape(spec.in_channels_per_group, k_vectors)
+    k_blocks = _ceil_div(k_vectors, cols)
+    c_blocks = _ceil_div(spec.in_channels_per_group, rows)
+    wanted = _ceil_div(4 * threads, spec.groups)
+    k_tasks = min(k_blocks, wanted)
+    k_blocks_per_task = _ceil_div(k_blocks, k_tasks)
+    k_tasks = _ceil_div(k_blocks, k_blocks_per_task)
+    c_tasks = min(c_blocks, _ceil_div(wanted, k_tasks))
+    c_blocks_per_task = _ceil_div(c_blocks, c_tasks)
+    c_tasks = _ceil_div(c_blocks, c_blocks_per_task)
+    chunk = max(64, L2_WINDOW_BYTES // (cols * simd.VECTOR_BYTES))
+    chunk = _ceil_div(layout.pixels, _ceil_div(layout.pixels, chunk))
+    return ChannelLanesPlan(layout, rows, cols, k_blocks, k_blocks_per_task, c_blocks_per_task,
+                            spec.groups * k_tasks * c_tasks, chunk)
+
+
+#: The output-channels-in-lanes form's time per multiply-add over the pixels-in-lanes form's: its
+#: steps are as many loads and FMAs, but each reads one pixel of a gradient run spread over the
+#: block's channels, and it ran at about 70% of the other's rate per flop (VGG's 14×14×512 and
+#: ResNet-50's strided 1×1 and 3×3 layers, 2 threads, float32). Counted as extra flops.
+CHANNEL_LANES_SLOWDOWN = 1.4
+
+#: Seconds one pass of a register block costs besides its steps (partial sums loaded and stored,
+#: operands' addresses set up): it decides between the two forms on layers of few pixels.
+_BLOCK_PASS_SECONDS = 1e-7
+
+
+def _weight_grad_work(spec: ConvSpec, form: str) -> tuple[float, float, float]:
+    """(flops issued, block passes, elements packed) of the weight pass in ``form``
+    (``"pixel_lanes"``: :func:`weight_grad_plan`, ``"channel_lanes"``: the transposed form)."""
+    taps = spec.kernel_height * spec.kernel_width
+    columns = spec.in_channels_per_group * taps
+    if form == "pixel_lanes":
+        layout = weight_grad_plan(spec, config.threads)
+        lanes = layout.layout.lanes
+        row_blocks = _ceil_div(spec.out_channels_per_group, layout.rows)
+        col_blocks = _ceil_div(columns, layout.cols)
+        pixels = layout.vectors * lanes + (layout.layout.pixels % lanes if layout.in_place else 0)
+        flops = 2.0 * spec.batch * spec.groups * row_blocks * layout.rows * col_blocks * layout.cols * pixels
+        passes = spec.batch * spec.groups * row_blocks * col_blocks * _ceil_div(max(layout.vectors, 1), layout.chunk)
+        packed = layout.layout.buffer_size + (0 if layout.in_place else spec.batch * spec.out_channels
+                                              * layout.grad_pitch)
+        return flops, float(passes), float(packed)
+    layout = _channel_lanes_plan(spec, config.threads)
+    k_blocks = layout.k_blocks
+    c_blocks = _ceil_div(spec.in_channels_per_group, layout.rows)
+    pixels = layout.layout.pixels
+    flops = (2.0 * spec.batch * spec.groups * k_blocks * layout.cols * layout.layout.lanes * c_blocks * layout.rows
+             * taps * pixels * CHANNEL_LANES_SLOWDOWN)
+    passes = spec.batch * spec.groups * k_blocks * c_blocks * taps * _ceil_div(pixels, layout.chunk)
+    packed = layout.layout.buffer_size + spec.batch * spec.groups * pixels * k_blocks * layout.cols * layout.layout.lanes
+    return flops, float(passes), float(packed)
+
+
+@functools.lru_cache(maxsize=256)
+def weight_grad_form(spec: ConvSpec, threads: int) -> str:
+    """``"pixel_lanes"`` or ``"channel_lanes"``: the form of the weight pass that costs less."""
+    def seconds(form):
+        flops, passes, packed = _weight_grad_work(spec, form)
+        return flops / _FLOP_RATE + passes * _BLOCK_PASS_SECONDS + packed * spec.dtype.itemsize / _PACK_RATE
+
+    return min(("pixel_lanes", "channel_lanes"), key=seconds)
+
+
+@functools.lru_cache(maxsize=None)
+def _transposed_grad_packer(simd_version: int):
+    """The packing of the output gradient with the channels last (closure over the simd version)."""
+    version = simd_version
+
+    @njit(parallel=True, fastmath=FAST_MATH, cache=True)
+    def pack(grad, packed, groups, plane_width, pixels, k_width):
+        """packed[((n·G + g)·blocks + b)·pixels + i·plane_width + j, t] = grad[n, g·Kg + b·k_width + t, i, j]:
+        per image, group and block of ``k_width`` output channels, a run over the pixels (contiguous,
+        so that a block's gradient is one stream); zeros for the pixels the runs cross between rows
+        and for channels past Kg."""
+        version  # noqa: B018 (keeps the simd version in the closure, so in numba's cache key)
+        batch, channels, out_h, out_w = grad.shape
+        per_group = channels // groups
+        blocks = (per_group + k_width - 1) // k_width
+        for task in prange(batch * groups * blocks * out_h):
+            i = task % out_h
+            run = task // out_h
+            block = run % blocks
+            image_group = run // blocks
+            image, group = image_group // groups, image_group % groups
+            first = group * per_group + block * k_width
+            valid = min(k_width, per_group - block * k_width)
+            row = (run * pixels + i * plane_width) * k_width
+            width = min(plane_width, pixels - i * plane_width)
+            for j in range(width):
+                at = row + j * k_width
+                if j < out_w:
+                    for t in range(valid):
+                        packed[at + t] = grad[image, first + t, i, j]
+                    for t in range(valid, k_width):
+                        packed[at + t] = 0
+                else:
+                    for t in range(k_width):
+                        packed[at + t] = 0
+
+    return ParallelKernel(pack)
+
+
+@functools.lru_cache(maxsize=None)
+def _channel_lanes_kernel(rows: int, cols: int):
+    """The weight-gradient kernel with output channels in the lanes, for a ``rows × cols`` block."""
+    block_rows, block_cols, version = rows, cols, simd.SOURCE_VERSION
+
+    @njit(parallel=True, fastmath=FAST_MATH, cache=True)
+    def kernel(packed, grads, dw, tap_offsets, one_offset, batch, channels_per_group, out_per_group, groups,
+               channel_stride, pixels, k_blocks, k_blocks_per_task, c_blocks_per_task, chunk):
+        version  # noqa: B018 (the simd version in the closure: part of numba's cache key)
+        lanes = simd.lanes(packed.dtype)
+        taps = tap_offsets.shape[0]
+        k_width = block_cols * lanes
+        c_blocks = (channels_per_group + block_rows - 1) // block_rows
+        k_tasks = (k_blocks + k_blocks_per_task - 1) // k_blocks_per_task
+        c_tasks = (c_blocks + c_blocks_per_task - 1) // c_blocks_per_task
+        block_size = block_rows * block_cols * lanes
+        for task in prange(groups * k_tasks * c_tasks):
+            c_task = task % c_tasks
+            k_task = (task // c_tasks) % k_tasks
+            group = task // (c_tasks * k_tasks)
+            first_kb = k_task * k_blocks_per_task
+            kb_count = min(k_blocks, first_kb + k_blocks_per_task) - first_kb
+            first_cb = c_task * c_blocks_per_task
+            cb_count = min(c_blocks, first_cb + c_blocks_per_task) - first_cb
+            partial = np.zeros(kb_count * taps * cb_count * block_size, dtype=packed.dtype)
+            for image in range(batch):
+                input_base = (image * groups + group) * channels_per_group * channel_stride
+                grad_base = (image * groups + group) * k_blocks * pixels * k_width
+                for q0 in range(0, pixels, chunk):
+                    count = min(chunk, pixels - q0)
+                    for kb in range(kb_count):
+                        k0 = (first_kb + kb) * k_width
+                        for t in range(taps):
+                            for cb in range(cb_count):
+                                c0 = (first_cb + cb) * block_rows
+                                saved = ((kb * taps + t) * cb_count + cb) * block_size
+                                acc = simd.block_load(partial, saved, simd.block_zero(block_rows, block_cols, packed))
+                                acc = simd.block_fma_loop(acc, packed, input_base + c0 * channel_stride
+                                                          + tap_offsets[t] + q0, channel_stride,
+                                                          channels_per_group - c0, grads,
+                                                          grad_base + ((first_kb + kb) * pixels + q0) * k_width,
+                                                          lanes, one_offset, count, k_width)
+                                simd.block_store(partial, saved, acc)
+            for kb in range(kb_count):
+                k0 = (first_kb + kb) * k_width
+                for t in range(taps):
+                    for cb in range(cb_count):
+                        c0 = (first_cb + cb) * block_rows
+                        saved = ((kb * taps + t) * cb_count + cb) * block_size
+                        for m in range(min(block_rows, channels_per_group - c0)):
+                            for lane in range(min(k_width, out_per_group - k0)):
+                                k = group * out_per_group + k0 + lane
+                                dw[(k * channels_per_group + c0 + m) * taps + t] = \
+                                    partial[saved + m * block_cols * lanes + lane]
+
+    return ParallelKernel(kernel)
+
+
+def run_weight_grad(x: np.ndarray, grad_output: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """weight pass: a direct kernel, the sums over pixels kept in SIMD register blocks.
+
+    ``dw[k, c, u, v] = sum over (n, pixel) of g[n, k, pixel] · x[n, c, pixel shifted by tap (u, v)]``:
+    the input is packed as for the forward register-block kernel (zero-padded phase planes or
+    column copies, in which each tap reads the output pixels as one run), the output gradient
+    into runs of the same pitch (zeros where the run crosses a row end), and a register block of
+    ``rows`` output channels × ``cols`` (channel, tap) columns multiplies the two runs vector by
+    vector, the pixels in the lanes, every sum staying in registers; the lanes are added at the
+    end. The pixels the runs cross between rows multiply a zero gradient; where one of them meets
+    an inf or NaN input the sum is not finite, and the pass is recomputed by ``im2col``'s unfold
+    and GEMM, which reads only the taps each output reads. Returns (K, C // groups, kh, kw).
+    """
+    dw = np.empty(spec.weight_shape, dtype=spec.dtype)
+    if spec.batch == 0:
+        dw[...] = 0
+        return dw
+    layout = weight_grad_plan(spec, config.threads)
+    geometry = layout.layout
+    check_fits("the packed input", (geometry.buffer_size,), spec.dtype,
+               lambda: f"padding {spec.padding}, stride {spec.stride}, dilation {spec.dilation} on input "
+                       f"{spec.input_shape}")
+    serial = spec.flops < 2 * SERIAL_MACS
+
+    def launcher(kernel: ParallelKernel):
+        return kernel.serial() if serial else kernel
+
+    x = np.ascontiguousarray(x)
+    grad_output = np.ascontiguousarray(grad_output)
+    channel_lanes = weight_grad_form(spec, config.threads) == "channel_lanes"
+    if channel_lanes:
+        transposed = _channel_lanes_plan(spec, config.threads)
+        geometry = transposed.layout
+    packed = _workspace(geometry.buffer_size, spec.dtype)
+    launcher(_input_packer(simd.SOURCE_VERSION))(
+        x, packed, np.array(geometry.row_phases, dtype=np.int64), np.array(geometry.col_phases, dtype=np.int64),
+        geometry.plane_height, geometry.plane_width, *spec.stride, spec.padding[0][0], spec.padding[1][0])
+    phases = len(geometry.row_phases) * len(geometry.col_phases)
+    if channel_lanes:
+        pixels, k_width = geometry.pixels, transposed.cols * geometry.lanes
+        grads = _workspace(spec.batch * spec.groups * transposed.k_blocks * pixels * k_width, spec.dtype, "gradient")
+        launcher(_transposed_grad_packer(simd.SOURCE_VERSION))(grad_output, grads, spec.groups,
+                                                               geometry.plane_width, pixels, k_width)
+        launcher(_channel_lanes_kernel(transposed.rows, transposed.cols))(
+            packed, grads, dw.reshape(-1), np.array(geometry.tap_offsets, dtype=np.int64), np.zeros(1, np.int64),
+            spec.batch, spec.in_channels_per_group, spec.out_channels_per_group, spec.groups,
+            phases * geometry.plane_size, pixels, transposed.k_blocks, transposed.k_blocks_per_task,
+            transposed.c_blocks_per_task, transposed.chunk)
+        return _finite_or_exact(dw, x, grad_output, spec)
+    if layout.in_place:
+        grads = grad_output.reshape(-1)
+    else:
+        grads = _workspace(spec.batch * spec.out_channels * layout.grad_pitch, spec.dtype, "gradient")
+        launcher(_grad_packer(simd.SOURCE_VERSION))(grad_output, grads, geometry.plane_width, layout.grad_pitch)
+    launcher(_weight_grad_kernel(layout.rows, layout.cols))(
+        packed, grads, dw.reshape(-1), np.array(geometry.tap_offsets, dtype=np.int64), spec.batch,
+        spec.in_channels_per_group, spec.out_channels_per_group, spec.groups, phases * geometry.plane_size,
+        layout.grad_pitch, layout.vectors, geometry.pixels, layout.row_blocks_per_task, layout.col_blocks_per_task,
+        layout.chunk)
+    return _finite_or_exact(dw, x, grad_output, spec)
+
+
+def _finite_or_exact(dw, x, grad_output, spec):
+    """``dw``, or where it is not finite, the pass recomputed by reading only the taps each output
+    reads (``im2col``'s): the runs' extra pixels may have met an inf or NaN input."""
+    if np.isfinite(dw).all():
+        return dw
+    from fastconv.backends import im2col
+
+    return im2col.run_weight_grad(x, grad_output, spec)
+
+
+# ---------------------------------------------------------------------------------------------
 # the cost model
 
 #: Seconds per unit of each cost term (fitted by ``fastconv tune --calibrate``; see
@@ -686,3 +1149,25 @@ def cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
             "pack_byte": float(layout.buffer_size * spec.dtype.itemsize),
             "task": float(spec.batch * spec.groups * layout.tiles * layout.blocks), "byte": io_bytes(spec)}
 
+
+
+def weight_grad_cost_terms(spec: ConvSpec, rank: int | None = None) -> dict[str, float]:
+    """The work of :func:`run_weight_grad` in the form it takes, in the forward's terms.
+
+    ``block_flop``: the multiply-adds its register blocks issue, waste included (rows and columns
+    padding a group to whole blocks, the pixels the runs cross between rows and past the last);
+    ``block_load``: the vectors their reduction steps load; ``parallel_call``: the parallel regions;
+    ``pack_byte``: the packed input and output gradient written; ``task``: the parallel tasks and
+    the register blocks' passes over the pixels (each a fixed cost of about the same size);
+    ``byte``: input, output gradient and weight gradient.
+    """
+    form = weight_grad_form(spec, config.threads)
+    flops, passes, packed = _weight_grad_work(spec, form)
+    layout = weight_grad_plan(spec, config.threads) if form == "pixel_lanes" else \
+        _channel_lanes_plan(spec, config.threads)
+    # (a reduction step loads ``rows`` vectors of one operand and ``cols`` of the other for
+    # ``rows · cols`` vector FMAs, as the forward's blocks do)
+    loads = flops * (layout.rows + layout.cols) / (2.0 * layout.rows * layout.cols * layout.layout.lanes)
+    return {"call": 1.0, "parallel_call": 0.0 if spec.flops < 2 * SERIAL_MACS else 2.0, "block_flop": flops,
+            "block_load": loads, "pack_byte": packed * spec.dtype.itemsize, "task": float(layout.tasks) + passes,
+            "byte": io_bytes(spec)}

@@ -62,6 +62,17 @@ The intrinsics (usable only inside ``@njit`` functions)
                 acc[m][n] += b.flat[bi + min(m, bvalid - 1)·brow + s]
                              · load(v, vi + c·stride + offsets[t] + n·vstep)
                 s += 1
+    ``block_dot_loop(acc, a, ai, arow, avalid, v, vi, voffsets, vfirst, count)``
+        the reduction of a weight gradient: both operands are vectors, ``rows`` of ``a`` and
+        ``cols`` of ``v``, and every step multiplies each ``a`` vector by each ``v`` vector, lane
+        by lane (the lanes are ``count`` consecutive vectors of a sum; add them up at the end)::
+
+            for s in range(count):
+                acc[m][n] += load(a, ai + min(m, avalid - 1)·arow + s·lanes)
+                             · load(v, vi + voffsets[vfirst + n] + s·lanes)
+
+        ``rows + cols`` loads and ``rows · cols`` fused multiply-adds a step, one loop that LLVM
+        is told not to unroll; rows past ``avalid`` repeat the last valid one (discarded).
     ``block_stencil(acc, w, wi, x, base, pitch, height, width, top, left, geometry)``
         a 2-D stencil on one image plane (``height × width`` at ``x.flat[base]``, rows ``pitch``
         apart), every tap unrolled (``geometry = (kh, kw, s_h, s_w, d_h, d_w)``, compile-time,
@@ -109,7 +120,7 @@ from numba.extending import intrinsic, models, overload, register_model
 
 __all__ = ["VECTOR_BYTES", "VECTOR_REGISTERS", "SOURCE_VERSION", "Vector", "lanes", "load", "store", "load_lanes",
            "store_lanes", "broadcast", "zero", "fma", "add", "mul", "maximum", "hsum", "even_odd", "block_zero",
-           "block_load", "block_store", "block_fma", "block_fma_loop", "block_stencil", "block_stencil_edge"]
+           "block_load", "block_store", "block_fma", "block_fma_loop", "block_dot_loop", "block_stencil", "block_stencil_edge"]
 
 
 def _probe_target() -> tuple[int, int]:
@@ -653,6 +664,64 @@ def block_fma_loop(typingctx, block, b, b_index, b_row_stride, b_rows, v, v_inde
         return builder.load(acc_slot)
 
     return block(block, b, b_index, b_row_stride, b_rows, v, v_index, v_step, offsets, count, stride), codegen
+
+
+@intrinsic
+def block_dot_loop(typingctx, block, a, a_index, a_row_stride, a_rows, v, v_index, v_offsets, v_first, count):
+    vector, rows, cols = _block_shape("block_dot_loop", block)
+    if _check_array("block_dot_loop", a) != vector or _check_array("block_dot_loop", v) != vector:
+        raise TypingError(f"simd.block_dot_loop: arrays {a}, {v} do not match the block's {vector}")
+    if not (isinstance(v_offsets, types.Array) and isinstance(v_offsets.dtype, types.Integer)
+            and v_offsets.ndim == 1 and v_offsets.layout == "C"):
+        raise TypingError(f"simd.block_dot_loop needs a contiguous 1-D integer array of offsets, got {v_offsets}")
+    _check_integer("block_dot_loop", a_index, a_row_stride, a_rows, v_index, v_first, count)
+
+    def codegen(context, builder, signature, arguments):
+        argument_types = signature.args
+
+        def as_intp(position):
+            return context.cast(builder, arguments[position], argument_types[position], types.intp)
+
+        a_at, a_by, a_valid, v_at, first, steps = (as_intp(i) for i in (2, 3, 4, 6, 8, 9))
+        intp = a_at.type
+        llvm_type = context.get_value_type(vector)
+        alignment = vector.dtype.bitwidth // 8
+        a_data = context.make_array(argument_types[1])(context, builder, arguments[1]).data
+        v_data = context.make_array(argument_types[5])(context, builder, arguments[5]).data
+        offsets = context.make_array(argument_types[7])(context, builder, arguments[7]).data
+        offset_type = argument_types[7].dtype
+        last = builder.sub(a_valid, ir.Constant(intp, 1))
+        # every operand's first element, found once: the loop then only adds s·lanes to each
+        a_starts = [builder.gep(a_data, [builder.add(a_at, builder.mul(a_by, builder.select(
+            builder.icmp_signed("<", ir.Constant(intp, m), last), ir.Constant(intp, m), last)))])
+            for m in range(rows)]
+        v_starts = []
+        for n in range(cols):
+            element = builder.load(builder.gep(offsets, [builder.add(first, ir.Constant(intp, n))]))
+            v_starts.append(builder.gep(v_data, [builder.add(v_at, context.cast(builder, element, offset_type,
+                                                                                  types.intp))]))
+        acc_slot = cgutils.alloca_once_value(builder, arguments[0])
+
+        def step(s):
+            shift = builder.mul(s, ir.Constant(intp, vector.count))
+            current = builder.load(acc_slot)
+            a_vectors = [builder.load(_vector_pointer(builder, builder.gep(start, [shift]), llvm_type),
+                                      align=alignment) for start in a_starts]
+            v_vectors = [builder.load(_vector_pointer(builder, builder.gep(start, [shift]), llvm_type),
+                                      align=alignment) for start in v_starts]
+            result = current
+            for m in range(rows):
+                row = builder.extract_value(current, m)
+                for n in range(cols):
+                    row = builder.insert_value(row, _fused(builder, a_vectors[m], v_vectors[n],
+                                                           builder.extract_value(row, n)), n)
+                result = builder.insert_value(result, row, m)
+            builder.store(result, acc_slot)
+
+        _counted_loop(builder, steps, step)
+        return builder.load(acc_slot)
+
+    return block(block, a, a_index, a_row_stride, a_rows, v, v_index, v_offsets, v_first, count), codegen
 
 
 def _literal_ints(name, value, count) -> tuple:
