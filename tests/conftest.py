@@ -13,6 +13,21 @@ settings.register_profile("thorough", deadline=None, max_examples=500,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("FASTCONV_HYPOTHESIS_PROFILE", "ci"))
 
+# Under pytest-xdist (the test extra installs it; pyproject's addopts run one worker per core)
+# every worker compiles into a numba cache directory of its own: numba's cache is not safe for
+# processes compiling at once, since two of them saving new specialisations of one function can
+# both take the same data file number, leaving an index entry that points at the other's machine
+# code. Set before numba is imported (by the test modules); subprocesses inherit it, and a nested
+# pytest run gets directories below its worker's.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    _numba_cache = os.path.join(os.environ.get("NUMBA_CACHE_DIR")
+                                or os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__", "numba"),
+                                f"xdist-{_WORKER}")
+    os.environ["NUMBA_CACHE_DIR"] = _numba_cache
+    if "numba" in sys.modules:  # imported already (by a plugin): its config was read at import
+        sys.modules["numba"].config.CACHE_DIR = _numba_cache
+
 # The tests mirror the package in folders; the oracle (reference.py) and the hypothesis strategies
 # (strategies.py) they share live here, importable from every folder.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

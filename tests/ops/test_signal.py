@@ -5,13 +5,14 @@ import warnings
 import numpy as np
 import pytest
 import scipy.signal
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import fastconv
 from strategies import _layout
 
 MODES = ("full", "same", "valid")
 BOUNDARIES = ("fill", "wrap", "symm")
+KERNEL_SIDES = (1, 2, 3, 4, 6, 9)
 DTYPES = (np.float64, np.float32, np.complex128, np.complex64, np.int16, np.uint8, np.int64)
 
 
@@ -48,7 +49,9 @@ def _check_same_as_scipy(function, in1, in2, **kwargs):
 def signal_problems(draw):
     dtype1, dtype2 = draw(st.sampled_from(DTYPES)), draw(st.sampled_from(DTYPES))
     shape1 = (draw(st.integers(1, 7)), draw(st.integers(1, 7)))
-    shape2 = (draw(st.integers(1, 9)), draw(st.integers(1, 9)))  # often larger than in1: wraps several times
+    # often larger than in1 (wraps several times); odd and even sizes from a small set, since every
+    # new kernel shape is a kernel for numba to compile (seconds) and repeated draws reuse them
+    shape2 = (draw(st.sampled_from(KERNEL_SIDES)), draw(st.sampled_from(KERNEL_SIDES)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
 
     def sample(shape, dtype):
@@ -61,9 +64,12 @@ def signal_problems(draw):
     return sample(shape1, dtype1), sample(shape2, dtype2), fillvalue
 
 
+# half the profile's examples for each of the 18 function x mode x boundary pairs (360 in all in
+# the ci profile): the draws of one pair cover the dtypes, shapes and layouts again
 @pytest.mark.parametrize("function", ["convolve2d", "correlate2d"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("boundary", BOUNDARIES)
+@settings(max_examples=max(1, settings().max_examples // 2))
 @given(problem=signal_problems())
 def test_matches_scipy(function, mode, boundary, problem):
     in1, in2, fillvalue = problem
