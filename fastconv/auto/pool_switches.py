@@ -5,9 +5,9 @@ fastconv's backends run on different pools of threads (each backend's ``thread_p
 Python threads running code that releases the GIL, ``"fftw"`` for FFTW's threads). An idle pool's
 threads spin for a while before they sleep, and on a machine with few cores the next pool's
 threads wait for those cores; a network whose layers alternate between pools pays that at every
-switch. So ``auto`` adds the switch's cost to the estimate of a backend on another pool than the
-previous call's (:func:`fastconv.thread_pools.last_pool`), and a close call stays on the pool
-that is awake. The costs are measured on the machine by the cost probe
+switch. So ``auto`` adds the switches' cost, there and back, to the estimate of a backend on
+another pool than the previous call's (:func:`fastconv.thread_pools.last_pool`), and a close
+call stays on the pool that is awake. The costs are measured on the machine by the cost probe
 (:func:`fastconv.auto.probe.measure_switches`), or else are the reference machine's
 (:data:`SHIPPED_SWITCH_SECONDS`).
 
@@ -51,5 +51,15 @@ def pool_switch_seconds(previous: str | None, pool: str | None) -> float:
 
 
 def switch_seconds(previous_pool: str | None, name: str) -> float:
-    """What backend ``name`` loses when the call before it ran on thread pool ``previous_pool``."""
-    return pool_switch_seconds(previous_pool, getattr(backends.get(name), "thread_pool", None))
+    """What running backend ``name`` costs in switches when the call before it ran on thread pool
+    ``previous_pool``: the switch to its pool and the switch back. Calls in a sequence (a network's
+    layers) mostly stay on the pool that has been winning, so a call on another pool is a detour
+    whose way back the next call pays; charging both ways keeps ``auto`` from detours that save
+    less than they cost.
+
+    >>> switch_seconds("openmp", "im2col") == (pool_switch_seconds("openmp", "blas")
+    ...                                        + pool_switch_seconds("blas", "openmp"))
+    True
+    """
+    pool = getattr(backends.get(name), "thread_pool", None)
+    return pool_switch_seconds(previous_pool, pool) + pool_switch_seconds(pool, previous_pool)
