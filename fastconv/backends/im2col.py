@@ -203,6 +203,26 @@ def plan_tiles(spec: ConvSpec, workspace_bytes: int | None = None) -> list[tuple
             for n in range(spec.batch) for first in range(0, image, step)]
 
 
+def _unfolded_tiles(x: np.ndarray, spec: ConvSpec, workspace_bytes: int | None):
+    """The column matrix of each tile of :func:`plan_tiles`, one at a time in one reused buffer:
+    ``(n, offset, pixels, cols)``, the tile's first image and pixel offset in it, its pixel count
+    and its (G, Cg·kh·kw, pixels) columns (valid until the next tile)."""
+    groups, image = spec.groups, spec.out_height * spec.out_width
+    rows_per_group = spec.in_channels_per_group * spec.kernel_height * spec.kernel_width
+    tiles = plan_tiles(spec, workspace_bytes)
+    largest = max((stop - first for first, stop in tiles), default=0)
+    buffer = np.empty(groups * rows_per_group * largest, dtype=spec.dtype)
+    for first, stop in tiles:
+        pixels = stop - first
+        cols = buffer[:groups * rows_per_group * pixels].reshape(groups * rows_per_group, pixels)
+        n, offset = divmod(first, image)
+        unfold = _im2col_images if offset == 0 and pixels % image == 0 else _im2col_pixels
+        unfold(x, cols, n if unfold is _im2col_images else first, spec.out_height, spec.out_width,
+               spec.kernel_height, spec.kernel_width, *spec.stride, *spec.dilation,
+               spec.padding[0][0], spec.padding[1][0])
+        yield n, offset, pixels, cols.reshape(groups, rows_per_group, pixels)
+
+
 def _is_pointwise(spec: ConvSpec) -> bool:
     return (spec.kernel_height == spec.kernel_width == 1 and spec.stride == (1, 1)
             and spec.padding == ((0, 0), (0, 0)))
@@ -227,18 +247,7 @@ def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSp
             inputs = x.reshape(spec.batch, groups, spec.in_channels_per_group, image)
             np.matmul(filters, inputs, out=out_by_group)
         else:
-            tiles = plan_tiles(spec, workspace_bytes)
-            largest = max(stop - first for first, stop in tiles)
-            buffer = np.empty(groups * rows_per_group * largest, dtype=spec.dtype)
-            for first, stop in tiles:
-                pixels = stop - first
-                cols = buffer[:groups * rows_per_group * pixels].reshape(groups * rows_per_group, pixels)
-                n, offset = divmod(first, image)
-                unfold = _im2col_images if offset == 0 and pixels % image == 0 else _im2col_pixels
-                unfold(x, cols, n if unfold is _im2col_images else first, spec.out_height, spec.out_width,
-                       spec.kernel_height, spec.kernel_width, *spec.stride, *spec.dilation,
-                       spec.padding[0][0], spec.padding[1][0])
-                cols = cols.reshape(groups, rows_per_group, pixels)
+            for n, offset, pixels, cols in _unfolded_tiles(x, spec, workspace_bytes):
                 if pixels <= image - offset:  # inside one image: multiply straight into out
                     np.matmul(filters, cols, out=out_by_group[n, :, :, offset:offset + pixels])
                 else:  # whole images: (G, Kg, images * P) -> (images, G, Kg, P)
@@ -305,18 +314,7 @@ def run_weight_grad(x: np.ndarray, grad_output: np.ndarray, spec: ConvSpec,
             for n in range(spec.batch):
                 dw += np.matmul(grads[n], inputs[n].transpose(0, 2, 1))
         else:
-            tiles = plan_tiles(spec, workspace_bytes)
-            largest = max((stop - first for first, stop in tiles), default=0)
-            buffer = np.empty(groups * rows_per_group * largest, dtype=spec.dtype)
-            for first, stop in tiles:
-                pixels = stop - first
-                cols = buffer[:groups * rows_per_group * pixels].reshape(groups * rows_per_group, pixels)
-                n, offset = divmod(first, image)
-                unfold = _im2col_images if offset == 0 and pixels % image == 0 else _im2col_pixels
-                unfold(x, cols, n if unfold is _im2col_images else first, spec.out_height, spec.out_width,
-                       spec.kernel_height, spec.kernel_width, *spec.stride, *spec.dilation,
-                       spec.padding[0][0], spec.padding[1][0])
-                cols = cols.reshape(groups, rows_per_group, pixels)
+            for n, offset, pixels, cols in _unfolded_tiles(x, spec, workspace_bytes):
                 if pixels <= image - offset:
                     tile = grads[n, :, :, offset:offset + pixels]
                 else:  # whole images: (images, G, Kg, P) -> (G, Kg, images * P), the columns' order

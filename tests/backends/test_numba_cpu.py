@@ -93,20 +93,26 @@ def test_declines_complex_with_a_reason():
         fastconv.conv2d(np.ones((1, 1, 4, 4), complex), np.ones((1, 1, 3, 3)), backend="numba_cpu")
 
 
-def test_thread_count_follows_config_and_the_callers_count_is_restored(monkeypatch):
+@pytest.fixture
+def requested_threads(monkeypatch):
+    """The thread counts handed to ``numba.set_num_threads`` during the test (numba's pool full first)."""
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     requested = []
     set_num_threads = numba.set_num_threads
     monkeypatch.setattr(numba, "set_num_threads", lambda count: (requested.append(count), set_num_threads(count)))
+    return requested
+
+
+def test_thread_count_follows_config_and_the_callers_count_is_restored(requested_threads, monkeypatch):
     monkeypatch.setattr(config, "threads", 1)
     _check((1, 8, 40, 40), (8, 8, 3, 3), padding=1)  # large enough to run in parallel
     if numba.config.NUMBA_NUM_THREADS > 1:
-        assert requested[0] == 1  # the kernel ran on one thread ...
+        assert requested_threads[0] == 1  # the kernel ran on one thread ...
     assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # ... and the caller's count is back
-    requested.clear()
+    requested_threads.clear()
     monkeypatch.setattr(config, "threads", 10**6)  # capped at numba's pool size: nothing to change
     _check((1, 8, 40, 40), (8, 8, 3, 3), padding=1)
-    assert requested == [] and numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    assert requested_threads == [] and numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
 
 
 def test_importing_fastconv_compiles_nothing():
@@ -129,14 +135,10 @@ def test_empty_batch_gives_an_empty_result(backend):
     assert out.shape == (0, 2, 3, 3)
 
 
-def test_small_calls_run_on_the_calling_thread_and_large_ones_in_parallel(monkeypatch):
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    requested = []
-    set_num_threads = numba.set_num_threads
-    monkeypatch.setattr(numba, "set_num_threads", lambda count: (requested.append(count), set_num_threads(count)))
+def test_small_calls_run_on_the_calling_thread_and_large_ones_in_parallel(requested_threads, monkeypatch):
     monkeypatch.setattr(config, "threads", 1)
     small = _check((1, 1, 8, 8), (1, 1, 3, 3))
-    assert small.flops < 2 * numba_cpu.SERIAL_MACS and requested == []  # no parallel region entered
+    assert small.flops < 2 * numba_cpu.SERIAL_MACS and requested_threads == []  # no parallel region entered
 
 
 @pytest.mark.parametrize("threads", [1, 2])
