@@ -419,6 +419,18 @@ def _fused(builder, a, b, c):
     return builder.call(_llvm_intrinsic(builder, "fmuladd", a.type, [a.type] * 3), [a, b, c])
 
 
+def _outer_fma(builder, acc, lefts, rights):
+    """``acc[m][n] += lefts[m] * rights[n]`` on a block of accumulators (an outer product of
+    vectors, one fused multiply-add per accumulator): the step every register-block loop takes."""
+    result = acc
+    for m, left in enumerate(lefts):
+        row = builder.extract_value(acc, m)
+        for n, right in enumerate(rights):
+            row = builder.insert_value(row, _fused(builder, left, right, builder.extract_value(row, n)), n)
+        result = builder.insert_value(result, row, m)
+    return result
+
+
 @intrinsic
 def fma(typingctx, a, b, c):
     vector = _check_vectors("fma", a, b, c)
@@ -517,14 +529,7 @@ def block_fma(typingctx, block, b, b_index, b_step, v, v_index, v_step):
             at = builder.add(v_at, builder.mul(v_by, ir.Constant(v_at.type, n)))
             loaded.append(builder.load(_vector_pointer(builder, builder.gep(v_data, [at]), llvm_type),
                                        align=alignment))
-        result = acc
-        for m in range(rows):
-            row = builder.extract_value(acc, m)
-            for n in range(cols):
-                row = builder.insert_value(row, _fused(builder, scalars[m], loaded[n],
-                                                       builder.extract_value(row, n)), n)
-            result = builder.insert_value(result, row, m)
-        return result
+        return _outer_fma(builder, acc, scalars, loaded)
 
     return block(block, b, b_index, b_step, v, v_index, v_step), codegen
 
@@ -648,14 +653,7 @@ def block_fma_loop(typingctx, block, b, b_index, b_row_stride, b_rows, v, v_inde
                 loaded = [builder.load(_vector_pointer(builder, builder.gep(v_data, [builder.add(
                     at, builder.mul(v_by, ir.Constant(intp, n)))]), llvm_type), align=alignment)
                     for n in range(cols)]
-                result = current
-                for m in range(rows):
-                    row = builder.extract_value(current, m)
-                    for n in range(cols):
-                        row = builder.insert_value(row, _fused(builder, scalars[m], loaded[n],
-                                                               builder.extract_value(row, n)), n)
-                    result = builder.insert_value(result, row, m)
-                builder.store(result, acc_slot)
+                builder.store(_outer_fma(builder, current, scalars, loaded), acc_slot)
                 builder.store(builder.add(step, ir.Constant(intp, 1)), step_slot)
 
             _counted_loop(builder, taps, tap)
@@ -709,14 +707,7 @@ def block_dot_loop(typingctx, block, a, a_index, a_row_stride, a_rows, v, v_inde
                                       align=alignment) for start in a_starts]
             v_vectors = [builder.load(_vector_pointer(builder, builder.gep(start, [shift]), llvm_type),
                                       align=alignment) for start in v_starts]
-            result = current
-            for m in range(rows):
-                row = builder.extract_value(current, m)
-                for n in range(cols):
-                    row = builder.insert_value(row, _fused(builder, a_vectors[m], v_vectors[n],
-                                                           builder.extract_value(row, n)), n)
-                result = builder.insert_value(result, row, m)
-            builder.store(result, acc_slot)
+            builder.store(_outer_fma(builder, current, a_vectors, v_vectors), acc_slot)
 
         _counted_loop(builder, steps, step)
         return builder.load(acc_slot)
