@@ -98,8 +98,21 @@ def test_plane_kernel_copies_strips_of_wide_images(x_shape, w_shape, kwargs):
     assert layout.strip_pitch > 0 and layout.column_tiles > layout.strip_tiles
 
 
+def test_plane_kernel_up_to_15x15_where_the_registers_hold_it():
+    """Past 11×11 the plane kernel needs a kernel column and a block of accumulators in registers:
+    AVX-512's 32 hold a 15×15 kernel's, AVX2's 16 do not (it runs dense there); stride 2 in the
+    columns needs two kernel columns."""
+    for x_shape, w_shape, kwargs in [((1, 1, 40, 70), (1, 1, 15, 15), dict(padding=7)),
+                                     ((2, 2, 23, 37), (2, 1, 13, 15), dict(groups=2, padding=((0, 9), (14, 2)))),
+                                     ((1, 1, 30, 50), (1, 1, 15, 15), dict(padding=7, stride=(1, 2)))]:
+        spec = _check(x_shape, w_shape, **kwargs)
+        fits = numba_cpu._plane_registers(spec) >= 2
+        assert numba_cpu.uses_plane_kernel(spec) == fits
+        assert fits == (simd.VECTOR_REGISTERS >= 32 and spec.stride[1] == 1)
+
+
 def test_depthwise_that_the_plane_kernel_declines_runs_as_dense():
-    for w_shape, kwargs in [((4, 1, 13, 13), dict(groups=4, padding=6)), ((16, 1, 3, 3), dict(groups=4, padding=1)),
+    for w_shape, kwargs in [((4, 1, 17, 17), dict(groups=4, padding=8)), ((16, 1, 3, 3), dict(groups=4, padding=1)),
                             ((4, 1, 3, 3), dict(groups=4, stride=3))]:
         spec = make_spec((1, 4, 20, 21), w_shape, **kwargs)
         assert not numba_cpu.uses_plane_kernel(spec)
@@ -227,6 +240,7 @@ _PORTABILITY_CHECK = textwrap.dedent("""
     _check((2, 6, 11, 21), (8, 3, 3, 3), np.float32, groups=2, padding=1, stride=(1, 2))
     _check((1, 4, 13, 37), (4, 1, 3, 3), np.float64, groups=4, padding=1)
     _check((1, 3, 9, 40), (3, 1, 5, 5), np.float32, groups=3, padding=2, stride=2)
+    _check((1, 1, 20, 40), (1, 1, 15, 15), np.float32, padding=7)  # dense: a 15x15 column fills 16 registers
     # the separable backend's fused kernel, in the same process (one compile setup for both)
     from test_separable import check_fused
     check_fused((1, 2, 19, 45), (2, 2, 7, 5), np.float32, padding="same")
