@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -130,7 +131,7 @@ def _pays_off(rank: int, kernel_h: int, kernel_w: int) -> bool:
     return rank * (kernel_h + kernel_w) < kernel_h * kernel_w
 
 
-# Factors of recently used weights (see _weight_cache: never stale, even after in-place updates).
+# Kernel-ready factors of recently used weights (see _weight_cache: never stale, even after in-place updates).
 _FACTOR_CACHE_BYTES = 64 << 20
 _factors = WeightCache(max_entries=8, max_bytes=_FACTOR_CACHE_BYTES)
 
@@ -152,11 +153,35 @@ def clear_caches() -> None:
     _factors.clear()
 
 
-def _weight_factors(weight: np.ndarray, spec: ConvSpec):
-    """``_factor`` of every (k, c) kernel of ``weight``, computed once per weight content and
+class _Factors(NamedTuple):
+    """What ``run`` needs of a weight, derived once per weight content (see :func:`_prepare`)."""
+
+    cols: np.ndarray    # (K, Cg, R, kh) in the compute dtype: one contiguous column factor per term
+    rows: np.ndarray    # (K, Cg, R, kw) in the compute dtype
+    ranks: np.ndarray   # (K, Cg) int64: terms beyond ranks[k, c] are unused
+    finite: np.ndarray  # 0-d bool: the weight holds no NaN or infinity
+
+
+def _prepare(weight: np.ndarray, dtype: np.dtype, tol: float) -> _Factors:
+    """The factors of every (k, c) kernel of ``weight`` laid out as the kernels read them."""
+    cols, rows, ranks = factor_kernels(weight, tol)
+    max_rank = max(int(ranks.max()), 1)
+    return _Factors(np.ascontiguousarray(cols[..., :max_rank].transpose(0, 1, 3, 2), dtype=dtype),
+                    np.ascontiguousarray(rows[..., :max_rank, :], dtype=dtype), ranks.astype(np.int64),
+                    np.array(np.isfinite(weight).all()))
+
+
+@functools.lru_cache(maxsize=256)
+def _tolerance(kernel_shape, dtype) -> float:
+    return default_tolerance(kernel_shape, dtype)
+
+
+def _weight_factors(weight: np.ndarray, spec: ConvSpec) -> _Factors:
+    """The :class:`_Factors` of ``weight`` in ``spec``'s dtype, computed once per weight content and
     shared by ``supports_weight`` and ``run``."""
-    tol = default_tolerance((spec.kernel_height, spec.kernel_width), spec.dtype)
-    return _factors.get((weight.shape, weight.dtype.str, tol), weight, lambda: factor_kernels(weight, tol))
+    tol = _tolerance((spec.kernel_height, spec.kernel_width), spec.dtype)
+    return _factors.get((weight.shape, weight.dtype.str, spec.dtype.str, tol), weight,
+                        lambda: _prepare(weight, spec.dtype, tol))
 
 
 def supports_weight(weight: np.ndarray, spec: ConvSpec) -> str | None:
@@ -166,7 +191,7 @@ def supports_weight(weight: np.ndarray, spec: ConvSpec) -> str | None:
         return None
     if not np.isfinite(weight).all():
         return "weight holds NaN or infinity, which has no low-rank factorisation"
-    _, _, ranks = _weight_factors(weight, spec)
+    ranks = _weight_factors(weight, spec).ranks
     worst = np.unravel_index(np.argmax(ranks), ranks.shape)
     rank = int(ranks[worst])
     if _pays_off(rank, kernel_h, kernel_w):
@@ -200,6 +225,7 @@ HORIZONTAL_COLS = 8
 FUSED_MAX_REACH = 1 << 12
 
 
+@functools.lru_cache(maxsize=256)
 def fits_fused_kernel(spec: ConvSpec) -> bool:
     """True when ``spec`` runs on the fused kernel (real dtype, window and reach within
     :data:`FUSED_MAX_REACH`, column stride at most 16)."""
@@ -453,8 +479,9 @@ class _Launch:
 
 
 @functools.lru_cache(maxsize=256)
-def _launch(spec: ConvSpec, threads: int, ring_bytes: int) -> _Launch:
-    return _Launch(spec, threads, ring_bytes)
+def _launch(spec: ConvSpec, threads: int, ring_bytes: int) -> _Launch | None:
+    """The fused kernel's launch for ``spec``, or None where ``spec`` runs on the plain loops."""
+    return _Launch(spec, threads, ring_bytes) if fits_fused_kernel(spec) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,29 +537,25 @@ def _plain_kernel(x, cols, rows, ranks, out, top, left, stride_h, stride_w, dila
 def run(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
     if spec.batch == 0:
         return np.empty(spec.out_shape, dtype=spec.dtype)
-    with np.errstate(invalid="ignore", over="ignore"):
-        weight_sum = weight.sum()
-    if not np.isfinite(weight_sum):
+    # The factors come from the cache: on small images a call's Python work would otherwise push
+    # the gap between two calls' parallel kernels past the time idle OpenMP workers spin before
+    # they sleep, and waking them costs more than the kernel.
+    cols, rows, ranks, finite = _weight_factors(weight, spec)
+    if not finite:
         # Only 1-D kernels get here with NaN or inf (supports_weight declines the rest). Both
         # kernels skip the zero padding, exact for finite taps; a NaN or inf tap must meet the
         # padding too (0·NaN is NaN, as in torch), so the padding is materialised.
         x = pad_input(x, spec)
         spec = spec.zero_padded()
-    cols, rows, ranks = _weight_factors(weight, spec)
-    max_rank = max(int(ranks.max()), 1)
-    # (K, Cg, kh, R) -> (K, Cg, R, kh): one contiguous column factor per rank term
-    cols = np.ascontiguousarray(cols[..., :max_rank].transpose(0, 1, 3, 2), dtype=spec.dtype)
-    rows = np.ascontiguousarray(rows[..., :max_rank, :], dtype=spec.dtype)
-    ranks = ranks.astype(np.int64)
     x = np.ascontiguousarray(x)
-    if spec.dtype.kind == "c" or not fits_fused_kernel(spec):
+    launch = _launch(spec, config.threads, min(RING_BYTES, config.workspace_bytes))
+    if launch is None:
         out = np.zeros(spec.out_shape, dtype=spec.dtype)
         if bias is not None:
             out += bias[None, :, None, None]
         (top, _), (left, _) = spec.padding
         _plain_kernel(x, cols, rows, ranks, out, top, left, *spec.stride, *spec.dilation, spec.groups)
         return out
-    launch = _launch(spec, config.threads, min(RING_BYTES, config.workspace_bytes))
     out = np.empty(spec.out_shape, dtype=spec.dtype)
     bias = launch.zero_bias if bias is None else np.ascontiguousarray(bias)
     launch.kernel(x, cols, rows, ranks, bias, out, *launch.arguments)

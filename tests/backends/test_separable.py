@@ -197,6 +197,35 @@ def test_factors_are_computed_once_per_weight_and_never_stale_after_in_place_mut
     assert len(svd_calls) == 2
 
 
+def test_a_weight_mutated_in_place_between_calls_gives_the_new_result():
+    """The factors, their layout for the kernels and the weight's finiteness are cached per weight
+    content: changing the values of the same array, on the fused float32 path and on a 1-D kernel
+    going from finite to NaN and back, must never serve the old ones."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((1, 2, 40, 37)).astype(np.float32)
+    w = _rank_one_weight(rng, (3, 2, 5, 5))
+    first = fastconv.conv2d(x, w, padding=2, backend="separable")
+    w[1, 0] *= -2.0
+    w[2, 1] = np.outer(rng.standard_normal(5), rng.standard_normal(5))
+    second = fastconv.conv2d(x, w, padding=2, backend="separable")
+    assert relative_error(second, reference_conv2d(x, w, padding=((2, 2), (2, 2)))) <= 2e-6
+    assert not np.allclose(second, first)
+
+    column = rng.standard_normal((2, 2, 5, 1)).astype(np.float32)
+    finite = fastconv.conv2d(x, column, padding=(2, 0), backend="separable")
+    column[1, 0, 0, 0] = np.nan  # reaches every output of filter 1, padding rows included
+    with np.errstate(invalid="ignore"):
+        expected = reference_conv2d(x, column, padding=((2, 2), (0, 0)))
+    out = fastconv.conv2d(x, column, padding=(2, 0), backend="separable")
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    assert np.isnan(out[0, 1]).all() and not np.isnan(out[0, 0]).any()
+    column[1, 0, 0, 0] = 1.0
+    out = fastconv.conv2d(x, column, padding=(2, 0), backend="separable")
+    assert not np.isnan(out).any()
+    assert relative_error(out, reference_conv2d(x, column, padding=((2, 2), (0, 0)))) <= 2e-6
+    assert not np.allclose(out, finite)
+
+
 def test_one_dimensional_kernels_need_no_svd(svd_calls):
     rng = np.random.default_rng(12)
     x = rng.standard_normal((1, 8, 10, 10))
