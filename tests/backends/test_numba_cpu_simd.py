@@ -102,8 +102,9 @@ def test_plane_kernel_up_to_15x15_where_the_registers_hold_it():
     """Past 11×11 the plane kernel needs a kernel column and a block of accumulators in registers:
     AVX-512's 32 hold a 15×15 kernel's, AVX2's 16 do not (it runs dense there); stride 2 in the
     columns needs two kernel columns."""
-    for x_shape, w_shape, kwargs in [((1, 1, 40, 70), (1, 1, 15, 15), dict(padding=7)),
-                                     ((2, 2, 23, 37), (2, 1, 13, 15), dict(groups=2, padding=((0, 9), (14, 2)))),
+    # (one unrolled geometry: compiling it takes about 15 s; the tiny image makes every block an edge one)
+    for x_shape, w_shape, kwargs in [((2, 2, 40, 70), (2, 1, 15, 15), dict(groups=2, padding=((0, 9), (14, 2)))),
+                                     ((1, 1, 9, 5), (1, 1, 15, 15), dict(padding=7)),
                                      ((1, 1, 30, 50), (1, 1, 15, 15), dict(padding=7, stride=(1, 2)))]:
         spec = _check(x_shape, w_shape, **kwargs)
         fits = numba_cpu._plane_registers(spec) >= 2
