@@ -29,9 +29,11 @@ Wrapped in :class:`ParallelKernel`, a kernel
   The serial build is compiled once (numba's disk cache keeps it) and uses one core per
   process, which is what a pool of worker processes wants anyway.
 
-**Which pool ran last** (:func:`note_pool`, :func:`last_pool`). :func:`fastconv.conv2d` notes the
-pool of every backend it runs (the backend's ``thread_pool``); ``backend="auto"`` charges a
-backend on another pool what the switch costs (:mod:`fastconv.auto.pool_switches`).
+**Which pool ran last** (:func:`note_pool`, :func:`last_pool`). Every operation notes the pool of
+each backend it runs (the backend's ``thread_pool``): :func:`fastconv.conv2d` itself, the other
+operations through :func:`run_noting_pool`, so that after a training step's backward passes the
+next call sees the pool they left awake; ``backend="auto"`` charges a backend on another pool
+what the switch costs (:mod:`fastconv.auto.pool_switches`).
 
 **Locks after fork** (:func:`reinitialise_after_fork`). A lock that another thread held when the
 process forked stays held forever in the child; fastconv's caches register their locks here and
@@ -53,7 +55,8 @@ import weakref
 
 from fastconv import config
 
-__all__ = ["ParallelKernel", "blas_threads", "last_pool", "note_pool", "reinitialise_after_fork", "parallel_unusable_after_fork", "run_on_threads"]
+__all__ = ["ParallelKernel", "blas_threads", "last_pool", "note_pool", "reinitialise_after_fork", "parallel_unusable_after_fork",
+           "run_noting_pool", "run_on_threads"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,6 +121,14 @@ def note_pool(pool: str | None) -> None:
     """Record that work just ran on thread pool ``pool`` (a backend's ``thread_pool``)."""
     global _last_pool
     _last_pool = pool
+
+
+def run_noting_pool(module, hook: str, *args):
+    """Call backend ``module``'s ``hook`` (``"run"``, ``"run_transpose"``, ``"run_weight_grad"``...)
+    with ``args``, note the backend's ``thread_pool`` as the pool that ran last, and return the result."""
+    out = getattr(module, hook)(*args)
+    note_pool(getattr(module, "thread_pool", None))
+    return out
 
 
 def last_pool() -> str | None:

@@ -69,3 +69,15 @@ def cost_probe_stub(tmp_path, monkeypatch):
     yield stub
     constants._loaded = None
     choice.clear_cache()
+
+
+@pytest.fixture
+def stale_pool():
+    """A pool name no backend has, noted as the last pool, so that a test sees which pool its call
+    notes; the pool noted before the test is noted again after it."""
+    from fastconv import thread_pools
+
+    before = thread_pools.last_pool()
+    thread_pools.note_pool("stale")
+    yield "stale"
+    thread_pools.note_pool(before)

@@ -45,7 +45,7 @@ from fastconv.geometry import (ConvSpec, backend_input, backend_spec, cropped_ro
                                swapped_grad_output, swapped_input)
 from fastconv.ops.conv2d import preferred_backend
 from fastconv.ops.operands import as_numeric_array, in_gpu_memory
-from fastconv.thread_pools import reinitialise_after_fork
+from fastconv.thread_pools import reinitialise_after_fork, run_noting_pool
 
 __all__ = ["conv2d_input", "conv2d_weight", "conv2d_backward", "check_needs", "host_array", "pass_backend", "pass_routes",
            "run_input_pass", "run_weight_pass"]
@@ -131,7 +131,7 @@ def _run_conv(route, x, kernel):
     reason = weight_decline_reason(route.backend, kernel, route.spec)
     if reason is not None:
         raise ValueError(f"backend {route.backend!r} cannot run the {route.pass_} pass of this convolution: {reason}")
-    return backends.get(route.backend).run(x, kernel, None, route.spec)
+    return run_noting_pool(backends.get(route.backend), "run", x, kernel, None, route.spec)
 
 
 def run_input_pass(route, read_spec: ConvSpec, weight: np.ndarray, grad_output: np.ndarray) -> np.ndarray:
@@ -139,9 +139,9 @@ def run_input_pass(route, read_spec: ConvSpec, weight: np.ndarray, grad_output: 
     applied to ``grad_output``; the gradient of the input *as the backends read it* (see
     :func:`~fastconv.geometry.fold_input_gradient`). Arrays C-contiguous, of ``read_spec.dtype``."""
     if route.form == "native":
-        return backends.get(route.backend).run_input_grad(grad_output, weight, route.spec)
+        return run_noting_pool(backends.get(route.backend), "run_input_grad", grad_output, weight, route.spec)
     if route.form == "transpose":
-        out = backends.get(route.backend).run_transpose(grad_output, weight, None, route.spec)
+        out = run_noting_pool(backends.get(route.backend), "run_transpose", grad_output, weight, None, route.spec)
         return cropped_rows(out, route.crop)
     kernel = _flipped_weight(weight, read_spec.groups)
     return _run_conv(route, stuffed_grad_output(grad_output, read_spec), kernel)
@@ -151,7 +151,7 @@ def run_weight_pass(route, read_spec: ConvSpec, x_read: np.ndarray, grad_output:
     """The weight pass along ``route``: ``sum g · x_read`` over images and outputs (not conjugated),
     of the weight's shape. ``x_read`` is the input as the backends read it (``backend_input``)."""
     if route.form == "native":
-        return backends.get(route.backend).run_weight_grad(x_read, grad_output, route.spec)
+        return run_noting_pool(backends.get(route.backend), "run_weight_grad", x_read, grad_output, route.spec)
     out = _run_conv(route, swapped_input(x_read, read_spec), swapped_grad_output(grad_output))
     return np.ascontiguousarray(out.transpose(1, 0, 2, 3))
 

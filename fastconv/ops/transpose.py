@@ -32,6 +32,7 @@ from fastconv.geometry import backend_input, backend_spec, make_transpose_spec
 from fastconv.ops.conv2d import conv2d, preferred_backend
 from fastconv.ops.grad import check_needs, pass_backend, pass_routes, run_weight_pass
 from fastconv.ops.operands import batched_operands, check_bias
+from fastconv.thread_pools import run_noting_pool
 
 __all__ = ["conv_transpose2d", "conv_transpose2d_backward"]
 
@@ -103,12 +104,12 @@ def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
     spec = make_transpose_spec(x.shape, weight.shape, stride=stride, padding=padding, output_padding=output_padding,
                                dilation=dilation, groups=groups, dtype=compute_dtype, out_dtype=out_dtype)
     check_bias(bias, spec.out_channels, f"weight {weight.shape} and groups={spec.groups}")
-    run = backends.get(_pick_backend(backend)).run_transpose
+    module = backends.get(_pick_backend(backend))
     x = np.ascontiguousarray(x, dtype=compute_dtype)
     weight = np.ascontiguousarray(weight, dtype=compute_dtype)
     if bias is not None:
         bias = np.ascontiguousarray(bias, dtype=compute_dtype)
-    out = run(x, weight, bias, spec).astype(out_dtype, copy=False)
+    out = run_noting_pool(module, "run_transpose", x, weight, bias, spec).astype(out_dtype, copy=False)
     return out[0] if unbatched else out
 
 

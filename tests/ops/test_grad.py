@@ -9,6 +9,7 @@ import fastconv
 from fastconv import backends
 from fastconv.auto import passes
 from fastconv.geometry import backend_spec, make_spec, resolve_dtypes
+from fastconv.thread_pools import last_pool
 from conformance import BACKEND_TOLERANCE, TOLERANCE
 from reference import reference_conv2d, reference_conv2d_gradients, relative_error
 from strategies import COMPLEX_DTYPES, REAL_DTYPES, conv_problems
@@ -252,3 +253,40 @@ def test_explain_shows_each_pass():
         fastconv.explain((1, 8, 16, 16), (8, 8, 3, 3), op="conv2d_bias")
     with pytest.raises(ValueError, match="forward pass only"):
         fastconv.explain((1, 8, 16, 16), (8, 8, 3, 3), op="conv2d_input", tune=True)
+
+
+def _pool(name):
+    return getattr(backends.get(name), "thread_pool", None)
+
+
+def _runnable(pass_, spec):
+    """The backends ``auto`` may run pass ``pass_`` of ``spec`` on here."""
+    return [name for name in passes.pass_backends(pass_) if backends.unavailable_reason(name) is None
+            and passes.decline_reason(passes.route(pass_, name, spec), auto=True) is None]
+
+
+_POOL_SPEC = backend_spec(make_spec((2, 4, 8, 8), (4, 4, 3, 3), padding=1, dtype=np.float32))
+
+
+@pytest.mark.parametrize("pass_, name", [(pass_, name) for pass_ in ("input", "weight")
+                                         for name in _runnable(pass_, _POOL_SPEC)])
+def test_each_pass_notes_the_pool_of_the_backend_it_ran(pass_, name, stale_pool):
+    # auto charges a call on another pool than the last one's: after a backward pass, the pool
+    # that pass left awake, whether the backend ran the pass itself or its forward conv
+    rng = np.random.default_rng(5)
+    x, w, g = (rng.standard_normal(shape).astype(np.float32) for shape in ((2, 4, 8, 8), (4, 4, 3, 3), (2, 4, 8, 8)))
+    if pass_ == "input":
+        fastconv.conv2d_input(x.shape, w, g, padding=1, backend=name)
+    else:
+        fastconv.conv2d_weight(x, w.shape, g, padding=1, backend=name)
+    assert last_pool() == _pool(name)
+
+
+@pytest.mark.parametrize("input_backend, weight_backend, needs", [
+    ("col2im", "numba_cpu", (True, True, True)), ("numba_cpu", "im2col", (True, True, False)),
+    ("numba_cpu", "im2col", (True, False, True)), ("col2im", "numba_cpu", (False, True, False))])
+def test_conv2d_backward_notes_the_pool_of_the_pass_it_ran_last(input_backend, weight_backend, needs, stale_pool):
+    rng = np.random.default_rng(6)
+    x, w, g = (rng.standard_normal(shape).astype(np.float32) for shape in ((2, 4, 8, 8), (4, 4, 3, 3), (2, 4, 8, 8)))
+    fastconv.conv2d_backward(x, w, g, padding=1, needs=needs, backend=(input_backend, weight_backend))
+    assert last_pool() == _pool(weight_backend if needs[1] else input_backend)

@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 import fastconv
 from fastconv import backends
+from fastconv.thread_pools import last_pool
 
 TRANSPOSE_BACKENDS = backends.backend_names("conv_transpose2d")
 from reference import reference_conv2d, relative_error
@@ -232,3 +233,20 @@ def test_backward_unbatched_needs_and_validation():
         fastconv.conv_transpose2d_backward(x, w, g[:, :6], stride=2)
     with pytest.raises(ValueError, match="needs must be"):
         fastconv.conv_transpose2d_backward(x, w, g, stride=2, needs=True)
+
+
+@pytest.mark.parametrize("backend", TRANSPOSE_BACKENDS)
+def test_notes_the_pool_of_the_backend_it_ran(backend, stale_pool):
+    # what auto's next conv2d compares its candidates' pools with
+    x, w = np.ones((1, 4, 5, 5)), np.ones((4, 3, 3, 3))
+    fastconv.conv_transpose2d(x, w, stride=2, backend=backend)
+    assert last_pool() == getattr(backends.get(backend), "thread_pool", None)
+
+
+@pytest.mark.parametrize("input_backend, weight_backend", [("im2col", "numba_cpu"), ("numba_cpu", "im2col")])
+def test_backward_notes_the_pool_of_the_gradient_it_computed_last(input_backend, weight_backend, stale_pool):
+    x, w = np.ones((1, 4, 5, 5)), np.ones((4, 3, 3, 3))
+    g = np.ones(fastconv.conv_transpose2d(x, w, stride=2).shape)
+    for needs, last in [((True, False, False), input_backend), ((True, True, True), weight_backend)]:
+        fastconv.conv_transpose2d_backward(x, w, g, stride=2, needs=needs, backend=(input_backend, weight_backend))
+        assert last_pool() == getattr(backends.get(last), "thread_pool", None)
