@@ -63,7 +63,7 @@ Choosing (what ``backend="auto"`` and :func:`fastconv.explain` read)
     code that releases the GIL) or ``"fftw"`` (FFTW's threads); None for a backend that runs on
     the calling thread alone. Idle pools spin for a while before they sleep, so a call on another
     pool than the previous call's pays for it: ``auto`` adds the switch's cost, measured on the
-    machine (:func:`fastconv.auto.cost.switch_seconds`), to the estimate.
+    machine (:func:`fastconv.auto.pool_switches.switch_seconds`), to the estimate.
 
 Placement
 
