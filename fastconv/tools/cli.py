@@ -268,9 +268,11 @@ def _suite_ops(cases) -> list[str]:
 
 def _bench(args) -> int:
     peers, peer_notes = _selected_peers(args.peers)
+    if args.rounds is not None and not args.networks:
+        raise CommandLineError(f"--rounds {args.rounds} times whole networks: it needs --networks")
     if args.networks:
         print("\n".join(peer_notes + [networks.bench_text(args.networks, args.backends or [], "torch" in peers,
-                                                          args.quick, args.repeat)]))
+                                                          args.quick, args.repeat, args.rounds)]))
         return 0
     suite = suite_cases(args.suite, quick=args.quick, dtype=args.dtype)
     cases = pass_cases(suite, args.pass_)
@@ -451,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--quick", action="store_true", help="tiny problems, one timed call: a smoke test")
     bench_parser.add_argument("--networks", nargs="+", choices=tuple(networks.NETWORKS), metavar="NET",
                               help="time every conv layer of whole networks in sequence instead of a suite")
+    bench_parser.add_argument("--rounds", type=_positive_int, metavar="N",
+                              help="with --networks: time each library N times, each in a new process, taking "
+                                   "turns, and report the median and range (default 3; 1 with --quick)")
     _add_measurement_options(bench_parser, "default 5; 1 with --quick")
     bench_parser.set_defaults(run=_bench, fail=bench_parser.error)
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from fastconv.tools.cases import Case, Skip, make_inputs
 
 __all__ = ["NETWORKS", "bench_text", "compare", "format_comparison", "network_call", "network_layers"]
@@ -139,27 +141,52 @@ def _build(key: str, batch: int, side: int):
 
 
 def compare(networks=tuple(NETWORKS), libraries=("auto", "torch"), batch: int = 1, side: int = 224,
-            repeat: int = 5, threads: int | None = None) -> dict[str, dict[str, dict]]:
+            repeat: int = 5, threads: int | None = None, rounds: int = 1) -> dict[str, dict[str, dict]]:
     """Time each network's conv layers in sequence with each library, each library in its own process.
 
+    With ``rounds`` > 1 every library is timed that many times, each time in a new process, the
+    libraries taking turns (a, b, a, b, ...): on a virtual machine one process can run a whole
+    pass 1.5× slower than the next, more than the difference being measured, and a slow spell
+    lasting minutes then slows both sides of a round.
+
     Returns ``{network: {library: result}}``, each result as
-    :func:`fastconv.tools.isolated.time_isolated` gives it (``"median_s"`` for the whole pass).
+    :func:`fastconv.tools.isolated.time_isolated` gives it (``"median_s"`` for the whole pass);
+    with several rounds, ``"rounds_s"`` holds each round's median and ``"median_s"`` their median
+    (a library that fails or is skipped in any round keeps that result).
     """
     from fastconv.tools.isolated import time_isolated
 
-    results = {network: {} for network in networks}
-    for library in libraries:
-        keys = [f"{library}/{network}" for network in networks]
-        timed = time_isolated(_build, keys, batch, side, repeat=repeat, budget_s=2.0, threads=threads,
-                              peer=library == "torch")
-        for key, result in timed.items():
-            results[key.split("/")[1]][library] = result
-    return results
+    timed_rounds = {network: {library: [] for library in libraries} for network in networks}
+    for _ in range(rounds):
+        for library in libraries:
+            keys = [f"{library}/{network}" for network in networks]
+            timed = time_isolated(_build, keys, batch, side, repeat=repeat, budget_s=2.0, threads=threads,
+                                  peer=library == "torch")
+            for key, result in timed.items():
+                timed_rounds[key.split("/")[1]][library].append(result)
+    return {network: {library: _combined(runs) for library, runs in by_library.items()}
+            for network, by_library in timed_rounds.items()}
+
+
+def _combined(runs: list[dict]) -> dict:
+    """One result from a library's rounds: the first that is not ok, else their median."""
+    for result in runs:
+        if result["status"] != "ok":
+            return result
+    if len(runs) == 1:
+        return runs[0]
+    seconds = [result["median_s"] for result in runs]
+    return {"status": "ok", "median_s": float(np.median(seconds)), "rounds_s": seconds}
 
 
 def format_comparison(results: dict, peer: str = "torch") -> str:
     """A markdown table of :func:`compare`'s results: each library's time per pass and, in
-    parentheses, that time divided by ``peer``'s (below 1: faster than the peer)."""
+    parentheses, that time divided by ``peer``'s (below 1: faster than the peer).
+
+    With several rounds the time is the median of the rounds' and the ratio the median of the
+    rounds' own ratios (each library against the peer's process beside it), each followed by its
+    range over the rounds.
+    """
     libraries = list(next(iter(results.values())))
     lines = ["| network | " + " | ".join(libraries) + " |", "|---" + "|---:" * len(libraries) + "|"]
     for network, row in results.items():
@@ -170,22 +197,32 @@ def format_comparison(results: dict, peer: str = "torch") -> str:
             if result["status"] != "ok":
                 cells.append(result["status"])
                 continue
-            cell = f"{1e3 * result['median_s']:.2f} ms"
+            rounds = result.get("rounds_s", [result["median_s"]])
+            cell = f"{1e3 * result['median_s']:.2f} ms" + _spread([1e3 * s for s in rounds], " ms")
             if name != peer and base.get("status") == "ok":
-                cell += f" ({result['median_s'] / base['median_s']:.2f}×)"
+                ratios = [mine / theirs for mine, theirs in zip(rounds, base.get("rounds_s", [base["median_s"]]))]
+                cell += f" ({float(np.median(ratios)):.2f}×{_spread(ratios, '×')})"
             cells.append(cell)
         lines.append(f"| {network} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def bench_text(names, backends, with_torch: bool, quick: bool = False, repeat: int | None = None) -> str:
+def _spread(values: list[float], unit: str) -> str:
+    return f", {min(values):.2f}–{max(values):.2f}{unit}" if len(values) > 1 else ""
+
+
+def bench_text(names, backends, with_torch: bool, quick: bool = False, repeat: int | None = None,
+               rounds: int | None = None) -> str:
     """``fastconv bench --networks``: auto, ``backends`` and torch on the ``names`` networks, as text.
 
-    ``quick`` runs 32×32 inputs once each (a smoke test) instead of 224×224.
+    ``quick`` runs 32×32 inputs once each, in one round (a smoke test), instead of 224×224 in
+    ``rounds`` (default 3) rounds of one process per library.
     """
     libraries = ["auto", *backends] + (["torch"] if with_torch else [])
     side = 32 if quick else 224
-    results = compare(names, libraries, side=side, repeat=repeat or (1 if quick else 5))
-    return (f"every conv layer of each network in sequence, batch 1, {side}x{side} float32; each library in its "
-            f"own process; median time per pass\n"
+    rounds = rounds or (1 if quick else 3)
+    results = compare(names, libraries, side=side, repeat=repeat or (1 if quick else 5), rounds=rounds)
+    how = (f"{rounds} rounds, each library in a new process each round, taking turns; the median of the rounds "
+           f"(and their range)" if rounds > 1 else "each library in its own process; median time per pass")
+    return (f"every conv layer of each network in sequence, batch 1, {side}x{side} float32; {how}\n"
             + format_comparison(results, peer="torch" if with_torch else libraries[0]))

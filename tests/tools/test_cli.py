@@ -50,6 +50,11 @@ def test_bench_networks_times_whole_passes():
     assert "| mobilenetv2 | " in result.stdout and "| auto | numba_cpu |" in result.stdout
 
 
+def test_rounds_need_networks():
+    result = fastconv_cli("bench", "--rounds", "2", "--quick", "--no-peers")
+    assert result.returncode == 2 and "--rounds 2" in result.stderr and "--networks" in result.stderr
+
+
 def test_explain_lists_backends_and_auto_choice():
     result = fastconv_cli("explain", "--input", "1x8x16x16", "--weight", "8x8x3x3", "--padding", "same",
                           "--stride", "2")

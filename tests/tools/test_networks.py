@@ -40,3 +40,17 @@ def test_table_gives_each_time_and_its_ratio_to_the_peer():
                             "fft": {"status": "skipped", "reason": "no"}}}
     table = networks.format_comparison(results)
     assert "| resnet18 | 20.00 ms (0.50×) | 40.00 ms | skipped |" in table
+
+
+def test_rounds_give_the_median_and_the_range_of_each_library_and_of_its_ratio():
+    results = {"resnet18": {"auto": networks._combined([{"status": "ok", "median_s": s} for s in (0.03, 0.02, 0.05)]),
+                            "torch": networks._combined([{"status": "ok", "median_s": s} for s in (0.04, 0.04, 0.05)])}}
+    assert results["resnet18"]["auto"] == {"status": "ok", "median_s": 0.03, "rounds_s": [0.03, 0.02, 0.05]}
+    table = networks.format_comparison(results)
+    # ratios paired by round: 0.75, 0.5, 1.0
+    assert "| resnet18 | 30.00 ms, 20.00–50.00 ms (0.75×, 0.50–1.00×) | 40.00 ms, 40.00–50.00 ms |" in table
+
+
+def test_a_round_that_is_not_ok_is_the_result():
+    skipped = {"status": "skipped", "reason": "no torch"}
+    assert networks._combined([{"status": "ok", "median_s": 0.01}, skipped]) == skipped
