@@ -12,7 +12,9 @@ from reference import explicit_padding, reference_conv2d, relative_error
 def test_matches_two_reference_convolutions(data):
     dtype = np.dtype(data.draw(st.sampled_from([np.float32, np.float64])))
     channels, multiplier, filters = (data.draw(st.integers(1, 3)) for _ in range(3))
-    kernel = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    # four kernel shapes, not all nine up to 3×3: each geometry compiles kernels of its own, and the
+    # backends' geometries are covered by their own tests
+    kernel = data.draw(st.sampled_from([(1, 1), (3, 3), (1, 3), (3, 2)]))
     stride, dilation = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
     padding = data.draw(st.sampled_from([0, 1, "same"]))
     size = [data.draw(st.integers(1, 6)) + dilation * (k - 1) for k in kernel]
