@@ -98,11 +98,8 @@ def _padding(text: str):
 
 
 def _format_seconds(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} µs"
+    scale, unit, digits = (1, "s", 2) if seconds >= 1 else (1e3, "ms", 2) if seconds >= 1e-3 else (1e6, "µs", 1)
+    return f"{seconds * scale:.{digits}f} {unit}"
 
 
 def _markdown_table(header: list[str], rows: list[list[str]], right_aligned: set[int]) -> str:
@@ -437,9 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastconv", description="2-D convolution backends and benchmarks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    bench_parser = commands.add_parser(
-        "bench", help="time every backend on a built-in suite",
-        description="Time every available backend, and torch/scipy/OpenCV as peers, on a built-in suite of problems.")
+    bench_parser = commands.add_parser("bench", help="time every backend on a built-in suite", description=(
+        "Time every available backend, and torch/scipy/OpenCV as peers, on a built-in suite of problems."))
     bench_parser.add_argument("--suite", choices=SUITES, default="default",
                               help="which problems: a quick mix (default), CNN layers, image filters, "
                                    "depthwise/grouped, transposed, calls (a 1x1x8x8 input and a 3x3 kernel: the "
@@ -453,9 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--quick", action="store_true", help="tiny problems, one timed call: a smoke test")
     bench_parser.add_argument("--networks", nargs="+", choices=tuple(networks.NETWORKS), metavar="NET",
                               help="time every conv layer of whole networks in sequence instead of a suite")
-    bench_parser.add_argument("--rounds", type=_positive_int, metavar="N",
-                              help="with --networks: time each library N times, each in a new process, taking "
-                                   "turns, and report the median and range (default 3; 1 with --quick)")
+    bench_parser.add_argument("--rounds", type=_positive_int, metavar="N", help="with --networks: N processes per "
+                              "library, taking turns; the median and range (default 3; 1 with --quick)")
     _add_measurement_options(bench_parser, "default 5; 1 with --quick")
     bench_parser.set_defaults(run=_bench, fail=bench_parser.error)
 
